@@ -1,0 +1,179 @@
+//! Error types of the engine.
+//!
+//! [`StoreError`] is everything the SQLite layer can report; [`Error`] is what
+//! the replica API returns and wraps a `StoreError` when storage is at fault.
+//! Every variant that concerns one record names it.
+
+use crate::id::DocId;
+
+/// A failure of the SQLite store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// SQLite itself failed (I/O, locking, a full disk, ...).
+    #[error("storage error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A document's stored chunks do not load.
+    #[error("document {doc} is damaged: {reason}")]
+    Corrupt {
+        /// The damaged document.
+        doc: DocId,
+        /// What was wrong with its chunks.
+        reason: String,
+    },
+    /// A row of the `docs` table does not parse (bad id length, bad heads).
+    #[error("corrupt metadata row: {0}")]
+    BadRow(String),
+    /// The database was written by a newer Accord.
+    #[error("database schema version {found} is newer than this build supports ({supported}); upgrade accord")]
+    SchemaTooNew {
+        /// The version in the file.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
+    /// The file is not an Accord database.
+    #[error("{0} is not an Accord database")]
+    NotAccord(String),
+    /// The shared transaction of a group commit failed; this is the first
+    /// error's text, reported to every write in the group.
+    #[error("commit failed: {0}")]
+    Batch(String),
+    /// A database that must exist does not.
+    #[error("database {0} does not exist")]
+    Missing(String),
+}
+
+/// Why a path could not be followed or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PathError {
+    /// The path has an empty segment.
+    #[error("bad path '{path}': segments are dot-separated and may not be empty")]
+    Syntax {
+        /// The path as given.
+        path: String,
+    },
+    /// Nothing is at the path.
+    #[error("nothing at path '{path}' (no '{at}')")]
+    NotFound {
+        /// The whole path.
+        path: String,
+        /// The prefix that does not exist.
+        at: String,
+    },
+    /// A segment tries to descend into a scalar value.
+    #[error("bad path '{path}': '{at}' is not an object or list")]
+    NotAContainer {
+        /// The whole path.
+        path: String,
+        /// The prefix that is a scalar.
+        at: String,
+    },
+    /// A non-numeric segment names an element of a list.
+    #[error("bad path '{path}': '{at}' indexes a list but is not a number")]
+    NotAnIndex {
+        /// The whole path.
+        path: String,
+        /// The offending prefix.
+        at: String,
+    },
+    /// A list index past the end (the length itself appends).
+    #[error("bad path '{path}': index {index} is past the end of a list of {len}")]
+    IndexOutOfRange {
+        /// The whole path.
+        path: String,
+        /// The index given.
+        index: usize,
+        /// The list's length.
+        len: usize,
+    },
+    /// The whole record can only be set to a JSON object.
+    #[error("a record's content must be a JSON object")]
+    RootNotObject,
+    /// Automerge refused the write.
+    #[error("{0}")]
+    Automerge(String),
+}
+
+impl PathError {
+    pub(crate) fn automerge(e: automerge::AutomergeError) -> Self {
+        PathError::Automerge(e.to_string())
+    }
+}
+
+/// A failure of a replica operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No record has this id.
+    #[error("no record with id {0}")]
+    NotFound(DocId),
+    /// The record was deleted; its tombstone is kept.
+    #[error("record {0} was deleted")]
+    Deleted(DocId),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Automerge refused an operation or bytes.
+    #[error("automerge error on {doc}: {source}")]
+    Automerge {
+        /// The record concerned.
+        doc: DocId,
+        /// Automerge's own error.
+        source: automerge::AutomergeError,
+    },
+    /// The closure passed to `change` returned an error; nothing was written.
+    #[error("change to {doc} aborted: {source}")]
+    Aborted {
+        /// The record concerned.
+        doc: DocId,
+        /// The closure's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A path was wrong.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// A collection name is not allowed.
+    #[error(
+        "bad collection name '{0}': use 1-128 characters of letters, digits, '_', '-', '.', '/'"
+    )]
+    BadCollection(String),
+    /// Heads that this record does not contain.
+    #[error("record {doc} has no change {hash}")]
+    UnknownHead {
+        /// The record concerned.
+        doc: DocId,
+        /// The hash that is not in its history.
+        hash: String,
+    },
+    /// Reading a record into a Rust type failed.
+    #[error("record {doc} does not fit the requested type: {reason}")]
+    Hydrate {
+        /// The record concerned.
+        doc: DocId,
+        /// autosurgeon's explanation.
+        reason: String,
+    },
+    /// A short hash matches several changes.
+    #[error(
+        "'{prefix}' is ambiguous in record {doc}: it matches {count} changes; give more characters"
+    )]
+    AmbiguousHead {
+        /// The record concerned.
+        doc: DocId,
+        /// The short hash given.
+        prefix: String,
+        /// How many changes it matches.
+        count: usize,
+    },
+    /// The record id is taken (on import).
+    #[error("a record with id {0} already exists")]
+    Exists(DocId),
+    /// The write path shut down (a writer panicked or the store was closed).
+    #[error("the replica's writer is no longer running")]
+    Closed,
+}
+
+/// The result type of replica operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

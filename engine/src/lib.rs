@@ -1,0 +1,46 @@
+//! Accord's engine: an offline-first replica of Automerge records on SQLite.
+//!
+//! An app opens a [`Replica`] on a SQLite file and creates, changes, reads,
+//! deletes and lists records. Each record is one Automerge document with a
+//! [`DocId`] and a collection name; concurrent edits from other replicas
+//! merge automatically. Every write returns only after its SQLite
+//! transaction has committed.
+//!
+//! ```
+//! use accord_engine::Replica;
+//! use serde_json::json;
+//!
+//! let replica = Replica::open_in_memory()?;
+//! let id = replica.create("contacts", &json!({"name": "Ada"}))?;
+//! replica.put(&id, "email", &json!("ada@example.org"), Some("add email"))?;
+//! assert_eq!(replica.get(&id)?.value, json!({"name": "Ada", "email": "ada@example.org"}));
+//! assert_eq!(replica.history(&id)?.len(), 2);
+//! # Ok::<(), accord_engine::Error>(())
+//! ```
+//!
+//! # Layout
+//!
+//! - [`id`]: `DocId`, bs58check-printed like the Automerge ecosystem's ids.
+//! - [`replica`]: the app-facing API (records, history, subscriptions,
+//!   typed records, the async wrapper) and group commit.
+//! - [`store`]: SQLite; the only module that knows SQL.
+//! - [`json`]: the Automerge ⇄ JSON mapping and paths.
+//! - [`codec`]: bincode; the only module that knows it.
+//! - [`error`]: typed errors.
+
+pub mod codec;
+pub mod error;
+pub mod id;
+pub mod json;
+pub mod replica;
+pub mod store;
+
+pub use automerge;
+pub use autosurgeon;
+pub use error::{Error, PathError, Result, StoreError};
+pub use id::{DocId, ParseDocIdError};
+pub use replica::{
+    describe_patch, AsyncReplica, ChangeEvent, ChangeInfo, ChangeKind, Filter, ListOptions, Origin,
+    Record, RecordMeta, RecvError, Replica, ReplicaOptions, Subscription,
+};
+pub use store::Durability;

@@ -1,0 +1,164 @@
+//! Loaded documents.
+//!
+//! A replica keeps recently used documents in memory, each behind its own
+//! mutex: writers of one document serialise, writers of different documents
+//! run in parallel (and share transactions through group commit). The cache
+//! is bounded; when it grows past its capacity the least recently used
+//! entries that nobody holds are dropped. An entry someone holds is never
+//! dropped, so two copies of one document never exist at once (two copies
+//! would hand out the same change sequence number twice).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use automerge::{ActorId, Automerge};
+
+use super::commit::lock;
+use crate::error::StoreError;
+use crate::id::DocId;
+use crate::store::{DocMeta, StoredDoc};
+
+/// A document in memory, with what the write path needs to know about how
+/// it is stored.
+#[derive(Debug)]
+pub(crate) struct DocState {
+    /// The document.
+    pub doc: Automerge,
+    /// Its collection.
+    pub collection: String,
+    /// Whether it carries a tombstone.
+    pub deleted: bool,
+    /// Chunks stored since the last snapshot (drives compaction).
+    pub chunks: u64,
+    /// Bytes stored since the last snapshot.
+    pub incremental_bytes: u64,
+    /// Size of the last snapshot.
+    pub snapshot_bytes: u64,
+}
+
+/// A cache slot: `None` until loaded, and again after a failed write (the
+/// next user reloads from the store).
+pub(crate) type Entry = Arc<Mutex<Option<DocState>>>;
+
+/// The bounded map of loaded documents.
+#[derive(Debug)]
+pub(crate) struct Cache {
+    /// Entries and when each was last used (a logical clock).
+    map: Mutex<(HashMap<DocId, (Entry, u64)>, u64)>,
+    /// How many entries to keep.
+    capacity: usize,
+}
+
+impl Cache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Cache {
+            map: Mutex::new((HashMap::new(), 0)),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The entry for `id`, created empty if absent.
+    pub(crate) fn entry(&self, id: &DocId) -> Entry {
+        let mut guard = lock(&self.map);
+        let (map, clock) = &mut *guard;
+        *clock += 1;
+        let now = *clock;
+        if let Some((entry, used)) = map.get_mut(id) {
+            *used = now;
+            return Arc::clone(entry);
+        }
+        let entry = Entry::default();
+        map.insert(*id, (Arc::clone(&entry), now));
+        if map.len() > self.capacity {
+            evict(map, self.capacity * 3 / 4);
+        }
+        entry
+    }
+
+    /// Forgets an entry (after a failed load) if nobody else holds it.
+    pub(crate) fn forget(&self, id: &DocId) {
+        let mut guard = lock(&self.map);
+        if guard
+            .0
+            .get(id)
+            .is_some_and(|(e, _)| Arc::strong_count(e) <= 2)
+        {
+            guard.0.remove(id);
+        }
+    }
+
+    /// How many documents are in memory.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.map).0.len()
+    }
+}
+
+/// Drops least recently used, unheld entries until at most `target` remain.
+fn evict(map: &mut HashMap<DocId, (Entry, u64)>, target: usize) {
+    let mut idle: Vec<(u64, DocId)> = map
+        .iter()
+        .filter(|(_, (e, _))| Arc::strong_count(e) == 1)
+        .map(|(id, (_, used))| (*used, *id))
+        .collect();
+    idle.sort_unstable();
+    let excess = map.len().saturating_sub(target);
+    for (_, id) in idle.into_iter().take(excess) {
+        map.remove(&id);
+    }
+}
+
+impl DocState {
+    /// Rebuilds a document from its chunks, checking that the result has
+    /// the heads the metadata promises.
+    pub(crate) fn load(stored: StoredDoc, actor: &ActorId) -> Result<Self, StoreError> {
+        let StoredDoc { meta, chunks } = stored;
+        let corrupt = |reason: String| StoreError::Corrupt {
+            doc: meta.id,
+            reason,
+        };
+        let mut doc = Automerge::new();
+        let mut state = DocState::empty(&meta);
+        for (seq, kind, data) in &chunks {
+            doc.load_incremental(data)
+                .map_err(|e| corrupt(format!("chunk {seq}: {e}")))?;
+            if *kind == 0 {
+                state.snapshot_bytes = data.len() as u64;
+            } else {
+                state.chunks += 1;
+                state.incremental_bytes += data.len() as u64;
+            }
+        }
+        let mut heads = doc.get_heads();
+        heads.sort();
+        if heads != meta.heads {
+            let missing = automerge::ReadDoc::get_missing_deps(&doc, &[]).len();
+            return Err(corrupt(format!(
+                "chunks load to {} heads, metadata has {} ({missing} changes missing)",
+                heads.len(),
+                meta.heads.len()
+            )));
+        }
+        doc.set_actor(actor.clone());
+        state.doc = doc;
+        Ok(state)
+    }
+
+    /// The state of a document the store knows only by its row (a
+    /// tombstone that arrived before any content, or a fresh record).
+    pub(crate) fn empty(meta: &DocMeta) -> Self {
+        DocState {
+            doc: Automerge::new(),
+            collection: meta.collection.clone(),
+            deleted: meta.deleted,
+            chunks: 0,
+            incremental_bytes: 0,
+            snapshot_bytes: 0,
+        }
+    }
+
+    /// Whether the stored chunks are worth rewriting as one snapshot.
+    pub(crate) fn wants_compaction(&self, max_chunks: u64) -> bool {
+        self.chunks >= max_chunks
+            || (self.chunks > 1 && self.incremental_bytes > self.snapshot_bytes.max(4096))
+    }
+}

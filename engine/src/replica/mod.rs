@@ -1,0 +1,604 @@
+//! The replica: the app-facing API over the store.
+//!
+//! A [`Replica`] is cheap to clone (an `Arc`), `Send + Sync`, and fully
+//! synchronous: every write returns after its SQLite transaction committed.
+//! From async code use [`Replica::asynchronous`], which runs the same calls
+//! on tokio's blocking pool so the runtime's workers never wait on SQLite.
+//!
+//! Layout: `commit` is group commit, `cache` the bounded set of loaded
+//! documents, `events` subscriptions, `history` the history API, `typed`
+//! the autosurgeon bridge, `asynch` the async wrapper.
+
+mod asynch;
+mod cache;
+mod commit;
+mod events;
+mod history;
+mod typed;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use automerge::transaction::{CommitOptions, Transactable, Transaction};
+use automerge::{ActorId, Automerge, ChangeHash};
+
+use crate::error::{Error, Result, StoreError};
+use crate::id::DocId;
+use crate::json::{self, Path as JsonPath};
+use crate::store::{now_ms, ChunkKind, DocMeta, Durability, Store, WriteOp};
+use cache::{Cache, DocState, Entry};
+use commit::{lock, Committer};
+
+pub use asynch::AsyncReplica;
+pub use events::{ChangeEvent, ChangeKind, Filter, Origin, RecvError, Subscription};
+pub use history::{describe_patch, ChangeInfo};
+
+/// How a replica is opened.
+#[derive(Debug, Clone)]
+pub struct ReplicaOptions {
+    /// `synchronous` mode of SQLite; see [`Durability`].
+    pub durability: Durability,
+    /// Compact a document once this many incremental chunks accumulated.
+    pub compact_after_chunks: u64,
+    /// How many documents to keep loaded in memory.
+    pub cache_capacity: usize,
+    /// Fail instead of creating the database when the file is missing.
+    pub must_exist: bool,
+}
+
+impl Default for ReplicaOptions {
+    fn default() -> Self {
+        ReplicaOptions {
+            durability: Durability::default(),
+            compact_after_chunks: 64,
+            cache_capacity: 1024,
+            must_exist: false,
+        }
+    }
+}
+
+/// A record's content as of some heads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// The record.
+    pub id: DocId,
+    /// Its collection.
+    pub collection: String,
+    /// The heads this content is at.
+    pub heads: Vec<ChangeHash>,
+    /// The content as JSON (mapping in [`crate::json`]).
+    pub value: serde_json::Value,
+}
+
+impl Record {
+    /// The value at a dot-separated path such as `address.lines.0`.
+    pub fn get(&self, path: &str) -> Result<&serde_json::Value> {
+        let path: JsonPath = path.parse()?;
+        Ok(path.lookup(&self.value)?)
+    }
+}
+
+/// Which records a listing includes.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// Only this collection (all collections if `None`).
+    pub collection: Option<String>,
+    /// Include records that carry a tombstone.
+    pub include_deleted: bool,
+}
+
+/// Cheap metadata of a record, as listings return it.
+pub type RecordMeta = DocMeta;
+
+/// A local-first database of Automerge records on one SQLite file.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Writes, and reads too for in-memory replicas.
+    committer: Committer,
+    /// A read-only connection beside the writer (file replicas only), so
+    /// reads do not queue behind commits.
+    reader: Option<std::sync::Mutex<Store>>,
+    /// Loaded documents.
+    cache: Cache,
+    /// Subscribers.
+    hub: events::Hub,
+    /// The actor id of this replica's changes; fresh per open, so two
+    /// processes on one file never reuse (actor, seq) pairs.
+    actor: ActorId,
+    /// Where the file is (`None` in memory).
+    path: Option<PathBuf>,
+    /// The options it was opened with.
+    options: ReplicaOptions,
+}
+
+impl Replica {
+    /// Opens (or creates) a replica on a SQLite file with default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, ReplicaOptions::default())
+    }
+
+    /// Opens a replica on a SQLite file.
+    pub fn open_with(path: impl AsRef<Path>, options: ReplicaOptions) -> Result<Self> {
+        let path = path.as_ref();
+        let store = if options.must_exist {
+            Store::open_existing(path, options.durability)?
+        } else {
+            Store::open(path, options.durability)?
+        };
+        let reader = Store::open_reader(path)?;
+        Ok(Self::build(
+            store,
+            Some(reader),
+            Some(path.to_owned()),
+            options,
+        ))
+    }
+
+    /// A replica that lives in memory only, for tests and scratch work.
+    pub fn open_in_memory() -> Result<Self> {
+        let store = Store::open_in_memory()?;
+        Ok(Self::build(store, None, None, ReplicaOptions::default()))
+    }
+
+    fn build(
+        store: Store,
+        reader: Option<Store>,
+        path: Option<PathBuf>,
+        options: ReplicaOptions,
+    ) -> Self {
+        Replica {
+            inner: Arc::new(Inner {
+                committer: Committer::new(store),
+                reader: reader.map(std::sync::Mutex::new),
+                cache: Cache::new(options.cache_capacity),
+                hub: events::Hub::default(),
+                actor: ActorId::random(),
+                path,
+                options,
+            }),
+        }
+    }
+
+    /// The file this replica lives in (`None` in memory).
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.path.as_deref()
+    }
+
+    /// The actor id that signs this replica's changes.
+    pub fn actor(&self) -> &ActorId {
+        &self.inner.actor
+    }
+
+    /// An async handle on the same replica.
+    pub fn asynchronous(&self) -> AsyncReplica {
+        AsyncReplica::new(self.clone())
+    }
+
+    /// Runs a read against the store.
+    pub(crate) fn read_store<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
+        match &self.inner.reader {
+            Some(reader) => f(&lock(reader)),
+            None => self.inner.committer.with_store(f),
+        }
+    }
+
+    /// Creates a record in `collection` whose content is the given JSON
+    /// object, and returns its id once it is committed.
+    pub fn create(&self, collection: &str, content: &serde_json::Value) -> Result<DocId> {
+        self.create_with(collection, None, |tx| JsonPath::root().set(tx, content))
+    }
+
+    /// Creates a record whose first change is made by `f`.
+    pub fn create_with<F, E>(&self, collection: &str, message: Option<&str>, f: F) -> Result<DocId>
+    where
+        F: FnOnce(&mut Transaction<'_>) -> Result<(), E>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        check_collection(collection)?;
+        let id = DocId::random();
+        let mut doc = Automerge::new().with_actor(self.inner.actor.clone());
+        let mut tx = doc.transaction();
+        if let Err(e) = f(&mut tx) {
+            return Err(Error::Aborted {
+                doc: id,
+                source: e.into(),
+            });
+        }
+        tx.commit_with(commit_options(message));
+        self.insert_new(id, collection, doc, Origin::Local)?;
+        Ok(id)
+    }
+
+    /// Stores a document that no store has seen under `id`.
+    fn insert_new(
+        &self,
+        id: DocId,
+        collection: &str,
+        mut doc: Automerge,
+        origin: Origin,
+    ) -> Result<()> {
+        let entry = self.inner.cache.entry(&id);
+        let mut slot = lock(&entry);
+        let data = doc.save();
+        let heads = doc.get_heads();
+        let changes = doc.get_changes_meta(&[]).len() as u64;
+        self.inner.committer.submit(vec![WriteOp::Append {
+            doc: id,
+            collection: collection.to_owned(),
+            kind: ChunkKind::Snapshot,
+            data: data.clone(),
+            heads: heads.clone(),
+            new_changes: changes,
+        }])?;
+        doc.set_actor(self.inner.actor.clone());
+        *slot = Some(DocState {
+            doc,
+            collection: collection.to_owned(),
+            deleted: false,
+            chunks: 0,
+            incremental_bytes: 0,
+            snapshot_bytes: data.len() as u64,
+        });
+        drop(slot);
+        self.emit(id, collection, ChangeKind::Created, origin, heads);
+        Ok(())
+    }
+
+    /// Changes a record: `f` edits it inside an Automerge transaction, and
+    /// the change is committed to SQLite before this returns. If `f` fails,
+    /// nothing is written. A change that edits nothing writes nothing.
+    pub fn change<F, T, E>(&self, id: &DocId, message: Option<&str>, f: F) -> Result<T>
+    where
+        F: FnOnce(&mut Transaction<'_>) -> Result<T, E>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let entry = self.load(id)?;
+        let mut slot = lock(&entry);
+        let state = self.state(id, &mut slot)?;
+        if state.deleted {
+            return Err(Error::Deleted(*id));
+        }
+        let before = state.doc.get_heads();
+        let mut tx = state.doc.transaction();
+        let out = match f(&mut tx) {
+            Ok(out) => out,
+            Err(e) => {
+                tx.rollback();
+                return Err(Error::Aborted {
+                    doc: *id,
+                    source: e.into(),
+                });
+            }
+        };
+        if tx.pending_ops() == 0 {
+            tx.rollback();
+            return Ok(out);
+        }
+        tx.commit_with(commit_options(message));
+        self.persist_since(id, &mut slot, &before, Origin::Local)?;
+        Ok(out)
+    }
+
+    /// Sets the value at a dot-separated path (see [`crate::json::Path`]).
+    pub fn put(
+        &self,
+        id: &DocId,
+        path: &str,
+        value: &serde_json::Value,
+        message: Option<&str>,
+    ) -> Result<()> {
+        let path: JsonPath = path.parse()?;
+        self.change(id, message, |tx| path.set(tx, value))
+    }
+
+    /// Writes the changes made since `before` and tells subscribers. On a
+    /// failed write the in-memory copy is dropped, so it is reloaded from
+    /// what was committed.
+    fn persist_since(
+        &self,
+        id: &DocId,
+        slot: &mut Option<DocState>,
+        before: &[ChangeHash],
+        origin: Origin,
+    ) -> Result<()> {
+        let Some(state) = slot.as_mut() else {
+            return Err(Error::NotFound(*id));
+        };
+        let data = state.doc.save_after(before);
+        let heads = state.doc.get_heads();
+        let new_changes = state.doc.get_changes_meta(before).len() as u64;
+        let op = WriteOp::Append {
+            doc: *id,
+            collection: state.collection.clone(),
+            kind: ChunkKind::Incremental,
+            data,
+            heads: heads.clone(),
+            new_changes,
+        };
+        let len = op_len(&op);
+        if let Err(e) = self.inner.committer.submit(vec![op]) {
+            *slot = None;
+            return Err(e.into());
+        }
+        state.chunks += 1;
+        state.incremental_bytes += len;
+        let collection = state.collection.clone();
+        self.maybe_compact(id, slot);
+        self.emit(*id, &collection, ChangeKind::Changed, origin, heads);
+        Ok(())
+    }
+
+    /// Rewrites a document's chunks as one snapshot when they piled up.
+    /// A failure is logged, not returned: the chunks stay valid.
+    fn maybe_compact(&self, id: &DocId, slot: &mut Option<DocState>) {
+        let Some(state) = slot.as_mut() else { return };
+        if !state.wants_compaction(self.inner.options.compact_after_chunks) {
+            return;
+        }
+        if let Err(e) = self.compact_state(id, state) {
+            tracing::warn!(doc = %id, error = %e, "compaction failed; chunks kept as they are");
+        }
+    }
+
+    fn compact_state(&self, id: &DocId, state: &mut DocState) -> Result<(), StoreError> {
+        let snapshot = state.doc.save();
+        let size = snapshot.len() as u64;
+        self.inner
+            .committer
+            .submit(vec![WriteOp::Compact { doc: *id, snapshot }])?;
+        state.chunks = 0;
+        state.incremental_bytes = 0;
+        state.snapshot_bytes = size;
+        Ok(())
+    }
+
+    /// Compacts one record now, whatever its chunk count.
+    pub fn compact(&self, id: &DocId) -> Result<()> {
+        let entry = self.load(id)?;
+        let mut slot = lock(&entry);
+        let state = self.state(id, &mut slot)?;
+        Ok(self.compact_state(id, state)?)
+    }
+
+    /// Compacts every record that is stored as more than one chunk; returns
+    /// how many were compacted.
+    pub fn compact_all(&self) -> Result<usize> {
+        let metas = self.list_with(&ListOptions {
+            collection: None,
+            include_deleted: true,
+        })?;
+        let mut done = 0;
+        for meta in metas.iter().filter(|m| m.chunk_count > 1) {
+            self.compact(&meta.id)?;
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    /// Deletes a record: sets a tombstone that replicates to every peer.
+    /// The history stays readable; the record leaves listings and `get`.
+    pub fn delete(&self, id: &DocId) -> Result<()> {
+        let entry = self.load(id)?;
+        let mut slot = lock(&entry);
+        let state = self.state(id, &mut slot)?;
+        if state.deleted {
+            return Ok(());
+        }
+        let collection = state.collection.clone();
+        self.inner.committer.submit(vec![WriteOp::Delete {
+            doc: *id,
+            collection: collection.clone(),
+            at: now_ms(),
+        }])?;
+        state.deleted = true;
+        let heads = state.doc.get_heads();
+        drop(slot);
+        self.emit(*id, &collection, ChangeKind::Deleted, Origin::Local, heads);
+        Ok(())
+    }
+
+    /// The record's current content.
+    pub fn get(&self, id: &DocId) -> Result<Record> {
+        self.read(id, |doc, collection| Record {
+            id: *id,
+            collection: collection.to_owned(),
+            heads: doc.get_heads(),
+            value: json::to_json(&doc.hydrate(None)),
+        })
+    }
+
+    /// Runs `f` on the record's Automerge document (read-only access to
+    /// everything Automerge offers: text, counters, conflicts, cursors).
+    pub fn read<T>(&self, id: &DocId, f: impl FnOnce(&Automerge, &str) -> T) -> Result<T> {
+        self.read_any(id, |state| {
+            if state.deleted {
+                Err(Error::Deleted(*id))
+            } else {
+                Ok(f(&state.doc, &state.collection))
+            }
+        })?
+    }
+
+    /// Like [`Replica::read`] but also for deleted records (history stays
+    /// readable after a delete).
+    pub(crate) fn read_any<T>(&self, id: &DocId, f: impl FnOnce(&DocState) -> T) -> Result<T> {
+        let entry = self.load(id)?;
+        let mut slot = lock(&entry);
+        let state = self.state(id, &mut slot)?;
+        Ok(f(state))
+    }
+
+    /// The record's metadata row (also for deleted records).
+    pub fn meta(&self, id: &DocId) -> Result<RecordMeta> {
+        self.read_store(|s| s.meta(id))?.ok_or(Error::NotFound(*id))
+    }
+
+    /// The live records of one collection, from metadata only.
+    pub fn list(&self, collection: &str) -> Result<Vec<RecordMeta>> {
+        self.list_with(&ListOptions {
+            collection: Some(collection.to_owned()),
+            include_deleted: false,
+        })
+    }
+
+    /// Records matching `options`, from metadata only.
+    pub fn list_with(&self, options: &ListOptions) -> Result<Vec<RecordMeta>> {
+        Ok(self.read_store(|s| s.list(options.collection.as_deref(), options.include_deleted))?)
+    }
+
+    /// Every collection with its number of live records.
+    pub fn collections(&self) -> Result<Vec<(String, u64)>> {
+        Ok(self.read_store(Store::collections)?)
+    }
+
+    /// Subscribes to committed changes matching `filter`.
+    pub fn subscribe(&self, filter: Filter) -> Subscription {
+        self.inner.hub.subscribe(filter)
+    }
+
+    /// The whole document in Automerge's binary format, which any Automerge
+    /// implementation can load.
+    pub fn save(&self, id: &DocId) -> Result<Vec<u8>> {
+        self.read_any(id, |s| s.doc.save())
+    }
+
+    /// Imports an Automerge document (as written by `save` or any Automerge
+    /// implementation) as a new record and returns its id.
+    pub fn import(&self, collection: &str, bytes: &[u8]) -> Result<DocId> {
+        check_collection(collection)?;
+        let id = DocId::random();
+        let doc = Automerge::load(bytes).map_err(|source| Error::Automerge { doc: id, source })?;
+        self.insert_new(id, collection, doc, Origin::Local)?;
+        Ok(id)
+    }
+
+    /// Merges Automerge bytes (a saved document or changes) into record
+    /// `id`, creating it in `collection` if this replica does not have it.
+    /// This is how content from peers arrives.
+    pub fn merge_bytes(
+        &self,
+        id: &DocId,
+        collection: &str,
+        bytes: &[u8],
+        origin: Origin,
+    ) -> Result<()> {
+        check_collection(collection)?;
+        let entry = self.inner.cache.entry(id);
+        let mut slot = lock(&entry);
+        if slot.is_none() {
+            match self.fill(id, &mut slot) {
+                Ok(()) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(state) = slot.as_mut() else {
+            let mut doc = Automerge::new();
+            doc.load_incremental(bytes)
+                .map_err(|source| Error::Automerge { doc: *id, source })?;
+            drop(slot);
+            return self.insert_new(*id, collection, doc, origin);
+        };
+        let before = state.doc.get_heads();
+        if let Err(source) = state.doc.load_incremental(bytes) {
+            *slot = None; // drop what was half-applied; reload from the store
+            return Err(Error::Automerge { doc: *id, source });
+        }
+        if state.doc.get_heads() == before {
+            return Ok(());
+        }
+        self.persist_since(id, &mut slot, &before, origin)
+    }
+
+    /// The cache entry of `id`, loaded from the store if needed.
+    fn load(&self, id: &DocId) -> Result<Entry> {
+        let entry = self.inner.cache.entry(id);
+        {
+            let mut slot = lock(&entry);
+            if slot.is_none() {
+                if let Err(e) = self.fill(id, &mut slot) {
+                    drop(slot);
+                    self.inner.cache.forget(id);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(entry)
+    }
+
+    /// Loads `id` from the store into an empty slot.
+    fn fill(&self, id: &DocId, slot: &mut Option<DocState>) -> Result<()> {
+        let stored = self
+            .read_store(|s| s.load(id))?
+            .ok_or(Error::NotFound(*id))?;
+        *slot = Some(DocState::load(stored, &self.inner.actor)?);
+        Ok(())
+    }
+
+    /// The loaded state in a slot, reloading it if a failed write emptied it.
+    fn state<'a>(&self, id: &DocId, slot: &'a mut Option<DocState>) -> Result<&'a mut DocState> {
+        if slot.is_none() {
+            self.fill(id, slot)?;
+        }
+        slot.as_mut().ok_or(Error::NotFound(*id))
+    }
+
+    fn emit(
+        &self,
+        doc: DocId,
+        collection: &str,
+        kind: ChangeKind,
+        origin: Origin,
+        heads: Vec<ChangeHash>,
+    ) {
+        self.inner.hub.emit(ChangeEvent {
+            doc,
+            collection: collection.to_owned(),
+            kind,
+            origin,
+            heads,
+        });
+    }
+
+    /// How many documents are loaded in memory now.
+    pub fn loaded_documents(&self) -> usize {
+        self.inner.cache.len()
+    }
+}
+
+fn op_len(op: &WriteOp) -> u64 {
+    match op {
+        WriteOp::Append { data, .. } => data.len() as u64,
+        _ => 0,
+    }
+}
+
+/// Commit options with this moment's time, in seconds since the Unix epoch
+/// as automerge-js records it, and the message if any.
+fn commit_options(message: Option<&str>) -> CommitOptions {
+    let opts = CommitOptions::default().with_time(now_ms() / 1000);
+    match message {
+        Some(m) => opts.with_message(m),
+        None => opts,
+    }
+}
+
+/// Collection names: 1 to 128 characters of `[A-Za-z0-9_.\-/]`.
+pub fn check_collection(name: &str) -> Result<()> {
+    let ok = (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadCollection(name.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,289 @@
+use std::time::Duration;
+
+use automerge::transaction::Transactable;
+use automerge::ROOT;
+use serde_json::json;
+
+use super::*;
+
+fn file_replica() -> (tempfile::TempDir, Replica) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica = Replica::open(dir.path().join("r.db")).expect("open");
+    (dir, replica)
+}
+
+#[test]
+fn create_change_get_list_delete_round_trip_and_reopen() {
+    let (dir, r) = file_replica();
+    let ada = r
+        .create("contacts", &json!({"name": "Ada"}))
+        .expect("create");
+    let bob = r
+        .create("contacts", &json!({"name": "Bob"}))
+        .expect("create");
+    let note = r.create("notes", &json!({"text": "hi"})).expect("create");
+    r.put(&ada, "email", &json!("ada@example.org"), Some("email"))
+        .expect("put");
+    r.change(&bob, None, |tx| tx.put(ROOT, "age", 42))
+        .expect("change");
+    assert_eq!(
+        r.get(&ada).expect("get").value,
+        json!({"name": "Ada", "email": "ada@example.org"})
+    );
+    assert_eq!(r.list("contacts").expect("list").len(), 2);
+    r.delete(&bob).expect("delete");
+    assert!(matches!(r.get(&bob), Err(Error::Deleted(_))));
+    assert!(matches!(
+        r.put(&bob, "x", &json!(1), None),
+        Err(Error::Deleted(_))
+    ));
+    assert_eq!(r.list("contacts").expect("list").len(), 1);
+    let all = r
+        .list_with(&ListOptions {
+            collection: None,
+            include_deleted: true,
+        })
+        .expect("list");
+    assert_eq!(all.len(), 3);
+    drop(r);
+
+    let r = Replica::open(dir.path().join("r.db")).expect("reopen");
+    assert_eq!(
+        r.get(&ada).expect("get").get("email").expect("path"),
+        &json!("ada@example.org")
+    );
+    assert_eq!(r.get(&note).expect("get").value, json!({"text": "hi"}));
+    assert!(matches!(r.get(&bob), Err(Error::Deleted(_))));
+    let meta = r.meta(&ada).expect("meta");
+    assert_eq!(
+        (meta.change_count, meta.collection.as_str(), meta.deleted),
+        (2, "contacts", false)
+    );
+    let history = r.history(&ada).expect("history");
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[1].message.as_deref(), Some("email"));
+    assert_eq!(history[1].deps, vec![history[0].hash]);
+    assert_eq!(r.heads(&ada).expect("heads"), vec![history[1].hash]);
+}
+
+#[test]
+fn unknown_ids_bad_collections_and_aborted_changes_are_errors() {
+    let r = Replica::open_in_memory().expect("open");
+    let missing = DocId::random();
+    assert!(matches!(r.get(&missing), Err(Error::NotFound(id)) if id == missing));
+    assert!(matches!(
+        r.create("bad name!", &json!({})),
+        Err(Error::BadCollection(_))
+    ));
+    assert!(matches!(
+        r.create("", &json!({})),
+        Err(Error::BadCollection(_))
+    ));
+    assert!(matches!(
+        r.create("c", &json!([1])),
+        Err(Error::Aborted { .. })
+    ));
+    let id = r.create("c", &json!({"n": 1})).expect("create");
+    let err = r.change(&id, None, |tx| {
+        tx.put(ROOT, "n", 2).map_err(std::io::Error::other)?;
+        Err::<(), _>(std::io::Error::other("no"))
+    });
+    assert!(matches!(err, Err(Error::Aborted { .. })));
+    assert_eq!(r.get(&id).expect("get").value, json!({"n": 1}));
+    assert_eq!(r.history(&id).expect("history").len(), 1);
+    // A change that edits nothing records nothing.
+    r.change(&id, None, |_| Ok::<_, automerge::AutomergeError>(()))
+        .expect("noop");
+    assert_eq!(r.history(&id).expect("history").len(), 1);
+}
+
+#[test]
+fn history_at_heads_diff_and_short_hashes() {
+    let r = Replica::open_in_memory().expect("open");
+    let id = r.create("c", &json!({"n": 1})).expect("create");
+    let first = r.heads(&id).expect("heads");
+    r.put(&id, "n", &json!(2), None).expect("put");
+    r.put(&id, "m", &json!("x"), None).expect("put");
+    assert_eq!(r.get_at(&id, &first).expect("at").value, json!({"n": 1}));
+    let now = r.heads(&id).expect("heads");
+    let patches = r.diff(&id, &first, &now).expect("diff");
+    let lines: Vec<String> = patches.iter().map(describe_patch).collect();
+    assert!(lines.contains(&"set n = 2".to_owned()), "{lines:?}");
+    assert!(lines.contains(&"set m = \"x\"".to_owned()), "{lines:?}");
+    let short = &first[0].to_string()[..10];
+    assert_eq!(r.resolve_heads(&id, short).expect("resolve"), first);
+    assert!(matches!(
+        r.resolve_heads(&id, "zz"),
+        Err(Error::UnknownHead { .. })
+    ));
+    assert!(matches!(
+        r.resolve_heads(&id, "0000000"),
+        Err(Error::UnknownHead { .. })
+    ));
+}
+
+#[test]
+fn compaction_keeps_content_and_history() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = ReplicaOptions {
+        compact_after_chunks: 4,
+        ..ReplicaOptions::default()
+    };
+    let r = Replica::open_with(dir.path().join("r.db"), options.clone()).expect("open");
+    let id = r.create("c", &json!({"n": 0})).expect("create");
+    for i in 1..=10 {
+        r.put(&id, "n", &json!(i), None).expect("put");
+    }
+    let meta = r.meta(&id).expect("meta");
+    assert!(meta.chunk_count < 5, "compaction ran: {meta:?}");
+    let before = (r.get(&id).expect("get"), r.history(&id).expect("history"));
+    drop(r);
+    let r = Replica::open_with(dir.path().join("r.db"), options).expect("reopen");
+    assert_eq!(
+        (r.get(&id).expect("get"), r.history(&id).expect("history")),
+        before
+    );
+}
+
+#[test]
+fn subscriptions_filter_and_report_origin() {
+    let r = Replica::open_in_memory().expect("open");
+    let all = r.subscribe(Filter::All);
+    let contacts = r.subscribe(Filter::Collection("contacts".into()));
+    let id = r.create("contacts", &json!({})).expect("create");
+    let one = r.subscribe(Filter::Doc(id));
+    r.create("notes", &json!({})).expect("create");
+    r.put(&id, "a", &json!(1), None).expect("put");
+    let t = Duration::from_secs(5);
+    let e = all.recv_timeout(t).expect("created");
+    assert_eq!(
+        (e.doc, e.kind, e.origin.clone()),
+        (id, ChangeKind::Created, Origin::Local)
+    );
+    assert_eq!(all.recv_timeout(t).expect("notes").collection, "notes");
+    assert_eq!(
+        all.recv_timeout(t).expect("changed").kind,
+        ChangeKind::Changed
+    );
+    assert_eq!(
+        contacts.recv_timeout(t).expect("c1").kind,
+        ChangeKind::Created
+    );
+    assert_eq!(
+        contacts.recv_timeout(t).expect("c2").kind,
+        ChangeKind::Changed
+    );
+    assert_eq!(contacts.try_recv(), None);
+    let e = one.recv_timeout(t).expect("doc");
+    assert_eq!((e.kind, e.is_remote()), (ChangeKind::Changed, false));
+    // Remote bytes arrive through merge_bytes and are reported as remote.
+    let other = Replica::open_in_memory().expect("open");
+    let remote = other
+        .create("contacts", &json!({"name": "Eve"}))
+        .expect("create");
+    let bytes = other.save(&remote).expect("save");
+    r.merge_bytes(&remote, "contacts", &bytes, Origin::Remote("relay".into()))
+        .expect("merge");
+    let e = contacts.recv_timeout(t).expect("remote");
+    assert_eq!(
+        (e.doc, e.kind, e.is_remote()),
+        (remote, ChangeKind::Created, true)
+    );
+}
+
+#[test]
+fn a_slow_subscriber_is_told_what_it_missed() {
+    let r = Replica::open_in_memory().expect("open");
+    let sub = r.subscribe(Filter::All);
+    let id = r.create("c", &json!({})).expect("create");
+    for i in 0..events::SUBSCRIPTION_CAPACITY + 10 {
+        r.put(&id, "n", &json!(i), None).expect("put");
+    }
+    assert_eq!(sub.try_recv(), Some(Err(RecvError::Lagged(11))));
+    assert!(matches!(sub.try_recv(), Some(Ok(_))));
+}
+
+#[test]
+fn concurrent_writers_share_commits_and_lose_nothing() {
+    let (_dir, r) = file_replica();
+    let ids: Vec<DocId> = (0..8)
+        .map(|_| r.create("c", &json!({"n": 0})).expect("create"))
+        .collect();
+    std::thread::scope(|s| {
+        for id in &ids {
+            let r = r.clone();
+            s.spawn(move || {
+                for i in 1..=20 {
+                    r.put(id, "n", &json!(i), None).expect("put");
+                }
+            });
+        }
+    });
+    for id in &ids {
+        assert_eq!(r.get(id).expect("get").value, json!({"n": 20}));
+        assert_eq!(r.history(id).expect("history").len(), 21);
+    }
+}
+
+#[test]
+fn typed_records_round_trip() {
+    #[derive(Debug, Clone, PartialEq, autosurgeon::Reconcile, autosurgeon::Hydrate)]
+    struct Contact {
+        name: String,
+        tags: Vec<String>,
+    }
+    let r = Replica::open_in_memory().expect("open");
+    let mut c = Contact {
+        name: "Ada".into(),
+        tags: vec!["math".into()],
+    };
+    let id = r.create_typed("contacts", &c).expect("create");
+    assert_eq!(r.get_typed::<Contact>(&id).expect("get"), c);
+    c.tags.push("engines".into());
+    r.update_typed(&id, &c, Some("tag")).expect("update");
+    assert_eq!(r.get_typed::<Contact>(&id).expect("get"), c);
+    assert_eq!(
+        r.get(&id).expect("json").value,
+        json!({"name": "Ada", "tags": ["math", "engines"]})
+    );
+    assert!(matches!(
+        r.get_typed::<Vec<u8>>(&id),
+        Err(Error::Hydrate { .. })
+    ));
+}
+
+#[test]
+fn the_cache_stays_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = ReplicaOptions {
+        cache_capacity: 16,
+        ..ReplicaOptions::default()
+    };
+    let r = Replica::open_with(dir.path().join("r.db"), options).expect("open");
+    let ids: Vec<DocId> = (0..100)
+        .map(|i| r.create("c", &json!({"i": i})).expect("create"))
+        .collect();
+    assert!(r.loaded_documents() <= 16);
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(r.get(id).expect("get").value, json!({"i": i}));
+    }
+    assert!(r.loaded_documents() <= 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_handle_runs_off_the_runtime() {
+    let (_dir, r) = file_replica();
+    let a = r.asynchronous();
+    let id = a.create("c", json!({"n": 1})).await.expect("create");
+    a.put(id, "n".into(), json!(2)).await.expect("put");
+    a.change(id, Some("m".into()), |tx| tx.put(ROOT, "k", "v"))
+        .await
+        .expect("change");
+    assert_eq!(
+        a.get(id).await.expect("get").value,
+        json!({"n": 2, "k": "v"})
+    );
+    assert_eq!(a.history(id).await.expect("history").len(), 3);
+    a.delete(id).await.expect("delete");
+    assert!(a.list("c").await.expect("list").is_empty());
+}

@@ -1,0 +1,38 @@
+//! Typed records through autosurgeon, the Automerge team's crate for
+//! mapping Rust types onto documents: `#[derive(Reconcile, Hydrate)]` on a
+//! struct, and a record can be created, updated and read as that struct.
+//! Reconciling diffs the struct against the document, so an update writes
+//! only the fields that changed and merges with concurrent edits field by
+//! field.
+
+use autosurgeon::{Hydrate, Reconcile};
+
+use super::Replica;
+use crate::error::{Error, Result};
+use crate::id::DocId;
+
+impl Replica {
+    /// Creates a record holding `value`.
+    pub fn create_typed<T: Reconcile>(&self, collection: &str, value: &T) -> Result<DocId> {
+        self.create_with(collection, None, |tx| autosurgeon::reconcile(tx, value))
+    }
+
+    /// Makes the record equal to `value`, writing only what differs.
+    pub fn update_typed<T: Reconcile>(
+        &self,
+        id: &DocId,
+        value: &T,
+        message: Option<&str>,
+    ) -> Result<()> {
+        self.change(id, message, |tx| autosurgeon::reconcile(tx, value))
+    }
+
+    /// Reads the record as a `T`.
+    pub fn get_typed<T: Hydrate>(&self, id: &DocId) -> Result<T> {
+        self.read(id, |doc, _| autosurgeon::hydrate(doc))?
+            .map_err(|e| Error::Hydrate {
+                doc: *id,
+                reason: e.to_string(),
+            })
+    }
+}

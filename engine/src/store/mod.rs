@@ -1,0 +1,409 @@
+//! The SQLite store: the only module that knows SQL.
+//!
+//! A database holds, per document, one metadata row (`docs`) and an ordered
+//! list of chunks (`chunks`): Automerge's own binary formats, a snapshot from
+//! `save()` or incremental changes from `save_after()`. Loading a document
+//! concatenates its chunks in order. Compaction replaces all of a document's
+//! chunks by one snapshot inside one transaction. `sync_states` keeps each
+//! peer's encoded `automerge::sync::State` per document.
+//!
+//! The store is synchronous. [`Store::apply`] runs a batch of writes in one
+//! transaction, each in its own savepoint, so one failing write does not
+//! undo its neighbours; that is what group commit stands on.
+//! `docs/storage-format.md` is the byte-level specification.
+
+mod schema;
+
+use std::path::Path;
+use std::time::Duration;
+
+use automerge::ChangeHash;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+
+use crate::error::StoreError;
+use crate::id::DocId;
+
+pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
+
+/// How hard each commit works to survive a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous = FULL`: a committed write survives power loss and OS
+    /// crashes. The default, because an acknowledged write is a promise;
+    /// group commit amortises the fsync across concurrent writers.
+    #[default]
+    Full,
+    /// `synchronous = NORMAL`: a committed write survives the process
+    /// crashing or being killed, but the last commits may be lost on power
+    /// loss. Much faster for a single writer.
+    Normal,
+}
+
+/// The two kinds of chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkKind {
+    /// A whole document, from `Automerge::save`.
+    Snapshot = 0,
+    /// Changes, from `Automerge::save_after`.
+    Incremental = 1,
+}
+
+/// What the `docs` table knows about a document, without loading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocMeta {
+    /// The document.
+    pub id: DocId,
+    /// Its collection.
+    pub collection: String,
+    /// Whether it carries a tombstone.
+    pub deleted: bool,
+    /// When it was deleted (ms since the epoch), if it was.
+    pub deleted_at: Option<i64>,
+    /// Its current heads, sorted.
+    pub heads: Vec<ChangeHash>,
+    /// How many changes its history holds.
+    pub change_count: u64,
+    /// The bytes its chunks take.
+    pub size_bytes: u64,
+    /// How many chunks it is stored as.
+    pub chunk_count: u64,
+    /// When this store first saw it (ms since the epoch).
+    pub created_at: i64,
+    /// When this store last wrote it (ms since the epoch).
+    pub updated_at: i64,
+}
+
+/// One write, applied by [`Store::apply`].
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Appends a chunk; creates the document's row if it has none.
+    Append {
+        /// The document.
+        doc: DocId,
+        /// Its collection (used only when the row is created).
+        collection: String,
+        /// Snapshot or incremental.
+        kind: ChunkKind,
+        /// Automerge bytes.
+        data: Vec<u8>,
+        /// The document's heads after this chunk.
+        heads: Vec<ChangeHash>,
+        /// How many changes the chunk adds.
+        new_changes: u64,
+    },
+    /// Replaces every chunk of a document by one snapshot.
+    Compact {
+        /// The document.
+        doc: DocId,
+        /// `Automerge::save()` of the whole document.
+        snapshot: Vec<u8>,
+    },
+    /// Sets the tombstone. Creates a row if the document is unknown, so a
+    /// deletion can arrive before the document does.
+    Delete {
+        /// The document.
+        doc: DocId,
+        /// Its collection.
+        collection: String,
+        /// When it was deleted (ms since the epoch).
+        at: i64,
+    },
+    /// Stores a peer's sync state for a document.
+    SyncState {
+        /// The peer's id.
+        peer: String,
+        /// The document.
+        doc: DocId,
+        /// `automerge::sync::State::encode()`.
+        state: Vec<u8>,
+    },
+}
+
+/// A document's stored chunks, in order.
+#[derive(Debug, Clone)]
+pub struct StoredDoc {
+    /// Its metadata row.
+    pub meta: DocMeta,
+    /// `(seq, kind, bytes)` in ascending `seq`.
+    pub chunks: Vec<(i64, u8, Vec<u8>)>,
+}
+
+/// A connection to an Accord database.
+#[derive(Debug)]
+pub struct Store {
+    /// The SQLite connection; every method goes through it.
+    conn: Connection,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+const META_COLUMNS: &str = "id, collection, deleted, deleted_at, heads, change_count, size_bytes, chunk_count, created_at, updated_at";
+
+impl Store {
+    /// Opens (creating if needed) a database file and migrates it.
+    pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        Self::init(conn, &path.display().to_string(), durability)
+    }
+
+    /// Opens an existing database file; fails with [`StoreError::Missing`]
+    /// instead of creating one.
+    pub fn open_existing(path: &Path, durability: Durability) -> Result<Self, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.display().to_string()));
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(path, flags)?;
+        Self::init(conn, &path.display().to_string(), durability)
+    }
+
+    /// A private in-memory database.
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        Self::init(
+            Connection::open_in_memory()?,
+            ":memory:",
+            Durability::Normal,
+        )
+    }
+
+    fn init(mut conn: Connection, name: &str, durability: Durability) -> Result<Self, StoreError> {
+        conn.busy_timeout(Duration::from_secs(10))?;
+        let sync = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        tracing::debug!(db = name, journal = mode, "opened database");
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;"
+        ))?;
+        schema::migrate(&mut conn, name)?;
+        Ok(Store { conn })
+    }
+
+    /// A second connection to the same file, for reads beside the writer.
+    pub fn open_reader(path: &Path) -> Result<Self, StoreError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        Ok(Store { conn })
+    }
+
+    /// Applies a batch of write groups in one transaction. Each group runs in
+    /// its own savepoint and is all-or-nothing; the result vector says which
+    /// groups succeeded. If the commit itself fails, the error covers all.
+    pub fn apply(
+        &mut self,
+        groups: &[&[WriteOp]],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        let mut results = Vec::with_capacity(groups.len());
+        for group in groups {
+            let sp = tx.savepoint()?;
+            let outcome = group.iter().try_for_each(|op| apply_one(&sp, op, now));
+            if outcome.is_ok() {
+                sp.commit()?;
+            } else {
+                drop(sp); // rolls the savepoint back
+            }
+            results.push(outcome);
+        }
+        tx.commit()?;
+        Ok(results)
+    }
+
+    /// The metadata row of one document.
+    pub fn meta(&self, doc: &DocId) -> Result<Option<DocMeta>, StoreError> {
+        let sql = format!("SELECT {META_COLUMNS} FROM docs WHERE id = ?1");
+        let row = self
+            .conn
+            .query_row(&sql, [doc.as_bytes().as_slice()], |r| Ok(read_meta(r)))
+            .optional()?;
+        row.transpose()
+    }
+
+    /// A document's metadata and chunks, or `None` if it is unknown.
+    pub fn load(&self, doc: &DocId) -> Result<Option<StoredDoc>, StoreError> {
+        let Some(meta) = self.meta(doc)? else {
+            return Ok(None);
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, kind, data FROM chunks WHERE doc = ?1 ORDER BY seq")?;
+        let chunks = stmt
+            .query_map([doc.as_bytes().as_slice()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(StoredDoc { meta, chunks }))
+    }
+
+    /// Metadata of the documents of one collection (or of all), ordered by
+    /// collection and id. Reads only the `docs` table.
+    pub fn list(
+        &self,
+        collection: Option<&str>,
+        include_deleted: bool,
+    ) -> Result<Vec<DocMeta>, StoreError> {
+        let sql = format!(
+            "SELECT {META_COLUMNS} FROM docs WHERE (?1 IS NULL OR collection = ?1) AND (?2 OR deleted = 0) ORDER BY collection, id"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params![collection, include_deleted], |r| Ok(read_meta(r)))?;
+        rows.map(|r| r.map_err(StoreError::from).and_then(|m| m))
+            .collect()
+    }
+
+    /// The collections and how many live documents each holds.
+    pub fn collections(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT collection, sum(deleted = 0) FROM docs GROUP BY collection ORDER BY collection",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The stored sync state of `peer` for `doc`.
+    pub fn sync_state(&self, peer: &str, doc: &DocId) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT state FROM sync_states WHERE peer = ?1 AND doc = ?2")?;
+        Ok(stmt
+            .query_row(params![peer, doc.as_bytes().as_slice()], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Runs `PRAGMA integrity_check` and returns its complaints (empty if fine).
+    pub fn integrity_check(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare("PRAGMA integrity_check")?;
+        let rows: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows.into_iter().filter(|r| r != "ok").collect())
+    }
+
+    /// Direct access for the store's own tests and for fixtures.
+    #[doc(hidden)]
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+fn apply_one(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError> {
+    match op {
+        WriteOp::Append {
+            doc,
+            collection,
+            kind,
+            data,
+            heads,
+            new_changes,
+        } => {
+            let id = doc.as_bytes().as_slice();
+            conn.prepare_cached(
+                "INSERT INTO docs (id, collection, heads, change_count, size_bytes, chunk_count, created_at, updated_at)
+                 VALUES (?1, ?2, x'', 0, 0, 0, ?3, ?3) ON CONFLICT (id) DO NOTHING",
+            )?
+            .execute(params![id, collection, now])?;
+            conn.prepare_cached(
+                "INSERT INTO chunks (doc, seq, kind, data)
+                 VALUES (?1, (SELECT coalesce(max(seq), 0) + 1 FROM chunks WHERE doc = ?1), ?2, ?3)",
+            )?
+            .execute(params![id, *kind as u8, data])?;
+            conn.prepare_cached(
+                "UPDATE docs SET heads = ?2, change_count = change_count + ?3, size_bytes = size_bytes + ?4,
+                 chunk_count = chunk_count + 1, updated_at = ?5 WHERE id = ?1",
+            )?
+            .execute(params![id, encode_heads(heads), *new_changes as i64, data.len() as i64, now])?;
+        }
+        WriteOp::Compact { doc, snapshot } => {
+            let id = doc.as_bytes().as_slice();
+            let top: i64 = conn
+                .prepare_cached("SELECT coalesce(max(seq), 0) FROM chunks WHERE doc = ?1")?
+                .query_row([id], |r| r.get(0))?;
+            conn.prepare_cached("DELETE FROM chunks WHERE doc = ?1 AND seq <= ?2")?
+                .execute(params![id, top])?;
+            conn.prepare_cached(
+                "INSERT INTO chunks (doc, seq, kind, data) VALUES (?1, ?2, 0, ?3)",
+            )?
+            .execute(params![id, top.max(1), snapshot])?;
+            conn.prepare_cached("UPDATE docs SET size_bytes = ?2, chunk_count = 1 WHERE id = ?1")?
+                .execute(params![id, snapshot.len() as i64])?;
+        }
+        WriteOp::Delete {
+            doc,
+            collection,
+            at,
+        } => {
+            conn.prepare_cached(
+                "INSERT INTO docs (id, collection, deleted, deleted_at, heads, change_count, size_bytes, chunk_count, created_at, updated_at)
+                 VALUES (?1, ?2, 1, ?3, x'', 0, 0, 0, ?4, ?4)
+                 ON CONFLICT (id) DO UPDATE SET deleted = 1, deleted_at = coalesce(deleted_at, ?3), updated_at = ?4",
+            )?
+            .execute(params![doc.as_bytes().as_slice(), collection, at, now])?;
+        }
+        WriteOp::SyncState { peer, doc, state } => {
+            conn.prepare_cached(
+                "INSERT INTO sync_states (peer, doc, state, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (peer, doc) DO UPDATE SET state = ?3, updated_at = ?4",
+            )?
+            .execute(params![peer, doc.as_bytes().as_slice(), state, now])?;
+        }
+    }
+    Ok(())
+}
+
+fn read_meta(r: &Row<'_>) -> Result<DocMeta, StoreError> {
+    let id: Vec<u8> = r.get(0)?;
+    let id = DocId::from_slice(&id)
+        .ok_or_else(|| StoreError::BadRow(format!("document id of {} bytes", id.len())))?;
+    let heads: Vec<u8> = r.get(4)?;
+    Ok(DocMeta {
+        id,
+        collection: r.get(1)?,
+        deleted: r.get::<_, i64>(2)? != 0,
+        deleted_at: r.get(3)?,
+        heads: decode_heads(&heads).ok_or_else(|| {
+            StoreError::BadRow(format!(
+                "heads of {id} are {} bytes, not a multiple of 32",
+                heads.len()
+            ))
+        })?,
+        change_count: r.get::<_, i64>(5)? as u64,
+        size_bytes: r.get::<_, i64>(6)? as u64,
+        chunk_count: r.get::<_, i64>(7)? as u64,
+        created_at: r.get(8)?,
+        updated_at: r.get(9)?,
+    })
+}
+
+/// Heads are stored as the concatenation of their 32-byte hashes, sorted.
+pub fn encode_heads(heads: &[ChangeHash]) -> Vec<u8> {
+    let mut sorted = heads.to_vec();
+    sorted.sort();
+    sorted.iter().flat_map(|h| h.0).collect()
+}
+
+/// The inverse of [`encode_heads`]; `None` if the length is not a multiple of 32.
+pub fn decode_heads(bytes: &[u8]) -> Option<Vec<ChangeHash>> {
+    if bytes.len() % 32 != 0 {
+        return None;
+    }
+    bytes
+        .chunks_exact(32)
+        .map(|c| ChangeHash::try_from(c).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

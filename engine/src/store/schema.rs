@@ -1,0 +1,88 @@
+//! Schema creation and migrations.
+//!
+//! The schema version lives in SQLite's `user_version`; `application_id`
+//! marks the file as Accord's. [`migrate`] brings any older file up to
+//! [`SCHEMA_VERSION`] inside one transaction, and refuses files from a newer
+//! build instead of guessing. Each migration is a step from version N-1 to N;
+//! never edit a step that has shipped, add the next one.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::error::StoreError;
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// `application_id` of an Accord database: ASCII "ACRD".
+pub const APPLICATION_ID: i64 = 0x4143_5244;
+
+/// The migration steps; entry `i` upgrades version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1: the initial schema.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE docs (
+        id           BLOB PRIMARY KEY CHECK (length(id) = 16),
+        collection   TEXT NOT NULL,
+        deleted      INTEGER NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1)),
+        deleted_at   INTEGER,
+        heads        BLOB NOT NULL,
+        change_count INTEGER NOT NULL,
+        size_bytes   INTEGER NOT NULL,
+        chunk_count  INTEGER NOT NULL,
+        created_at   INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX docs_by_collection ON docs (collection, id);
+
+    CREATE TABLE chunks (
+        doc  BLOB NOT NULL,
+        seq  INTEGER NOT NULL,
+        kind INTEGER NOT NULL CHECK (kind IN (0, 1)),
+        data BLOB NOT NULL,
+        PRIMARY KEY (doc, seq)
+    );
+
+    CREATE TABLE sync_states (
+        peer       TEXT NOT NULL,
+        doc        BLOB NOT NULL,
+        state      BLOB NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (peer, doc)
+    ) WITHOUT ROWID;
+    "#,
+];
+
+/// Creates or upgrades the schema. Safe to call on every open.
+pub fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let app_id: i64 = tx.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if app_id != APPLICATION_ID && !(app_id == 0 && version == 0 && is_empty(&tx)?) {
+        return Err(StoreError::NotAccord(path.to_owned()));
+    }
+    for (from, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(step)?;
+        tracing::info!(from, to = from + 1, "migrated database schema");
+    }
+    tx.execute_batch(&format!(
+        "PRAGMA user_version = {SCHEMA_VERSION}; PRAGMA application_id = {APPLICATION_ID};"
+    ))?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn is_empty(conn: &Connection) -> Result<bool, StoreError> {
+    let n: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+    Ok(n == 0)
+}
