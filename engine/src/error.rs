@@ -121,7 +121,7 @@ pub enum Error {
         /// The record concerned.
         doc: DocId,
         /// Automerge's own error.
-        source: automerge::AutomergeError,
+        source: Box<automerge::AutomergeError>,
     },
     /// The closure passed to `change` returned an error; nothing was written.
     #[error("change to {doc} aborted: {source}")]
@@ -166,6 +166,24 @@ pub enum Error {
         prefix: String,
         /// How many changes it matches.
         count: usize,
+    },
+    /// The document exists, but in another collection.
+    #[error("document {doc} belongs to collection '{actual}', not '{given}'")]
+    WrongCollection {
+        /// The document.
+        doc: DocId,
+        /// Its real collection.
+        actual: String,
+        /// The collection that was claimed.
+        given: String,
+    },
+    /// Bytes from a peer are not a valid sync message or sync state.
+    #[error("invalid sync data for {doc}: {reason}")]
+    BadSyncData {
+        /// The document.
+        doc: DocId,
+        /// What was wrong.
+        reason: String,
     },
     /// The record id is taken (on import).
     #[error("a record with id {0} already exists")]

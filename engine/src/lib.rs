@@ -25,18 +25,24 @@
 //!   typed records, the async wrapper) and group commit.
 //! - [`store`]: SQLite; the only module that knows SQL.
 //! - [`json`]: the Automerge ⇄ JSON mapping and paths.
+//! - [`sync`]: the sans-IO sync core and the wire protocol.
+//! - [`driver`]: the client driver (tokio, WebSocket, reconnect); with the
+//!   relay, the only code that knows about sockets.
 //! - [`codec`]: bincode; the only module that knows it.
 //! - [`error`]: typed errors.
 
 pub mod codec;
+pub mod driver;
 pub mod error;
 pub mod id;
 pub mod json;
 pub mod replica;
 pub mod store;
+pub mod sync;
 
 pub use automerge;
 pub use autosurgeon;
+pub use driver::{ConnectOptions, ConnectionState, SyncError, SyncHandle, SyncStatus};
 pub use error::{Error, PathError, Result, StoreError};
 pub use id::{DocId, ParseDocIdError};
 pub use replica::{

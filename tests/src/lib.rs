@@ -1,1 +1,80 @@
+//! Shared support for Accord's cross-crate integration tests and benchmark
+//! harness: a real relay on `127.0.0.1:0` backed by a real SQLite file, and
+//! helpers to wait on conditions with a timeout instead of sleeping.
 
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use accord_relay::{Config, Relay};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A relay running in this process.
+#[derive(Debug)]
+pub struct TestRelay {
+    /// `ws://127.0.0.1:<port>`.
+    pub url: String,
+    /// The relay's state (its replica, counters).
+    pub relay: Relay,
+    /// Cancelling it shuts the relay down.
+    pub shutdown: CancellationToken,
+    /// The server task.
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestRelay {
+    /// Starts a relay on a free loopback port, storing into `db`.
+    pub async fn start(db: &Path) -> anyhow::Result<TestRelay> {
+        Self::start_with(Config {
+            db: db.to_owned(),
+            ..Config::default()
+        })
+        .await
+    }
+
+    /// Starts a relay with the given configuration (its `listen` is
+    /// ignored: a free loopback port is used).
+    pub async fn start_with(config: Config) -> anyhow::Result<TestRelay> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("ws://{}", listener.local_addr()?);
+        let shutdown = CancellationToken::new();
+        let relay = accord_relay::server::start(config, shutdown.clone()).await?;
+        let task = tokio::spawn(accord_relay::server::serve(
+            listener,
+            relay.clone(),
+            shutdown.clone(),
+        ));
+        Ok(TestRelay {
+            url,
+            relay,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Shuts the relay down gracefully and waits for it.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await?
+    }
+}
+
+/// Polls `check` until it returns true, failing after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

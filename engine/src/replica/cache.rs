@@ -40,11 +40,20 @@ pub(crate) struct DocState {
 /// next user reloads from the store).
 pub(crate) type Entry = Arc<Mutex<Option<DocState>>>;
 
+/// Entries with the logical time each was last used.
+#[derive(Debug, Default)]
+struct Slots {
+    /// Entry and last use of each loaded document.
+    entries: HashMap<DocId, (Entry, u64)>,
+    /// The logical clock of uses.
+    clock: u64,
+}
+
 /// The bounded map of loaded documents.
 #[derive(Debug)]
 pub(crate) struct Cache {
-    /// Entries and when each was last used (a logical clock).
-    map: Mutex<(HashMap<DocId, (Entry, u64)>, u64)>,
+    /// The entries.
+    map: Mutex<Slots>,
     /// How many entries to keep.
     capacity: usize,
 }
@@ -52,7 +61,7 @@ pub(crate) struct Cache {
 impl Cache {
     pub(crate) fn new(capacity: usize) -> Self {
         Cache {
-            map: Mutex::new((HashMap::new(), 0)),
+            map: Mutex::new(Slots::default()),
             capacity: capacity.max(1),
         }
     }
@@ -60,7 +69,7 @@ impl Cache {
     /// The entry for `id`, created empty if absent.
     pub(crate) fn entry(&self, id: &DocId) -> Entry {
         let mut guard = lock(&self.map);
-        let (map, clock) = &mut *guard;
+        let Slots { entries: map, clock } = &mut *guard;
         *clock += 1;
         let now = *clock;
         if let Some((entry, used)) = map.get_mut(id) {
@@ -78,18 +87,15 @@ impl Cache {
     /// Forgets an entry (after a failed load) if nobody else holds it.
     pub(crate) fn forget(&self, id: &DocId) {
         let mut guard = lock(&self.map);
-        if guard
-            .0
-            .get(id)
-            .is_some_and(|(e, _)| Arc::strong_count(e) <= 2)
-        {
-            guard.0.remove(id);
+        // Two holders: the map and the caller that failed to load it.
+        if guard.entries.get(id).is_some_and(|(e, _)| Arc::strong_count(e) <= 2) {
+            guard.entries.remove(id);
         }
     }
 
     /// How many documents are in memory.
     pub(crate) fn len(&self) -> usize {
-        lock(&self.map).0.len()
+        lock(&self.map).entries.len()
     }
 }
 

@@ -178,6 +178,11 @@ impl Subscription {
         self.rx.try_recv().ok().map(Ok)
     }
 
+    /// Whether no event is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty() && self.missed.load(Ordering::Relaxed) == 0
+    }
+
     /// Waits for the next event without blocking the async runtime.
     pub async fn recv_async(&self) -> Result<ChangeEvent, RecvError> {
         self.lagged()?;

@@ -14,6 +14,7 @@ mod cache;
 mod commit;
 mod events;
 mod history;
+mod remote;
 mod typed;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +45,10 @@ pub struct ReplicaOptions {
     pub cache_capacity: usize,
     /// Fail instead of creating the database when the file is missing.
     pub must_exist: bool,
+    /// For simulations: draw ids from a generator seeded with this value
+    /// and record every change at time 0, so a run can be replayed exactly.
+    #[doc(hidden)]
+    pub deterministic: Option<u64>,
 }
 
 impl Default for ReplicaOptions {
@@ -53,6 +58,7 @@ impl Default for ReplicaOptions {
             compact_after_chunks: 64,
             cache_capacity: 1024,
             must_exist: false,
+            deterministic: None,
         }
     }
 }
@@ -110,10 +116,15 @@ struct Inner {
     /// The actor id of this replica's changes; fresh per open, so two
     /// processes on one file never reuse (actor, seq) pairs.
     actor: ActorId,
+    /// The database's stable identity towards peers (sync states are kept
+    /// under it on the other side).
+    peer_id: String,
     /// Where the file is (`None` in memory).
     path: Option<PathBuf>,
     /// The options it was opened with.
     options: ReplicaOptions,
+    /// The seeded generator of a deterministic replica.
+    rng: Option<std::sync::Mutex<rand::rngs::StdRng>>,
 }
 
 impl Replica {
@@ -131,18 +142,13 @@ impl Replica {
             Store::open(path, options.durability)?
         };
         let reader = Store::open_reader(path)?;
-        Ok(Self::build(
-            store,
-            Some(reader),
-            Some(path.to_owned()),
-            options,
-        ))
+        Self::build(store, Some(reader), Some(path.to_owned()), options)
     }
 
     /// A replica that lives in memory only, for tests and scratch work.
     pub fn open_in_memory() -> Result<Self> {
         let store = Store::open_in_memory()?;
-        Ok(Self::build(store, None, None, ReplicaOptions::default()))
+        Self::build(store, None, None, ReplicaOptions::default())
     }
 
     fn build(
@@ -150,18 +156,32 @@ impl Replica {
         reader: Option<Store>,
         path: Option<PathBuf>,
         options: ReplicaOptions,
-    ) -> Self {
-        Replica {
+    ) -> Result<Self> {
+        let peer_id = store.peer_id()?;
+        let mut rng: Option<rand::rngs::StdRng> =
+            options.deterministic.map(rand::SeedableRng::seed_from_u64);
+        let actor = match rng.as_mut() {
+            Some(rng) => ActorId::from(rand::Rng::random::<[u8; 16]>(rng).to_vec()),
+            None => ActorId::random(),
+        };
+        Ok(Replica {
             inner: Arc::new(Inner {
                 committer: Committer::new(store),
                 reader: reader.map(std::sync::Mutex::new),
                 cache: Cache::new(options.cache_capacity),
                 hub: events::Hub::default(),
-                actor: ActorId::random(),
+                actor,
+                peer_id,
                 path,
                 options,
+                rng: rng.map(std::sync::Mutex::new),
             }),
-        }
+        })
+    }
+
+    /// This database's stable peer id.
+    pub fn peer_id(&self) -> &str {
+        &self.inner.peer_id
     }
 
     /// The file this replica lives in (`None` in memory).
@@ -200,7 +220,7 @@ impl Replica {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         check_collection(collection)?;
-        let id = DocId::random();
+        let id = self.new_id();
         let mut doc = Automerge::new().with_actor(self.inner.actor.clone());
         let mut tx = doc.transaction();
         if let Err(e) = f(&mut tx) {
@@ -209,7 +229,7 @@ impl Replica {
                 source: e.into(),
             });
         }
-        tx.commit_with(commit_options(message));
+        tx.commit_with(self.commit_options(message));
         self.insert_new(id, collection, doc, Origin::Local)?;
         Ok(id)
     }
@@ -219,11 +239,23 @@ impl Replica {
         &self,
         id: DocId,
         collection: &str,
-        mut doc: Automerge,
+        doc: Automerge,
         origin: Origin,
     ) -> Result<()> {
         let entry = self.inner.cache.entry(&id);
         let mut slot = lock(&entry);
+        self.insert_into(id, collection, doc, origin, &mut slot)
+    }
+
+    /// Stores a new document and puts it in its (locked, empty) cache slot.
+    fn insert_into(
+        &self,
+        id: DocId,
+        collection: &str,
+        mut doc: Automerge,
+        origin: Origin,
+        slot: &mut Option<DocState>,
+    ) -> Result<()> {
         let data = doc.save();
         let heads = doc.get_heads();
         let changes = doc.get_changes_meta(&[]).len() as u64;
@@ -236,15 +268,15 @@ impl Replica {
             new_changes: changes,
         }])?;
         doc.set_actor(self.inner.actor.clone());
+        let deleted = slot.as_ref().is_some_and(|s| s.deleted);
         *slot = Some(DocState {
             doc,
             collection: collection.to_owned(),
-            deleted: false,
+            deleted,
             chunks: 0,
             incremental_bytes: 0,
             snapshot_bytes: data.len() as u64,
         });
-        drop(slot);
         self.emit(id, collection, ChangeKind::Created, origin, heads);
         Ok(())
     }
@@ -279,7 +311,7 @@ impl Replica {
             tx.rollback();
             return Ok(out);
         }
-        tx.commit_with(commit_options(message));
+        tx.commit_with(self.commit_options(message));
         self.persist_since(id, &mut slot, &before, Origin::Local)?;
         Ok(out)
     }
@@ -471,8 +503,8 @@ impl Replica {
     /// implementation) as a new record and returns its id.
     pub fn import(&self, collection: &str, bytes: &[u8]) -> Result<DocId> {
         check_collection(collection)?;
-        let id = DocId::random();
-        let doc = Automerge::load(bytes).map_err(|source| Error::Automerge { doc: id, source })?;
+        let id = self.new_id();
+        let doc = Automerge::load(bytes).map_err(|source| Error::Automerge { doc: id, source: Box::new(source) })?;
         self.insert_new(id, collection, doc, Origin::Local)?;
         Ok(id)
     }
@@ -499,14 +531,13 @@ impl Replica {
         let Some(state) = slot.as_mut() else {
             let mut doc = Automerge::new();
             doc.load_incremental(bytes)
-                .map_err(|source| Error::Automerge { doc: *id, source })?;
-            drop(slot);
-            return self.insert_new(*id, collection, doc, origin);
+                .map_err(|source| Error::Automerge { doc: *id, source: Box::new(source) })?;
+            return self.insert_into(*id, collection, doc, origin, &mut slot);
         };
         let before = state.doc.get_heads();
         if let Err(source) = state.doc.load_incremental(bytes) {
             *slot = None; // drop what was half-applied; reload from the store
-            return Err(Error::Automerge { doc: *id, source });
+            return Err(Error::Automerge { doc: *id, source: Box::new(source) });
         }
         if state.doc.get_heads() == before {
             return Ok(());
@@ -564,6 +595,29 @@ impl Replica {
         });
     }
 
+    /// A fresh document id.
+    fn new_id(&self) -> DocId {
+        match &self.inner.rng {
+            Some(rng) => DocId::from_bytes(rand::Rng::random(&mut *lock(rng))),
+            None => DocId::random(),
+        }
+    }
+
+    /// Commit options with this moment's time, in seconds since the Unix
+    /// epoch as automerge-js records it, and the message if any.
+    fn commit_options(&self, message: Option<&str>) -> CommitOptions {
+        let time = if self.inner.rng.is_some() {
+            0
+        } else {
+            now_ms() / 1000
+        };
+        let opts = CommitOptions::default().with_time(time);
+        match message {
+            Some(m) => opts.with_message(m),
+            None => opts,
+        }
+    }
+
     /// How many documents are loaded in memory now.
     pub fn loaded_documents(&self) -> usize {
         self.inner.cache.len()
@@ -574,16 +628,6 @@ fn op_len(op: &WriteOp) -> u64 {
     match op {
         WriteOp::Append { data, .. } => data.len() as u64,
         _ => 0,
-    }
-}
-
-/// Commit options with this moment's time, in seconds since the Unix epoch
-/// as automerge-js records it, and the message if any.
-fn commit_options(message: Option<&str>) -> CommitOptions {
-    let opts = CommitOptions::default().with_time(now_ms() / 1000);
-    match message {
-        Some(m) => opts.with_message(m),
-        None => opts,
     }
 }
 

@@ -283,6 +283,29 @@ impl Store {
             .optional()?)
     }
 
+    /// This database's stable peer id, created on first use.
+    pub fn peer_id(&self) -> Result<String, StoreError> {
+        let existing: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'peer_id'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if let Some(id) = existing {
+            return Ok(id);
+        }
+        let id = format!("{}", crate::id::DocId::random());
+        self.conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('peer_id', ?1)",
+            [&id],
+        )?;
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'peer_id'", [], |r| {
+                r.get(0)
+            })?)
+    }
+
     /// Runs `PRAGMA integrity_check` and returns its complaints (empty if fine).
     pub fn integrity_check(&self) -> Result<Vec<String>, StoreError> {
         let mut stmt = self.conn.prepare("PRAGMA integrity_check")?;
@@ -396,7 +419,7 @@ pub fn encode_heads(heads: &[ChangeHash]) -> Vec<u8> {
 
 /// The inverse of [`encode_heads`]; `None` if the length is not a multiple of 32.
 pub fn decode_heads(bytes: &[u8]) -> Option<Vec<ChangeHash>> {
-    if bytes.len() % 32 != 0 {
+    if !bytes.len().is_multiple_of(32) {
         return None;
     }
     bytes

@@ -1,0 +1,280 @@
+//! The wire protocol: frames exchanged between a replica and a relay.
+//!
+//! Each WebSocket binary message carries exactly one [`Frame`], encoded by
+//! [`crate::codec`]. `docs/protocol.md` is the specification; this module is
+//! its implementation. Two rules keep versions apart: `Hello` is variant 0
+//! forever and its first field is the protocol version, so any version can
+//! read the version of any other; and a relay refuses a version it does not
+//! speak with [`ErrorCode::VERSION`] before anything else happens.
+
+use automerge::ChangeHash;
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::id::DocId;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// One message on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// Replica → relay, first frame: who is connecting, and with what right.
+    Hello {
+        /// The replica's protocol version.
+        version: u32,
+        /// The replica's stable peer id (sync states are kept under it).
+        peer_id: String,
+        /// The credential; empty when the relay runs in open mode.
+        token: String,
+    },
+    /// Relay → replica, answer to `Hello`.
+    Welcome {
+        /// The relay's protocol version.
+        version: u32,
+        /// The relay's stable id (the replica keeps sync states under it).
+        relay_id: String,
+    },
+    /// Replica → relay: start receiving these collections.
+    Subscribe {
+        /// Collection names.
+        collections: Vec<String>,
+    },
+    /// Replica → relay: stop receiving these collections.
+    Unsubscribe {
+        /// Collection names.
+        collections: Vec<String>,
+    },
+    /// Relay → replica: documents that exist in a subscribed collection.
+    /// One subscription may be answered by several `Announce` frames; the
+    /// last has `complete` set.
+    Announce {
+        /// The collection.
+        collection: String,
+        /// Its documents, with their heads at the relay.
+        docs: Vec<DocSummary>,
+        /// Whether this is the last frame of the listing.
+        complete: bool,
+    },
+    /// Both ways: one Automerge sync message for one document.
+    Sync {
+        /// The document.
+        doc: DocId,
+        /// Its collection.
+        collection: String,
+        /// `automerge::sync::Message::encode()`.
+        message: Vec<u8>,
+        /// The sender waits for an answer: the receiver must reply, with a
+        /// heads-only message if Automerge has nothing to say. (Automerge's
+        /// protocol ends with one side silent; this flag tells which.)
+        want_reply: bool,
+    },
+    /// Both ways: the document was deleted (a tombstone; permanent).
+    Delete {
+        /// The document.
+        doc: DocId,
+        /// Its collection.
+        collection: String,
+    },
+    /// Both ways: something went wrong. Fatal codes are followed by a close.
+    Error {
+        /// Machine-readable code.
+        code: ErrorCode,
+        /// Human-readable explanation.
+        message: String,
+        /// The document concerned, if any.
+        doc: Option<DocId>,
+    },
+}
+
+/// A document as a relay announces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocSummary {
+    /// The document.
+    pub doc: DocId,
+    /// Its heads, as concatenated 32-byte hashes (sorted).
+    pub heads: Vec<u8>,
+    /// Whether it carries a tombstone.
+    pub deleted: bool,
+}
+
+impl DocSummary {
+    /// A summary from decoded heads.
+    pub fn new(doc: DocId, heads: &[ChangeHash], deleted: bool) -> Self {
+        DocSummary {
+            doc,
+            heads: crate::store::encode_heads(heads),
+            deleted,
+        }
+    }
+
+    /// The heads, decoded; `None` if the byte length is not a multiple of 32.
+    pub fn heads(&self) -> Option<Vec<ChangeHash>> {
+        crate::store::decode_heads(&self.heads)
+    }
+}
+
+/// A machine-readable error code. Unknown codes from newer peers decode
+/// fine and print as their number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ErrorCode(pub u16);
+
+macro_rules! codes {
+    ($($(#[$doc:meta])* $name:ident = $value:expr, $text:expr, $fatal:expr;)*) => {
+        impl ErrorCode {
+            $($(#[$doc])* pub const $name: ErrorCode = ErrorCode($value);)*
+
+            /// The code's stable name, such as `unsupported_version`.
+            pub fn name(self) -> &'static str {
+                match self.0 {
+                    $($value => $text,)*
+                    _ => "unknown",
+                }
+            }
+
+            /// Whether the sender closes the connection after this error.
+            pub fn is_fatal(self) -> bool {
+                match self.0 {
+                    $($value => $fatal,)*
+                    _ => true,
+                }
+            }
+        }
+    };
+}
+
+codes! {
+    /// The frame could not be decoded.
+    MALFORMED = 1, "malformed_frame", true;
+    /// The peer speaks a protocol version this side does not.
+    VERSION = 2, "unsupported_version", true;
+    /// A frame other than `Hello` arrived before the handshake.
+    NOT_HANDSHAKEN = 3, "handshake_required", true;
+    /// The token is missing, malformed, badly signed or expired.
+    UNAUTHORIZED = 4, "unauthorized", true;
+    /// The token does not grant this right on this collection.
+    FORBIDDEN = 5, "forbidden", false;
+    /// A document frame for a collection the connection did not subscribe to.
+    NOT_SUBSCRIBED = 6, "not_subscribed", false;
+    /// The document exists in another collection.
+    WRONG_COLLECTION = 7, "wrong_collection", false;
+    /// The sync message or its changes are not valid Automerge data.
+    BAD_DOCUMENT = 8, "bad_document", false;
+    /// A frame exceeded the maximum frame size.
+    FRAME_TOO_LARGE = 9, "frame_too_large", true;
+    /// The connection sent messages faster than allowed.
+    RATE_LIMITED = 10, "rate_limited", true;
+    /// The connection touched more documents than allowed.
+    TOO_MANY_DOCUMENTS = 11, "too_many_documents", true;
+    /// The relay is at its connection limit.
+    TOO_MANY_CONNECTIONS = 12, "too_many_connections", true;
+    /// The connection could not keep up and was dropped; reconnect to resync.
+    TOO_SLOW = 13, "too_slow", true;
+    /// The relay is shutting down.
+    SHUTTING_DOWN = 14, "shutting_down", true;
+    /// A name (collection, peer id) is invalid.
+    BAD_NAME = 15, "bad_name", false;
+    /// The relay failed internally (storage); the frame was not applied.
+    INTERNAL = 16, "internal_error", false;
+    /// The handshake or the connection went silent for too long.
+    TIMEOUT = 17, "timeout", true;
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name(), self.0)
+    }
+}
+
+impl Frame {
+    /// The frame's bytes on the wire.
+    pub fn encode(&self) -> Vec<u8> {
+        codec::encode(self)
+    }
+
+    /// Parses a frame from the wire.
+    pub fn decode(bytes: &[u8]) -> Result<Self, codec::DecodeError> {
+        codec::decode(bytes, "frame")
+    }
+
+    /// An error frame.
+    pub fn error(code: ErrorCode, message: impl Into<String>, doc: Option<DocId>) -> Self {
+        Frame::Error {
+            code,
+            message: message.into(),
+            doc,
+        }
+    }
+
+    /// A short name of the frame's kind, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Hello { .. } => "hello",
+            Frame::Welcome { .. } => "welcome",
+            Frame::Subscribe { .. } => "subscribe",
+            Frame::Unsubscribe { .. } => "unsubscribe",
+            Frame::Announce { .. } => "announce",
+            Frame::Sync { .. } => "sync",
+            Frame::Delete { .. } => "delete",
+            Frame::Error { .. } => "error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let frames = vec![
+            Frame::Hello {
+                version: PROTOCOL_VERSION,
+                peer_id: "p".into(),
+                token: "t".into(),
+            },
+            Frame::Announce {
+                collection: "c".into(),
+                docs: vec![DocSummary::new(
+                    DocId::random(),
+                    &[ChangeHash([7; 32])],
+                    false,
+                )],
+                complete: true,
+            },
+            Frame::Sync {
+                doc: DocId::random(),
+                collection: "c".into(),
+                message: vec![1, 2, 3],
+                want_reply: true,
+            },
+            Frame::error(ErrorCode::FORBIDDEN, "no", None),
+        ];
+        for f in frames {
+            assert_eq!(Frame::decode(&f.encode()).ok(), Some(f));
+        }
+    }
+
+    #[test]
+    fn hello_keeps_its_version_first() {
+        // Variant 0, then the version as a varint: a future relay can always
+        // read these two bytes, whatever else changed.
+        let bytes = Frame::Hello {
+            version: 1,
+            peer_id: String::new(),
+            token: String::new(),
+        }
+        .encode();
+        assert_eq!(&bytes[..2], &[0, 1]);
+    }
+
+    #[test]
+    fn garbage_and_unknown_codes() {
+        assert!(Frame::decode(&[0xff, 0xff, 0xff]).is_err());
+        assert!(Frame::decode(&[]).is_err());
+        assert_eq!(ErrorCode(999).name(), "unknown");
+        assert!(ErrorCode(999).is_fatal());
+        assert!(!ErrorCode::FORBIDDEN.is_fatal());
+        assert_eq!(ErrorCode::VERSION.to_string(), "unsupported_version (2)");
+    }
+}

@@ -1,0 +1,600 @@
+//! Deterministic simulation of the sync core: N replicas and a relay in one
+//! thread, exchanging frames over in-memory links that drop, duplicate and
+//! reorder them, on a virtual clock, with a seeded schedule of edits,
+//! disconnects and restarts. After healing, every replica and the relay
+//! must hold identical heads and content.
+//!
+//! `ACCORD_SIM_SEEDS=N` runs N seeds (default sized for CI);
+//! `ACCORD_SIM_SEED=S` replays one seed. A failing seed is printed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
+
+use accord_engine::automerge::transaction::Transactable;
+use accord_engine::automerge::{ObjType, ReadDoc, ROOT};
+use accord_engine::sync::{
+    ClientConfig, ClientOutput, ClientSession, DocHub, Frame, OpenAccess, RelayOutput,
+    RelaySession, SyncDocs,
+};
+use accord_engine::{DocId, Filter, ListOptions, Origin, Replica, ReplicaOptions, Subscription};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+const COLLECTIONS: [&str; 2] = ["tasks", "notes"];
+
+struct Client {
+    path: PathBuf,
+    replica: Replica,
+    events: Subscription,
+    session: ClientSession,
+    conn: Option<u64>,
+}
+
+#[derive(Default)]
+struct Link {
+    to_relay: VecDeque<Frame>,
+    to_client: VecDeque<Frame>,
+}
+
+struct Relay {
+    path: PathBuf,
+    replica: Replica,
+    sessions: HashMap<u64, RelaySession>,
+    hubs: BTreeMap<DocId, DocHub>,
+    subscribers: HashMap<String, BTreeSet<u64>>,
+}
+
+struct Sim {
+    rng: StdRng,
+    now: u64,
+    _dir: tempfile::TempDir,
+    relay: Relay,
+    clients: Vec<Client>,
+    links: BTreeMap<u64, Link>,
+    next_conn: u64,
+    faults: bool,
+    log: Vec<String>,
+}
+
+fn open(path: &std::path::Path, seed: u64) -> Replica {
+    let options = ReplicaOptions {
+        deterministic: Some(seed),
+        ..ReplicaOptions::default()
+    };
+    Replica::open_with(path, options).expect("open replica")
+}
+
+fn open_client(path: PathBuf, seed: u64) -> Client {
+    let replica = open(&path, seed);
+    let events = replica.subscribe(Filter::All);
+    let session = ClientSession::new(ClientConfig {
+        peer_id: replica.peer_id().to_owned(),
+        token: String::new(),
+        collections: COLLECTIONS.iter().map(|c| (*c).to_owned()).collect(),
+        max_in_flight: 4,
+    });
+    Client {
+        path,
+        replica,
+        events,
+        session,
+        conn: None,
+    }
+}
+
+impl Sim {
+    fn new(seed: u64, clients: usize) -> Sim {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let relay_path = dir.path().join("relay.db");
+        let relay = Relay {
+            replica: open(&relay_path, seed ^ 0xfeed),
+            path: relay_path,
+            sessions: HashMap::new(),
+            hubs: BTreeMap::new(),
+            subscribers: HashMap::new(),
+        };
+        let clients = (0..clients)
+            .map(|i| open_client(dir.path().join(format!("c{i}.db")), seed * 100 + i as u64))
+            .collect();
+        Sim {
+            rng: StdRng::seed_from_u64(seed),
+            now: 1_000,
+            _dir: dir,
+            relay,
+            clients,
+            links: BTreeMap::new(),
+            next_conn: 1,
+            faults: true,
+            log: Vec::new(),
+        }
+    }
+
+    fn connect(&mut self, i: usize) {
+        if self.clients[i].conn.is_some() {
+            return;
+        }
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        self.clients[i].conn = Some(conn);
+        self.links.insert(conn, Link::default());
+        self.relay.sessions.insert(conn, RelaySession::new("relay"));
+        let out = self.clients[i].session.connected();
+        self.client_outputs(i, out);
+    }
+
+    fn disconnect(&mut self, i: usize) {
+        let Some(conn) = self.clients[i].conn.take() else {
+            return;
+        };
+        self.links.remove(&conn);
+        self.relay.sessions.remove(&conn);
+        for subs in self.relay.subscribers.values_mut() {
+            subs.remove(&conn);
+        }
+        let mut states: HashMap<String, Vec<(DocId, Vec<u8>)>> = HashMap::new();
+        for hub in self.relay.hubs.values_mut() {
+            if let Some((name, state)) = hub.detach(conn) {
+                states.entry(name).or_default().push((hub.doc(), state));
+            }
+        }
+        for (peer, states) in states {
+            self.relay
+                .replica
+                .save_sync_states(&peer, states)
+                .expect("save relay states");
+        }
+        let out = self.clients[i].session.disconnected();
+        self.client_outputs(i, out);
+    }
+
+    fn client_of(&self, conn: u64) -> Option<usize> {
+        self.clients.iter().position(|c| c.conn == Some(conn))
+    }
+
+    fn client_outputs(&mut self, i: usize, outputs: Vec<ClientOutput>) {
+        for output in outputs {
+            match output {
+                ClientOutput::Send(frame) => {
+                    if let Some(link) = self.clients[i].conn.and_then(|c| self.links.get_mut(&c)) {
+                        link.to_relay.push_back(frame);
+                    }
+                }
+                ClientOutput::SaveStates { relay, states } => {
+                    self.clients[i]
+                        .replica
+                        .save_sync_states(&relay, states)
+                        .expect("save states");
+                }
+                ClientOutput::Close { code, reason } => {
+                    self.log.push(format!("client {i} closes: {code} {reason}"));
+                    self.disconnect(i);
+                    return;
+                }
+                ClientOutput::Event(_) => {}
+            }
+        }
+    }
+
+    fn relay_outputs(&mut self, conn: u64, outputs: Vec<RelayOutput>) {
+        for output in outputs {
+            match output {
+                RelayOutput::Send(frame) => self.to_client(conn, frame),
+                RelayOutput::Subscribed(c) => {
+                    self.relay.subscribers.entry(c).or_default().insert(conn);
+                }
+                RelayOutput::Unsubscribed(c) => {
+                    self.relay.subscribers.entry(c).or_default().remove(&conn);
+                }
+                RelayOutput::Route {
+                    doc,
+                    collection,
+                    message,
+                    want_reply,
+                } => self.route(conn, doc, collection, message, want_reply),
+                RelayOutput::Deleted { doc, collection } => {
+                    let subs = self
+                        .relay
+                        .subscribers
+                        .get(&collection)
+                        .cloned()
+                        .unwrap_or_default();
+                    for other in subs.into_iter().filter(|c| *c != conn) {
+                        self.to_client(
+                            other,
+                            Frame::Delete {
+                                doc,
+                                collection: collection.clone(),
+                            },
+                        );
+                    }
+                }
+                RelayOutput::Close { code, reason } => {
+                    self.log
+                        .push(format!("relay closes {conn}: {code} {reason}"));
+                    if let Some(i) = self.client_of(conn) {
+                        self.disconnect(i);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn to_client(&mut self, conn: u64, frame: Frame) {
+        if let Some(link) = self.links.get_mut(&conn) {
+            link.to_client.push_back(frame);
+        }
+    }
+
+    /// What a relay doc actor does with one batch: receive, attach every
+    /// subscriber, flush once, persist states.
+    fn route(
+        &mut self,
+        conn: u64,
+        doc: DocId,
+        collection: String,
+        message: accord_engine::automerge::sync::Message,
+        want_reply: bool,
+    ) {
+        let relay = &mut self.relay;
+        let name = relay
+            .sessions
+            .get(&conn)
+            .and_then(|s| s.peer_id())
+            .unwrap_or_default()
+            .to_owned();
+        let hub = relay
+            .hubs
+            .entry(doc)
+            .or_insert_with(|| DocHub::new(doc, collection.clone()));
+        if let Err(e) = hub.receive(conn, &name, message, want_reply, &relay.replica) {
+            panic!("relay could not apply a message: {e}");
+        }
+        for sub in relay
+            .subscribers
+            .get(&collection)
+            .cloned()
+            .unwrap_or_default()
+        {
+            if let Some(peer) = relay.sessions.get(&sub).and_then(|s| s.peer_id()) {
+                hub.attach(sub, peer, &relay.replica);
+            }
+        }
+        let frames = hub.flush(self.now, &relay.replica);
+        let mut states: HashMap<String, Vec<(DocId, Vec<u8>)>> = HashMap::new();
+        for (peer, doc, state) in hub.dirty_states() {
+            states.entry(peer).or_default().push((doc, state));
+        }
+        for (peer, states) in states {
+            relay
+                .replica
+                .save_sync_states(&peer, states)
+                .expect("save relay states");
+        }
+        for (to, frame) in frames {
+            self.to_client(to, frame);
+        }
+    }
+
+    /// Feeds each client's committed local changes to its session.
+    fn drain_local_events(&mut self) {
+        for i in 0..self.clients.len() {
+            while let Some(Ok(event)) = self.clients[i].events.try_recv() {
+                if event.origin != Origin::Local {
+                    continue;
+                }
+                let client = &mut self.clients[i];
+                let out = client.session.local_change(
+                    self.now,
+                    event.doc,
+                    &event.collection,
+                    event.kind,
+                    &client.replica,
+                );
+                self.client_outputs(i, out);
+            }
+        }
+    }
+
+    /// Delivers one frame from a random link, with faults if enabled.
+    fn deliver_one(&mut self) -> bool {
+        let busy: Vec<(u64, bool)> = self
+            .links
+            .iter()
+            .flat_map(|(c, l)| {
+                let mut v = Vec::new();
+                if !l.to_relay.is_empty() {
+                    v.push((*c, true));
+                }
+                if !l.to_client.is_empty() {
+                    v.push((*c, false));
+                }
+                v
+            })
+            .collect();
+        if busy.is_empty() {
+            return false;
+        }
+        let (conn, up) = busy[self.rng.random_range(0..busy.len())];
+        let faults = self.faults;
+        let roll: f64 = self.rng.random();
+        let link = self.links.get_mut(&conn).expect("busy link exists");
+        let queue = if up {
+            &mut link.to_relay
+        } else {
+            &mut link.to_client
+        };
+        // Faults hit sync messages only: a WebSocket cannot lose, repeat or
+        // reorder frames, but the sync protocol must survive it anyway.
+        let index = if faults && roll < 0.1 {
+            self.rng.random_range(0..queue.len())
+        } else {
+            0
+        };
+        let faults = faults && matches!(queue[index], Frame::Sync { .. });
+        let index = if faults { index } else { 0 };
+        let frame = queue.remove(index).expect("index in range");
+        if faults && roll > 0.95 {
+            self.log.push(format!("drop {} on {conn}", frame.kind()));
+            return true;
+        }
+        if faults && roll > 0.9 {
+            queue.push_back(frame.clone());
+        }
+        if up {
+            let session = self
+                .relay
+                .sessions
+                .get_mut(&conn)
+                .expect("session of live link");
+            let out = session.handle_frame(frame, self.now, &OpenAccess, &self.relay.replica);
+            self.relay_outputs(conn, out);
+        } else if let Some(i) = self.client_of(conn) {
+            let client = &mut self.clients[i];
+            let out = client
+                .session
+                .handle_frame(self.now, frame, &client.replica);
+            self.client_outputs(i, out);
+        }
+        true
+    }
+
+    fn tick(&mut self, by: u64) {
+        self.now += by;
+        for i in 0..self.clients.len() {
+            if self.clients[i].conn.is_some() {
+                let client = &mut self.clients[i];
+                let out = client.session.tick(self.now, &client.replica);
+                self.client_outputs(i, out);
+            }
+        }
+        let stalled: Vec<DocId> = self
+            .relay
+            .hubs
+            .values()
+            .filter(|h| h.has_stalled(self.now))
+            .map(DocHub::doc)
+            .collect();
+        for doc in stalled {
+            let relay = &mut self.relay;
+            let Some(hub) = relay.hubs.get_mut(&doc) else {
+                continue;
+            };
+            for (to, frame) in hub.flush(self.now, &relay.replica) {
+                self.to_client(to, frame);
+            }
+        }
+    }
+
+    fn edit(&mut self, i: usize) {
+        let client = &self.clients[i];
+        let r = &client.replica;
+        let collection = COLLECTIONS[self.rng.random_range(0..COLLECTIONS.len())];
+        let docs = r.list(collection).expect("list");
+        let choice = self.rng.random_range(0..10);
+        if docs.is_empty() || choice == 0 {
+            let id = r
+                .create(
+                    collection,
+                    &json!({"title": format!("by {i}"), "items": []}),
+                )
+                .expect("create");
+            self.log.push(format!("client {i} creates {id}"));
+            return;
+        }
+        let doc = docs[self.rng.random_range(0..docs.len())].id;
+        let value: u32 = self.rng.random_range(0..1000);
+        match choice {
+            1 if self.rng.random_range(0..4) == 0 => {
+                r.delete(&doc).expect("delete");
+                self.log.push(format!("client {i} deletes {doc}"));
+            }
+            2..=4 => {
+                r.put(&doc, "title", &json!(format!("{value} by {i}")), None)
+                    .expect("put");
+            }
+            5..=7 => {
+                let pos = self.rng.random_range(0..=3usize);
+                r.change(&doc, None, |tx| {
+                    let items = match tx.get(ROOT, "items")? {
+                        Some((_, id)) => id,
+                        None => tx.put_object(ROOT, "items", ObjType::List)?,
+                    };
+                    let len = tx.length(&items);
+                    tx.insert(&items, pos.min(len), i64::from(value))
+                })
+                .expect("insert");
+            }
+            _ => {
+                r.put(&doc, &format!("k{}", value % 5), &json!(value), None)
+                    .expect("put key");
+            }
+        }
+    }
+
+    fn restart_client(&mut self, i: usize) {
+        self.disconnect(i);
+        let path = self.clients[i].path.clone();
+        let seed = self.rng.random();
+        self.clients[i] = open_client(path, seed);
+        self.log.push(format!("client {i} restarts"));
+    }
+
+    fn restart_relay(&mut self) {
+        for i in 0..self.clients.len() {
+            self.disconnect(i);
+        }
+        self.relay.hubs.clear();
+        self.relay.replica = open(&self.relay.path, self.rng.random());
+        self.log.push("relay restarts".into());
+    }
+
+    fn step(&mut self) {
+        let n = self.clients.len();
+        let who = self.rng.random_range(0..n);
+        let delay = self.rng.random_range(100..20_000);
+        match self.rng.random_range(0..100) {
+            0..=24 => self.edit(who),
+            25..=29 => self.connect(who),
+            30..=32 => self.disconnect(who),
+            33 => self.restart_client(who),
+            34 if self.rng.random_range(0..4) == 0 => self.restart_relay(),
+            35..=44 => self.tick(delay),
+            _ => {
+                self.deliver_one();
+            }
+        }
+        self.drain_local_events();
+    }
+
+    /// Stops faults, connects everyone and runs until quiet and synced.
+    fn heal(&mut self) {
+        self.faults = false;
+        for i in 0..self.clients.len() {
+            self.connect(i);
+        }
+        for _round in 0..200 {
+            self.drain_local_events();
+            while self.deliver_one() {
+                self.drain_local_events();
+            }
+            let synced = self
+                .clients
+                .iter()
+                .all(|c| c.session.is_synced(&c.replica).expect("is_synced"));
+            if synced {
+                return;
+            }
+            self.tick(11_000);
+        }
+        for (i, c) in self.clients.iter().enumerate() {
+            let mut local = Vec::new();
+            for col in COLLECTIONS {
+                local.extend(c.replica.summaries(col).expect("summaries"));
+            }
+            let missing = c.session.missing_at_relay(&local);
+            eprintln!("client {i}: {} missing={missing:?}", c.session.describe());
+            for doc in missing {
+                eprintln!(
+                    "  local {:?}",
+                    c.replica
+                        .meta(&doc)
+                        .map(|m| (m.collection, m.heads, m.deleted))
+                );
+                eprintln!(
+                    "  relay {:?}",
+                    self.relay
+                        .replica
+                        .meta(&doc)
+                        .map(|m| (m.collection, m.heads, m.deleted))
+                );
+                eprintln!("  hub {:?}", self.relay.hubs.get(&doc));
+            }
+        }
+        eprintln!(
+            "log tail: {:?}",
+            &self.log[self.log.len().saturating_sub(20)..]
+        );
+        panic!("did not converge after healing");
+    }
+
+    fn assert_converged(&self) {
+        let opts = ListOptions {
+            collection: None,
+            include_deleted: true,
+        };
+        let relay_docs = self.relay.replica.list_with(&opts).expect("relay list");
+        for (i, client) in self.clients.iter().enumerate() {
+            let docs = client.replica.list_with(&opts).expect("client list");
+            let ids: BTreeSet<DocId> = docs.iter().map(|m| m.id).collect();
+            let relay_ids: BTreeSet<DocId> = relay_docs.iter().map(|m| m.id).collect();
+            assert_eq!(
+                ids, relay_ids,
+                "client {i} holds other documents than the relay"
+            );
+            for meta in &relay_docs {
+                let mine = client.replica.meta(&meta.id).expect("meta");
+                assert_eq!(
+                    mine.deleted, meta.deleted,
+                    "client {i}: tombstone of {}",
+                    meta.id
+                );
+                if meta.deleted {
+                    continue;
+                }
+                assert_eq!(mine.heads, meta.heads, "client {i}: heads of {}", meta.id);
+                assert_eq!(
+                    client.replica.get(&meta.id).expect("get").value,
+                    self.relay.replica.get(&meta.id).expect("relay get").value,
+                    "client {i}: content of {}",
+                    meta.id
+                );
+            }
+        }
+    }
+}
+
+fn run_seed(seed: u64, steps: usize) {
+    let mut sim = Sim::new(seed, 3);
+    for _ in 0..steps {
+        sim.step();
+    }
+    sim.heal();
+    sim.assert_converged();
+    // No sync loops: with nothing changing, nothing more is sent.
+    let before: Vec<_> = sim
+        .clients
+        .iter()
+        .map(|c| c.session.stats().messages_sent)
+        .collect();
+    for _ in 0..5 {
+        sim.tick(30_000);
+        while sim.deliver_one() {}
+    }
+    let after: Vec<_> = sim
+        .clients
+        .iter()
+        .map(|c| c.session.stats().messages_sent)
+        .collect();
+    assert_eq!(before, after, "traffic continued after convergence");
+}
+
+#[test]
+fn replicas_converge_under_faults_restarts_and_deletes() {
+    if let Ok(seed) = std::env::var("ACCORD_SIM_SEED") {
+        let seed: u64 = seed.parse().expect("ACCORD_SIM_SEED is a number");
+        return run_seed(seed, 400);
+    }
+    let seeds: u64 = std::env::var("ACCORD_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(24);
+    for seed in 0..seeds {
+        let result = std::panic::catch_unwind(|| run_seed(seed, 400));
+        if let Err(panic) = result {
+            eprintln!("simulation failed for seed {seed}; replay with ACCORD_SIM_SEED={seed}");
+            std::panic::resume_unwind(panic);
+        }
+    }
+}

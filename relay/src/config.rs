@@ -1,0 +1,52 @@
+//! Relay settings. Every limit has a documented default (see
+//! `docs/operations.md`); the binary maps flags and environment variables
+//! onto [`Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The address the relay listens on when none is given: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
+
+/// The database file the relay uses when none is given.
+pub const DEFAULT_DB: &str = "accord-relay.db";
+
+/// Everything the relay can be told.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The SQLite file holding every document.
+    pub db: PathBuf,
+    /// The largest WebSocket message accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// How many connections may be open at once.
+    pub max_connections: usize,
+    /// Frames queued for one connection before it counts as too slow and is
+    /// disconnected.
+    pub outbound_queue: usize,
+    /// Messages queued for one document actor before senders wait.
+    pub doc_queue: usize,
+    /// How long a document actor lives without traffic.
+    pub doc_idle: Duration,
+    /// How long a new connection may take to say hello.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7420))),
+            db: PathBuf::from(DEFAULT_DB),
+            max_frame_bytes: 16 * 1024 * 1024,
+            max_connections: 10_000,
+            outbound_queue: 1024,
+            doc_queue: 256,
+            doc_idle: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! `accord-relay`: a WebSocket server that stores every document it relays
+//! and forwards changes live between replicas.
+//!
+//! The relay is the same engine as a replica: it keeps documents in an
+//! `accord_engine::Replica` (SQLite, group commit, bounded document cache)
+//! and speaks the sync core's sans-IO state machines. What it adds is I/O:
+//!
+//! # Layout
+//!
+//! - [`config`]: settings and their defaults.
+//! - [`server`]: the accept loop, connection limit and graceful shutdown;
+//!   the only module that spawns connection tasks. [`run`] takes a bound
+//!   listener and a shutdown token so tests can drive it.
+//! - [`connection`]: one WebSocket: decodes frames, runs a `RelaySession`,
+//!   and writes frames from its bounded outbound queue.
+//! - [`peers`]: the registry of live connections and their subscriptions,
+//!   the fan-out seam ("send to the other peers of a collection").
+//! - [`docs`]: one actor per live document, owning its `DocHub`; actors
+//!   stop when idle so memory stays bounded.
+
+pub mod config;
+pub mod connection;
+pub mod docs;
+pub mod peers;
+pub mod server;
+
+pub use config::Config;
+pub use server::{run, Relay};

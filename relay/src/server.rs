@@ -1,0 +1,185 @@
+//! The accept loop and graceful shutdown.
+//!
+//! [`run`] takes a bound listener and a cancellation token (the binary
+//! cancels it on SIGINT/SIGTERM; tests cancel it directly). It stops
+//! accepting when cancelled, tells every connection to close, lets document
+//! actors persist their sync states, and returns once every task ended.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use accord_engine::sync::{Access, ErrorCode, Frame, OpenAccess};
+use accord_engine::{Replica, ReplicaOptions};
+use anyhow::Context;
+use futures_util::SinkExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::docs::DocActors;
+use crate::peers::Peers;
+
+/// State shared by every task of one relay.
+#[derive(Debug)]
+pub struct Shared {
+    /// Settings.
+    pub config: Config,
+    /// The relay's documents.
+    pub replica: Replica,
+    /// The relay's stable id (its database's peer id).
+    pub relay_id: String,
+    /// Who may do what.
+    pub access: Arc<dyn Access>,
+    /// Live connections.
+    pub peers: Peers,
+    /// Document actors.
+    pub docs: DocActors,
+    /// Cancelled to shut down.
+    pub shutdown: CancellationToken,
+    /// Clock origin for the sync core.
+    started: Instant,
+}
+
+impl Shared {
+    /// Milliseconds since the relay started.
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+}
+
+/// A handle on a running relay's state, for tests and embedding.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    shared: Arc<Shared>,
+}
+
+impl Relay {
+    /// The replica holding the relay's documents.
+    pub fn replica(&self) -> &Replica {
+        &self.shared.replica
+    }
+
+    /// How many connections are welcomed now.
+    pub fn connections(&self) -> usize {
+        self.shared.peers.len()
+    }
+
+    /// How many document actors are running.
+    pub fn live_documents(&self) -> u64 {
+        self.shared.docs.stats().live.load(Ordering::Relaxed)
+    }
+}
+
+/// Opens the relay's database and serves `listener` until `shutdown` is
+/// cancelled.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let relay = start(config, shutdown.clone()).await?;
+    serve(listener, relay, shutdown).await
+}
+
+/// Opens the database and builds the shared state.
+pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Relay> {
+    let db = config.db.clone();
+    let replica =
+        tokio::task::spawn_blocking(move || Replica::open_with(&db, ReplicaOptions::default()))
+            .await?
+            .with_context(|| format!("cannot open relay database {}", config.db.display()))?;
+    let peers = Peers::default();
+    let tracker = TaskTracker::new();
+    let docs = DocActors::new(
+        replica.clone(),
+        peers.clone(),
+        config.clone(),
+        tracker,
+        shutdown.clone(),
+    );
+    let shared = Shared {
+        relay_id: replica.peer_id().to_owned(),
+        config,
+        replica,
+        access: Arc::new(OpenAccess),
+        peers,
+        docs,
+        shutdown,
+        started: Instant::now(),
+    };
+    Ok(Relay {
+        shared: Arc::new(shared),
+    })
+}
+
+/// The accept loop.
+pub async fn serve(
+    listener: TcpListener,
+    relay: Relay,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let shared = relay.shared;
+    let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+    let tasks = TaskTracker::new();
+    let next_conn = AtomicU64::new(1);
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, addr) = match accepted {
+            Ok(ok) => ok,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed; backing off");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(10);
+        let _ = stream.set_nodelay(true);
+        let conn = next_conn.fetch_add(1, Ordering::Relaxed);
+        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+            tasks.spawn(refuse(stream, Arc::clone(&shared)));
+            continue;
+        };
+        tracing::debug!(conn, %addr, "accepted connection");
+        let shared = Arc::clone(&shared);
+        tasks.spawn(async move {
+            crate::connection::serve(stream, conn, shared).await;
+            drop(permit);
+        });
+    }
+    tracing::info!("shutting down: closing connections");
+    tasks.close();
+    tasks.wait().await;
+    // Connections are gone; document actors see the same token, persist
+    // their sync states and stop.
+    shared.docs.wait().await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Answers a connection over the limit with an error frame and closes it.
+async fn refuse(stream: TcpStream, shared: Arc<Shared>) {
+    let Ok(Ok(mut ws)) = tokio::time::timeout(
+        shared.config.handshake_timeout,
+        tokio_tungstenite::accept_async(stream),
+    )
+    .await
+    else {
+        return;
+    };
+    let text = format!(
+        "the relay is at its limit of {} connections",
+        shared.config.max_connections
+    );
+    let frame = Frame::error(ErrorCode::TOO_MANY_CONNECTIONS, text, None);
+    let _ = ws.send(Message::Binary(frame.encode().into())).await;
+    let _ = ws.close(None).await;
+}
