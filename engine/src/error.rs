@@ -11,7 +11,7 @@ use crate::id::DocId;
 #[non_exhaustive]
 pub enum StoreError {
     /// SQLite itself failed (I/O, locking, a full disk, ...).
-    #[error("storage error: {0}")]
+    #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
     /// A document's stored chunks do not load.
     #[error("document {doc} is damaged: {reason}")]

@@ -69,7 +69,10 @@ impl Cache {
     /// The entry for `id`, created empty if absent.
     pub(crate) fn entry(&self, id: &DocId) -> Entry {
         let mut guard = lock(&self.map);
-        let Slots { entries: map, clock } = &mut *guard;
+        let Slots {
+            entries: map,
+            clock,
+        } = &mut *guard;
         *clock += 1;
         let now = *clock;
         if let Some((entry, used)) = map.get_mut(id) {
@@ -88,7 +91,11 @@ impl Cache {
     pub(crate) fn forget(&self, id: &DocId) {
         let mut guard = lock(&self.map);
         // Two holders: the map and the caller that failed to load it.
-        if guard.entries.get(id).is_some_and(|(e, _)| Arc::strong_count(e) <= 2) {
+        if guard
+            .entries
+            .get(id)
+            .is_some_and(|(e, _)| Arc::strong_count(e) <= 2)
+        {
             guard.entries.remove(id);
         }
     }
@@ -137,11 +144,14 @@ impl DocState {
         let mut heads = doc.get_heads();
         heads.sort();
         if heads != meta.heads {
+            let short = |hs: &[automerge::ChangeHash]| -> Vec<String> {
+                hs.iter().map(|h| h.to_string()[..12].to_owned()).collect()
+            };
             let missing = automerge::ReadDoc::get_missing_deps(&doc, &[]).len();
             return Err(corrupt(format!(
-                "chunks load to {} heads, metadata has {} ({missing} changes missing)",
-                heads.len(),
-                meta.heads.len()
+                "its chunks load to heads {:?} but the metadata records {:?} ({missing} changes wait for missing dependencies)",
+                short(&heads),
+                short(&meta.heads)
             )));
         }
         doc.set_actor(actor.clone());

@@ -229,7 +229,14 @@ impl Replica {
                 source: e.into(),
             });
         }
-        tx.commit_with(self.commit_options(message));
+        if tx.pending_ops() == 0 {
+            // An empty record still gets a first change, so it has heads,
+            // keeps its message and can sync like any other.
+            tx.rollback();
+            doc.empty_commit(self.commit_options(message));
+        } else {
+            tx.commit_with(self.commit_options(message));
+        }
         self.insert_new(id, collection, doc, Origin::Local)?;
         Ok(id)
     }
@@ -504,7 +511,10 @@ impl Replica {
     pub fn import(&self, collection: &str, bytes: &[u8]) -> Result<DocId> {
         check_collection(collection)?;
         let id = self.new_id();
-        let doc = Automerge::load(bytes).map_err(|source| Error::Automerge { doc: id, source: Box::new(source) })?;
+        let doc = Automerge::load(bytes).map_err(|source| Error::Automerge {
+            doc: id,
+            source: Box::new(source),
+        })?;
         self.insert_new(id, collection, doc, Origin::Local)?;
         Ok(id)
     }
@@ -531,13 +541,19 @@ impl Replica {
         let Some(state) = slot.as_mut() else {
             let mut doc = Automerge::new();
             doc.load_incremental(bytes)
-                .map_err(|source| Error::Automerge { doc: *id, source: Box::new(source) })?;
+                .map_err(|source| Error::Automerge {
+                    doc: *id,
+                    source: Box::new(source),
+                })?;
             return self.insert_into(*id, collection, doc, origin, &mut slot);
         };
         let before = state.doc.get_heads();
         if let Err(source) = state.doc.load_incremental(bytes) {
             *slot = None; // drop what was half-applied; reload from the store
-            return Err(Error::Automerge { doc: *id, source: Box::new(source) });
+            return Err(Error::Automerge {
+                doc: *id,
+                source: Box::new(source),
+            });
         }
         if state.doc.get_heads() == before {
             return Ok(());

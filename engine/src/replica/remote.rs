@@ -72,7 +72,10 @@ impl SyncDocs for Replica {
             let mut fresh = Automerge::new();
             fresh
                 .receive_sync_message(state, message)
-                .map_err(|source| Error::Automerge { doc: *doc, source: Box::new(source) })?;
+                .map_err(|source| Error::Automerge {
+                    doc: *doc,
+                    source: Box::new(source),
+                })?;
             if fresh.get_heads().is_empty() {
                 return Ok(false);
             }
@@ -89,7 +92,10 @@ impl SyncDocs for Replica {
         let before = current.doc.get_heads();
         if let Err(source) = current.doc.receive_sync_message(state, message) {
             *slot = None; // whatever was half-applied is dropped; reload from the store
-            return Err(Error::Automerge { doc: *doc, source: Box::new(source) });
+            return Err(Error::Automerge {
+                doc: *doc,
+                source: Box::new(source),
+            });
         }
         if current.doc.get_heads() == before {
             return Ok(false);

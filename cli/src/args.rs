@@ -1,0 +1,233 @@
+//! The command line: global options and one variant per subcommand.
+//!
+//! Arguments that are malformed on their own (an id that is not an id, a
+//! value that is not JSON, a path with an empty segment) are rejected here,
+//! by clap, with exit status 2; everything that needs the database to
+//! judge is an error of the command (status 1).
+
+use std::path::PathBuf;
+
+use accord_engine::json::Path as JsonPath;
+use accord_engine::DocId;
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Inspect and script an Accord replica or relay database.
+#[derive(Debug, Parser)]
+#[command(
+    name = "accord",
+    version,
+    about,
+    propagate_version = true,
+    after_help = "Exit status: 0 on success, 1 on an error (or damage found by `check`), \
+                  2 on a malformed command line. See docs/cli.md."
+)]
+pub struct Cli {
+    /// The database file.
+    #[arg(
+        long,
+        global = true,
+        env = "ACCORD_DB",
+        default_value = "accord.db",
+        value_name = "PATH"
+    )]
+    pub db: PathBuf,
+
+    /// Print stable, machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Show times in UTC instead of the local time zone.
+    #[arg(long, global = true)]
+    pub utc: bool,
+
+    /// When to colour the output.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    pub color: ColorChoice,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `--color`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    /// Colour when stdout is a terminal and `NO_COLOR` is unset.
+    Auto,
+    /// Always colour.
+    Always,
+    /// Never colour.
+    Never,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a record and print its id.
+    New {
+        /// The collection it belongs to, such as `contacts`.
+        collection: String,
+        /// Its content: a JSON object.
+        #[arg(long, value_parser = parse_json, value_name = "JSON")]
+        data: Option<serde_json::Value>,
+        /// A message for the change.
+        #[arg(short, long, value_name = "MSG")]
+        message: Option<String>,
+    },
+    /// Set the value at a path (dot-separated keys, numeric list indices).
+    Put {
+        /// The record.
+        #[arg(value_parser = parse_id)]
+        id: DocId,
+        /// Where, such as `address.lines.0`; `""` is the whole record.
+        #[arg(value_parser = parse_path)]
+        path: JsonPath,
+        /// The value, as JSON (a string needs its quotes: '"Ada"').
+        #[arg(value_parser = parse_json, value_name = "JSON")]
+        value: serde_json::Value,
+        /// A message for the change.
+        #[arg(short, long, value_name = "MSG")]
+        message: Option<String>,
+    },
+    /// Remove the key or list element at a path.
+    Unset {
+        /// The record.
+        #[arg(value_parser = parse_id)]
+        id: DocId,
+        /// What to remove, such as `address.lines.0`.
+        #[arg(value_parser = parse_path)]
+        path: JsonPath,
+        /// A message for the change.
+        #[arg(short, long, value_name = "MSG")]
+        message: Option<String>,
+    },
+    /// Print a record, or the value at a path, as JSON.
+    Get {
+        /// The record.
+        #[arg(value_parser = parse_id)]
+        id: DocId,
+        /// Only the value at this path.
+        #[arg(value_parser = parse_path)]
+        path: Option<JsonPath>,
+        /// As of these heads (comma-separated full or short change hashes).
+        #[arg(long, value_name = "HEADS")]
+        at: Option<String>,
+    },
+    /// Delete a record (a tombstone that replicates; history stays readable).
+    Rm {
+        /// The record.
+        #[arg(value_parser = parse_id)]
+        id: DocId,
+    },
+    /// List records: id, collection, changes, last change, size.
+    Ls {
+        /// Only this collection.
+        collection: Option<String>,
+        /// Include deleted records.
+        #[arg(long)]
+        deleted: bool,
+    },
+    /// List collections with their number of records.
+    Collections,
+    /// Show what the database knows about one record.
+    Info {
+        /// The record.
+        #[arg(value_parser = parse_id)]
+        id: DocId,
+    },
+    /// Print a record's current heads, comma-separated (the form `--at` takes).
+    Heads {
+        /// The record.
+        #[arg(value_parser = parse_id)]
+        id: DocId,
+    },
+    /// Show a record's history, newest first.
+    Log {
+        /// The record.
+        #[arg(value_parser = parse_id)]
+        id: DocId,
+        /// Draw the change graph, with branches and merges.
+        #[arg(long)]
+        graph: bool,
+        /// Show at most N changes.
+        #[arg(short = 'n', long = "max-count", value_name = "N")]
+        max_count: Option<usize>,
+    },
+    /// Show what changed between two points of a record's history.
+    Diff {
+        /// The record.
+        #[arg(value_parser = parse_id)]
+        id: DocId,
+        /// The earlier point: heads, comma-separated (`""` is the empty record).
+        #[arg(value_name = "HEADS_A")]
+        from: String,
+        /// The later point (default: now).
+        #[arg(value_name = "HEADS_B")]
+        to: Option<String>,
+    },
+    /// Write a record as an Automerge binary document.
+    Export {
+        /// The record.
+        #[arg(value_parser = parse_id)]
+        id: DocId,
+        /// Write to this file instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Import an Automerge binary document as a new record and print its id.
+    Import {
+        /// The file (`-` reads stdin).
+        file: PathBuf,
+        /// The collection the new record joins.
+        #[arg(long, short)]
+        collection: String,
+    },
+    /// Rewrite every record stored as several chunks into one snapshot.
+    Compact,
+    /// Verify that every record loads and that the file is sound.
+    Check,
+}
+
+impl Command {
+    /// Whether the command may create the database when it is missing.
+    pub fn creates_database(&self) -> bool {
+        matches!(self, Command::New { .. } | Command::Import { .. })
+    }
+}
+
+fn parse_id(text: &str) -> Result<DocId, String> {
+    text.parse().map_err(|e| format!("{e}"))
+}
+
+fn parse_path(text: &str) -> Result<JsonPath, String> {
+    text.parse().map_err(|e| format!("{e}"))
+}
+
+fn parse_json(text: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(text).map_err(|e| {
+        let hint = if text.trim_start().starts_with(['{', '[', '"']) {
+            ""
+        } else {
+            " (a string needs JSON quotes, such as '\"Ada\"')"
+        };
+        format!("not valid JSON: {e}{hint}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn json_errors_hint_at_quotes() {
+        let err = parse_json("Ada").err().unwrap_or_default();
+        assert!(err.contains("JSON quotes"), "{err}");
+        assert!(parse_json("{\"a\": 1}").is_ok());
+    }
+}

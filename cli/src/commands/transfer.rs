@@ -1,0 +1,64 @@
+//! Moving records in and out as Automerge binaries: `export`, `import`.
+
+use std::io::Read;
+use std::path::Path;
+
+use accord_engine::{DocId, Error};
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::json;
+
+use super::Ctx;
+
+/// `accord export`: the whole document in Automerge's binary format, to a
+/// file or to stdout (but not to a terminal).
+pub fn export(ctx: &mut Ctx, id: &DocId, output: Option<&Path>) -> Result<()> {
+    let to_stdout = output.is_none_or(|p| p == Path::new("-"));
+    if to_stdout && ctx.out.is_terminal() {
+        bail!("refusing to write binary data to a terminal; give -o FILE or redirect stdout");
+    }
+    let bytes = ctx.replica()?.save(id)?;
+    match output {
+        Some(path) if !to_stdout => std::fs::write(path, &bytes)
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        _ => ctx.out.bytes(&bytes)?,
+    }
+    Ok(())
+}
+
+/// `accord import`: a new record from an Automerge document; prints its id.
+pub fn import(ctx: &mut Ctx, file: &Path, collection: &str) -> Result<()> {
+    accord_engine::replica::check_collection(collection)?;
+    let bytes = read_input(file)?;
+    if bytes.is_empty() {
+        bail!("{} is empty, not an Automerge document", file.display());
+    }
+    let id = ctx
+        .replica()?
+        .import(collection, &bytes)
+        .map_err(|e| match e {
+            // The engine names the id it would have given; nobody knows it.
+            Error::Automerge { source, .. } => {
+                anyhow!("{} is not an Automerge document: {source}", file.display())
+            }
+            other => other.into(),
+        })?;
+    if ctx.out.json {
+        let shown = json!({"id": id.to_string(), "url": id.url(), "collection": collection});
+        ctx.out.json_value(&shown)?;
+    } else {
+        ctx.out.line(&id.to_string())?;
+    }
+    Ok(())
+}
+
+/// The bytes of a file, or of stdin for `-`.
+fn read_input(file: &Path) -> Result<Vec<u8>> {
+    if file == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("cannot read stdin")?;
+        return Ok(bytes);
+    }
+    std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))
+}

@@ -1,0 +1,739 @@
+//! Integration tests of the `accord` binary: each test runs the built
+//! binary against a database in a temporary directory and checks its
+//! stdout, stderr and exit status.
+
+mod util;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use accord_engine::{DocId, Origin};
+use serde_json::json;
+use util::{keys, Env};
+
+// ---- creating, reading, writing ----
+
+#[test]
+fn new_prints_the_id_alone_and_creates_the_database() {
+    let env = Env::new();
+    let out = env.ok(&["new", "contacts", "--data", r#"{"name": "Ada"}"#]);
+    assert!(out.ends_with('\n') && out.lines().count() == 1, "{out:?}");
+    let id: DocId = out.trim().parse().expect("an id");
+    assert!(env.db.exists());
+    let url = format!("automerge:{id}");
+    assert_eq!(env.json(&["get", &url]), json!({"name": "Ada"}));
+}
+
+#[test]
+fn new_with_json_prints_an_object() {
+    let env = Env::new();
+    let shown = env.json(&["--json", "new", "contacts", "-m", "first"]);
+    assert_eq!(keys(&shown), ["collection", "id", "url"]);
+    assert_eq!(shown["collection"], "contacts");
+}
+
+#[test]
+fn put_and_get_follow_paths() {
+    let env = Env::new();
+    let id = env.new_record("contacts", r#"{"name": "Ada", "tags": ["a"]}"#);
+    env.ok(&[
+        "put",
+        &id,
+        "email",
+        r#""ada@example.org""#,
+        "-m",
+        "add email",
+    ]);
+    env.ok(&["put", &id, "tags.1", r#""b""#]);
+    env.ok(&["put", &id, "address.city", r#""London""#]);
+    assert_eq!(env.ok(&["get", &id, "tags.1"]), "\"b\"\n");
+    assert_eq!(
+        env.json(&["get", &id, "address"]),
+        json!({"city": "London"})
+    );
+    let all = env.json(&["--json", "get", &id]);
+    assert_eq!(
+        all,
+        json!({"name": "Ada", "email": "ada@example.org", "tags": ["a", "b"], "address": {"city": "London"}})
+    );
+}
+
+#[test]
+fn unset_removes_keys_and_list_elements() {
+    let env = Env::new();
+    let id = env.new_record(
+        "contacts",
+        r#"{"name": "Ada", "tags": ["a", "b"], "address": {"city": "London"}}"#,
+    );
+    let before = env.ok(&["heads", &id]).trim().to_owned();
+    env.ok(&["unset", &id, "tags.0", "-m", "drop a tag"]);
+    env.ok(&["unset", &id, "address.city"]);
+    assert_eq!(
+        env.json(&["get", &id]),
+        json!({"name": "Ada", "tags": ["b"], "address": {}})
+    );
+    let diff = env.ok(&["diff", &id, &before]);
+    assert!(
+        diff.lines().any(|l| l == "delete tags[0] (1 items)"),
+        "{diff}"
+    );
+    assert!(diff.lines().any(|l| l == "delete address.city"), "{diff}");
+    let patches = env.json(&["--json", "diff", &id, &before]);
+    let actions: Vec<_> = patches
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| (p["action"].clone(), p["path"].clone()))
+        .collect();
+    assert!(
+        actions.contains(&(json!("delete"), json!(["tags", 0]))),
+        "{patches}"
+    );
+    assert!(env
+        .fails(1, &["unset", &id, "nope"])
+        .contains("nothing at path 'nope'"));
+    assert!(env
+        .fails(1, &["unset", &id, "tags.x"])
+        .contains("not a number"));
+    assert!(env
+        .fails(1, &["unset", &id, "tags.7"])
+        .contains("nothing at path"));
+    assert!(env
+        .fails(1, &["unset", &id, "name.first"])
+        .contains("not an object or list"));
+    assert!(env.fails(1, &["unset", &id, ""]).contains("accord rm"));
+}
+
+#[test]
+fn get_at_past_heads_with_full_and_short_hashes() {
+    let env = Env::new();
+    let id = env.new_record("contacts", r#"{"name": "Ada"}"#);
+    let first = env.ok(&["heads", &id]).trim().to_owned();
+    assert_eq!(first.len(), 64);
+    env.ok(&["put", &id, "name", r#""Grace""#]);
+    assert_eq!(
+        env.json(&["get", &id, "--at", &first]),
+        json!({"name": "Ada"})
+    );
+    assert_eq!(
+        env.json(&["get", &id, "name", "--at", &first[..7]]),
+        json!("Ada")
+    );
+    assert_eq!(env.json(&["get", &id, "--at", ""]), json!({}));
+    assert_eq!(
+        env.json(&["--json", "heads", &id]).as_array().map(Vec::len),
+        Some(1)
+    );
+}
+
+#[test]
+fn rm_hides_the_record_but_keeps_its_history() {
+    let env = Env::new();
+    let id = env.new_record("contacts", r#"{"name": "Ada"}"#);
+    let keep = env.new_record("contacts", r#"{"name": "Grace"}"#);
+    env.ok(&["rm", &id]);
+    let err = env.fails(1, &["get", &id]);
+    assert!(err.contains(&format!("record {id} was deleted")), "{err}");
+    assert!(!env.ok(&["ls"]).contains(&id));
+    assert!(env.ok(&["ls", "--deleted"]).contains(&id));
+    assert_eq!(
+        env.json(&["--json", "ls"]).as_array().map(Vec::len),
+        Some(1)
+    );
+    let all = env.json(&["--json", "ls", "--deleted"]);
+    let gone: Vec<_> = all
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["deleted"] == true)
+        .collect();
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0]["id"], id.as_str());
+    assert_eq!(
+        env.ok(&["log", &id]).lines().count(),
+        2,
+        "header and one change"
+    );
+    let heads = env.ok(&["heads", &id]);
+    assert_eq!(
+        env.json(&["get", &id, "--at", heads.trim()]),
+        json!({"name": "Ada"})
+    );
+    assert!(env.ok(&["get", &keep]).contains("Grace"));
+}
+
+// ---- listing ----
+
+#[test]
+fn ls_shows_aligned_columns_and_filters_by_collection() {
+    let env = Env::new();
+    let ada = env.new_record("contacts", r#"{"name": "Ada"}"#);
+    let note = env.new_record("notes", r#"{"text": "hi"}"#);
+    env.ok(&["put", &ada, "age", "36"]);
+    let out = env.ok(&["ls"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(header, ["ID", "COLLECTION", "CHANGES", "UPDATED", "SIZE"]);
+    let row = lines.iter().find(|l| l.contains(&ada)).expect("ada's row");
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cells[..3], [ada.as_str(), "contacts", "2"]);
+    assert!(cells[6] == "B" || cells[6].ends_with("iB"), "{row}");
+    let col = lines[0].find("COLLECTION").expect("column");
+    assert!(
+        lines[1..].iter().all(|l| l[col..].starts_with(['c', 'n'])),
+        "{out}"
+    );
+    let only = env.ok(&["ls", "notes"]);
+    assert!(only.contains(&note) && !only.contains(&ada), "{only}");
+}
+
+#[test]
+fn ls_json_is_an_array_of_records() {
+    let env = Env::new();
+    let id = env.new_record("contacts", r#"{"name": "Ada"}"#);
+    let rows = env.json(&["ls", "--json"]);
+    let row = &rows[0];
+    for key in [
+        "id",
+        "collection",
+        "changes",
+        "updated_at",
+        "size",
+        "deleted",
+    ] {
+        assert!(row.get(key).is_some(), "{key} missing in {row}");
+    }
+    assert_eq!(row["id"], id.as_str());
+    assert_eq!(row["changes"], 1);
+    assert!(row["size"].as_u64().is_some_and(|s| s > 0));
+    assert!(row["updated_at"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert_eq!(env.json(&["ls", "--json", "nothing-here"]), json!([]));
+    assert_eq!(env.ok(&["ls", "nothing-here"]), "");
+}
+
+#[test]
+fn collections_info_and_heads() {
+    let env = Env::new();
+    let id = env.new_record("contacts", r#"{"name": "Ada"}"#);
+    env.new_record("contacts", r#"{"name": "Grace"}"#);
+    env.new_record("notes", "{}");
+    env.ok(&["rm", &id]);
+    let rows = env.json(&["--json", "collections"]);
+    assert_eq!(rows[0]["collection"], "contacts");
+    assert_eq!(
+        (rows[0]["records"].clone(), rows[0]["deleted"].clone()),
+        (json!(1), json!(1))
+    );
+    assert_eq!(rows[1]["records"], 1);
+    let table = env.ok(&["collections"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.split_whitespace().take(3).eq(["contacts", "1", "1"])),
+        "{table}"
+    );
+    let info = env.ok(&["info", &id]);
+    assert!(
+        info.contains(&format!("url:        automerge:{id}")),
+        "{info}"
+    );
+    assert!(info.contains("deleted:    yes"), "{info}");
+    assert_eq!(env.json(&["--json", "info", &id])["deleted"], true);
+}
+
+// ---- history ----
+
+#[test]
+fn log_lists_changes_newest_first() {
+    let env = Env::new();
+    let id = env.new_record("contacts", r#"{"name": "Ada"}"#);
+    env.ok(&["put", &id, "name", r#""Grace""#, "-m", "rename"]);
+    env.ok(&["put", &id, "age", "36", "-m", "add age"]);
+    let out = env.ok(&["log", &id]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["HASH", "ACTOR", "SEQ", "TIME", "OPS", "MESSAGE"]
+    );
+    assert!(
+        lines[1].ends_with("add age") && lines[2].ends_with("rename"),
+        "{out}"
+    );
+    let cells: Vec<&str> = lines[1].split_whitespace().collect();
+    assert!(cells[0].len() == 8 && cells[0].bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(cells[1].len(), 8);
+    assert_eq!(cells[2], "1");
+    assert_eq!(env.ok(&["log", &id, "-n", "1"]).lines().count(), 2);
+}
+
+#[test]
+fn log_json_has_the_change_fields() {
+    let env = Env::new();
+    let id = env.new_record("contacts", r#"{"name": "Ada"}"#);
+    env.ok(&["put", &id, "name", r#""Grace""#, "-m", "rename"]);
+    let log = env.json(&["--json", "log", &id]);
+    let changes = log.as_array().expect("array");
+    assert_eq!(changes.len(), 2);
+    assert_eq!(
+        keys(&changes[0]),
+        ["actor", "deps", "hash", "message", "ops", "seq", "time"]
+    );
+    assert_eq!(changes[0]["message"], "rename");
+    assert_eq!(changes[0]["deps"], json!([changes[1]["hash"]]));
+    assert_eq!(changes[1]["deps"], json!([]));
+    assert_eq!(changes[1]["message"], serde_json::Value::Null);
+    assert_eq!(
+        env.json(&["--json", "log", &id, "-n", "1"])
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+}
+
+/// A record edited on two replicas at once and then merged: one root, two
+/// changes on each side, and a change on top of the merge.
+fn branched_record(env: &Env) -> DocId {
+    let here = env.replica();
+    let id = here
+        .create("notes", &json!({"title": "plan"}))
+        .expect("create");
+    let there = accord_engine::Replica::open_in_memory().expect("replica");
+    let remote = || Origin::Remote("peer".into());
+    there
+        .merge_bytes(&id, "notes", &here.save(&id).expect("save"), remote())
+        .expect("merge");
+    for i in 0..2 {
+        here.put(&id, "here", &json!(i), Some("edit here"))
+            .expect("put");
+        there
+            .put(&id, "there", &json!(i), Some("edit there"))
+            .expect("put");
+    }
+    here.merge_bytes(&id, "notes", &there.save(&id).expect("save"), remote())
+        .expect("merge");
+    here.put(&id, "done", &json!(true), Some("after merge"))
+        .expect("put");
+    id
+}
+
+#[test]
+fn log_graph_draws_branches_and_merges() {
+    let env = Env::new();
+    let id = branched_record(&env).to_string();
+    let out = env.ok(&["log", "--graph", &id]);
+    let lines: Vec<&str> = out.lines().collect();
+    let stars: Vec<&&str> = lines.iter().filter(|l| l.contains('*')).collect();
+    assert_eq!(stars.len(), 6, "{out}");
+    assert!(
+        lines[0].starts_with("*  ") && lines[0].ends_with("after merge"),
+        "{out}"
+    );
+    assert_eq!(lines[1], "|\\", "the merge opens a second column:\n{out}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("| * ")),
+        "a change on the second column:\n{out}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("* | ")),
+        "a change beside it:\n{out}"
+    );
+    assert!(
+        lines.contains(&"|/"),
+        "the branches join at their fork:\n{out}"
+    );
+    assert!(lines.last().is_some_and(|l| l.starts_with("*  ")), "{out}");
+    let hash_col = lines[0]
+        .find(|c: char| c.is_ascii_hexdigit())
+        .expect("hash");
+    assert!(
+        stars
+            .iter()
+            .all(|l| l[hash_col..].chars().take(8).all(|c| c.is_ascii_hexdigit())),
+        "aligned:\n{out}"
+    );
+    assert_eq!(
+        env.ok(&["log", "--graph", "-n", "2", &id])
+            .lines()
+            .filter(|l| l.contains('*'))
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn log_graph_shows_unmerged_heads_side_by_side() {
+    let env = Env::new();
+    let replica = env.replica();
+    let id = replica.create("notes", &json!({"a": 1})).expect("create");
+    let other = accord_engine::Replica::open_in_memory().expect("replica");
+    other
+        .merge_bytes(
+            &id,
+            "notes",
+            &replica.save(&id).expect("save"),
+            Origin::Local,
+        )
+        .expect("merge");
+    other.put(&id, "b", &json!(2), None).expect("put");
+    replica.put(&id, "c", &json!(3), None).expect("put");
+    replica
+        .merge_bytes(&id, "notes", &other.save(&id).expect("save"), Origin::Local)
+        .expect("merge");
+    drop(replica);
+    let out = env.ok(&["log", "--graph", &id.to_string()]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("*  ") && lines[1].starts_with("| * ") && lines[2] == "|/",
+        "{out}"
+    );
+    assert_eq!(
+        env.ok(&["heads", &id.to_string()])
+            .trim()
+            .split(',')
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn diff_prints_readable_patches() {
+    let env = Env::new();
+    let id = env.new_record("contacts", r#"{"name": "Ada", "tags": ["a"]}"#);
+    let before = env.ok(&["heads", &id]).trim().to_owned();
+    env.ok(&["put", &id, "name", r#""Grace""#]);
+    env.ok(&["put", &id, "tags.1", r#""b""#]);
+    let middle = env.ok(&["heads", &id]).trim().to_owned();
+    env.ok(&["put", &id, "age", "36"]);
+    let out = env.ok(&["diff", &id, &before[..10], &middle]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.contains(&"set name = \"Grace\""), "{out}");
+    assert!(lines.contains(&"insert tags[1] = \"b\""), "{out}");
+    assert!(!out.contains("age"), "{out}");
+    assert_eq!(env.ok(&["diff", &id, &middle]), "set age = 36\n");
+    let patches = env.json(&["--json", "diff", &id, &middle]);
+    assert_eq!(
+        patches,
+        json!([{"action": "put", "path": ["age"], "value": 36, "conflict": false, "description": "set age = 36"}])
+    );
+    assert_eq!(env.ok(&["diff", &id, &middle, &middle]), "");
+}
+
+// ---- export, import, maintenance ----
+
+#[test]
+fn export_then_import_round_trips() {
+    let env = Env::new();
+    let id = env.new_record("contacts", r#"{"name": "Ada", "tags": [1, 2]}"#);
+    env.ok(&["put", &id, "name", r#""Grace""#, "-m", "rename"]);
+    let file = env.path().join("ada.automerge");
+    let file = file.to_str().expect("utf-8 path");
+    env.ok(&["export", &id, "-o", file]);
+    let piped = env.run(&["export", &id]);
+    assert_eq!(piped.code, Some(0));
+    assert_eq!(std::fs::read(file).expect("read export"), piped.raw);
+    assert!(accord_engine::automerge::Automerge::load(&piped.raw).is_ok());
+    let copy = env
+        .ok(&["import", file, "--collection", "archive"])
+        .trim()
+        .to_owned();
+    assert_ne!(copy, id);
+    assert_eq!(env.json(&["get", &copy]), env.json(&["get", &id]));
+    assert_eq!(
+        env.json(&["--json", "log", &copy]),
+        env.json(&["--json", "log", &id])
+    );
+    assert!(env.ok(&["ls", "archive"]).contains(&copy));
+}
+
+#[test]
+fn import_rejects_what_is_not_automerge() {
+    let env = Env::new();
+    let junk = env.path().join("junk.bin");
+    std::fs::write(&junk, b"definitely not automerge").expect("write");
+    let junk = junk.to_str().expect("utf-8 path");
+    let err = env.fails(1, &["import", junk, "-c", "archive"]);
+    assert!(err.contains("is not an Automerge document"), "{err}");
+    let err = env.fails(1, &["import", "missing.bin", "-c", "archive"]);
+    assert!(err.contains("cannot read missing.bin"), "{err}");
+    let err = env.fails(1, &["import", junk, "-c", "bad name"]);
+    assert!(err.contains("bad collection name"), "{err}");
+}
+
+#[test]
+fn compact_keeps_content_and_history() {
+    let env = Env::new();
+    let id = env.new_record("contacts", r#"{"n": 0}"#);
+    for i in 1..8 {
+        env.ok(&["put", &id, "n", &i.to_string()]);
+    }
+    let before = (env.json(&["get", &id]), env.json(&["--json", "log", &id]));
+    assert_eq!(env.json(&["--json", "ls"])[0]["chunks"], 8);
+    let report = env.json(&["--json", "compact"]);
+    assert_eq!(
+        (report["compacted"].clone(), report["records"].clone()),
+        (json!(1), json!(1))
+    );
+    assert_eq!(env.json(&["--json", "ls"])[0]["chunks"], 1);
+    assert_eq!(
+        (env.json(&["get", &id]), env.json(&["--json", "log", &id])),
+        before
+    );
+    assert!(env.ok(&["compact"]).starts_with("compacted 0 of 1 records"));
+}
+
+#[test]
+fn check_reports_a_damaged_record_and_fails() {
+    let env = Env::new();
+    let good = env.new_record("contacts", r#"{"name": "Ada"}"#);
+    let bad = env.new_record("contacts", r#"{"name": "Grace"}"#);
+    env.ok(&["put", &bad, "age", "36"]);
+    assert!(env.ok(&["check"]).contains("checked 2 records: 0 damaged"));
+    let bad_id: DocId = bad.parse().expect("id");
+    let conn = rusqlite::Connection::open(&env.db).expect("sqlite");
+    let changed = conn
+        .execute(
+            "UPDATE chunks SET data = x'00ff00ff' WHERE doc = ?1 AND seq = 2",
+            [bad_id.as_bytes().as_slice()],
+        )
+        .expect("damage");
+    assert_eq!(changed, 1);
+    drop(conn);
+    let run = env.run(&["check"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.starts_with("damaged") && l.contains(&bad)),
+        "{run:?}"
+    );
+    assert!(!run.stdout.contains(&good), "{run:?}");
+    assert!(run.stderr.contains("check found 1 problem"), "{run:?}");
+    let report = util::run(&mut env.cmd(&["--json", "check"]));
+    assert_eq!(report.code, Some(1));
+    let report: serde_json::Value = serde_json::from_str(&report.stdout).expect("json");
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["damaged"][0]["id"], bad.as_str());
+    let err = env.fails(1, &["get", &bad]);
+    assert!(err.contains("damaged"), "{err}");
+    assert!(
+        env.ok(&["get", &good]).contains("Ada"),
+        "other records still load"
+    );
+}
+
+// ---- errors ----
+
+#[test]
+fn read_commands_never_create_a_database() {
+    let env = Env::new();
+    let id = DocId::random().to_string();
+    let reads: [&[&str]; 9] = [
+        &["ls"],
+        &["get", &id],
+        &["log", &id],
+        &["diff", &id, ""],
+        &["export", &id, "-o", "x"],
+        &["collections"],
+        &["compact"],
+        &["check"],
+        &["rm", &id],
+    ];
+    for args in reads {
+        let err = env.fails(1, args);
+        assert!(err.contains("does not exist"), "{args:?}: {err}");
+    }
+    assert!(!env.db.exists());
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_an_error() {
+    let env = Env::new();
+    std::fs::write(&env.db, "plain text, not SQLite ".repeat(100)).expect("write");
+    let err = env.fails(1, &["ls"]);
+    assert!(
+        err.starts_with("error: cannot open") && err.contains("not a database"),
+        "{err}"
+    );
+    assert_eq!(err.matches("not a database").count(), 1, "said once: {err}");
+    let err = env.fails(1, &["new", "contacts"]);
+    assert!(err.contains("not a database"), "{err}");
+}
+
+#[test]
+fn unknown_and_malformed_ids_are_errors() {
+    let env = Env::new();
+    env.new_record("contacts", "{}");
+    let unknown = DocId::random().to_string();
+    for args in [
+        ["get", &unknown],
+        ["log", &unknown],
+        ["rm", &unknown],
+        ["heads", &unknown],
+    ] {
+        let err = env.fails(1, &args);
+        assert!(
+            err.contains(&format!("no record with id {unknown}")),
+            "{err}"
+        );
+    }
+    let err = env.fails(2, &["get", "not-an-id"]);
+    assert!(err.contains("is not a document id"), "{err}");
+    let mut broken = unknown.clone();
+    broken.push('x');
+    assert!(env
+        .fails(2, &["log", &broken])
+        .contains("is not a document id"));
+}
+
+#[test]
+fn an_ambiguous_short_hash_is_an_error() {
+    let env = Env::new();
+    let id = env.long_history(40).to_string();
+    let log = env.json(&["--json", "log", &id]);
+    let hashes: Vec<&str> = log
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["hash"].as_str())
+        .collect();
+    // 40 hashes over 16 first digits: some digit is shared.
+    let shared = hashes
+        .iter()
+        .map(|h| &h[..1])
+        .find(|p| hashes.iter().filter(|h| h.starts_with(p)).count() > 1)
+        .expect("a shared first digit");
+    let err = env.fails(1, &["get", &id, "--at", shared]);
+    assert!(err.contains("is ambiguous"), "{err}");
+    let err = env.fails(1, &["diff", &id, "0123456789abcdef"]);
+    assert!(err.contains("has no change"), "{err}");
+}
+
+#[test]
+fn bad_json_and_bad_paths_are_errors() {
+    let env = Env::new();
+    let id = env.new_record("contacts", r#"{"name": "Ada", "tags": ["a"]}"#);
+    let err = env.fails(2, &["put", &id, "name", "Grace"]);
+    assert!(
+        err.contains("not valid JSON") && err.contains("quotes"),
+        "{err}"
+    );
+    assert!(env
+        .fails(2, &["new", "contacts", "--data", "{oops"])
+        .contains("not valid JSON"));
+    assert!(env
+        .fails(1, &["new", "contacts", "--data", "[1]"])
+        .contains("must be a JSON object"));
+    assert!(env
+        .fails(2, &["put", &id, "a..b", "1"])
+        .contains("bad path"));
+    assert!(env
+        .fails(1, &["put", &id, "tags.x", "1"])
+        .contains("not a number"));
+    assert!(env
+        .fails(1, &["put", &id, "tags.5", "1"])
+        .contains("past the end"));
+    assert!(env
+        .fails(1, &["put", &id, "name.first", "1"])
+        .contains("not an object or list"));
+    assert!(env
+        .fails(1, &["get", &id, "nope"])
+        .contains("nothing at path 'nope'"));
+    assert!(env
+        .fails(1, &["put", &id, "", "1"])
+        .contains("must be a JSON object"));
+    assert_eq!(
+        env.json(&["get", &id]),
+        json!({"name": "Ada", "tags": ["a"]})
+    );
+}
+
+// ---- output behaviour ----
+
+#[test]
+fn a_broken_pipe_ends_quietly() {
+    let env = Env::new();
+    let id = env.long_history(3000).to_string();
+    for graph in [false, true] {
+        let mut cmd = env.cmd(&["log", &id]);
+        if graph {
+            cmd.arg("--graph");
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut first = String::new();
+        reader.read_line(&mut first).expect("read a line");
+        assert!(!first.is_empty());
+        drop(reader);
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert!(stderr.is_empty(), "{stderr}");
+    }
+}
+
+#[test]
+fn times_are_local_unless_utc_is_asked_for() {
+    let env = Env::new();
+    let id = env.new_record("contacts", r#"{"name": "Ada"}"#);
+    let log = env.json(&["--json", "log", &id]);
+    // "2024-05-01T12:00:00Z" as the table shows it: "2024-05-01 12:00:00".
+    let rfc3339 = log[0]["time"].as_str().expect("a time").to_owned();
+    let shown = rfc3339.trim_end_matches('Z').replace('T', " ");
+    let log_in = |tz: &str, extra: &[&str]| {
+        let mut cmd = env.cmd(&["log", &id]);
+        cmd.args(extra).env("TZ", tz);
+        util::run(&mut cmd).stdout
+    };
+    assert!(log_in("XXX-3", &["--utc"]).contains(&format!("{shown} UTC")));
+    assert!(log_in("UTC", &[]).contains(&shown));
+    let east = log_in("XXX-3", &[]);
+    assert!(
+        !east.contains(&shown) && !east.contains("UTC"),
+        "{east} vs {shown}"
+    );
+}
+
+#[test]
+fn colour_only_when_asked_or_on_a_terminal() {
+    let env = Env::new();
+    let id = env.new_record("contacts", "{}");
+    env.ok(&["put", &id, "a", "1"]);
+    assert!(!env.ok(&["ls"]).contains('\x1b'));
+    assert!(!env.ok(&["log", "--graph", &id]).contains('\x1b'));
+    assert!(env.ok(&["--color", "always", "ls"]).contains("\x1b["));
+    assert!(env
+        .ok(&["--color", "always", "log", "--graph", &id])
+        .contains("\x1b["));
+}
+
+#[test]
+fn the_database_comes_from_accord_db_by_default() {
+    let env = Env::new();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_accord"));
+    cmd.args(["new", "contacts"])
+        .current_dir(env.path())
+        .env("ACCORD_DB", &env.db);
+    let run = util::run(&mut cmd);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(env.db.exists());
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_accord"));
+    cmd.arg("ls")
+        .current_dir(env.path())
+        .env_remove("ACCORD_DB");
+    let run = util::run(&mut cmd);
+    assert_eq!(run.code, Some(0), "./accord.db is the default: {run:?}");
+    assert!(run.stdout.contains("contacts"));
+}
+
+#[test]
+fn export_to_a_bad_path_is_an_error() {
+    let env = Env::new();
+    let id = env.new_record("contacts", r#"{"name": "Ada"}"#);
+    let err = env.fails(1, &["export", &id, "-o", "no/such/dir/x.am"]);
+    assert!(err.contains("cannot write no/such/dir/x.am"), "{err}");
+}

@@ -1,0 +1,287 @@
+//! The relay binary and server against real sockets: startup line, bad
+//! input, kill -9 and restart, graceful shutdown.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use accord_engine::sync::{ErrorCode, Frame, PROTOCOL_VERSION};
+use accord_engine::{ConnectOptions, Replica};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+const T: Duration = Duration::from_secs(20);
+
+/// A relay process; killed when dropped.
+struct RelayProcess {
+    child: Child,
+    url: String,
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `accord-relay` on port 0 and reads the port from its startup line.
+fn spawn_relay(db: &std::path::Path) -> RelayProcess {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
+        .args(["--listen", "127.0.0.1:0", "--db"])
+        .arg(db)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn accord-relay");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("startup line");
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .expect("listening on <addr>")
+        .trim()
+        .to_owned();
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+        "real port in {line:?}"
+    );
+    RelayProcess {
+        child,
+        url: format!("ws://{addr}"),
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn raw(url: &str) -> Ws {
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect")
+        .0
+}
+
+async fn send(ws: &mut Ws, frame: &Frame) {
+    ws.send(Message::Binary(frame.encode().into()))
+        .await
+        .expect("send");
+}
+
+/// The next protocol frame, skipping pings; `None` when the socket closes.
+async fn next_frame(ws: &mut Ws) -> Option<Frame> {
+    loop {
+        match tokio::time::timeout(T, ws.next())
+            .await
+            .expect("frame within timeout")
+        {
+            Some(Ok(Message::Binary(b))) => return Some(Frame::decode(&b).expect("valid frame")),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+async fn expect_error(ws: &mut Ws, code: ErrorCode) {
+    match next_frame(ws).await {
+        Some(Frame::Error {
+            code: got, message, ..
+        }) => {
+            assert_eq!(got, code, "error message: {message}");
+            assert!(!message.is_empty());
+        }
+        other => panic!("expected error {code}, got {other:?}"),
+    }
+}
+
+fn hello(version: u32) -> Frame {
+    Frame::Hello {
+        version,
+        peer_id: "tester".into(),
+        token: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_its_code_and_others_keep_syncing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = spawn_relay(&dir.path().join("relay.db"));
+    let good = Replica::open(dir.path().join("good.db")).expect("replica");
+    let id = good.create("c", &json!({"v": 1})).expect("create");
+    let opts = ConnectOptions {
+        collections: vec!["c".into()],
+        ..ConnectOptions::default()
+    };
+    let mut handle = good.connect(&relay.url, opts);
+    handle.wait_synced(T).await.expect("synced");
+
+    // Garbage bytes.
+    let mut ws = raw(&relay.url).await;
+    ws.send(Message::Binary(vec![0xde, 0xad, 0xbe, 0xef].into()))
+        .await
+        .expect("send");
+    expect_error(&mut ws, ErrorCode::MALFORMED).await;
+    assert!(
+        next_frame(&mut ws).await.is_none(),
+        "closed after a fatal error"
+    );
+    // A frame before the handshake.
+    let mut ws = raw(&relay.url).await;
+    send(
+        &mut ws,
+        &Frame::Subscribe {
+            collections: vec!["c".into()],
+        },
+    )
+    .await;
+    expect_error(&mut ws, ErrorCode::NOT_HANDSHAKEN).await;
+    // A wrong protocol version.
+    let mut ws = raw(&relay.url).await;
+    send(&mut ws, &hello(PROTOCOL_VERSION + 1)).await;
+    expect_error(&mut ws, ErrorCode::VERSION).await;
+    // Text instead of binary.
+    let mut ws = raw(&relay.url).await;
+    ws.send(Message::Text("hello".into())).await.expect("send");
+    expect_error(&mut ws, ErrorCode::MALFORMED).await;
+    // Invalid Automerge bytes in a valid frame: refused, connection stays.
+    let mut ws = raw(&relay.url).await;
+    send(&mut ws, &hello(PROTOCOL_VERSION)).await;
+    assert!(matches!(
+        next_frame(&mut ws).await,
+        Some(Frame::Welcome { .. })
+    ));
+    send(
+        &mut ws,
+        &Frame::Subscribe {
+            collections: vec!["c".into()],
+        },
+    )
+    .await;
+    assert!(matches!(
+        next_frame(&mut ws).await,
+        Some(Frame::Announce { complete: true, .. })
+    ));
+    let bogus = Frame::Sync {
+        doc: id,
+        collection: "c".into(),
+        message: vec![0x42, 1, 2, 3],
+        want_reply: true,
+    };
+    send(&mut ws, &bogus).await;
+    expect_error(&mut ws, ErrorCode::BAD_DOCUMENT).await;
+    // Sync for a collection it did not subscribe to.
+    let other = Frame::Sync {
+        doc: id,
+        collection: "other".into(),
+        message: vec![],
+        want_reply: true,
+    };
+    send(&mut ws, &other).await;
+    expect_error(&mut ws, ErrorCode::NOT_SUBSCRIBED).await;
+
+    // The well-behaved replica is untouched and keeps syncing.
+    let before = good.heads(&id).expect("heads");
+    good.put(&id, "v", &json!(2), None).expect("put");
+    handle.wait_synced(T).await.expect("still syncing");
+    assert_ne!(good.heads(&id).expect("heads"), before);
+    handle.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frames_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--max-frame-bytes",
+            "1024",
+            "--db",
+        ])
+        .arg(dir.path().join("relay.db"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("line");
+    let relay = RelayProcess {
+        url: format!(
+            "ws://{}",
+            line.split("listening on ").nth(1).expect("addr").trim()
+        ),
+        child,
+    };
+    let mut ws = raw(&relay.url).await;
+    send(&mut ws, &hello(PROTOCOL_VERSION)).await;
+    assert!(matches!(
+        next_frame(&mut ws).await,
+        Some(Frame::Welcome { .. })
+    ));
+    ws.send(Message::Binary(vec![0u8; 4096].into()))
+        .await
+        .expect("send");
+    expect_error(&mut ws, ErrorCode::FRAME_TOO_LARGE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_killed_and_restarted_mid_session_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("relay.db");
+    let mut relay = spawn_relay(&db);
+    let a = Replica::open(dir.path().join("a.db")).expect("a");
+    let b = Replica::open(dir.path().join("b.db")).expect("b");
+    let opts = || ConnectOptions {
+        collections: vec!["c".into()],
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        ..ConnectOptions::default()
+    };
+    let ids: Vec<_> = (0..10)
+        .map(|i| a.create("c", &json!({"i": i})).expect("create"))
+        .collect();
+    let mut ha = a.connect(&relay.url, opts());
+    ha.wait_synced(T).await.expect("a synced");
+
+    // SIGKILL: everything acknowledged by the relay must survive.
+    relay.child.kill().expect("kill -9");
+    relay.child.wait().expect("reaped");
+    drop(ha);
+    let mut restarted = spawn_relay(&db);
+    for id in &ids[..5] {
+        a.put(id, "after", &json!(true), None)
+            .expect("offline edit");
+    }
+    let mut ha = a.connect(&restarted.url, opts());
+    let mut hb = b.connect(&restarted.url, opts());
+    ha.wait_synced(T).await.expect("a resynced");
+    hb.wait_synced(T).await.expect("b synced");
+    for id in &ids {
+        let deadline = tokio::time::Instant::now() + T;
+        while b.heads(id).ok() != a.heads(id).ok() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "B did not converge on {id}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(b.get(id).expect("b").value, a.get(id).expect("a").value);
+    }
+    // Graceful shutdown on SIGTERM exits 0.
+    let pid = restarted.child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let exit = restarted.child.wait().expect("exit");
+    assert!(exit.success(), "graceful exit: {exit:?}");
+    hb.close().await;
+    ha.close().await;
+}
