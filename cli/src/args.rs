@@ -186,12 +186,39 @@ pub enum Command {
     Compact,
     /// Verify that every record loads and that the file is sound.
     Check,
+    /// Sync with a relay until both sides agree, then print a summary.
+    ///
+    /// Syncs every collection this database has records in, plus every
+    /// `--collection` given.
+    Sync {
+        /// The relay's WebSocket URL, such as ws://127.0.0.1:7420.
+        #[arg(long, value_name = "URL", env = "ACCORD_RELAY")]
+        relay: String,
+        /// The token to present (for a relay that requires one).
+        #[arg(
+            long,
+            value_name = "T",
+            env = "ACCORD_TOKEN",
+            default_value = "",
+            hide_env_values = true
+        )]
+        token: String,
+        /// Also sync this collection (repeatable).
+        #[arg(long = "collection", value_name = "C")]
+        collections: Vec<String>,
+        /// Give up after this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        timeout: u64,
+    },
 }
 
 impl Command {
     /// Whether the command may create the database when it is missing.
     pub fn creates_database(&self) -> bool {
-        matches!(self, Command::New { .. } | Command::Import { .. })
+        matches!(
+            self,
+            Command::New { .. } | Command::Import { .. } | Command::Sync { .. }
+        )
     }
 }
 

@@ -737,3 +737,125 @@ fn export_to_a_bad_path_is_an_error() {
     let err = env.fails(1, &["export", &id, "-o", "no/such/dir/x.am"]);
     assert!(err.contains("cannot write no/such/dir/x.am"), "{err}");
 }
+
+// ---- sync against a real relay ----
+
+/// A relay in this process on a free loopback port, on its own runtime
+/// thread so the blocking test can run the binary meanwhile.
+struct Relay {
+    url: String,
+    shutdown: tokio_util::sync::CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    fn start(db: std::path::PathBuf) -> Relay {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let token = shutdown.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                let url = format!("ws://{}", listener.local_addr().expect("addr"));
+                let config = accord_relay::Config {
+                    db,
+                    ..accord_relay::Config::default()
+                };
+                let relay = accord_relay::server::start(config, token.clone())
+                    .await
+                    .expect("relay");
+                tx.send(url).expect("send url");
+                accord_relay::server::serve(listener, relay, token)
+                    .await
+                    .expect("serve");
+            });
+        });
+        let url = rx.recv().expect("relay url");
+        Relay {
+            url,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn sync_moves_records_between_databases_through_a_relay() {
+    let a = Env::new();
+    let b = Env::new();
+    let relay = Relay::start(a.path().join("relay.db"));
+    let id = a.ok(&["new", "contacts", "--data", r#"{"name": "Ada"}"#]);
+    let id = id.trim();
+    a.ok(&["put", id, "email", r#""ada@example.org""#]);
+    let out = a.ok(&["sync", "--relay", &relay.url]);
+    assert!(
+        out.starts_with(&format!("in sync with {} (contacts)", relay.url)),
+        "{out}"
+    );
+    assert!(out.contains("sent 1 documents"), "{out}");
+
+    // B has no database yet: sync creates it and pulls the collection.
+    let summary = b.json(&[
+        "--json",
+        "sync",
+        "--relay",
+        &relay.url,
+        "--collection",
+        "contacts",
+    ]);
+    assert_eq!(summary["docs_received"], json!(1), "{summary}");
+    assert!(summary["bytes_received"].as_u64().unwrap_or(0) > 0);
+    assert_eq!(
+        b.json(&["get", id]),
+        json!({"name": "Ada", "email": "ada@example.org"})
+    );
+
+    // An edit on B flows back to A.
+    b.ok(&["put", id, "name", r#""Ada L.""#]);
+    b.ok(&["sync", "--relay", &relay.url]);
+    a.ok(&["sync", "--relay", &relay.url]);
+    assert_eq!(a.json(&["get", id, "name"]), json!("Ada L."));
+}
+
+#[test]
+fn sync_fails_clearly_when_the_relay_is_unreachable_or_silent() {
+    let env = Env::new();
+    env.ok(&["new", "c"]);
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let err = env.fails(1, &["sync", "--relay", &format!("ws://127.0.0.1:{port}")]);
+    assert!(err.contains("cannot reach relay"), "{err}");
+    // A listener that accepts but never answers: the timeout applies.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("ws://{}", silent.local_addr().expect("addr"));
+    let err = env.fails(1, &["sync", "--relay", &url, "--timeout", "1"]);
+    assert!(err.contains("after 1 s"), "{err}");
+    drop(silent);
+    // Not a WebSocket URL.
+    let err = env.fails(1, &["sync", "--relay", "http://example.org"]);
+    assert!(err.contains("bad relay URL"), "{err}");
+}
+
+#[test]
+fn sync_with_nothing_to_sync_says_so() {
+    let env = Env::new();
+    let relay = Relay::start(env.path().join("relay.db"));
+    let err = env.fails(1, &["sync", "--relay", &relay.url]);
+    assert!(err.contains("nothing to sync"), "{err}");
+}

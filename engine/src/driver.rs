@@ -103,8 +103,13 @@ pub struct SyncStatus {
     /// Whether the relay holds every local change of the subscribed
     /// collections (as of the last check).
     pub synced: bool,
+    /// Whether, in addition, this replica holds everything the relay
+    /// holds in those collections (as of the last check).
+    pub agreed: bool,
     /// The last check request this status answers.
     pub checked: u64,
+    /// Documents waiting for or in the middle of an exchange.
+    pub pending: usize,
     /// Counters of the current connection.
     pub stats: SessionStats,
     /// How many times the relay welcomed us.
@@ -114,7 +119,8 @@ pub struct SyncStatus {
 }
 
 enum Control {
-    Check(u64),
+    /// Answer when synced (and agreed, if the flag is set).
+    Check(u64, bool),
     Subscribe(Vec<String>),
 }
 
@@ -131,7 +137,7 @@ pub struct SyncHandle {
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Control::Check(n) => write!(f, "Check({n})"),
+            Control::Check(n, agree) => write!(f, "Check({n}, {agree})"),
             Control::Subscribe(c) => write!(f, "Subscribe({c:?})"),
         }
     }
@@ -144,7 +150,9 @@ impl Replica {
         let initial = SyncStatus {
             state: ConnectionState::Connecting,
             synced: false,
+            agreed: false,
             checked: 0,
+            pending: 0,
             stats: SessionStats::default(),
             connects: 0,
             last_error: None,
@@ -186,6 +194,12 @@ impl SyncHandle {
         self.status.borrow().clone()
     }
 
+    /// A receiver of status updates, independent of this handle (for
+    /// progress displays while another task waits).
+    pub fn watch(&self) -> watch::Receiver<SyncStatus> {
+        self.status.clone()
+    }
+
     /// Waits until the relay has welcomed this replica.
     pub async fn wait_connected(&mut self, timeout: Duration) -> Result<(), SyncError> {
         self.wait(timeout, |s| {
@@ -197,13 +211,26 @@ impl SyncHandle {
     /// Waits until the relay holds every local change made before this call
     /// (and every local tombstone) in the subscribed collections.
     pub async fn wait_synced(&mut self, timeout: Duration) -> Result<(), SyncError> {
-        self.next_check += 1;
-        let ticket = self.next_check;
-        if self.control.send(Control::Check(ticket)).await.is_err() {
-            return Err(self.status().last_error.unwrap_or(SyncError::Stopped));
-        }
+        let ticket = self.check(false).await?;
         self.wait(timeout, |s| s.checked >= ticket && s.synced)
             .await
+    }
+
+    /// Waits until, in addition, this replica holds everything the relay
+    /// holds in the subscribed collections: both sides agree.
+    pub async fn wait_agreed(&mut self, timeout: Duration) -> Result<(), SyncError> {
+        let ticket = self.check(true).await?;
+        self.wait(timeout, |s| s.checked >= ticket && s.synced && s.agreed)
+            .await
+    }
+
+    async fn check(&mut self, agree: bool) -> Result<u64, SyncError> {
+        self.next_check += 1;
+        let ticket = self.next_check;
+        match self.control.send(Control::Check(ticket, agree)).await {
+            Ok(()) => Ok(ticket),
+            Err(_) => Err(self.status().last_error.unwrap_or(SyncError::Stopped)),
+        }
     }
 
     /// Waits for `done`, failing if the driver stops or time runs out.
@@ -282,8 +309,9 @@ struct Driver {
     control: mpsc::Receiver<Control>,
     cancel: CancellationToken,
     started: std::time::Instant,
-    /// A check requested while not yet answerable.
-    pending_check: Option<u64>,
+    /// A check requested and not yet answered: its ticket, and whether
+    /// agreement was asked for.
+    pending_check: Option<(u64, bool)>,
 }
 
 impl Driver {
@@ -291,7 +319,11 @@ impl Driver {
         let mut backoff = self.options.backoff_min;
         loop {
             self.set(|s| s.state = ConnectionState::Connecting);
-            let ended = match self.open().await {
+            let opened = tokio::select! {
+                () = self.cancel.cancelled() => break,
+                opened = self.open() => opened,
+            };
+            let ended = match opened {
                 Ok(ws) => self.connection(ws).await,
                 Err(e) => Ended::Retry(e),
             };
@@ -410,8 +442,8 @@ impl Driver {
                     self.on_local(batch).await
                 }
                 control = self.control.recv() => match control {
-                    Some(Control::Check(n)) => {
-                        self.pending_check = Some(n);
+                    Some(Control::Check(n, agree)) => {
+                        self.pending_check = Some((n, agree));
                         Vec::new()
                     }
                     Some(Control::Subscribe(c)) => self.blocking(move |s, _| s.subscribe(&c)).await,
@@ -530,13 +562,17 @@ impl Driver {
     /// Publishes counters, and answers a pending check once the session
     /// has processed every local change made before it.
     async fn refresh_synced(&mut self) {
-        let Some(ticket) = self.pending_check else {
+        let pending = self.session.as_ref().map_or(0, ClientSession::pending);
+        let Some((ticket, agree)) = self.pending_check else {
             let stats = self
                 .session
                 .as_ref()
                 .map(ClientSession::stats)
                 .unwrap_or_default();
-            self.set(|s| s.stats = stats);
+            self.set(|s| {
+                s.stats = stats;
+                s.pending = pending;
+            });
             return;
         };
         if !self.events.is_empty() {
@@ -548,21 +584,27 @@ impl Driver {
         let replica = self.replica.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let synced = session.is_synced(&replica).unwrap_or(false);
-            (session, synced)
+            let agreed = synced && agree && session.agrees(&replica).unwrap_or(false);
+            (session, synced, agreed)
         })
         .await;
-        let Ok((session, synced)) = joined else {
+        let Ok((session, synced, agreed)) = joined else {
             return;
         };
         let stats = session.stats();
         self.session = Some(session);
-        if synced {
+        let answered = synced && (agreed || !agree);
+        if answered {
             self.pending_check = None;
         }
         self.set(|s| {
             s.synced = synced;
-            s.checked = s.checked.max(if synced { ticket } else { 0 });
+            s.agreed = agreed;
+            if answered {
+                s.checked = s.checked.max(ticket);
+            }
             s.stats = stats;
+            s.pending = pending;
         });
     }
 }

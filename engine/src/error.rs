@@ -21,6 +21,13 @@ pub enum StoreError {
         /// What was wrong with its chunks.
         reason: String,
     },
+    /// The document changed in the file since this process loaded it
+    /// (another process wrote it); the write was not applied.
+    #[error("document {doc} was changed by another writer; reload and retry")]
+    Stale {
+        /// The document.
+        doc: DocId,
+    },
     /// A row of the `docs` table does not parse (bad id length, bad heads).
     #[error("corrupt metadata row: {0}")]
     BadRow(String),

@@ -179,7 +179,7 @@ impl Sim {
     fn relay_outputs(&mut self, conn: u64, outputs: Vec<RelayOutput>) {
         for output in outputs {
             match output {
-                RelayOutput::Send(frame) => self.to_client(conn, frame),
+                RelayOutput::Send(frame) => self.send_to_client(conn, frame),
                 RelayOutput::Subscribed(c) => {
                     self.relay.subscribers.entry(c).or_default().insert(conn);
                 }
@@ -200,7 +200,7 @@ impl Sim {
                         .cloned()
                         .unwrap_or_default();
                     for other in subs.into_iter().filter(|c| *c != conn) {
-                        self.to_client(
+                        self.send_to_client(
                             other,
                             Frame::Delete {
                                 doc,
@@ -221,7 +221,7 @@ impl Sim {
         }
     }
 
-    fn to_client(&mut self, conn: u64, frame: Frame) {
+    fn send_to_client(&mut self, conn: u64, frame: Frame) {
         if let Some(link) = self.links.get_mut(&conn) {
             link.to_client.push_back(frame);
         }
@@ -273,7 +273,7 @@ impl Sim {
                 .expect("save relay states");
         }
         for (to, frame) in frames {
-            self.to_client(to, frame);
+            self.send_to_client(to, frame);
         }
     }
 
@@ -382,7 +382,7 @@ impl Sim {
                 continue;
             };
             for (to, frame) in hub.flush(self.now, &relay.replica) {
-                self.to_client(to, frame);
+                self.send_to_client(to, frame);
             }
         }
     }

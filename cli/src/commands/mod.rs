@@ -6,11 +6,13 @@
 //! - `history`: `log`, `diff`.
 //! - `transfer`: `export`, `import`.
 //! - `maintenance`: `compact`, `check`.
+//! - `sync`: `sync`, the one command that needs an async runtime.
 
 mod history;
 mod listing;
 mod maintenance;
 mod records;
+mod sync;
 mod transfer;
 
 use std::path::{Path, PathBuf};
@@ -97,6 +99,12 @@ fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode> {
         Command::Import { file, collection } => transfer::import(ctx, &file, &collection)?,
         Command::Compact => return maintenance::compact(ctx),
         Command::Check => return maintenance::check(ctx),
+        Command::Sync {
+            relay,
+            token,
+            collections,
+            timeout,
+        } => sync::sync(ctx, &relay, token, collections, timeout)?,
     }
     Ok(ExitCode::SUCCESS)
 }

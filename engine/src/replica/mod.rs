@@ -104,11 +104,13 @@ pub struct Replica {
 
 #[derive(Debug)]
 struct Inner {
+    /// A read-only connection beside the writer (file replicas only), so
+    /// reads do not queue behind commits. Declared before the writer so it
+    /// closes first: the writer, closing last, checkpoints the WAL into the
+    /// main file.
+    reader: Option<std::sync::Mutex<Store>>,
     /// Writes, and reads too for in-memory replicas.
     committer: Committer,
-    /// A read-only connection beside the writer (file replicas only), so
-    /// reads do not queue behind commits.
-    reader: Option<std::sync::Mutex<Store>>,
     /// Loaded documents.
     cache: Cache,
     /// Subscribers.
@@ -273,6 +275,7 @@ impl Replica {
             data: data.clone(),
             heads: heads.clone(),
             new_changes: changes,
+            base: Vec::new(),
         }])?;
         doc.set_actor(self.inner.actor.clone());
         let deleted = slot.as_ref().is_some_and(|s| s.deleted);
@@ -335,9 +338,10 @@ impl Replica {
         self.change(id, message, |tx| path.set(tx, value))
     }
 
-    /// Writes the changes made since `before` and tells subscribers. On a
-    /// failed write the in-memory copy is dropped, so it is reloaded from
-    /// what was committed.
+    /// Writes the changes made since `before` and tells subscribers. If
+    /// another process wrote the document meanwhile, its changes are merged
+    /// in and ours written on top. On any other failure the in-memory copy
+    /// is dropped, so it is reloaded from what was committed.
     fn persist_since(
         &self,
         id: &DocId,
@@ -345,31 +349,68 @@ impl Replica {
         before: &[ChangeHash],
         origin: Origin,
     ) -> Result<()> {
-        let Some(state) = slot.as_mut() else {
+        let mut base = before.to_vec();
+        let mut attempts = 0;
+        loop {
+            let Some(state) = slot.as_mut() else {
+                return Err(Error::NotFound(*id));
+            };
+            let op = WriteOp::Append {
+                doc: *id,
+                collection: state.collection.clone(),
+                kind: ChunkKind::Incremental,
+                data: state.doc.save_after(&base),
+                heads: state.doc.get_heads(),
+                new_changes: state.doc.get_changes_meta(&base).len() as u64,
+                base: base.clone(),
+            };
+            let len = op_len(&op);
+            match self.inner.committer.submit(vec![op]) {
+                Ok(()) => {
+                    state.chunks += 1;
+                    state.incremental_bytes += len;
+                    break;
+                }
+                Err(StoreError::Stale { .. }) if attempts < 3 => {
+                    attempts += 1;
+                    base = self.take_in_stored(id, slot)?;
+                }
+                Err(e) => {
+                    *slot = None;
+                    return Err(e.into());
+                }
+            }
+        }
+        let Some(state) = slot.as_ref() else {
             return Err(Error::NotFound(*id));
         };
-        let data = state.doc.save_after(before);
-        let heads = state.doc.get_heads();
-        let new_changes = state.doc.get_changes_meta(before).len() as u64;
-        let op = WriteOp::Append {
-            doc: *id,
-            collection: state.collection.clone(),
-            kind: ChunkKind::Incremental,
-            data,
-            heads: heads.clone(),
-            new_changes,
-        };
-        let len = op_len(&op);
-        if let Err(e) = self.inner.committer.submit(vec![op]) {
-            *slot = None;
-            return Err(e.into());
-        }
-        state.chunks += 1;
-        state.incremental_bytes += len;
-        let collection = state.collection.clone();
+        let (collection, heads) = (state.collection.clone(), state.doc.get_heads());
         self.maybe_compact(id, slot);
         self.emit(*id, &collection, ChangeKind::Changed, origin, heads);
         Ok(())
+    }
+
+    /// Reloads a document another process wrote, merges the in-memory
+    /// copy (with its unwritten changes) into it, and returns the stored
+    /// heads the unwritten changes now go on top of.
+    fn take_in_stored(&self, id: &DocId, slot: &mut Option<DocState>) -> Result<Vec<ChangeHash>> {
+        let stored = self
+            .read_store(|s| s.load(id))?
+            .ok_or(Error::NotFound(*id))?;
+        let mut fresh = DocState::load(stored, &self.inner.actor)?;
+        let base = fresh.doc.get_heads();
+        if let Some(mine) = slot.as_mut() {
+            fresh
+                .doc
+                .merge(&mut mine.doc)
+                .map_err(|source| Error::Automerge {
+                    doc: *id,
+                    source: Box::new(source),
+                })?;
+        }
+        tracing::debug!(doc = %id, "document changed by another writer; merged and retrying");
+        *slot = Some(fresh);
+        Ok(base)
     }
 
     /// Rewrites a document's chunks as one snapshot when they piled up.
@@ -379,17 +420,24 @@ impl Replica {
         if !state.wants_compaction(self.inner.options.compact_after_chunks) {
             return;
         }
-        if let Err(e) = self.compact_state(id, state) {
-            tracing::warn!(doc = %id, error = %e, "compaction failed; chunks kept as they are");
+        match self.compact_state(id, state) {
+            Ok(()) => {}
+            Err(StoreError::Stale { .. }) => *slot = None, // another writer; reload next time
+            Err(e) => {
+                tracing::warn!(doc = %id, error = %e, "compaction failed; chunks kept as they are")
+            }
         }
     }
 
     fn compact_state(&self, id: &DocId, state: &mut DocState) -> Result<(), StoreError> {
         let snapshot = state.doc.save();
         let size = snapshot.len() as u64;
-        self.inner
-            .committer
-            .submit(vec![WriteOp::Compact { doc: *id, snapshot }])?;
+        let heads = state.doc.get_heads();
+        self.inner.committer.submit(vec![WriteOp::Compact {
+            doc: *id,
+            snapshot,
+            heads,
+        }])?;
         state.chunks = 0;
         state.incremental_bytes = 0;
         state.snapshot_bytes = size;
@@ -405,7 +453,8 @@ impl Replica {
     }
 
     /// Compacts every record that is stored as more than one chunk; returns
-    /// how many were compacted.
+    /// how many were compacted. Records that fail (damaged ones) are logged
+    /// and skipped.
     pub fn compact_all(&self) -> Result<usize> {
         let metas = self.list_with(&ListOptions {
             collection: None,
@@ -413,8 +462,12 @@ impl Replica {
         })?;
         let mut done = 0;
         for meta in metas.iter().filter(|m| m.chunk_count > 1) {
-            self.compact(&meta.id)?;
-            done += 1;
+            // A damaged record is skipped (and logged), not a reason to
+            // leave the others uncompacted.
+            match self.compact(&meta.id) {
+                Ok(()) => done += 1,
+                Err(e) => tracing::warn!(doc = %meta.id, error = %e, "not compacted"),
+            }
         }
         Ok(done)
     }
@@ -532,11 +585,9 @@ impl Replica {
         check_collection(collection)?;
         let entry = self.inner.cache.entry(id);
         let mut slot = lock(&entry);
-        if slot.is_none() {
-            match self.fill(id, &mut slot) {
-                Ok(()) | Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
+        match self.refresh(id, &mut slot) {
+            Ok(()) | Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
         }
         let Some(state) = slot.as_mut() else {
             let mut doc = Automerge::new();
@@ -566,15 +617,28 @@ impl Replica {
         let entry = self.inner.cache.entry(id);
         {
             let mut slot = lock(&entry);
-            if slot.is_none() {
-                if let Err(e) = self.fill(id, &mut slot) {
-                    drop(slot);
-                    self.inner.cache.forget(id);
-                    return Err(e);
-                }
+            if let Err(e) = self.refresh(id, &mut slot) {
+                drop(slot);
+                self.inner.cache.forget(id);
+                return Err(e);
             }
         }
         Ok(entry)
+    }
+
+    /// Makes a locked slot current: loads it if empty, and reloads it if
+    /// the file says another process changed the document since.
+    pub(crate) fn refresh(&self, id: &DocId, slot: &mut Option<DocState>) -> Result<()> {
+        if let Some(state) = slot.as_ref() {
+            let meta = self.read_store(|s| s.meta(id))?;
+            let mut heads = state.doc.get_heads();
+            heads.sort();
+            if meta.is_some_and(|m| m.deleted == state.deleted && m.heads == heads) {
+                return Ok(());
+            }
+            *slot = None;
+        }
+        self.fill(id, slot)
     }
 
     /// Loads `id` from the store into an empty slot.

@@ -38,12 +38,10 @@ impl SyncDocs for Replica {
     fn generate(&self, doc: &DocId, state: &mut State) -> Result<Option<Message>> {
         let entry = self.inner.cache.entry(doc);
         let mut slot = lock(&entry);
-        if slot.is_none() {
-            match self.fill(doc, &mut slot) {
-                Ok(()) => {}
-                Err(Error::NotFound(_)) => return Ok(Automerge::new().generate_sync_message(state)),
-                Err(e) => return Err(e),
-            }
+        match self.refresh(doc, &mut slot) {
+            Ok(()) => {}
+            Err(Error::NotFound(_)) => return Ok(Automerge::new().generate_sync_message(state)),
+            Err(e) => return Err(e),
         }
         Ok(slot
             .as_ref()
@@ -61,11 +59,9 @@ impl SyncDocs for Replica {
         super::check_collection(collection)?;
         let entry = self.inner.cache.entry(doc);
         let mut slot = lock(&entry);
-        if slot.is_none() {
-            match self.fill(doc, &mut slot) {
-                Ok(()) | Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
+        match self.refresh(doc, &mut slot) {
+            Ok(()) | Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
         }
         let origin = Origin::Remote(from.to_owned());
         let Some(current) = slot.as_mut() else {
@@ -108,11 +104,9 @@ impl SyncDocs for Replica {
         super::check_collection(collection)?;
         let entry = self.inner.cache.entry(doc);
         let mut slot = lock(&entry);
-        if slot.is_none() {
-            match self.fill(doc, &mut slot) {
-                Ok(()) | Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
+        match self.refresh(doc, &mut slot) {
+            Ok(()) | Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
         }
         if let Some(current) = slot.as_ref() {
             if current.collection != collection {

@@ -88,6 +88,10 @@ pub enum WriteOp {
         data: Vec<u8>,
         /// The document's heads after this chunk.
         heads: Vec<ChangeHash>,
+        /// The heads the writer based the chunk on: the write is refused
+        /// with [`StoreError::Stale`] unless the stored heads are these (so a
+        /// second process writing the same file is noticed, not overwritten).
+        base: Vec<ChangeHash>,
         /// How many changes the chunk adds.
         new_changes: u64,
     },
@@ -97,6 +101,9 @@ pub enum WriteOp {
         doc: DocId,
         /// `Automerge::save()` of the whole document.
         snapshot: Vec<u8>,
+        /// The snapshot's heads; refused with [`StoreError::Stale`] unless
+        /// they are the stored heads.
+        heads: Vec<ChangeHash>,
     },
     /// Sets the tombstone. Creates a row if the document is unknown, so a
     /// deletion can arrive before the document does.
@@ -331,8 +338,10 @@ fn apply_one(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError
             data,
             heads,
             new_changes,
+            base,
         } => {
             let id = doc.as_bytes().as_slice();
+            check_base(conn, doc, base)?;
             conn.prepare_cached(
                 "INSERT INTO docs (id, collection, heads, change_count, size_bytes, chunk_count, created_at, updated_at)
                  VALUES (?1, ?2, x'', 0, 0, 0, ?3, ?3) ON CONFLICT (id) DO NOTHING",
@@ -349,8 +358,13 @@ fn apply_one(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError
             )?
             .execute(params![id, encode_heads(heads), *new_changes as i64, data.len() as i64, now])?;
         }
-        WriteOp::Compact { doc, snapshot } => {
+        WriteOp::Compact {
+            doc,
+            snapshot,
+            heads,
+        } => {
             let id = doc.as_bytes().as_slice();
+            check_base(conn, doc, heads)?;
             let top: i64 = conn
                 .prepare_cached("SELECT coalesce(max(seq), 0) FROM chunks WHERE doc = ?1")?
                 .query_row([id], |r| r.get(0))?;
@@ -384,6 +398,20 @@ fn apply_one(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError
         }
     }
     Ok(())
+}
+
+/// Refuses a write based on heads other than the stored ones (a document
+/// not stored yet counts as having empty heads).
+fn check_base(conn: &Connection, doc: &DocId, base: &[ChangeHash]) -> Result<(), StoreError> {
+    let stored: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT heads FROM docs WHERE id = ?1")?
+        .query_row([doc.as_bytes().as_slice()], |r| r.get(0))
+        .optional()?;
+    if stored.unwrap_or_default() == encode_heads(base) {
+        Ok(())
+    } else {
+        Err(StoreError::Stale { doc: *doc })
+    }
 }
 
 fn read_meta(r: &Row<'_>) -> Result<DocMeta, StoreError> {

@@ -85,7 +85,7 @@ pub struct SessionStats {
     pub bytes_received: u64,
     /// Documents that received changes from the relay.
     pub docs_received: u64,
-    /// Distinct documents this session sent sync messages for.
+    /// Distinct documents this session sent changes of.
     pub docs_sent: u64,
 }
 
@@ -104,7 +104,7 @@ struct Slot {
     relay_heads: Option<Vec<ChangeHash>>,
     /// Whether the relay knows the document is deleted.
     relay_deleted: bool,
-    /// Whether we sent anything for it this session.
+    /// Whether we sent changes of it this session.
     sent: bool,
 }
 
@@ -321,6 +321,39 @@ impl ClientSession {
             }
         }
         Ok(true)
+    }
+
+    /// Whether the relay and this replica hold the same heads for every
+    /// document either is known to have. With [`ClientSession::is_synced`]
+    /// (the relay has all of ours), equal heads mean equal content.
+    pub fn agrees(&self, docs: &dyn SyncDocs) -> crate::Result<bool> {
+        if !self.is_synced(docs)? {
+            return Ok(false);
+        }
+        for (doc, slot) in &self.slots {
+            let Some(theirs) = slot.relay_heads.as_deref() else {
+                continue;
+            };
+            if slot.relay_deleted || theirs.is_empty() {
+                continue;
+            }
+            let mut ours = docs
+                .local_state(doc)?
+                .map(|(_, heads, _)| heads)
+                .unwrap_or_default();
+            let mut theirs = theirs.to_vec();
+            ours.sort();
+            theirs.sort();
+            if ours != theirs {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Documents waiting for or in the middle of an exchange.
+    pub fn pending(&self) -> usize {
+        self.queue.len() + self.in_flight
     }
 
     fn relay_has(&self, local: &DocSummary) -> bool {
@@ -597,7 +630,7 @@ impl ClientSession {
         let Some(message) = docs.generate(&doc, &mut slot.state)? else {
             return Ok(false);
         };
-        let first = !std::mem::replace(&mut slot.sent, true);
+        let first = !message.changes.is_empty() && !std::mem::replace(&mut slot.sent, true);
         let want_reply = awaits_answer(&slot.state, &message);
         if want_reply {
             slot.in_flight_since = Some(now);

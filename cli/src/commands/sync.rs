@@ -1,0 +1,165 @@
+//! `accord sync`: connect to a relay, sync until both sides agree, print a
+//! summary. The only command that starts an async runtime.
+
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use accord_engine::{ConnectOptions, SyncError, SyncStatus};
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::Ctx;
+use crate::output::human_size;
+
+/// Documents to move before a progress bar is worth showing.
+const PROGRESS_THRESHOLD: u64 = 50;
+
+/// `accord sync`.
+pub fn sync(
+    ctx: &mut Ctx,
+    relay: &str,
+    token: String,
+    extra: Vec<String>,
+    timeout: u64,
+) -> Result<()> {
+    if !(relay.starts_with("ws://") || relay.starts_with("wss://")) {
+        bail!("bad relay URL '{relay}': expected ws://HOST:PORT or wss://HOST:PORT");
+    }
+    for c in &extra {
+        accord_engine::replica::check_collection(c)?;
+    }
+    let replica = ctx.replica()?;
+    let mut collections: BTreeSet<String> =
+        replica.collections()?.into_iter().map(|(c, _)| c).collect();
+    collections.extend(extra);
+    if collections.is_empty() {
+        bail!("nothing to sync: the database has no records; name collections with --collection C");
+    }
+    let options = ConnectOptions {
+        token,
+        collections: collections.iter().cloned().collect(),
+        reconnect: false,
+        ..ConnectOptions::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let limit = Duration::from_secs(timeout);
+    let status = runtime.block_on(async {
+        let mut handle = replica.connect(relay, options);
+        let progress = Progress::new(std::io::stderr().is_terminal());
+        let watch = handle.watch();
+        let outcome = tokio::select! {
+            r = handle.wait_agreed(limit) => r,
+            () = progress.follow(watch) => unreachable_follow(),
+        };
+        progress.finish();
+        let status = handle.status();
+        handle.close().await;
+        outcome.map(|()| status)
+    });
+    let status = status.map_err(|e| explain(e, relay, timeout))?;
+    summary(ctx, relay, &collections, &status)
+}
+
+fn unreachable_follow() -> Result<(), SyncError> {
+    Err(SyncError::Stopped)
+}
+
+/// Turns a sync failure into the message the user sees.
+fn explain(e: SyncError, relay: &str, timeout: u64) -> anyhow::Error {
+    match e {
+        SyncError::Unreachable { reason, .. } => {
+            anyhow::anyhow!("cannot reach relay {relay}: {reason}")
+        }
+        SyncError::Refused { code, message } => {
+            anyhow::anyhow!("relay {relay} refused: {message} ({})", code.name())
+        }
+        SyncError::Timeout(_) => {
+            anyhow::anyhow!("not in sync with {relay} after {timeout} s (raise --timeout)")
+        }
+        other => anyhow::anyhow!("sync with {relay} failed: {other}"),
+    }
+}
+
+fn summary(
+    ctx: &mut Ctx,
+    relay: &str,
+    collections: &BTreeSet<String>,
+    status: &SyncStatus,
+) -> Result<()> {
+    let s = status.stats;
+    if ctx.out.json {
+        let value = json!({
+            "relay": relay,
+            "collections": collections,
+            "docs_sent": s.docs_sent,
+            "docs_received": s.docs_received,
+            "bytes_sent": s.bytes_sent,
+            "bytes_received": s.bytes_received,
+            "messages_sent": s.messages_sent,
+            "messages_received": s.messages_received,
+        });
+        ctx.out.json_value(&value)?;
+    } else {
+        let names: Vec<&str> = collections.iter().map(String::as_str).collect();
+        ctx.out.line(&format!(
+            "in sync with {relay} ({}): sent {} documents ({}), received {} documents ({})",
+            names.join(", "),
+            s.docs_sent,
+            human_size(s.bytes_sent),
+            s.docs_received,
+            human_size(s.bytes_received)
+        ))?;
+    }
+    Ok(())
+}
+
+/// A progress bar on a terminal, once enough documents move.
+struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    fn new(terminal: bool) -> Self {
+        let bar = terminal.then(|| {
+            let bar = ProgressBar::hidden();
+            let style = ProgressStyle::with_template(
+                "{spinner} syncing {pos}/{len} documents {wide_bar} {elapsed}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar
+        });
+        Progress { bar }
+    }
+
+    /// Updates the bar from the handle's status until cancelled by the
+    /// caller's `select!`; never returns on its own.
+    async fn follow(&self, status: watch::Receiver<SyncStatus>) {
+        loop {
+            if let Some(bar) = &self.bar {
+                let s = status.borrow().clone();
+                let moved = s.stats.docs_sent + s.stats.docs_received;
+                let total = moved + s.pending as u64;
+                if total >= PROGRESS_THRESHOLD && bar.is_hidden() {
+                    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                }
+                bar.set_length(total);
+                bar.set_position(moved);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
