@@ -50,6 +50,21 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T
     Ok(value)
 }
 
+/// Decodes a value from the start of `bytes`, ignoring what follows (for
+/// reading a fixed prefix, such as a frame's variant and version, of a
+/// message whose rest this build may not understand).
+pub fn decode_prefix<T: DeserializeOwned>(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<T, DecodeError> {
+    bincode::serde::decode_from_slice(bytes, config())
+        .map(|(value, _)| value)
+        .map_err(|e| DecodeError {
+            what,
+            reason: e.to_string(),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -323,10 +323,16 @@ impl Driver {
                 () = self.cancel.cancelled() => break,
                 opened = self.open() => opened,
             };
+            let welcomed_before = self.status.borrow().connects;
             let ended = match opened {
                 Ok(ws) => self.connection(ws).await,
                 Err(e) => Ended::Retry(e),
             };
+            if self.status.borrow().connects > welcomed_before {
+                // The relay accepted us this time: the next drop is a new
+                // incident, not the continuation of a failing streak.
+                backoff = self.options.backoff_min;
+            }
             self.blocking(|session, _| session.disconnected()).await;
             match ended {
                 Ended::Cancelled => break,
@@ -348,13 +354,6 @@ impl Driver {
             tokio::select! {
                 () = self.cancel.cancelled() => break,
                 () = tokio::time::sleep(delay) => {}
-            }
-            if self
-                .session
-                .as_ref()
-                .is_some_and(|s| s.relay_id().is_some())
-            {
-                backoff = self.options.backoff_min;
             }
         }
         self.set(|s| {

@@ -342,6 +342,10 @@ impl Sim {
         if faults && roll > 0.9 {
             queue.push_back(frame.clone());
         }
+        if self.log.len() > 100_000 {
+            self.log.drain(..50_000);
+        }
+        self.log.push(describe(conn, up, &frame));
         if up {
             let session = self
                 .relay
@@ -476,8 +480,17 @@ impl Sim {
         }
         for _round in 0..200 {
             self.drain_local_events();
+            let mut delivered = 0;
             while self.deliver_one() {
                 self.drain_local_events();
+                delivered += 1;
+                if delivered >= 100_000 {
+                    let tail = &self.log[self.log.len().saturating_sub(12)..];
+                    panic!(
+                        "sync loop: frames keep flowing after healing; last frames:\n{}",
+                        tail.join("\n")
+                    );
+                }
             }
             let synced = self
                 .clients
@@ -555,6 +568,30 @@ impl Sim {
     }
 }
 
+/// One line about a delivered frame, for failure reports.
+fn describe(conn: u64, up: bool, frame: &Frame) -> String {
+    let dir = if up { "->relay" } else { "<-relay" };
+    match frame {
+        Frame::Sync {
+            doc,
+            message,
+            want_reply,
+            ..
+        } => {
+            let m =
+                accord_engine::automerge::sync::Message::decode(message).expect("valid message");
+            format!(
+                "{dir} conn {conn} sync {doc} want_reply={want_reply} heads={} need={} have={} changes={}",
+                m.heads.len(),
+                m.need.len(),
+                m.have.len(),
+                m.changes.len()
+            )
+        }
+        other => format!("{dir} conn {conn} {}", other.kind()),
+    }
+}
+
 fn run_seed(seed: u64, steps: usize) {
     let mut sim = Sim::new(seed, 3);
     for _ in 0..steps {
@@ -591,6 +628,9 @@ fn replicas_converge_under_faults_restarts_and_deletes() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(24);
     for seed in 0..seeds {
+        if std::env::var_os("ACCORD_SIM_VERBOSE").is_some() {
+            eprintln!("seed {seed}");
+        }
         let result = std::panic::catch_unwind(|| run_seed(seed, 400));
         if let Err(panic) = result {
             eprintln!("simulation failed for seed {seed}; replay with ACCORD_SIM_SEED={seed}");

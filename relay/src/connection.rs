@@ -143,7 +143,8 @@ impl Connection {
         let shared = Arc::clone(&self.shared);
         let now = shared.now_ms();
         let joined = tokio::task::spawn_blocking(move || {
-            let out = session.handle_bytes(&bytes, now, shared.access.as_ref(), &shared.replica);
+            let out =
+                session.handle_bytes(&bytes, now, shared.access.as_ref(), shared.store.as_ref());
             (session, out)
         })
         .await;

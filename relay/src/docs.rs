@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use accord_engine::automerge::sync::Message;
 use accord_engine::sync::{DocHub, ErrorCode, Frame, SyncDocs};
-use accord_engine::{DocId, Replica};
+use accord_engine::DocId;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -58,8 +58,9 @@ pub struct DocActors {
 struct Shared {
     /// Inbox of each running actor.
     actors: Mutex<HashMap<DocId, mpsc::Sender<DocInput>>>,
-    /// Where documents live.
-    replica: Replica,
+    /// Where documents live: the storage seam (the engine's `Replica` on
+    /// SQLite today; a shared database for a cluster later).
+    store: Arc<dyn SyncDocs + Send + Sync>,
     /// Who to send to.
     peers: Peers,
     /// Limits and timeouts.
@@ -77,7 +78,7 @@ struct Shared {
 impl DocActors {
     /// An empty set of actors.
     pub fn new(
-        replica: Replica,
+        store: Arc<dyn SyncDocs + Send + Sync>,
         peers: Peers,
         config: Config,
         tracker: TaskTracker,
@@ -86,7 +87,7 @@ impl DocActors {
         DocActors {
             inner: Arc::new(Shared {
                 actors: Mutex::new(HashMap::new()),
-                replica,
+                store,
                 peers,
                 config,
                 tracker,
@@ -232,7 +233,7 @@ async fn process(
 }
 
 fn apply_batch(shared: &Shared, hub: &mut DocHub, batch: Vec<DocInput>) {
-    let replica: &dyn SyncDocs = &shared.replica;
+    let replica: &dyn SyncDocs = shared.store.as_ref();
     let mut changed = false;
     for DocInput {
         conn,
@@ -253,7 +254,7 @@ fn apply_batch(shared: &Shared, hub: &mut DocHub, batch: Vec<DocInput>) {
     }
     let mut gone = Vec::new();
     for conn in hub.attached() {
-        if !shared.peers.is_live(conn) {
+        if !shared.peers.is_subscribed(conn, hub.collection()) {
             gone.extend(hub.detach(conn));
         }
     }
@@ -289,7 +290,7 @@ fn save_states(shared: &Shared, states: Vec<(String, DocId, Vec<u8>)>) {
         by_peer.entry(peer).or_default().push((doc, state));
     }
     for (peer, states) in by_peer {
-        if let Err(e) = shared.replica.save_sync_states(&peer, states) {
+        if let Err(e) = shared.store.save_sync_states(&peer, states) {
             tracing::warn!(peer, error = %e, "could not persist sync states");
         }
     }

@@ -87,6 +87,16 @@ impl Peers {
             .collect()
     }
 
+    /// Whether a connection is registered and subscribed to `collection`.
+    pub fn is_subscribed(&self, conn: u64, collection: &str) -> bool {
+        let inner = self.lock();
+        inner.conns.contains_key(&conn)
+            && inner
+                .by_collection
+                .get(collection)
+                .is_some_and(|s| s.contains(&conn))
+    }
+
     /// Whether a connection is still registered.
     pub fn is_live(&self, conn: u64) -> bool {
         self.lock().conns.contains_key(&conn)

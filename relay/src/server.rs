@@ -9,12 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use accord_engine::sync::{Access, ErrorCode, Frame, OpenAccess};
+use accord_engine::sync::{Access, ErrorCode, Frame, OpenAccess, SyncDocs};
 use accord_engine::{Replica, ReplicaOptions};
 use anyhow::Context;
 use futures_util::SinkExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,8 +30,10 @@ use crate::peers::Peers;
 pub struct Shared {
     /// Settings.
     pub config: Config,
-    /// The relay's documents.
-    pub replica: Replica,
+    /// The relay's documents, reached only through the storage seam.
+    pub store: Arc<dyn SyncDocs + Send + Sync>,
+    /// The same storage as the engine's replica, for inspection.
+    replica: Replica,
     /// The relay's stable id (its database's peer id).
     pub relay_id: String,
     /// Who may do what.
@@ -95,7 +99,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let peers = Peers::default();
     let tracker = TaskTracker::new();
     let docs = DocActors::new(
-        replica.clone(),
+        Arc::new(replica.clone()),
         peers.clone(),
         config.clone(),
         tracker,
@@ -104,6 +108,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let shared = Shared {
         relay_id: replica.peer_id().to_owned(),
         config,
+        store: Arc::new(replica.clone()),
         replica,
         access: Arc::new(OpenAccess),
         peers,
@@ -181,5 +186,9 @@ async fn refuse(stream: TcpStream, shared: Arc<Shared>) {
     );
     let frame = Frame::error(ErrorCode::TOO_MANY_CONNECTIONS, text, None);
     let _ = ws.send(Message::Binary(frame.encode().into())).await;
-    let _ = ws.close(None).await;
+    let close = CloseFrame {
+        code: CloseCode::Policy,
+        reason: ErrorCode::TOO_MANY_CONNECTIONS.name().into(),
+    };
+    let _ = ws.close(Some(close)).await;
 }

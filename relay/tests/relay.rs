@@ -143,6 +143,13 @@ async fn bad_input_is_refused_with_its_code_and_others_keep_syncing() {
     let mut ws = raw(&relay.url).await;
     send(&mut ws, &hello(PROTOCOL_VERSION + 1)).await;
     expect_error(&mut ws, ErrorCode::VERSION).await;
+    // A Hello from a future version whose other fields this relay cannot
+    // even decode: still answered with the version error.
+    let mut ws = raw(&relay.url).await;
+    let mut future = hello(PROTOCOL_VERSION + 5).encode();
+    future.extend_from_slice(&[0xff, 0xfe, 0xfd]);
+    ws.send(Message::Binary(future.into())).await.expect("send");
+    expect_error(&mut ws, ErrorCode::VERSION).await;
     // Text instead of binary.
     let mut ws = raw(&relay.url).await;
     ws.send(Message::Text("hello".into())).await.expect("send");

@@ -241,3 +241,52 @@ async fn traffic_stops_once_converged() {
     );
     relay.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_changes_is_coalesced_for_every_reader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = TestRelay::start(&dir.path().join("relay.db"))
+        .await
+        .expect("relay");
+    // NORMAL durability: commits without fsync, so the burst outpaces the
+    // network round trips, which is the situation coalescing is for.
+    let fast = accord_engine::ReplicaOptions {
+        durability: accord_engine::Durability::Normal,
+        ..Default::default()
+    };
+    let writer = Replica::open_with(dir.path().join("w.db"), fast).expect("writer");
+    let id = writer.create("burst", &json!({"k": -1})).expect("create");
+    let mut hw = synced(&writer, &relay, &["burst"]).await;
+    let mut readers = Vec::new();
+    for i in 0..3 {
+        let r = Replica::open(dir.path().join(format!("r{i}.db"))).expect("reader");
+        let h = synced(&r, &relay, &["burst"]).await;
+        readers.push((r, h));
+    }
+    const CHANGES: i64 = 300;
+    let w = writer.clone();
+    tokio::task::spawn_blocking(move || {
+        for i in 0..CHANGES {
+            w.put(&id, "k", &json!(i), None).expect("put");
+        }
+    })
+    .await
+    .expect("writer");
+    hw.wait_synced(T).await.expect("writer synced");
+    for (r, h) in &mut readers {
+        wait_until(T, "reader sees the last value", || async {
+            r.get(&id)
+                .map(|d| d.value["k"] == json!(CHANGES - 1))
+                .unwrap_or(false)
+        })
+        .await;
+        h.wait_synced(T).await.expect("reader synced");
+        let got = h.status().stats.messages_received;
+        eprintln!("reader received {got} messages for {CHANGES} changes");
+        assert!(
+            got < CHANGES as u64 / 2,
+            "{got} messages for {CHANGES} changes: not coalesced"
+        );
+    }
+    relay.stop().await.expect("stop");
+}

@@ -341,3 +341,23 @@ fn a_write_racing_another_writer_is_merged_not_lost() {
     let fresh = Replica::open(&path).expect("reopen");
     assert_eq!(fresh.get(&id).expect("get").value, json!({"a": 1, "b": 1}));
 }
+
+#[test]
+fn replicas_are_send_sync_and_cheap_to_share() {
+    fn assert_send_sync<T: Send + Sync + Clone + 'static>() {}
+    assert_send_sync::<Replica>();
+    assert_send_sync::<AsyncReplica>();
+    let a = Replica::open_in_memory().expect("a");
+    let b = Replica::open_in_memory().expect("b");
+    let id = a.create("c", &json!({"x": 1})).expect("create");
+    assert!(
+        matches!(b.get(&id), Err(Error::NotFound(_))),
+        "replicas are independent"
+    );
+    let shared = a.clone();
+    std::thread::spawn(move || shared.put(&id, "x", &json!(2), None))
+        .join()
+        .expect("join")
+        .expect("put");
+    assert_eq!(a.get(&id).expect("get").value, json!({"x": 2}));
+}

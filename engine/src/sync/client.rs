@@ -13,7 +13,7 @@ use automerge::sync::{Message, State};
 use automerge::ChangeHash;
 
 use super::protocol::{DocSummary, ErrorCode, Frame, PROTOCOL_VERSION};
-use super::{awaits_answer, heads_only, restart_state, SyncDocs, RETRY_AFTER_MS};
+use super::{awaits_answer, heads_only, note_answer, restart_state, SyncDocs, RETRY_AFTER_MS};
 use crate::id::DocId;
 use crate::replica::ChangeKind;
 
@@ -106,6 +106,8 @@ struct Slot {
     relay_deleted: bool,
     /// Whether we sent changes of it this session.
     sent: bool,
+    /// Whether our last message asked the relay for changes.
+    asked: bool,
 }
 
 /// The session state machine.
@@ -524,6 +526,7 @@ impl ClientSession {
         let relay = self.relay_id.clone().unwrap_or_default();
         let slot = self.slot(doc, collection, docs)?;
         let was_in_flight = slot.in_flight_since.take().is_some();
+        note_answer(&mut slot.state, &mut slot.asked, &message);
         let result = docs.receive(&doc, collection, &mut slot.state, message, &relay);
         slot.relay_heads = slot.state.their_heads.clone().or(slot.relay_heads.take());
         if was_in_flight {
@@ -632,6 +635,7 @@ impl ClientSession {
         };
         let first = !message.changes.is_empty() && !std::mem::replace(&mut slot.sent, true);
         let want_reply = awaits_answer(&slot.state, &message);
+        slot.asked = !message.need.is_empty();
         if want_reply {
             slot.in_flight_since = Some(now);
             self.in_flight += 1;
@@ -668,6 +672,7 @@ impl ClientSession {
                     relay_heads: None,
                     relay_deleted: false,
                     sent: false,
+                    asked: false,
                 }))
             }
         }

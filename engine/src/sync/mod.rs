@@ -33,7 +33,7 @@ pub use relay::{Access, DocHub, Grant, OpenAccess, RelayOutput, RelaySession};
 pub const RETRY_AFTER_MS: u64 = 10_000;
 
 /// The documents a sync session works on.
-pub trait SyncDocs {
+pub trait SyncDocs: std::fmt::Debug {
     /// Every document of a collection (deleted ones included), with heads.
     fn summaries(&self, collection: &str) -> Result<Vec<DocSummary>>;
     /// A document's collection, heads and tombstone, if it is known.
@@ -96,4 +96,17 @@ pub(crate) fn heads_only(heads: Vec<ChangeHash>) -> Message {
         flags: None,
         version: MessageVersion::V1,
     }
+}
+
+/// Called with each received message: if our last message asked for
+/// changes (`need`) and this answer brings none, the peer believes it sent
+/// them already (its `sent_hashes` outlived a lost message), so the next
+/// message we generate carries Automerge's sync-reset flag, which makes the
+/// peer forget what it thinks it sent. Without this the two sides can
+/// exchange the same need and the same empty answer forever.
+pub(crate) fn note_answer(state: &mut State, asked: &mut bool, incoming: &Message) {
+    if *asked && incoming.changes.is_empty() {
+        state.needs_reset = true;
+    }
+    *asked = false;
 }

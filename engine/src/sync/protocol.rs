@@ -197,6 +197,16 @@ impl Frame {
         codec::decode(bytes, "frame")
     }
 
+    /// The protocol version of a `Hello`, read from its first bytes only:
+    /// works on the `Hello` of any version, even one whose other fields
+    /// this build cannot decode. `None` if the bytes are not a `Hello`.
+    pub fn hello_version(bytes: &[u8]) -> Option<u32> {
+        match codec::decode_prefix::<(u32, u32)>(bytes, "hello prefix") {
+            Ok((0, version)) => Some(version),
+            _ => None,
+        }
+    }
+
     /// An error frame.
     pub fn error(code: ErrorCode, message: impl Into<String>, doc: Option<DocId>) -> Self {
         Frame::Error {
@@ -266,6 +276,28 @@ mod tests {
         }
         .encode();
         assert_eq!(&bytes[..2], &[0, 1]);
+    }
+
+    #[test]
+    fn the_version_of_a_future_hello_is_readable() {
+        let mut bytes = Frame::Hello {
+            version: 7,
+            peer_id: "p".into(),
+            token: String::new(),
+        }
+        .encode();
+        bytes.extend_from_slice(&[0xff; 5]); // fields this version does not know
+        assert!(Frame::decode(&bytes).is_err());
+        assert_eq!(Frame::hello_version(&bytes), Some(7));
+        assert_eq!(
+            Frame::hello_version(
+                &Frame::Subscribe {
+                    collections: vec![]
+                }
+                .encode()
+            ),
+            None
+        );
     }
 
     #[test]

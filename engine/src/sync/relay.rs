@@ -13,7 +13,7 @@ use automerge::sync::{Message, State};
 use automerge::ChangeHash;
 
 use super::protocol::{DocSummary, ErrorCode, Frame, PROTOCOL_VERSION};
-use super::{awaits_answer, heads_only, restart_state, SyncDocs, RETRY_AFTER_MS};
+use super::{awaits_answer, heads_only, note_answer, restart_state, SyncDocs, RETRY_AFTER_MS};
 use crate::id::DocId;
 
 /// What a connection may do, decided once from its `Hello` token.
@@ -173,7 +173,14 @@ impl RelaySession {
         match Frame::decode(bytes) {
             Ok(frame) => self.handle_frame(frame, now_ms, access, docs),
             Err(e) => {
-                self.fail(ErrorCode::MALFORMED, e.to_string(), None);
+                match (&self.phase, Frame::hello_version(bytes)) {
+                    (Phase::Handshake, Some(v)) if v != PROTOCOL_VERSION => self.fail(
+                        ErrorCode::VERSION,
+                        format!("protocol version {v} is not supported; this relay speaks {PROTOCOL_VERSION}"),
+                        None,
+                    ),
+                    _ => self.fail(ErrorCode::MALFORMED, e.to_string(), None),
+                }
                 std::mem::take(&mut self.out)
             }
         }
@@ -269,7 +276,7 @@ impl RelaySession {
         }
         if peer_id.is_empty() || peer_id.len() > 128 {
             return self.fail(
-                ErrorCode::UNAUTHORIZED,
+                ErrorCode::MALFORMED,
                 "peer id must be 1-128 bytes".into(),
                 None,
             );
@@ -358,8 +365,10 @@ impl RelaySession {
         }
         match docs.local_state(&doc) {
             Ok(Some((actual, _, _))) if actual != collection => {
-                // Same answer as for a document that does not exist in the
-                // collection: ids from other collections are not revealed.
+                // A document lives in exactly one collection. This tells the
+                // holder of an id that it exists elsewhere, nothing more: no
+                // content, heads or collection name (ids are 128 random
+                // bits, so they cannot be guessed).
                 self.fail(
                     ErrorCode::WRONG_COLLECTION,
                     format!("document {doc} is not in collection '{collection}'"),
@@ -443,6 +452,8 @@ struct HubPeer {
     in_flight_since: Option<u64>,
     /// Whether it waits for an answer to its last message.
     owes_reply: bool,
+    /// Whether our last message asked it for changes.
+    asked: bool,
 }
 
 /// One document at the relay and every peer syncing it.
@@ -508,6 +519,7 @@ impl DocHub {
             saved,
             in_flight_since: None,
             owes_reply: false,
+            asked: false,
         };
         self.peers.insert(conn, peer);
     }
@@ -535,6 +547,7 @@ impl DocHub {
         };
         peer.in_flight_since = None;
         peer.owes_reply |= want_reply;
+        note_answer(&mut peer.state, &mut peer.asked, &message);
         let result = docs.receive(&self.doc, &self.collection, &mut peer.state, message, name);
         if result.is_err() {
             peer.state = restart_state(&peer.state);
@@ -568,6 +581,7 @@ impl DocHub {
                 }
             };
             peer.owes_reply = false;
+            peer.asked = !message.need.is_empty();
             let want_reply = awaits_answer(&peer.state, &message);
             if want_reply {
                 peer.in_flight_since.get_or_insert(now);
