@@ -182,9 +182,39 @@ pub enum Command {
         #[arg(long, short)]
         collection: String,
     },
+    /// Run one read-only SQL statement over the `records` view and print
+    /// the rows (see docs/queries.md).
+    ///
+    /// The view has the columns id, collection, deleted, created_at,
+    /// updated_at and json (the record's content); SQLite's JSON functions
+    /// work on json. SQL that would write is refused.
+    Query {
+        /// One SQL statement, such as
+        /// "SELECT id, json FROM records WHERE collection = 'contacts'".
+        sql: String,
+        /// A value for the next positional parameter (`?`, `?1`, ...);
+        /// repeatable. JSON scalars keep their type (42, 2.5, true, null,
+        /// '"42"'); anything else is text.
+        #[arg(
+            long = "param",
+            short = 'p',
+            value_name = "V",
+            allow_hyphen_values = true
+        )]
+        params: Vec<String>,
+    },
+    /// Manage indexes on a JSON path of one collection's records.
+    Index {
+        /// What to do.
+        #[command(subcommand)]
+        action: IndexAction,
+    },
+    /// Rebuild the query projection from the documents.
+    Reindex,
     /// Rewrite every record stored as several chunks into one snapshot.
     Compact,
-    /// Verify that every record loads and that the file is sound.
+    /// Verify that every record loads, that the query projection matches
+    /// the documents, and that the file is sound.
     Check,
     /// Sync with a relay until both sides agree, then print a summary.
     ///
@@ -210,6 +240,27 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS", default_value_t = 60)]
         timeout: u64,
     },
+}
+
+/// `accord index` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum IndexAction {
+    /// Create an index (nothing happens if it exists) and print its name.
+    Create {
+        /// The collection whose records it covers.
+        collection: String,
+        /// The JSON path, such as '$.name' or '$.address.city'.
+        path: String,
+    },
+    /// Drop an index.
+    Drop {
+        /// The collection.
+        collection: String,
+        /// The JSON path.
+        path: String,
+    },
+    /// List the indexes.
+    Ls,
 }
 
 impl Command {

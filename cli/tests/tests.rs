@@ -2,6 +2,7 @@
 //! binary against a database in a temporary directory and checks its
 //! stdout, stderr and exit status.
 
+mod queries;
 mod util;
 
 use std::io::{BufRead, BufReader};
@@ -750,6 +751,13 @@ struct Relay {
 
 impl Relay {
     fn start(db: std::path::PathBuf) -> Relay {
+        Self::start_with(accord_relay::Config {
+            db,
+            ..accord_relay::Config::default()
+        })
+    }
+
+    fn start_with(config: accord_relay::Config) -> Relay {
         let (tx, rx) = std::sync::mpsc::channel();
         let shutdown = tokio_util::sync::CancellationToken::new();
         let token = shutdown.clone();
@@ -760,10 +768,6 @@ impl Relay {
                     .await
                     .expect("bind");
                 let url = format!("ws://{}", listener.local_addr().expect("addr"));
-                let config = accord_relay::Config {
-                    db,
-                    ..accord_relay::Config::default()
-                };
                 let relay = accord_relay::server::start(config, token.clone())
                     .await
                     .expect("relay");
@@ -858,4 +862,57 @@ fn sync_with_nothing_to_sync_says_so() {
     let relay = Relay::start(env.path().join("relay.db"));
     let err = env.fails(1, &["sync", "--relay", &relay.url]);
     assert!(err.contains("nothing to sync"), "{err}");
+}
+
+#[test]
+fn sync_reports_a_refused_token_and_missing_rights() {
+    let env = Env::new();
+    let tokens = accord_relay::auth::Tokens::new(b"cli test secret, long enough").expect("secret");
+    let relay = Relay::start_with(accord_relay::Config {
+        db: env.path().join("relay.db"),
+        access: std::sync::Arc::new(tokens.clone()),
+        ..accord_relay::Config::default()
+    });
+    env.ok(&["new", "contacts", "--data", r#"{"name": "Ada"}"#]);
+    let err = env.fails(1, &["sync", "--relay", &relay.url]);
+    assert!(
+        err.contains("token is required") && err.contains("unauthorized"),
+        "{err}"
+    );
+    let err = env.fails(
+        1,
+        &["sync", "--relay", &relay.url, "--token", "acc1.bogus.token"],
+    );
+    assert!(
+        err.contains("bad token signature") || err.contains("malformed token"),
+        "{err}"
+    );
+    let read_only = tokens.mint(
+        [("contacts".to_owned(), accord_relay::auth::Right::Read)].into(),
+        std::time::Duration::from_secs(60),
+    );
+    let err = env.fails(1, &["sync", "--relay", &relay.url, "--token", &read_only]);
+    assert!(
+        err.contains("read-only") && err.contains("forbidden"),
+        "{err}"
+    );
+    let rw = tokens.mint(
+        [("contacts".to_owned(), accord_relay::auth::Right::ReadWrite)].into(),
+        std::time::Duration::from_secs(60),
+    );
+    let err = env.fails(
+        1,
+        &[
+            "sync",
+            "--relay",
+            &relay.url,
+            "--token",
+            &rw,
+            "--collection",
+            "notes",
+        ],
+    );
+    assert!(err.contains("no right to read collection 'notes'"), "{err}");
+    let out = env.ok(&["sync", "--relay", &relay.url, "--token", &rw]);
+    assert!(out.contains("sent 1 documents"), "{out}");
 }

@@ -40,6 +40,9 @@ pub struct ConnectOptions {
     pub reconnect: bool,
     /// Largest accepted message from the relay, in bytes.
     pub max_frame_bytes: usize,
+    /// Reconnect when nothing (not even a ping) arrived for this long; the
+    /// relay pings every 20 s by default.
+    pub idle_timeout: Duration,
 }
 
 impl Default for ConnectOptions {
@@ -52,6 +55,7 @@ impl Default for ConnectOptions {
             backoff_max: Duration::from_secs(30),
             reconnect: true,
             max_frame_bytes: 64 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -116,6 +120,9 @@ pub struct SyncStatus {
     pub connects: u64,
     /// The most recent error, if any.
     pub last_error: Option<SyncError>,
+    /// A refusal of this connection's rights (`forbidden`): waiting for
+    /// sync fails with it instead of timing out.
+    pub refused: Option<SyncError>,
 }
 
 enum Control {
@@ -156,6 +163,7 @@ impl Replica {
             stats: SessionStats::default(),
             connects: 0,
             last_error: None,
+            refused: None,
         };
         let (status_tx, status) = watch::channel(initial);
         let (control, control_rx) = mpsc::channel(16);
@@ -241,11 +249,12 @@ impl SyncHandle {
     ) -> Result<(), SyncError> {
         let wait = self
             .status
-            .wait_for(|s| done(s) || s.state == ConnectionState::Stopped);
+            .wait_for(|s| done(s) || s.state == ConnectionState::Stopped || s.refused.is_some());
         let outcome = match tokio::time::timeout(timeout, wait).await {
             Err(_) => Err(None),
             Ok(Err(_)) => Err(Some(SyncError::Stopped)),
             Ok(Ok(s)) if done(&s) => Ok(()),
+            Ok(Ok(s)) if s.refused.is_some() => Err(s.refused.clone()),
             Ok(Ok(s)) => Err(Some(s.last_error.clone().unwrap_or(SyncError::Stopped))),
         };
         outcome.map_err(|e| match e {
@@ -423,16 +432,25 @@ impl Driver {
             return end;
         }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut heard = tokio::time::Instant::now();
         loop {
+            let silent_until = heard + self.options.idle_timeout;
             let outputs = tokio::select! {
                 () = self.cancel.cancelled() => {
                     let _ = ws.close(None).await;
                     return Ended::Cancelled;
                 }
-                msg = ws.next() => match self.on_message(msg).await {
-                    Ok(outputs) => outputs,
-                    Err(end) => return end,
-                },
+                () = tokio::time::sleep_until(silent_until) => {
+                    let reason = format!("the relay was silent for {:?}", self.options.idle_timeout);
+                    return Ended::Retry(SyncError::Unreachable { url: self.url.clone(), reason });
+                }
+                msg = ws.next() => {
+                    heard = tokio::time::Instant::now();
+                    match self.on_message(msg).await {
+                        Ok(outputs) => outputs,
+                        Err(end) => return end,
+                    }
+                }
                 event = self.events.recv_async() => {
                     let mut batch: Vec<ChangeEvent> = event.ok().into_iter().collect();
                     while let Some(Ok(e)) = self.events.try_recv() {
@@ -537,7 +555,13 @@ impl Driver {
                 }
                 ClientOutput::Event(SessionEvent::RelayError { code, message, doc }) => {
                     tracing::warn!(%code, message, ?doc, "relay reported an error");
-                    self.set(|s| s.last_error = Some(SyncError::Refused { code, message }));
+                    let error = SyncError::Refused { code, message };
+                    self.set(|s| {
+                        if code == ErrorCode::FORBIDDEN {
+                            s.refused = Some(error.clone());
+                        }
+                        s.last_error = Some(error);
+                    });
                 }
                 ClientOutput::Close { code, reason } => {
                     let _ = ws.close(None).await;

@@ -109,6 +109,54 @@ impl PathError {
     }
 }
 
+/// Why a query, or an index on a JSON path, was refused or failed.
+/// Nothing was changed in any case.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// The SQL holds no statement.
+    #[error("the query is empty")]
+    Empty,
+    /// The SQL holds more than one statement.
+    #[error("a query is one statement; more follow the first")]
+    MultipleStatements,
+    /// The statement would change the database (or the connection).
+    #[error("queries are read-only: {what} is not allowed")]
+    ReadOnly {
+        /// What it tried, such as `INSERT into docs` or `ATTACH`.
+        what: String,
+    },
+    /// SQLite could not prepare the statement: a syntax error, an unknown
+    /// table, column or function.
+    #[error("bad SQL: {message}")]
+    Invalid {
+        /// SQLite's explanation.
+        message: String,
+    },
+    /// The number of parameters given is not the number the SQL uses.
+    #[error("the query uses {expected} parameters but {given} were given")]
+    Params {
+        /// Parameters the statement uses (the highest `?N`).
+        expected: usize,
+        /// Parameters given.
+        given: usize,
+    },
+    /// The statement failed while running (bad JSON path, ...).
+    #[error("query failed: {message}")]
+    Failed {
+        /// SQLite's explanation.
+        message: String,
+    },
+    /// A JSON path given for an index does not follow the grammar.
+    #[error("bad index path '{path}': {reason}")]
+    BadPath {
+        /// The path as given.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
 /// A failure of a replica operation.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -195,6 +243,9 @@ pub enum Error {
     /// The record id is taken (on import).
     #[error("a record with id {0} already exists")]
     Exists(DocId),
+    /// A query or an index request was refused or failed.
+    #[error(transparent)]
+    Query(#[from] QueryError),
     /// The write path shut down (a writer panicked or the store was closed).
     #[error("the replica's writer is no longer running")]
     Closed,

@@ -22,7 +22,8 @@
 //!
 //! - [`id`]: `DocId`, bs58check-printed like the Automerge ecosystem's ids.
 //! - [`replica`]: the app-facing API (records, history, subscriptions,
-//!   typed records, the async wrapper) and group commit.
+//!   typed records, the async wrapper, SQL queries over the `records`
+//!   view and live queries) and group commit.
 //! - [`store`]: SQLite; the only module that knows SQL.
 //! - [`json`]: the Automerge ⇄ JSON mapping and paths.
 //! - [`sync`]: the sans-IO sync core and the wire protocol.
@@ -43,10 +44,11 @@ pub mod sync;
 pub use automerge;
 pub use autosurgeon;
 pub use driver::{ConnectOptions, ConnectionState, SyncError, SyncHandle, SyncStatus};
-pub use error::{Error, PathError, Result, StoreError};
+pub use error::{Error, PathError, QueryError, Result, StoreError};
 pub use id::{DocId, ParseDocIdError};
 pub use replica::{
-    describe_patch, AsyncReplica, ChangeEvent, ChangeInfo, ChangeKind, Filter, ListOptions, Origin,
-    Record, RecordMeta, RecvError, Replica, ReplicaOptions, Subscription,
+    describe_patch, AsyncReplica, ChangeEvent, ChangeInfo, ChangeKind, Filter, ListOptions,
+    LiveQuery, Origin, ProjectionIssue, ProjectionProblem, Record, RecordMeta, RecvError,
+    ReindexReport, Replica, ReplicaOptions, Subscription,
 };
-pub use store::Durability;
+pub use store::{Durability, QueryIndex, QueryRows, SqlValue};

@@ -413,7 +413,7 @@ fn a_file_that_is_not_an_accord_database_is_refused_clearly() {
             err,
             Error::Store(StoreError::SchemaTooNew {
                 found: 99,
-                supported: 1
+                supported: accord_engine::store::SCHEMA_VERSION
             })
         ),
         "{err:?}"

@@ -4,13 +4,19 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use accord_engine::sync::{Access, Limits, OpenAccess};
 
 /// The address the relay listens on when none is given: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
 
 /// The database file the relay uses when none is given.
 pub const DEFAULT_DB: &str = "accord-relay.db";
+
+/// Where `/health` and `/metrics` are served when nothing else is given.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:7421";
 
 /// Everything the relay can be told.
 #[derive(Debug, Clone)]
@@ -32,6 +38,15 @@ pub struct Config {
     pub doc_idle: Duration,
     /// How long a new connection may take to say hello.
     pub handshake_timeout: Duration,
+    /// How often the relay pings each connection.
+    pub ping_interval: Duration,
+    /// A connection that sends nothing (not even a pong) for this long is
+    /// closed with `timeout`.
+    pub idle_timeout: Duration,
+    /// Per-connection message rate and document cap.
+    pub limits: Limits,
+    /// Who may do what: [`OpenAccess`] (open mode) or signed tokens.
+    pub access: Arc<dyn Access>,
 }
 
 impl Default for Config {
@@ -47,6 +62,10 @@ impl Default for Config {
             doc_queue: 256,
             doc_idle: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            limits: Limits::default(),
+            access: Arc::new(OpenAccess),
         }
     }
 }

@@ -4,7 +4,8 @@
 //! the blocking pool (the session reads SQLite), and carries out what it
 //! returns: replies, subscriptions, routing to document actors, deletion
 //! fan-out. Frames from document actors arrive through the connection's
-//! bounded outbound queue. Bad input closes this connection only, after an
+//! bounded outbound queue. The task pings the peer and closes a connection
+//! that stays silent. Bad input closes this connection only, after an
 //! error frame that names the problem.
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use accord_engine::sync::{ErrorCode, Frame, RelayOutput, RelaySession};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::time::Instant as TokioInstant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -47,16 +49,16 @@ pub async fn serve(stream: TcpStream, conn: u64, shared: Arc<Shared>) {
     };
     let (tx, rx) = mpsc::channel(shared.config.outbound_queue);
     let kick = shared.shutdown.child_token();
+    let session = RelaySession::with_limits(shared.relay_id.clone(), shared.config.limits);
     let mut c = Connection {
         conn,
         shared,
         ws,
-        session: Some(RelaySession::new(String::new())),
+        session: Some(session),
         tx,
         kick,
         registered: false,
     };
-    c.session = Some(RelaySession::new(c.shared.relay_id.clone()));
     let end = c.run(rx).await;
     c.finish(end).await;
 }
@@ -72,7 +74,7 @@ struct Connection {
     /// The protocol state; `None` only while on the blocking pool.
     session: Option<RelaySession>,
     /// The sending side of our outbound queue, handed to the registry.
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<(&'static str, Vec<u8>)>,
     /// Cancelled to disconnect us (too slow, or shutdown).
     kick: CancellationToken,
     /// Whether we are in the peer registry.
@@ -80,28 +82,36 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(&mut self, mut rx: mpsc::Receiver<Vec<u8>>) -> End {
-        let deadline = Instant::now() + self.shared.config.handshake_timeout;
+    async fn run(&mut self, mut rx: mpsc::Receiver<(&'static str, Vec<u8>)>) -> End {
+        let config = &self.shared.config;
+        let handshake_deadline = TokioInstant::now() + config.handshake_timeout;
+        let mut ping = tokio::time::interval(config.ping_interval);
+        ping.reset();
+        let mut heard = TokioInstant::now();
         loop {
-            let handshake_left = deadline.saturating_duration_since(Instant::now());
+            let idle_deadline = heard + self.shared.config.idle_timeout;
             tokio::select! {
                 biased;
-                () = self.kick.cancelled() => {
-                    return if self.shared.shutdown.is_cancelled() {
-                        End::Error(ErrorCode::SHUTTING_DOWN, "the relay is shutting down".into())
-                    } else {
-                        End::Error(ErrorCode::TOO_SLOW, "the connection could not keep up; reconnect to resync".into())
-                    };
-                }
-                () = tokio::time::sleep(handshake_left), if !self.registered => {
+                () = self.kick.cancelled() => return self.kicked(),
+                () = tokio::time::sleep_until(handshake_deadline), if !self.registered => {
                     return End::Error(ErrorCode::TIMEOUT, "no hello within the handshake timeout".into());
                 }
-                Some(bytes) = rx.recv() => {
-                    if self.ws.send(Message::Binary(bytes.into())).await.is_err() {
+                () = tokio::time::sleep_until(idle_deadline) => {
+                    let text = format!("nothing received for {:?}", self.shared.config.idle_timeout);
+                    return End::Error(ErrorCode::TIMEOUT, text);
+                }
+                _ = ping.tick() => {
+                    if self.ws.send(Message::Ping(Vec::new().into())).await.is_err() {
                         return End::Peer;
                     }
                 }
+                Some((kind, bytes)) = rx.recv() => {
+                    if let Some(end) = self.write(kind, bytes).await {
+                        return end;
+                    }
+                }
                 msg = self.ws.next() => {
+                    heard = TokioInstant::now();
                     if let Some(end) = self.on_message(msg).await {
                         return end;
                     }
@@ -110,7 +120,33 @@ impl Connection {
         }
     }
 
+    fn kicked(&self) -> End {
+        if self.shared.shutdown.is_cancelled() {
+            End::Error(
+                ErrorCode::SHUTTING_DOWN,
+                "the relay is shutting down".into(),
+            )
+        } else {
+            End::Error(
+                ErrorCode::TOO_SLOW,
+                "the connection could not keep up; reconnect to resync".into(),
+            )
+        }
+    }
+
+    /// Writes one frame. A peer that stops reading blocks the write; the
+    /// registry then finds our queue full and cancels `kick`, which ends the
+    /// write here so the connection can be closed.
+    async fn write(&mut self, kind: &'static str, bytes: Vec<u8>) -> Option<End> {
+        self.shared.metrics.sent(kind, bytes.len());
+        tokio::select! {
+            sent = self.ws.send(Message::Binary(bytes.into())) => sent.err().map(|_| End::Peer),
+            () = self.kick.cancelled() => Some(self.kicked()),
+        }
+    }
+
     async fn on_message(&mut self, msg: Option<Result<Message, WsError>>) -> Option<End> {
+        let limit = self.shared.config.max_frame_bytes;
         match msg {
             None | Some(Ok(Message::Close(_))) => Some(End::Peer),
             Some(Ok(Message::Binary(bytes))) => self.on_frame(bytes.to_vec()).await,
@@ -118,13 +154,10 @@ impl Connection {
                 ErrorCode::MALFORMED,
                 "text messages are not part of the protocol; send binary frames".into(),
             )),
-            Some(Ok(_)) => None, // ping/pong are answered by tungstenite
+            Some(Ok(_)) => None, // pings are answered by tungstenite; pongs only count as heard
             Some(Err(WsError::Capacity(e))) => Some(End::Error(
                 ErrorCode::FRAME_TOO_LARGE,
-                format!(
-                    "{e}; the limit is {} bytes",
-                    self.shared.config.max_frame_bytes
-                ),
+                format!("{e}; the limit is {limit} bytes"),
             )),
             Some(Err(WsError::Protocol(e))) => Some(End::Error(
                 ErrorCode::MALFORMED,
@@ -143,8 +176,14 @@ impl Connection {
         let shared = Arc::clone(&self.shared);
         let now = shared.now_ms();
         let joined = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let kind = Frame::decode(&bytes)
+                .map(|f| f.kind())
+                .unwrap_or("undecodable");
+            shared.metrics.received(kind, bytes.len());
             let out =
                 session.handle_bytes(&bytes, now, shared.access.as_ref(), shared.store.as_ref());
+            shared.metrics.store_time(started.elapsed());
             (session, out)
         })
         .await;
@@ -162,24 +201,7 @@ impl Connection {
 
     async fn carry_out(&mut self, output: RelayOutput) -> Option<End> {
         match output {
-            RelayOutput::Send(frame) => {
-                if matches!(frame, Frame::Welcome { .. }) {
-                    self.register();
-                }
-                if let Frame::Error { code, .. } = &frame {
-                    if code.is_fatal() {
-                        return None; // sent by `finish` together with the close
-                    }
-                }
-                if self
-                    .ws
-                    .send(Message::Binary(frame.encode().into()))
-                    .await
-                    .is_err()
-                {
-                    return Some(End::Peer);
-                }
-            }
+            RelayOutput::Send(frame) => return self.send(frame).await,
             RelayOutput::Subscribed(c) => self.shared.peers.subscribe(self.conn, &c),
             RelayOutput::Unsubscribed(c) => self.shared.peers.unsubscribe(self.conn, &c),
             RelayOutput::Route {
@@ -209,6 +231,18 @@ impl Connection {
         None
     }
 
+    async fn send(&mut self, frame: Frame) -> Option<End> {
+        match &frame {
+            Frame::Welcome { .. } => self.register(),
+            Frame::Error { code, .. } if code.is_fatal() => {
+                return None; // sent by `finish`, together with the close
+            }
+            Frame::Error { code, .. } => self.shared.metrics.refused(code.name()),
+            _ => {}
+        }
+        self.write(frame.kind(), frame.encode()).await
+    }
+
     fn peer_name(&self) -> String {
         self.session
             .as_ref()
@@ -224,23 +258,38 @@ impl Connection {
             kick: self.kick.clone(),
         };
         self.shared.peers.add(self.conn, handle);
+        self.shared.metrics.connections.inc();
         self.registered = true;
     }
 
     /// Unregisters, sends the error frame if any, and closes the socket.
     async fn finish(mut self, end: End) {
         self.shared.peers.remove(self.conn);
-        if let End::Error(code, reason) = end {
-            tracing::info!(conn = self.conn, %code, reason, "closing connection");
-            let frame = Frame::error(code, reason.clone(), None);
-            let _ = self.ws.send(Message::Binary(frame.encode().into())).await;
-            let close = CloseFrame {
-                code: CloseCode::Policy,
-                reason: code.name().into(),
-            };
-            let _ = self.ws.close(Some(close)).await;
-        } else {
-            let _ = self.ws.close(None).await;
+        if self.registered {
+            self.shared.metrics.connections.dec();
         }
+        let End::Error(code, reason) = end else {
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(2), self.ws.close(None)).await;
+            return;
+        };
+        tracing::info!(conn = self.conn, %code, reason, "closing connection");
+        self.shared.metrics.refused(code.name());
+        if code == ErrorCode::UNAUTHORIZED {
+            self.shared.metrics.auth_failures.inc();
+        }
+        let frame = Frame::error(code, reason, None);
+        self.shared.metrics.sent(frame.kind(), frame.encode().len());
+        let close = CloseFrame {
+            code: CloseCode::Policy,
+            reason: code.name().into(),
+        };
+        // A peer that does not read must not hold the task: give the
+        // goodbye a moment, then drop the socket.
+        let goodbye = async {
+            self.ws.send(Message::Binary(frame.encode().into())).await?;
+            self.ws.close(Some(close)).await
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), goodbye).await;
     }
 }

@@ -10,7 +10,6 @@
 //! leave memory.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -22,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::peers::Peers;
 
 /// A sync message on its way to a document actor.
@@ -35,17 +35,6 @@ pub struct DocInput {
     pub message: Message,
     /// Whether the sender waits for an answer.
     pub want_reply: bool,
-}
-
-/// Counters the operator sees.
-#[derive(Debug, Default)]
-pub struct DocStats {
-    /// Actors running now.
-    pub live: AtomicU64,
-    /// Actors stopped for idleness.
-    pub evictions: AtomicU64,
-    /// Messages that could not be applied.
-    pub sync_errors: AtomicU64,
 }
 
 /// The set of document actors.
@@ -72,7 +61,7 @@ struct Shared {
     /// The relay's clock origin.
     started: Instant,
     /// Counters.
-    stats: DocStats,
+    metrics: Arc<Metrics>,
 }
 
 impl DocActors {
@@ -83,6 +72,7 @@ impl DocActors {
         config: Config,
         tracker: TaskTracker,
         shutdown: CancellationToken,
+        metrics: Arc<Metrics>,
     ) -> Self {
         DocActors {
             inner: Arc::new(Shared {
@@ -93,7 +83,7 @@ impl DocActors {
                 tracker,
                 shutdown,
                 started: Instant::now(),
-                stats: DocStats::default(),
+                metrics,
             }),
         }
     }
@@ -102,11 +92,6 @@ impl DocActors {
     pub async fn wait(&self) {
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
-    }
-
-    /// The counters.
-    pub fn stats(&self) -> &DocStats {
-        &self.inner.stats
     }
 
     /// Delivers a message to the document's actor, starting it if needed.
@@ -140,7 +125,7 @@ impl DocActors {
         actors.insert(doc, tx.clone());
         let shared = Arc::clone(&self.inner);
         let hub = DocHub::new(doc, collection);
-        shared.stats.live.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.live_documents.inc();
         self.inner
             .tracker
             .spawn(run_actor(shared, hub, rx, tx.clone()));
@@ -204,9 +189,9 @@ async fn run_actor(
         let shared2 = Arc::clone(&shared);
         let _ = tokio::task::spawn_blocking(move || detach_all(&shared2, hub)).await;
     }
-    shared.stats.live.fetch_sub(1, Ordering::Relaxed);
+    shared.metrics.live_documents.dec();
     if !shared.shutdown.is_cancelled() {
-        shared.stats.evictions.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.evictions.inc();
     }
 }
 
@@ -219,7 +204,9 @@ async fn process(
     let mut hub = hub?;
     let shared2 = Arc::clone(shared);
     let result = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
         apply_batch(&shared2, &mut hub, batch);
+        shared2.metrics.store_time(started.elapsed());
         hub
     })
     .await;
@@ -245,7 +232,7 @@ fn apply_batch(shared: &Shared, hub: &mut DocHub, batch: Vec<DocInput>) {
         match hub.receive(conn, &peer, message, want_reply, replica) {
             Ok(c) => changed |= c,
             Err(e) => {
-                shared.stats.sync_errors.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.sync_errors.inc();
                 tracing::warn!(doc = %hub.doc(), peer, error = %e, "refused a sync message");
                 let frame = Frame::error(ErrorCode::BAD_DOCUMENT, e.to_string(), Some(hub.doc()));
                 shared.peers.send(conn, &frame);

@@ -7,6 +7,8 @@
 //!
 //! # Layout
 //!
+//! - [`auth`]: signed tokens (HMAC-SHA256) with expiry and per-collection
+//!   rights; the relay's `Access` implementation.
 //! - [`config`]: settings and their defaults.
 //! - [`server`]: the accept loop, connection limit and graceful shutdown;
 //!   the only module that spawns connection tasks. [`run`] takes a bound
@@ -15,12 +17,15 @@
 //!   and writes frames from its bounded outbound queue.
 //! - [`peers`]: the registry of live connections and their subscriptions,
 //!   the fan-out seam ("send to the other peers of a collection").
+//! - [`metrics`]: Prometheus metrics and the `/health` endpoint.
 //! - [`docs`]: one actor per live document, owning its `DocHub`; actors
 //!   stop when idle so memory stays bounded.
 
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod docs;
+pub mod metrics;
 pub mod peers;
 pub mod server;
 

@@ -1,56 +1,212 @@
 //! The `accord-relay` binary: parses arguments, sets up logging, binds the
-//! listener, and runs the relay until SIGINT or SIGTERM.
+//! listeners, and runs the relay until SIGINT or SIGTERM. `accord-relay
+//! token` mints an access token with the relay's secret.
 
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use accord_relay::config::{Config, DEFAULT_DB, DEFAULT_LISTEN};
-use anyhow::Context;
-use clap::Parser;
+use accord_engine::sync::{Limits, OpenAccess};
+use accord_relay::auth::{Right, Tokens};
+use accord_relay::config::{Config, DEFAULT_DB, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN};
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 /// Accord's relay: stores every document it relays and forwards changes
 /// live between replicas.
 #[derive(Debug, Parser)]
-#[command(name = "accord-relay", version)]
-struct Args {
+#[command(name = "accord-relay", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(flatten)]
+    serve: ServeArgs,
+    #[command(flatten)]
+    secret: SecretArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Mint an access token and print it alone on stdout.
+    Token {
+        /// A collection the token grants (repeatable).
+        #[arg(long = "collection", value_name = "C", required = true)]
+        collections: Vec<String>,
+        /// Grant reading only (default: read and write).
+        #[arg(long)]
+        read_only: bool,
+        /// How long the token is valid, such as 90m, 12h, 30d.
+        #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
+}
+
+/// Where the signing secret comes from.
+#[derive(Debug, Args)]
+struct SecretArgs {
+    /// A file holding the secret that signs tokens (at least 16 bytes).
+    #[arg(long, value_name = "PATH", env = "ACCORD_RELAY_SECRET_FILE")]
+    secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
     /// Address to listen on (port 0 lets the OS choose).
     #[arg(long, env = "ACCORD_RELAY_LISTEN", default_value = DEFAULT_LISTEN)]
     listen: SocketAddr,
     /// SQLite file holding every document.
     #[arg(long, env = "ACCORD_RELAY_DB", default_value = DEFAULT_DB)]
     db: PathBuf,
+    /// Address of the /health and /metrics endpoints ("off" disables them).
+    #[arg(long, env = "ACCORD_RELAY_METRICS_LISTEN", default_value = DEFAULT_METRICS_LISTEN)]
+    metrics_listen: String,
+    /// Run without a secret (no authentication) on a non-loopback address.
+    #[arg(long)]
+    open: bool,
     /// Largest accepted WebSocket message, in bytes.
     #[arg(long, env = "ACCORD_RELAY_MAX_FRAME_BYTES", default_value_t = Config::default().max_frame_bytes)]
     max_frame_bytes: usize,
     /// Most connections open at once.
     #[arg(long, env = "ACCORD_RELAY_MAX_CONNECTIONS", default_value_t = Config::default().max_connections)]
     max_connections: usize,
+    /// Most distinct documents one connection may sync.
+    #[arg(long, env = "ACCORD_RELAY_MAX_DOCS_PER_CONNECTION", default_value_t = Limits::default().max_docs)]
+    max_docs_per_connection: usize,
+    /// Sustained frames per second one connection may send.
+    #[arg(long, env = "ACCORD_RELAY_RATE", default_value_t = Limits::default().rate_per_sec)]
+    rate: f64,
+    /// Frames one connection may send in a burst above the rate.
+    #[arg(long, env = "ACCORD_RELAY_BURST", default_value_t = Limits::default().burst)]
+    burst: f64,
+    /// Seconds a new connection has to say hello.
+    #[arg(
+        long,
+        env = "ACCORD_RELAY_HANDSHAKE_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    handshake_timeout_secs: u64,
+    /// Seconds between pings to each connection.
+    #[arg(long, env = "ACCORD_RELAY_PING_SECS", default_value_t = 20)]
+    ping_secs: u64,
+    /// Seconds of silence after which a connection is closed.
+    #[arg(long, env = "ACCORD_RELAY_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    idle_timeout_secs: u64,
     /// Seconds a document stays in memory without traffic.
     #[arg(long, env = "ACCORD_RELAY_DOC_IDLE_SECS", default_value_t = 30)]
     doc_idle_secs: u64,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Token {
+            collections,
+            read_only,
+            ttl,
+            secret,
+        }) => mint(&collections, read_only, ttl, &secret),
+        None => serve(cli.serve, &cli.secret),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("accord-relay: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The secret from `ACCORD_RELAY_SECRET` or `--secret-file`, if any.
+fn secret(args: &SecretArgs) -> anyhow::Result<Option<Tokens>> {
+    let bytes = match (&args.secret_file, std::env::var("ACCORD_RELAY_SECRET")) {
+        (Some(path), _) => std::fs::read(path)
+            .with_context(|| format!("cannot read secret file {}", path.display()))?,
+        (None, Ok(text)) => text.into_bytes(),
+        (None, Err(_)) => return Ok(None),
+    };
+    Ok(Some(Tokens::new(&bytes)?))
+}
+
+fn mint(
+    collections: &[String],
+    read_only: bool,
+    ttl: Duration,
+    args: &SecretArgs,
+) -> anyhow::Result<()> {
+    let Some(tokens) = secret(args)? else {
+        bail!("no secret: set ACCORD_RELAY_SECRET or give --secret-file PATH (the relay's own)");
+    };
+    let right = if read_only {
+        Right::Read
+    } else {
+        Right::ReadWrite
+    };
+    let mut rights = BTreeMap::new();
+    for c in collections {
+        accord_engine::replica::check_collection(c)?;
+        rights.insert(c.clone(), right);
+    }
+    announce(&tokens.mint(rights, ttl));
+    Ok(())
+}
+
+fn serve(args: ServeArgs, secret_args: &SecretArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let args = Args::parse();
-    let config = Config {
+    let mut config = config(&args)?;
+    match secret(secret_args)? {
+        Some(tokens) => config.access = Arc::new(tokens),
+        None if args.listen.ip().is_loopback() || args.open => {
+            tracing::warn!(
+                "OPEN MODE: no ACCORD_RELAY_SECRET or --secret-file; every connection may read and write every collection"
+            );
+        }
+        None => bail!(
+            "refusing to listen on {} without a secret: set ACCORD_RELAY_SECRET or --secret-file, \
+             or pass --open to run without authentication",
+            args.listen
+        ),
+    }
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(run(config, &args.metrics_listen))
+}
+
+fn config(args: &ServeArgs) -> anyhow::Result<Config> {
+    if args.rate <= 0.0 || args.burst < 1.0 {
+        bail!("--rate must be positive and --burst at least 1");
+    }
+    Ok(Config {
         listen: args.listen,
-        db: args.db,
+        db: args.db.clone(),
         max_frame_bytes: args.max_frame_bytes,
         max_connections: args.max_connections,
         doc_idle: Duration::from_secs(args.doc_idle_secs),
+        handshake_timeout: Duration::from_secs(args.handshake_timeout_secs),
+        ping_interval: Duration::from_secs(args.ping_secs.max(1)),
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
+        limits: Limits {
+            max_docs: args.max_docs_per_connection,
+            rate_per_sec: args.rate,
+            burst: args.burst,
+        },
+        access: Arc::new(OpenAccess),
         ..Config::default()
-    };
+    })
+}
+
+async fn run(config: Config, metrics_listen: &str) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -59,8 +215,41 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(signals(shutdown.clone()));
     let relay = accord_relay::server::start(config.clone(), shutdown.clone()).await?;
     tracing::info!(db = %config.db.display(), "relay database open");
-    println!("accord-relay listening on {addr}");
+    let http = match metrics_listen {
+        "off" => None,
+        text => {
+            let metrics_addr: SocketAddr = text
+                .parse()
+                .with_context(|| format!("bad --metrics-listen '{text}'"))?;
+            let http = tokio::net::TcpListener::bind(metrics_addr)
+                .await
+                .with_context(|| {
+                    format!("cannot listen on {metrics_addr} for /health and /metrics")
+                })?;
+            Some(http)
+        }
+    };
+    announce(&format!("accord-relay listening on {addr}"));
+    if let Some(http) = http {
+        announce(&format!(
+            "accord-relay serving /health and /metrics on {}",
+            http.local_addr()?
+        ));
+        tokio::spawn(accord_relay::metrics::serve_http(
+            http,
+            relay.metrics(),
+            shutdown.clone(),
+        ));
+    }
     accord_relay::server::serve(listener, relay, shutdown).await
+}
+
+/// Prints a startup line on stdout. Whoever started the relay may have
+/// closed its end of stdout after reading the first line; that is no error.
+fn announce(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.

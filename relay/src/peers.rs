@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 pub struct PeerHandle {
     /// The peer id from its `Hello`.
     pub name: String,
-    /// Its outgoing frames, encoded.
-    pub tx: mpsc::Sender<Vec<u8>>,
+    /// Its outgoing frames: kind (for metrics) and encoded bytes.
+    pub tx: mpsc::Sender<(&'static str, Vec<u8>)>,
     /// Cancelling it disconnects the peer.
     pub kick: CancellationToken,
 }
@@ -102,6 +102,15 @@ impl Peers {
         self.lock().conns.contains_key(&conn)
     }
 
+    /// Every registered connection with its peer id.
+    pub fn connections(&self) -> Vec<(u64, String)> {
+        self.lock()
+            .conns
+            .iter()
+            .map(|(c, h)| (*c, h.name.clone()))
+            .collect()
+    }
+
     /// How many connections are registered.
     pub fn len(&self) -> usize {
         self.lock().conns.len()
@@ -118,7 +127,7 @@ impl Peers {
         let Some(handle) = self.lock().conns.get(&conn).cloned() else {
             return false;
         };
-        match handle.tx.try_send(frame.encode()) {
+        match handle.tx.try_send((frame.kind(), frame.encode())) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(
@@ -140,5 +149,37 @@ impl Peers {
                 self.send(conn, frame);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_disconnects_the_peer_instead_of_buffering() {
+        let peers = Peers::default();
+        let (tx, mut rx) = mpsc::channel(2);
+        let kick = CancellationToken::new();
+        peers.add(
+            7,
+            PeerHandle {
+                name: "slow".into(),
+                tx,
+                kick: kick.clone(),
+            },
+        );
+        peers.subscribe(7, "c");
+        let frame = Frame::Subscribe {
+            collections: vec![],
+        };
+        assert!(peers.send(7, &frame) && peers.send(7, &frame));
+        assert!(!kick.is_cancelled());
+        assert!(!peers.send(7, &frame), "the third frame does not fit");
+        assert!(kick.is_cancelled(), "the peer is told to go");
+        assert_eq!(rx.try_recv().map(|(kind, _)| kind).ok(), Some("subscribe"));
+        assert_eq!(peers.subscribers("c"), vec![(7, "slow".to_owned())]);
+        peers.remove(7);
+        assert!(peers.subscribers("c").is_empty() && !peers.send(7, &frame));
     }
 }

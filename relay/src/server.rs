@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use accord_engine::sync::{Access, ErrorCode, Frame, OpenAccess, SyncDocs};
+use accord_engine::sync::{Access, ErrorCode, Frame, SyncDocs};
 use accord_engine::{Replica, ReplicaOptions};
 use anyhow::Context;
 use futures_util::SinkExt;
@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::docs::DocActors;
+use crate::metrics::Metrics;
 use crate::peers::Peers;
 
 /// State shared by every task of one relay.
@@ -40,6 +41,8 @@ pub struct Shared {
     pub access: Arc<dyn Access>,
     /// Live connections.
     pub peers: Peers,
+    /// Counters for the operator.
+    pub metrics: Arc<Metrics>,
     /// Document actors.
     pub docs: DocActors,
     /// Cancelled to shut down.
@@ -49,9 +52,15 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Milliseconds since the relay started.
+    /// Wall-clock milliseconds since the Unix epoch: token expiry is
+    /// wall-clock time, and the sync core only needs a clock that moves.
     pub fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        accord_engine::store::now_ms().max(0) as u64
+    }
+
+    /// How long the relay has been running.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
     }
 }
 
@@ -73,8 +82,18 @@ impl Relay {
     }
 
     /// How many document actors are running.
-    pub fn live_documents(&self) -> u64 {
-        self.shared.docs.stats().live.load(Ordering::Relaxed)
+    pub fn live_documents(&self) -> i64 {
+        self.shared.metrics.live_documents.get()
+    }
+
+    /// The registry of live connections (the fan-out seam).
+    pub fn peers(&self) -> &Peers {
+        &self.shared.peers
+    }
+
+    /// The relay's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.shared.metrics)
     }
 }
 
@@ -98,19 +117,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             .with_context(|| format!("cannot open relay database {}", config.db.display()))?;
     let peers = Peers::default();
     let tracker = TaskTracker::new();
+    let metrics = Arc::new(Metrics::default());
     let docs = DocActors::new(
         Arc::new(replica.clone()),
         peers.clone(),
         config.clone(),
         tracker,
         shutdown.clone(),
+        Arc::clone(&metrics),
     );
     let shared = Shared {
         relay_id: replica.peer_id().to_owned(),
+        access: Arc::clone(&config.access),
         config,
         store: Arc::new(replica.clone()),
         replica,
-        access: Arc::new(OpenAccess),
+        metrics,
         peers,
         docs,
         shutdown,
@@ -180,6 +202,9 @@ async fn refuse(stream: TcpStream, shared: Arc<Shared>) {
     else {
         return;
     };
+    shared
+        .metrics
+        .refused(ErrorCode::TOO_MANY_CONNECTIONS.name());
     let text = format!(
         "the relay is at its limit of {} connections",
         shared.config.max_connections

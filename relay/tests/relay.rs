@@ -29,7 +29,13 @@ impl Drop for RelayProcess {
 /// Starts `accord-relay` on port 0 and reads the port from its startup line.
 fn spawn_relay(db: &std::path::Path) -> RelayProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
-        .args(["--listen", "127.0.0.1:0", "--db"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--db",
+        ])
         .arg(db)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -291,4 +297,91 @@ async fn relay_killed_and_restarted_mid_session_loses_nothing() {
     assert!(exit.success(), "graceful exit: {exit:?}");
     hb.close().await;
     ha.close().await;
+}
+
+#[test]
+fn token_subcommand_mints_verifiable_tokens_with_the_relays_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, "a secret in a file, long enough\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
+        .args([
+            "token",
+            "--collection",
+            "contacts",
+            "--collection",
+            "notes",
+            "--read-only",
+            "--ttl",
+            "2h",
+        ])
+        .arg("--secret-file")
+        .arg(&secret_file)
+        .env_remove("ACCORD_RELAY_SECRET")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).expect("utf8");
+    assert_eq!(stdout.lines().count(), 1, "the token alone: {stdout:?}");
+    let tokens =
+        accord_relay::auth::Tokens::new(b"a secret in a file, long enough").expect("secret");
+    let claims = tokens
+        .verify(stdout.trim(), accord_relay::auth::unix_now())
+        .expect("valid token");
+    assert_eq!(claims.c.len(), 2);
+    assert!(claims
+        .c
+        .values()
+        .all(|r| *r == accord_relay::auth::Right::Read));
+    let ttl = claims.exp - accord_relay::auth::unix_now();
+    assert!((7000..=7200).contains(&ttl), "ttl {ttl}");
+
+    // From the environment, and refusals.
+    let out = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
+        .args(["token", "--collection", "c"])
+        .env("ACCORD_RELAY_SECRET", "another secret, long enough")
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success() && out.stdout.starts_with(b"acc1."),
+        "{out:?}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
+        .args(["token", "--collection", "c"])
+        .env_remove("ACCORD_RELAY_SECRET")
+        .env_remove("ACCORD_RELAY_SECRET_FILE")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no secret"),
+        "{out:?}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
+        .args(["token", "--collection", "c"])
+        .env("ACCORD_RELAY_SECRET", "short")
+        .output()
+        .expect("run");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at least 16 bytes"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn open_mode_stays_on_loopback_unless_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
+        .args(["--listen", "0.0.0.0:0", "--metrics-listen", "off", "--db"])
+        .arg(dir.path().join("r.db"))
+        .env_remove("ACCORD_RELAY_SECRET")
+        .env_remove("ACCORD_RELAY_SECRET_FILE")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("without a secret") && stderr.contains("--open"),
+        "{stderr}"
+    );
 }

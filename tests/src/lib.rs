@@ -1,6 +1,9 @@
 //! Shared support for Accord's cross-crate integration tests and benchmark
 //! harness: a real relay on `127.0.0.1:0` backed by a real SQLite file, and
-//! helpers to wait on conditions with a timeout instead of sleeping.
+//! helpers to wait on conditions with a timeout instead of sleeping, and a
+//! fault-injecting TCP proxy ([`proxy`]).
+
+pub mod proxy;
 
 use std::future::Future;
 use std::path::Path;

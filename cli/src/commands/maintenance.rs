@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use accord_engine::store::Store;
-use accord_engine::{DocId, ListOptions, RecordMeta, Replica};
+use accord_engine::{DocId, ListOptions, ProjectionIssue, RecordMeta, Replica};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
@@ -86,8 +86,28 @@ struct Damage {
     error: String,
 }
 
-/// `accord check`: loads every record (deleted ones too) and runs SQLite's
-/// integrity check. Exits non-zero if anything is wrong.
+/// What `check` found.
+#[derive(Debug)]
+struct Findings {
+    /// How many records were checked.
+    total: usize,
+    /// Records that do not load.
+    damaged: Vec<Damage>,
+    /// Projection rows that disagree with their record.
+    projection: Vec<ProjectionIssue>,
+    /// SQLite's complaints.
+    integrity: Vec<String>,
+}
+
+impl Findings {
+    fn problems(&self) -> usize {
+        self.damaged.len() + self.projection.len() + self.integrity.len()
+    }
+}
+
+/// `accord check`: loads every record (deleted ones too), compares the
+/// query projection with the records, and runs SQLite's integrity check.
+/// Exits non-zero if anything is wrong.
 pub fn check(ctx: &mut Ctx) -> Result<ExitCode> {
     let replica = ctx.replica()?;
     let metas = all_records(&replica)?;
@@ -99,33 +119,48 @@ pub fn check(ctx: &mut Ctx) -> Result<ExitCode> {
             Some(Damage { meta, error })
         })
         .collect();
+    let projection = replica
+        .check_projection()
+        .context("cannot compare the query projection with the records")?;
     let integrity = Store::open_reader(&ctx.db)
         .and_then(|store| store.integrity_check())
         .context("cannot run SQLite's integrity check")?;
+    let findings = Findings {
+        total,
+        damaged,
+        projection,
+        integrity,
+    };
     if ctx.out.json {
-        check_json(ctx, total, &damaged, &integrity)?;
+        check_json(ctx, &findings)?;
     } else {
-        check_text(ctx, total, &damaged, &integrity)?;
+        check_text(ctx, &findings)?;
     }
-    let problems = damaged.len() + integrity.len();
+    let problems = findings.problems();
     let plural = if problems == 1 { "" } else { "s" };
     let summary = format!("check found {problems} problem{plural}");
     complain((problems > 0).then_some(summary).into_iter())
 }
 
-fn check_json(ctx: &mut Ctx, total: usize, damaged: &[Damage], integrity: &[String]) -> Result<()> {
-    let damaged: Vec<Value> = damaged
+fn check_json(ctx: &mut Ctx, findings: &Findings) -> Result<()> {
+    let damaged: Vec<Value> = findings
+        .damaged
         .iter()
         .map(|d| json!({"id": d.meta.id.to_string(), "collection": d.meta.collection, "error": d.error}))
         .collect();
-    let ok = damaged.is_empty() && integrity.is_empty();
-    let report = json!({"ok": ok, "records": total, "damaged": damaged, "integrity": integrity});
+    let projection: Vec<Value> = findings
+        .projection
+        .iter()
+        .map(|p| json!({"id": p.id.to_string(), "collection": p.collection, "problem": p.problem.to_string()}))
+        .collect();
+    let report = json!({"ok": findings.problems() == 0, "records": findings.total,
+        "damaged": damaged, "projection": projection, "integrity": findings.integrity});
     ctx.out.json_value(&report)?;
     Ok(())
 }
 
-fn check_text(ctx: &mut Ctx, total: usize, damaged: &[Damage], integrity: &[String]) -> Result<()> {
-    for d in damaged {
+fn check_text(ctx: &mut Ctx, findings: &Findings) -> Result<()> {
+    for d in &findings.damaged {
         let line = format!(
             "{} {} ({}): {}",
             ctx.out.paint(Tint::Remove, "damaged"),
@@ -135,18 +170,33 @@ fn check_text(ctx: &mut Ctx, total: usize, damaged: &[Damage], integrity: &[Stri
         );
         ctx.out.line(&line)?;
     }
-    for complaint in integrity {
+    for p in &findings.projection {
+        let line = format!(
+            "{} {} ({}): {}",
+            ctx.out.paint(Tint::Remove, "projection"),
+            ctx.out.paint(Tint::Id, &p.id.to_string()),
+            p.collection,
+            p.problem
+        );
+        ctx.out.line(&line)?;
+    }
+    for complaint in &findings.integrity {
         let line = format!("{} {complaint}", ctx.out.paint(Tint::Remove, "sqlite:"));
         ctx.out.line(&line)?;
     }
-    let sqlite = if integrity.is_empty() {
+    let sqlite = if findings.integrity.is_empty() {
         "sound"
     } else {
         "NOT sound"
     };
+    let projection = match findings.projection.len() {
+        0 => "projection matches".to_owned(),
+        n => format!("{n} projection rows wrong (run `accord reindex`)"),
+    };
     let summary = format!(
-        "checked {total} records: {} damaged; database file {sqlite}",
-        damaged.len()
+        "checked {} records: {} damaged; {projection}; database file {sqlite}",
+        findings.total,
+        findings.damaged.len()
     );
     ctx.out.line(&summary)?;
     Ok(())

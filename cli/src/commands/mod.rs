@@ -6,11 +6,13 @@
 //! - `history`: `log`, `diff`.
 //! - `transfer`: `export`, `import`.
 //! - `maintenance`: `compact`, `check`.
+//! - `query`: `query`, `index`, `reindex` (SQL over the records).
 //! - `sync`: `sync`, the one command that needs an async runtime.
 
 mod history;
 mod listing;
 mod maintenance;
+mod query;
 mod records;
 mod sync;
 mod transfer;
@@ -97,6 +99,9 @@ fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode> {
         Command::Diff { id, from, to } => history::diff(ctx, &id, &from, to.as_deref())?,
         Command::Export { id, output } => transfer::export(ctx, &id, output.as_deref())?,
         Command::Import { file, collection } => transfer::import(ctx, &file, &collection)?,
+        Command::Query { sql, params } => query::query(ctx, &sql, &params)?,
+        Command::Index { action } => query::index(ctx, action)?,
+        Command::Reindex => return query::reindex(ctx),
         Command::Compact => return maintenance::compact(ctx),
         Command::Check => return maintenance::check(ctx),
         Command::Sync {

@@ -74,4 +74,10 @@ impl Committer {
     pub(crate) fn with_store<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
         f(&lock(&self.store))
     }
+
+    /// Runs `f` with the write connection to itself (the queries of an
+    /// in-memory replica, which switch it to read-only for their length).
+    pub(crate) fn with_store_mut<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
+        f(&mut lock(&self.store))
+    }
 }

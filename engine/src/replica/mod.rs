@@ -7,13 +7,18 @@
 //!
 //! Layout: `commit` is group commit, `cache` the bounded set of loaded
 //! documents, `events` subscriptions, `history` the history API, `typed`
-//! the autosurgeon bridge, `asynch` the async wrapper.
+//! the autosurgeon bridge, `asynch` the async wrapper, `query` SQL over the
+//! records' content and indexes, `projection` its backfill, rebuild and
+//! check, `live` live queries.
 
 mod asynch;
 mod cache;
 mod commit;
 mod events;
 mod history;
+mod live;
+mod projection;
+mod query;
 mod remote;
 mod typed;
 
@@ -33,6 +38,8 @@ use commit::{lock, Committer};
 pub use asynch::AsyncReplica;
 pub use events::{ChangeEvent, ChangeKind, Filter, Origin, RecvError, Subscription};
 pub use history::{describe_patch, ChangeInfo};
+pub use live::LiveQuery;
+pub use projection::{ProjectionIssue, ProjectionProblem, ReindexReport};
 
 /// How a replica is opened.
 #[derive(Debug, Clone)]
@@ -45,6 +52,11 @@ pub struct ReplicaOptions {
     pub cache_capacity: usize,
     /// Fail instead of creating the database when the file is missing.
     pub must_exist: bool,
+    /// Keep the `records` projection that queries read (default `true`).
+    /// A replica that never queries (a relay, say) may save the work of
+    /// writing it; its writes then drop the rows they touch and flag the
+    /// projection, and the next replica opened with it on fills them in.
+    pub projection: bool,
     /// For simulations: draw ids from a generator seeded with this value
     /// and record every change at time 0, so a run can be replayed exactly.
     #[doc(hidden)]
@@ -58,6 +70,7 @@ impl Default for ReplicaOptions {
             compact_after_chunks: 64,
             cache_capacity: 1024,
             must_exist: false,
+            projection: true,
             deterministic: None,
         }
     }
@@ -104,6 +117,9 @@ pub struct Replica {
 
 #[derive(Debug)]
 struct Inner {
+    /// The read-only connection apps' queries run on (file replicas only),
+    /// opened on first use. Closes before the writer, like `reader`.
+    queries: std::sync::Mutex<Option<crate::store::QueryConn>>,
     /// A read-only connection beside the writer (file replicas only), so
     /// reads do not queue behind commits. Declared before the writer so it
     /// closes first: the writer, closing last, checkpoints the WAL into the
@@ -144,7 +160,9 @@ impl Replica {
             Store::open(path, options.durability)?
         };
         let reader = Store::open_reader(path)?;
-        Self::build(store, Some(reader), Some(path.to_owned()), options)
+        let replica = Self::build(store, Some(reader), Some(path.to_owned()), options)?;
+        replica.backfill_projection()?;
+        Ok(replica)
     }
 
     /// A replica that lives in memory only, for tests and scratch work.
@@ -168,6 +186,7 @@ impl Replica {
         };
         Ok(Replica {
             inner: Arc::new(Inner {
+                queries: std::sync::Mutex::new(None),
                 committer: Committer::new(store),
                 reader: reader.map(std::sync::Mutex::new),
                 cache: Cache::new(options.cache_capacity),
@@ -276,6 +295,7 @@ impl Replica {
             heads: heads.clone(),
             new_changes: changes,
             base: Vec::new(),
+            json: self.projection_of(&doc),
         }])?;
         doc.set_actor(self.inner.actor.clone());
         let deleted = slot.as_ref().is_some_and(|s| s.deleted);
@@ -363,6 +383,7 @@ impl Replica {
                 heads: state.doc.get_heads(),
                 new_changes: state.doc.get_changes_meta(&base).len() as u64,
                 base: base.clone(),
+                json: self.projection_of(&state.doc),
             };
             let len = op_len(&op);
             match self.inner.committer.submit(vec![op]) {
@@ -486,6 +507,7 @@ impl Replica {
             doc: *id,
             collection: collection.clone(),
             at: now_ms(),
+            json: self.projection_of(&state.doc),
         }])?;
         state.deleted = true;
         let heads = state.doc.get_heads();

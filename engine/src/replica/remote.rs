@@ -120,10 +120,15 @@ impl SyncDocs for Replica {
                 return Ok(false);
             }
         }
+        let json = match slot.as_ref() {
+            Some(current) => self.projection_of(&current.doc),
+            None => self.projection_of(&Automerge::new()), // a tombstone before any content
+        };
         self.inner.committer.submit(vec![WriteOp::Delete {
             doc: *doc,
             collection: collection.to_owned(),
             at: now_ms(),
+            json,
         }])?;
         let heads = match slot.as_mut() {
             Some(current) => {

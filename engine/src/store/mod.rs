@@ -11,8 +11,17 @@
 //! transaction, each in its own savepoint, so one failing write does not
 //! undo its neighbours; that is what group commit stands on.
 //! `docs/storage-format.md` is the byte-level specification.
+//!
+//! Queries: `projection` keeps each document's content as JSON for the
+//! `records` view, written in the same savepoint as the chunk or tombstone
+//! it reflects; `index` makes JSON-path indexes on it; `query` runs apps'
+//! SQL so that it cannot write; `value` is the values queries exchange.
 
+mod index;
+mod projection;
+mod query;
 mod schema;
+mod value;
 
 use std::path::Path;
 use std::time::Duration;
@@ -23,7 +32,11 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transactio
 use crate::error::StoreError;
 use crate::id::DocId;
 
+pub use index::{index_name, IndexPath, IndexTarget, QueryIndex};
+pub use projection::{ProjectionRow, STALE_KEY};
+pub use query::QueryConn;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
+pub use value::{QueryRows, SqlValue};
 
 /// How hard each commit works to survive a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -94,6 +107,10 @@ pub enum WriteOp {
         base: Vec<ChangeHash>,
         /// How many changes the chunk adds.
         new_changes: u64,
+        /// The document's content after this chunk as JSON text, for the
+        /// projection. `None` if the writer keeps no projection: the row is
+        /// removed and the projection flagged for a backfill.
+        json: Option<String>,
     },
     /// Replaces every chunk of a document by one snapshot.
     Compact {
@@ -114,7 +131,29 @@ pub enum WriteOp {
         collection: String,
         /// When it was deleted (ms since the epoch).
         at: i64,
+        /// The document's content as JSON text (`{}` for a document not
+        /// stored yet), for the projection; `None` as for `Append`.
+        json: Option<String>,
     },
+    /// Writes a projection row computed at `heads`, only if those are still
+    /// the document's stored heads (a backfill or rebuild).
+    Project {
+        /// The document.
+        doc: DocId,
+        /// The heads the JSON was computed at.
+        heads: Vec<ChangeHash>,
+        /// Its content as JSON text; `None` for a document that does not
+        /// load (the row then holds `NULL`).
+        json: Option<String>,
+    },
+    /// Clears the `projection_stale` flag if no row is missing or stale.
+    SettleProjection,
+    /// Deletes projection rows of documents that have no `docs` row.
+    PruneProjection,
+    /// Creates a JSON-path index (if absent) and registers it.
+    CreateIndex(IndexTarget),
+    /// Drops a JSON-path index (if present) and its registration.
+    DropIndex(IndexTarget),
     /// Stores a peer's sync state for a document.
     SyncState {
         /// The peer's id.
@@ -193,6 +232,11 @@ impl Store {
         ))?;
         schema::migrate(&mut conn, name)?;
         Ok(Store { conn })
+    }
+
+    /// A read-only connection for apps' queries (see [`QueryConn`]).
+    pub fn open_query(path: &Path) -> Result<QueryConn, StoreError> {
+        QueryConn::open(path)
     }
 
     /// A second connection to the same file, for reads beside the writer.
@@ -339,6 +383,7 @@ fn apply_one(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError
             heads,
             new_changes,
             base,
+            json,
         } => {
             let id = doc.as_bytes().as_slice();
             check_base(conn, doc, base)?;
@@ -357,6 +402,7 @@ fn apply_one(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError
                  chunk_count = chunk_count + 1, updated_at = ?5 WHERE id = ?1",
             )?
             .execute(params![id, encode_heads(heads), *new_changes as i64, data.len() as i64, now])?;
+            projection::write(conn, doc, json.as_deref())?;
         }
         WriteOp::Compact {
             doc,
@@ -381,6 +427,7 @@ fn apply_one(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError
             doc,
             collection,
             at,
+            json,
         } => {
             conn.prepare_cached(
                 "INSERT INTO docs (id, collection, deleted, deleted_at, heads, change_count, size_bytes, chunk_count, created_at, updated_at)
@@ -388,6 +435,7 @@ fn apply_one(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError
                  ON CONFLICT (id) DO UPDATE SET deleted = 1, deleted_at = coalesce(deleted_at, ?3), updated_at = ?4",
             )?
             .execute(params![doc.as_bytes().as_slice(), collection, at, now])?;
+            projection::write(conn, doc, json.as_deref())?;
         }
         WriteOp::SyncState { peer, doc, state } => {
             conn.prepare_cached(
@@ -396,6 +444,13 @@ fn apply_one(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError
             )?
             .execute(params![peer, doc.as_bytes().as_slice(), state, now])?;
         }
+        WriteOp::Project { doc, heads, json } => {
+            projection::write_if_current(conn, doc, heads, json.as_deref())?;
+        }
+        WriteOp::SettleProjection => projection::settle(conn)?,
+        WriteOp::PruneProjection => projection::prune(conn)?,
+        WriteOp::CreateIndex(target) => index::create(conn, target)?,
+        WriteOp::DropIndex(target) => index::remove(conn, target)?,
     }
     Ok(())
 }

@@ -5,13 +5,18 @@
 //! [`SCHEMA_VERSION`] inside one transaction, and refuses files from a newer
 //! build instead of guessing. Each migration is a step from version N-1 to N;
 //! never edit a step that has shipped, add the next one.
+//!
+//! Version 2 adds the query projection (`projection`, the `records` view,
+//! `query_indexes`). SQL cannot decode Automerge, so the step only creates
+//! the tables and, if the file already holds documents, sets the meta key
+//! `projection_stale`; the replica fills the rows in on open.
 
 use rusqlite::{Connection, TransactionBehavior};
 
 use crate::error::StoreError;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// `application_id` of an Accord database: ASCII "ACRD".
 pub const APPLICATION_ID: i64 = 0x4143_5244;
@@ -54,6 +59,37 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL,
         PRIMARY KEY (peer, doc)
     ) WITHOUT ROWID;
+    "#,
+    // 1 -> 2: the query projection: each document's current content as
+    // JSON, the `records` view apps query, and the registry of JSON-path
+    // indexes. Rows are written by the replica (it alone decodes Automerge);
+    // a file that already holds documents is flagged for a backfill.
+    r#"
+    CREATE TABLE projection (
+        doc        BLOB NOT NULL UNIQUE CHECK (length(doc) = 16),
+        id         TEXT NOT NULL UNIQUE,
+        collection TEXT NOT NULL,
+        deleted    INTEGER NOT NULL CHECK (deleted IN (0, 1)),
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        heads      BLOB NOT NULL,
+        json       TEXT
+    );
+    CREATE INDEX projection_by_collection ON projection (collection);
+
+    CREATE VIEW records AS
+        SELECT id, collection, deleted, created_at, updated_at, json FROM projection;
+
+    CREATE TABLE query_indexes (
+        name       TEXT PRIMARY KEY,
+        collection TEXT NOT NULL,
+        path       TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        UNIQUE (collection, path)
+    ) WITHOUT ROWID;
+
+    INSERT INTO meta (key, value)
+        SELECT 'projection_stale', '1' WHERE EXISTS (SELECT 1 FROM docs);
     "#,
 ];
 

@@ -108,6 +108,8 @@ struct Slot {
     sent: bool,
     /// Whether our last message asked the relay for changes.
     asked: bool,
+    /// Whether the relay refused this document this session.
+    refused: bool,
 }
 
 /// The session state machine.
@@ -575,7 +577,15 @@ impl ClientSession {
             doc,
         }));
         if code.is_fatal() {
-            self.close(code, message);
+            return self.close(code, message);
+        }
+        // A refused document is settled for this session: retrying would
+        // be refused again (read-only access, a foreign id, bad data).
+        if let Some(slot) = doc.and_then(|d| self.slots.get_mut(&d)) {
+            slot.refused = true;
+            if slot.in_flight_since.take().is_some() {
+                self.in_flight -= 1;
+            }
         }
     }
 
@@ -597,7 +607,7 @@ impl ClientSession {
         let busy = self
             .slots
             .get(&doc)
-            .is_some_and(|s| s.in_flight_since.is_some());
+            .is_some_and(|s| s.in_flight_since.is_some() || s.refused);
         if !busy && self.queued.insert(doc) {
             self.queue.push_back(doc);
         }
@@ -673,6 +683,7 @@ impl ClientSession {
                     relay_deleted: false,
                     sent: false,
                     asked: false,
+                    refused: false,
                 }))
             }
         }

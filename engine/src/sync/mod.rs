@@ -10,10 +10,12 @@
 //!
 //! - [`protocol`]: the frames and error codes.
 //! - [`client`]: [`ClientSession`], a replica's side of one connection.
+//! - [`limits`]: per-connection message rate and document caps.
 //! - [`relay`]: [`RelaySession`], the relay's side of one connection, and
 //!   [`DocHub`], the relay's per-document fan-out to every peer.
 
 pub mod client;
+pub mod limits;
 pub mod protocol;
 pub mod relay;
 
@@ -24,6 +26,7 @@ use crate::error::Result;
 use crate::id::DocId;
 
 pub use client::{ClientConfig, ClientOutput, ClientSession, SessionEvent, SessionStats};
+pub use limits::Limits;
 pub use protocol::{DocSummary, ErrorCode, Frame, PROTOCOL_VERSION};
 pub use relay::{Access, DocHub, Grant, OpenAccess, RelayOutput, RelaySession};
 

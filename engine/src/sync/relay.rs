@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use automerge::sync::{Message, State};
 use automerge::ChangeHash;
 
+use super::limits::{Limits, Usage};
 use super::protocol::{DocSummary, ErrorCode, Frame, PROTOCOL_VERSION};
 use super::{awaits_answer, heads_only, note_answer, restart_state, SyncDocs, RETRY_AFTER_MS};
 use crate::id::DocId;
@@ -45,7 +46,8 @@ impl Grant {
 
 /// Checks the token of a `Hello`.
 pub trait Access: Send + Sync + std::fmt::Debug {
-    /// The rights a token grants, or why it grants none.
+    /// The rights a token grants at `now_ms` (milliseconds since the Unix
+    /// epoch), or why it grants none.
     fn check(&self, token: &str, now_ms: u64) -> Result<Grant, String>;
 }
 
@@ -123,6 +125,8 @@ pub struct RelaySession {
     phase: Phase,
     /// Subscribed collections.
     subscriptions: BTreeSet<String>,
+    /// What the connection used of its limits.
+    usage: Usage,
     /// Outputs of the current call.
     out: Vec<RelayOutput>,
 }
@@ -130,11 +134,28 @@ pub struct RelaySession {
 impl RelaySession {
     /// A connection that has not said hello yet.
     pub fn new(relay_id: impl Into<String>) -> Self {
+        Self::with_limits(relay_id, Limits::unlimited())
+    }
+
+    /// A connection held to `limits`.
+    pub fn with_limits(relay_id: impl Into<String>, limits: Limits) -> Self {
         RelaySession {
             relay_id: relay_id.into(),
             phase: Phase::Handshake,
             subscriptions: BTreeSet::new(),
+            usage: Usage::new(limits),
             out: Vec::new(),
+        }
+    }
+
+    /// Refuses the frame if it breaks a limit; `false` if it was refused.
+    fn within(&mut self, check: Result<(), (ErrorCode, String)>, doc: Option<DocId>) -> bool {
+        match check {
+            Ok(()) => true,
+            Err((code, text)) => {
+                self.fail(code, text, doc);
+                false
+            }
         }
     }
 
@@ -170,6 +191,10 @@ impl RelaySession {
         access: &dyn Access,
         docs: &dyn SyncDocs,
     ) -> Vec<RelayOutput> {
+        let counted = self.usage.frame(now_ms);
+        if !matches!(self.phase, Phase::Closed) && !self.within(counted, None) {
+            return std::mem::take(&mut self.out);
+        }
         match Frame::decode(bytes) {
             Ok(frame) => self.handle_frame(frame, now_ms, access, docs),
             Err(e) => {
@@ -404,6 +429,10 @@ impl RelaySession {
         if !self.admit(doc, &collection, false, docs) {
             return;
         }
+        let counted = self.usage.doc(doc);
+        if !self.within(counted, Some(doc)) {
+            return;
+        }
         match Message::decode(bytes) {
             Ok(message) => {
                 if !message.changes.is_empty() && !self.can_write(&collection) {
@@ -428,6 +457,10 @@ impl RelaySession {
 
     fn on_delete(&mut self, doc: DocId, collection: String, docs: &dyn SyncDocs) {
         if !self.admit(doc, &collection, true, docs) {
+            return;
+        }
+        let counted = self.usage.doc(doc);
+        if !self.within(counted, Some(doc)) {
             return;
         }
         let peer = self.peer_id().unwrap_or_default().to_owned();

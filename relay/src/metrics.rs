@@ -1,0 +1,205 @@
+//! Prometheus metrics and the health endpoint.
+//!
+//! [`Metrics`] holds every counter the relay keeps; [`serve_http`] answers
+//! `GET /metrics` (Prometheus text format) and `GET /health` (JSON) on the
+//! operator's address, separate from the WebSocket port.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A label naming a frame kind or an error code.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// The frame kind (`sync`, `hello`, ...) or error code name.
+    pub kind: String,
+}
+
+/// Every metric of one relay.
+#[derive(Debug)]
+pub struct Metrics {
+    /// The registry they are encoded from.
+    registry: Registry,
+    /// Welcomed connections open now.
+    pub connections: Gauge,
+    /// Document actors running now.
+    pub live_documents: Gauge,
+    /// Frames received, by kind.
+    pub frames_in: Family<KindLabel, Counter>,
+    /// Frames sent, by kind.
+    pub frames_out: Family<KindLabel, Counter>,
+    /// Bytes received in frames.
+    pub bytes_in: Counter,
+    /// Bytes sent in frames.
+    pub bytes_out: Counter,
+    /// Sync messages that could not be applied.
+    pub sync_errors: Counter,
+    /// Handshakes refused for their token.
+    pub auth_failures: Counter,
+    /// Error frames sent, by code.
+    pub refusals: Family<KindLabel, Counter>,
+    /// Document actors stopped for idleness.
+    pub evictions: Counter,
+    /// Time spent in storage work per batch or frame (seconds).
+    pub store_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("accord_relay"),
+            connections: Gauge::default(),
+            live_documents: Gauge::default(),
+            frames_in: Family::default(),
+            frames_out: Family::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            sync_errors: Counter::default(),
+            auth_failures: Counter::default(),
+            refusals: Family::default(),
+            evictions: Counter::default(),
+            // 50 µs to ~1.6 s.
+            store_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "connections",
+            "Welcomed connections open now",
+            m.connections.clone(),
+        );
+        r.register(
+            "live_documents",
+            "Document actors in memory now",
+            m.live_documents.clone(),
+        );
+        r.register(
+            "frames_received",
+            "Frames received, by kind",
+            m.frames_in.clone(),
+        );
+        r.register("frames_sent", "Frames sent, by kind", m.frames_out.clone());
+        r.register(
+            "received_bytes",
+            "Bytes received in frames",
+            m.bytes_in.clone(),
+        );
+        r.register("sent_bytes", "Bytes sent in frames", m.bytes_out.clone());
+        r.register(
+            "sync_errors",
+            "Sync messages that could not be applied",
+            m.sync_errors.clone(),
+        );
+        r.register(
+            "auth_failures",
+            "Handshakes refused for their token",
+            m.auth_failures.clone(),
+        );
+        r.register("refusals", "Error frames sent, by code", m.refusals.clone());
+        r.register(
+            "evictions",
+            "Document actors stopped for idleness",
+            m.evictions.clone(),
+        );
+        r.register(
+            "store_seconds",
+            "Storage time per batch or frame",
+            m.store_seconds.clone(),
+        );
+        m
+    }
+}
+
+impl Metrics {
+    /// Counts a frame received.
+    pub fn received(&self, kind: &str, bytes: usize) {
+        self.frames_in
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
+        self.bytes_in.inc_by(bytes as u64);
+    }
+
+    /// Counts a frame sent.
+    pub fn sent(&self, kind: &str, bytes: usize) {
+        self.frames_out
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
+        self.bytes_out.inc_by(bytes as u64);
+    }
+
+    /// Counts an error frame sent.
+    pub fn refused(&self, code: &str) {
+        self.refusals
+            .get_or_create(&KindLabel {
+                kind: code.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records storage time.
+    pub fn store_time(&self, took: Duration) {
+        self.store_seconds.observe(took.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Serves `/health` and `/metrics` until `shutdown` is cancelled.
+pub async fn serve_http(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(prometheus))
+        .with_state(metrics);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+async fn health(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    let body = serde_json::json!({
+        "status": "ok",
+        "connections": m.connections.get(),
+        "live_documents": m.live_documents.get(),
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+}
+
+async fn prometheus(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, content_type)],
+        m.encode(),
+    )
+}
