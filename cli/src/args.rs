@@ -216,6 +216,12 @@ pub enum Command {
     /// Verify that every record loads, that the query projection matches
     /// the documents, and that the file is sound.
     Check,
+    /// Copy the database to a new file with SQLite's online backup (safe
+    /// while an app or the relay keeps writing).
+    Backup {
+        /// The file to create.
+        dest: std::path::PathBuf,
+    },
     /// Sync with a relay until both sides agree, then print a summary.
     ///
     /// Syncs every collection this database has records in, plus every

@@ -916,3 +916,37 @@ fn sync_reports_a_refused_token_and_missing_rights() {
     let out = env.ok(&["sync", "--relay", &relay.url, "--token", &rw]);
     assert!(out.contains("sent 1 documents"), "{out}");
 }
+
+#[test]
+fn backup_copies_a_database_that_is_open_and_being_written() {
+    let env = Env::new();
+    let id = env.new_record("contacts", r#"{"name": "Ada"}"#);
+    let app = accord_engine::Replica::open(&env.db).expect("the app keeps it open");
+    app.put(
+        &id.parse().expect("id"),
+        "email",
+        &json!("ada@example.org"),
+        None,
+    )
+    .expect("app write");
+    let dest = env.path().join("backup.db");
+    let out = env.ok(&["backup", dest.to_str().expect("utf8")]);
+    assert!(out.contains("backed up to"), "{out}");
+    app.put(&id.parse().expect("id"), "after", &json!(true), None)
+        .expect("writes go on");
+    let on_copy = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_accord"))
+            .arg("--db")
+            .arg(&dest)
+            .args(args)
+            .output()
+            .expect("run accord")
+    };
+    let copy = on_copy(&["get", &id]);
+    assert!(copy.status.success(), "{copy:?}");
+    let copy: serde_json::Value = serde_json::from_slice(&copy.stdout).expect("json");
+    assert_eq!(copy, json!({"name": "Ada", "email": "ada@example.org"}));
+    assert!(on_copy(&["check"]).status.success());
+    let err = env.fails(1, &["backup", dest.to_str().expect("utf8")]);
+    assert!(err.contains("already exists"), "{err}");
+}

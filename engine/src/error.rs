@@ -46,6 +46,9 @@ pub enum StoreError {
     /// error's text, reported to every write in the group.
     #[error("commit failed: {0}")]
     Batch(String),
+    /// A file that must not exist does (a backup's destination).
+    #[error("{0} already exists; not overwriting it")]
+    Exists(String),
     /// A database that must exist does not.
     #[error("database {0} does not exist")]
     Missing(String),

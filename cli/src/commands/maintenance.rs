@@ -201,3 +201,20 @@ fn check_text(ctx: &mut Ctx, findings: &Findings) -> Result<()> {
     ctx.out.line(&summary)?;
     Ok(())
 }
+
+/// `accord backup`: a consistent copy of the database in a new file.
+pub fn backup(ctx: &mut Ctx, dest: &std::path::Path) -> Result<()> {
+    if dest.exists() {
+        anyhow::bail!("{} already exists; give a new file name", dest.display());
+    }
+    ctx.replica()?
+        .backup_to(dest)
+        .with_context(|| format!("cannot back up to {}", dest.display()))?;
+    if ctx.out.json {
+        ctx.out
+            .json_value(&serde_json::json!({"backup": dest.display().to_string()}))?;
+    } else {
+        ctx.out.line(&format!("backed up to {}", dest.display()))?;
+    }
+    Ok(())
+}

@@ -104,6 +104,7 @@ fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode> {
         Command::Reindex => return query::reindex(ctx),
         Command::Compact => return maintenance::compact(ctx),
         Command::Check => return maintenance::check(ctx),
+        Command::Backup { dest } => maintenance::backup(ctx, &dest)?,
         Command::Sync {
             relay,
             token,

@@ -720,6 +720,13 @@ impl Replica {
         }
     }
 
+    /// Writes a consistent copy of the whole database to `dest` (SQLite's
+    /// online backup; writers keep working meanwhile). The copy is a
+    /// complete replica or relay database.
+    pub fn backup_to(&self, dest: &Path) -> Result<()> {
+        Ok(self.read_store(|s| s.backup_to(dest))?)
+    }
+
     /// How many documents are loaded in memory now.
     pub fn loaded_documents(&self) -> usize {
         self.inner.cache.len()

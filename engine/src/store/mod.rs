@@ -179,6 +179,8 @@ pub struct StoredDoc {
 pub struct Store {
     /// The SQLite connection; every method goes through it.
     conn: Connection,
+    /// Whether commits fsync (`synchronous = FULL`).
+    full: bool,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -231,7 +233,10 @@ impl Store {
             "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;"
         ))?;
         schema::migrate(&mut conn, name)?;
-        Ok(Store { conn })
+        Ok(Store {
+            conn,
+            full: durability == Durability::Full,
+        })
     }
 
     /// A read-only connection for apps' queries (see [`QueryConn`]).
@@ -244,13 +249,36 @@ impl Store {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags)?;
         conn.busy_timeout(Duration::from_secs(10))?;
-        Ok(Store { conn })
+        Ok(Store { conn, full: false })
     }
 
     /// Applies a batch of write groups in one transaction. Each group runs in
     /// its own savepoint and is all-or-nothing; the result vector says which
     /// groups succeeded. If the commit itself fails, the error covers all.
+    ///
+    /// A batch of nothing but sync states commits without fsync even in
+    /// `Full` mode: losing the last ones on power loss costs a peer a fuller
+    /// resync, never data, and they are written after every exchange.
     pub fn apply(
+        &mut self,
+        groups: &[&[WriteOp]],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let relaxed = self.full
+            && groups
+                .iter()
+                .flat_map(|g| g.iter())
+                .all(|op| matches!(op, WriteOp::SyncState { .. }));
+        if relaxed {
+            self.conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+        }
+        let result = self.apply_in_transaction(groups);
+        if relaxed {
+            self.conn.execute_batch("PRAGMA synchronous = FULL")?;
+        }
+        result
+    }
+
+    fn apply_in_transaction(
         &mut self,
         groups: &[&[WriteOp]],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
@@ -355,6 +383,21 @@ impl Store {
             .query_row("SELECT value FROM meta WHERE key = 'peer_id'", [], |r| {
                 r.get(0)
             })?)
+    }
+
+    /// Copies a consistent snapshot of the whole database to `dest` with
+    /// SQLite's online backup, while writers keep working. `dest` must not
+    /// exist.
+    pub fn backup_to(&self, dest: &Path) -> Result<(), StoreError> {
+        if dest.exists() {
+            return Err(StoreError::Exists(dest.display().to_string()));
+        }
+        let mut target = Connection::open(dest)?;
+        let backup = rusqlite::backup::Backup::new(&self.conn, &mut target)?;
+        backup.run_to_completion(256, Duration::from_millis(5), None)?;
+        drop(backup);
+        target.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+        Ok(())
     }
 
     /// Runs `PRAGMA integrity_check` and returns its complaints (empty if fine).
