@@ -38,7 +38,11 @@ enum End {
 
 /// Serves one accepted TCP connection until it closes.
 pub async fn serve(stream: TcpStream, conn: u64, shared: Arc<Shared>) {
+    // Small buffers: tungstenite's 128 KiB defaults made up most of an idle
+    // connection's memory; frames are mostly small and written one at a time.
     let config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0)
         .max_message_size(Some(shared.config.max_frame_bytes))
         .max_frame_size(Some(shared.config.max_frame_bytes));
     let accept = tokio_tungstenite::accept_async_with_config(stream, Some(config));

@@ -192,6 +192,9 @@ pub fn now_ms() -> i64 {
 
 const META_COLUMNS: &str = "id, collection, deleted, deleted_at, heads, change_count, size_bytes, chunk_count, created_at, updated_at";
 
+/// One metadata row by id (a constant, so the statement cache keeps it).
+const META_BY_ID: &str = "SELECT id, collection, deleted, deleted_at, heads, change_count, size_bytes, chunk_count, created_at, updated_at FROM docs WHERE id = ?1";
+
 impl Store {
     /// Opens (creating if needed) a database file and migrates it.
     pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
@@ -303,10 +306,9 @@ impl Store {
 
     /// The metadata row of one document.
     pub fn meta(&self, doc: &DocId) -> Result<Option<DocMeta>, StoreError> {
-        let sql = format!("SELECT {META_COLUMNS} FROM docs WHERE id = ?1");
-        let row = self
-            .conn
-            .query_row(&sql, [doc.as_bytes().as_slice()], |r| Ok(read_meta(r)))
+        let mut stmt = self.conn.prepare_cached(META_BY_ID)?;
+        let row = stmt
+            .query_row([doc.as_bytes().as_slice()], |r| Ok(read_meta(r)))
             .optional()?;
         row.transpose()
     }

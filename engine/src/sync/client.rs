@@ -131,6 +131,9 @@ pub struct ClientSession {
     queued: HashSet<DocId>,
     /// How many slots have `in_flight_since` set.
     in_flight: usize,
+    /// Documents whose sync state may have moved since it was persisted
+    /// (visiting only these keeps a sync of D documents linear in D).
+    touched: HashSet<DocId>,
     /// Counters.
     stats: SessionStats,
     /// Outputs of the current call.
@@ -149,6 +152,7 @@ impl ClientSession {
             queue: VecDeque::new(),
             queued: HashSet::new(),
             in_flight: 0,
+            touched: HashSet::new(),
             stats: SessionStats::default(),
             out: Vec::new(),
         }
@@ -216,6 +220,7 @@ impl ClientSession {
         self.queue.clear();
         self.queued.clear();
         self.in_flight = 0;
+        self.touched.clear();
     }
 
     /// Adds collections; subscribes at once when connected.
@@ -531,6 +536,7 @@ impl ClientSession {
         note_answer(&mut slot.state, &mut slot.asked, &message);
         let result = docs.receive(&doc, collection, &mut slot.state, message, &relay);
         slot.relay_heads = slot.state.their_heads.clone().or(slot.relay_heads.take());
+        self.touched.insert(doc);
         if was_in_flight {
             self.in_flight -= 1;
         }
@@ -700,10 +706,13 @@ impl ClientSession {
             return;
         };
         let mut states = Vec::new();
-        for (doc, slot) in &mut self.slots {
+        for doc in self.touched.drain() {
+            let Some(slot) = self.slots.get_mut(&doc) else {
+                continue;
+            };
             if slot.state.shared_heads != slot.saved {
                 slot.saved = slot.state.shared_heads.clone();
-                states.push((*doc, slot.state.encode()));
+                states.push((doc, slot.state.encode()));
             }
         }
         if !states.is_empty() {

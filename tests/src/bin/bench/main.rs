@@ -1,0 +1,59 @@
+//! The benchmark harness: Accord against this machine's limits and against
+//! samod 0.16 (the Rust automerge-repo), side by side, in one run.
+//!
+//! ```sh
+//! cargo run --release -p accord-tests --bin bench            # the full run
+//! cargo run -p accord-tests --bin bench -- --quick           # CI's smoke run
+//! ```
+//!
+//! It prints one row per workload and metric: Accord's figure, the
+//! reference's, and their ratio, each a median over `--reps` repetitions.
+//! It asserts nothing about speed; it exits non-zero only when a run
+//! failed outright (a row reading `failed`), so CI notices a broken harness. `docs/performance.md` explains the
+//! workloads and the results.
+//!
+//! # Layout
+//!
+//! - `w0`: local durable writes against a bare Automerge + SQLite loop.
+//! - `accord_side`, `samod_side`: W1–W4 on each system.
+//! - `workloads`: the documents and result types both sides share.
+//! - `process`, `serve`: servers in child processes (this binary, run as
+//!   `bench serve`), and their RSS and CPU from `/proc`.
+//! - `proxy`: a counting loopback proxy (bytes, messages, round trips).
+//! - `run`: repetitions, each in a fresh runtime, under a time cap.
+//! - `stats`: medians and the table.
+
+mod accord_side;
+mod plan;
+mod process;
+mod proxy;
+mod run;
+mod samod_side;
+mod serve;
+mod stats;
+mod w0;
+mod workloads;
+
+use clap::Parser;
+
+use plan::{Args, Command};
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(Command::Serve { system, db }) = args.command {
+        return serve::serve(system, db);
+    }
+    let plan = plan::Plan::from_args(&args)?;
+    eprintln!("{}", plan.describe());
+    let rows = plan.run();
+    println!("{}", plan::machine());
+    println!("{}", stats::table(&rows, args.markdown));
+    // Times are never judged, but a run that failed (not one that hit the
+    // cap) means the harness is broken: CI should say so.
+    let failed = rows
+        .iter()
+        .filter(|r| [&r.accord, &r.reference].contains(&&stats::Figure::Failed))
+        .count();
+    anyhow::ensure!(failed == 0, "{failed} rows failed; see the messages above");
+    Ok(())
+}

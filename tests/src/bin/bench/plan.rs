@@ -1,0 +1,469 @@
+//! The command line, the sizes each workload runs at (full or `--quick`),
+//! and the table rows built from both systems' outcomes.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use accord_engine::Durability;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::process::System;
+use crate::run::{repeat, Outcome, Settings};
+use crate::stats::{Better, Figure, Row};
+use crate::workloads::{Idle, W1, W2, W3};
+use crate::{accord_side, samod_side, w0};
+
+/// Accord against the machine's limits and against samod 0.16.
+#[derive(Debug, Parser)]
+#[command(name = "bench")]
+pub struct Args {
+    /// Internal: run a server for the harness.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Small sizes, one repetition (CI's smoke run).
+    #[arg(long)]
+    pub quick: bool,
+    /// Repetitions per row; rows show the median [default: 3, quick 1].
+    #[arg(long)]
+    pub reps: Option<usize>,
+    /// Longest a phase may take before the row reads "> cap" [default: 120, quick 60].
+    #[arg(long)]
+    pub cap_secs: Option<u64>,
+    /// Only these workloads (comma-separated: w0,w1,w2,w3,w4).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Skip samod (its rows read n/a).
+    #[arg(long)]
+    pub no_samod: bool,
+    /// Durability of the measured Accord replicas.
+    #[arg(long, value_enum, default_value = "full")]
+    pub durability: DurabilityArg,
+    /// W0: changes per run [default: 2000, quick 200].
+    #[arg(long)]
+    pub w0_changes: Option<usize>,
+    /// W1: client counts K [default: 20,100; quick 5].
+    #[arg(long, value_delimiter = ',')]
+    pub w1_k: Vec<usize>,
+    /// W1: changes N [default: 1000, quick 50].
+    #[arg(long)]
+    pub w1_n: Option<usize>,
+    /// W2: document counts D [default: 1000,10000; quick 50].
+    #[arg(long, value_delimiter = ',')]
+    pub w2_d: Vec<usize>,
+    /// W3: changes per side M [default: 500,1000; quick 20].
+    #[arg(long, value_delimiter = ',')]
+    pub w3_m: Vec<usize>,
+    /// W4: documents stored at the relay [default: 100000, quick 500].
+    #[arg(long)]
+    pub w4_stored: Option<usize>,
+    /// W4: of which live [default: 1000, quick 50].
+    #[arg(long)]
+    pub w4_live: Option<usize>,
+    /// W4: idle connections [default: 1000, quick 50].
+    #[arg(long)]
+    pub w4_idle: Option<usize>,
+    /// W4: seconds of idle CPU measurement [default: 10, quick 1].
+    #[arg(long)]
+    pub idle_window_secs: Option<u64>,
+    /// Print the table as Markdown.
+    #[arg(long)]
+    pub markdown: bool,
+}
+
+/// Subcommands (internal).
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs a server until standard input closes (used by the harness).
+    #[command(hide = true)]
+    Serve {
+        /// Which server.
+        #[arg(long, value_enum)]
+        system: System,
+        /// Its database file (Accord) or storage directory (samod).
+        #[arg(long)]
+        db: PathBuf,
+    },
+}
+
+/// `--durability`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DurabilityArg {
+    /// `synchronous = FULL` (the default of the engine).
+    Full,
+    /// `synchronous = NORMAL`.
+    Normal,
+}
+
+/// What one run of the harness does.
+#[derive(Debug)]
+pub struct Plan {
+    settings: Settings,
+    reps: usize,
+    only: Vec<String>,
+    samod: bool,
+    w0_changes: usize,
+    w1_k: Vec<usize>,
+    w1_n: usize,
+    w2_d: Vec<usize>,
+    w3_m: Vec<usize>,
+    w4: (usize, usize, usize),
+    idle_window: Duration,
+}
+
+fn or_list(given: &[usize], quick: bool, q: &[usize], full: &[usize]) -> Vec<usize> {
+    match (given.is_empty(), quick) {
+        (false, _) => given.to_vec(),
+        (true, true) => q.to_vec(),
+        (true, false) => full.to_vec(),
+    }
+}
+
+impl Plan {
+    /// Sizes from the flags, the quick or full defaults filling the rest.
+    pub fn from_args(a: &Args) -> anyhow::Result<Plan> {
+        let q = a.quick;
+        let pick =
+            |v: Option<usize>, quick: usize, full: usize| v.unwrap_or(if q { quick } else { full });
+        let plan = Plan {
+            settings: Settings {
+                cap: Duration::from_secs(a.cap_secs.unwrap_or(if q { 60 } else { 120 })),
+                durability: match a.durability {
+                    DurabilityArg::Full => Durability::Full,
+                    DurabilityArg::Normal => Durability::Normal,
+                },
+            },
+            reps: pick(a.reps, 1, 3).max(1),
+            only: a.only.iter().map(|w| w.to_lowercase()).collect(),
+            samod: !a.no_samod,
+            w0_changes: pick(a.w0_changes, 200, 2000).max(8),
+            w1_k: or_list(&a.w1_k, q, &[5], &[20, 100]),
+            w1_n: pick(a.w1_n, 50, 1000).max(1),
+            w2_d: or_list(&a.w2_d, q, &[50], &[1000, 10_000]),
+            w3_m: or_list(&a.w3_m, q, &[20], &[500, 1000]),
+            w4: (
+                pick(a.w4_stored, 500, 100_000),
+                pick(a.w4_live, 50, 1000),
+                pick(a.w4_idle, 50, 1000),
+            ),
+            idle_window: Duration::from_secs(a.idle_window_secs.unwrap_or(if q { 1 } else { 10 })),
+        };
+        anyhow::ensure!(plan.w1_k.iter().all(|&k| k >= 2), "W1 needs K >= 2");
+        anyhow::ensure!(plan.w4.1 <= plan.w4.0, "W4 live must not exceed stored");
+        Ok(plan)
+    }
+
+    /// One line saying what will run.
+    pub fn describe(&self) -> String {
+        format!(
+            "bench: reps={} cap={}s durability={:?} W0 changes={} W1 K={:?} N={} W2 D={:?} W3 M={:?} W4 stored={} live={} idle={} window={}s{}",
+            self.reps,
+            self.settings.cap.as_secs(),
+            self.settings.durability,
+            self.w0_changes,
+            self.w1_k,
+            self.w1_n,
+            self.w2_d,
+            self.w3_m,
+            self.w4.0,
+            self.w4.1,
+            self.w4.2,
+            self.idle_window.as_secs(),
+            if self.samod { "" } else { " (samod skipped)" },
+        )
+    }
+
+    fn wants(&self, w: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == w)
+    }
+
+    /// Runs every selected workload; returns the rows. Each workload's
+    /// rows are also printed to standard error as soon as they are known.
+    pub fn run(&self) -> Vec<Row> {
+        let mut rows = Vec::new();
+        let mut peaks = Vec::new();
+        type Step = fn(&Plan, &mut Vec<Row>, &mut Vec<Row>);
+        let steps: [(&str, Step); 5] = [
+            ("w0", |p, r, _| p.w0(r)),
+            ("w1", Plan::w1),
+            ("w2", Plan::w2),
+            ("w3", Plan::w3),
+            ("w4", |p, r, _| p.w4(r)),
+        ];
+        for (name, step) in steps {
+            if !self.wants(name) {
+                continue;
+            }
+            if name == "w4" {
+                rows.append(&mut peaks);
+            }
+            let (rows_before, peaks_before) = (rows.len(), peaks.len());
+            step(self, &mut rows, &mut peaks);
+            let mut done = rows[rows_before..].to_vec();
+            done.extend_from_slice(&peaks[peaks_before..]);
+            eprintln!("{}", crate::stats::table(&done, false));
+        }
+        rows.append(&mut peaks);
+        rows
+    }
+
+    /// Runs `f` on samod unless samod is skipped.
+    fn samod<T, F, Fut>(&self, label: &str, reps: usize, f: F) -> Outcome<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = anyhow::Result<T>>,
+    {
+        if self.samod {
+            repeat(&format!("samod {label}"), reps, self.settings, f)
+        } else {
+            Outcome::Done(Vec::new())
+        }
+    }
+
+    fn accord<T, F, Fut>(&self, label: &str, reps: usize, f: F) -> Outcome<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = anyhow::Result<T>>,
+    {
+        repeat(&format!("Accord {label}"), reps, self.settings, f)
+    }
+
+    fn w0(&self, rows: &mut Vec<Row>) {
+        let (n, d) = (self.w0_changes, self.settings.durability);
+        for writers in [1, 8] {
+            let label = format!("W0 {writers} writer{}", if writers == 1 { "" } else { "s" });
+            let ours = self.accord(&label, self.reps, move || async move {
+                w0::accord(writers, n, d)
+            });
+            let bare = repeat(
+                &format!("bare loop {label}"),
+                self.reps,
+                self.settings,
+                || async move { w0::bare(writers, n, d) },
+            );
+            rows.push(Row {
+                workload: label,
+                metric: "durable changes/s".into(),
+                unit: "/s",
+                better: Better::Higher,
+                accord: ours.figure(|v| *v),
+                reference: bare.figure(|v| *v),
+                reference_name: "bare Automerge+SQLite loop",
+            });
+        }
+    }
+
+    fn w1(&self, rows: &mut Vec<Row>, peaks: &mut Vec<Row>) {
+        let (n, s) = (self.w1_n, self.settings);
+        for &k in &self.w1_k {
+            let label = format!("W1 K={k} N={n}");
+            let ours = self.accord(&label, self.reps, move || accord_side::w1(k, n, s));
+            let theirs = self.samod(&label, self.reps, move || samod_side::w1(k, n, s));
+            let pair = |f: fn(&W1) -> f64| {
+                (
+                    ours.figure(|r| f(&r.0)),
+                    self.samod_figure(&theirs, |r| f(&r.0)),
+                )
+            };
+            rows.push(row(
+                &label,
+                "total_s",
+                "s",
+                Better::Lower,
+                pair(|r| r.total_s),
+            ));
+            rows.push(row(
+                &label,
+                "last_latency_ms",
+                "ms",
+                Better::Lower,
+                pair(|r| r.last_latency_ms),
+            ));
+            peaks.push(peak_row(&label, &ours, &theirs, self));
+        }
+    }
+
+    fn w2(&self, rows: &mut Vec<Row>, peaks: &mut Vec<Row>) {
+        let (reps, s) = (self.reps, self.settings);
+        for &d in &self.w2_d {
+            let label = format!("W2 D={d}");
+            let ours = self.accord(&label, 1, move || accord_side::w2(d, reps, s));
+            let theirs = self.samod(&label, 1, move || samod_side::w2(d, reps, s));
+            let pair = |f: fn(&W2) -> f64| (inner(&ours, f), self.samod_or(inner(&theirs, f)));
+            rows.push(row(
+                &label,
+                "cold sync s",
+                "s",
+                Better::Lower,
+                pair(|r| r.warm_s),
+            ));
+            rows.push(row(
+                &label,
+                "wire ÷ saved bytes",
+                "×",
+                Better::Lower,
+                pair(|r| r.warm_bytes_ratio),
+            ));
+            rows.push(row(
+                &label,
+                "after restart s",
+                "s",
+                Better::Lower,
+                pair(|r| r.restarted_s),
+            ));
+            rows.push(row(
+                &label,
+                "after restart wire ÷ saved",
+                "×",
+                Better::Lower,
+                pair(|r| r.restarted_bytes_ratio),
+            ));
+            peaks.push(peak_row(&label, &ours, &theirs, self));
+        }
+    }
+
+    fn w3(&self, rows: &mut Vec<Row>, peaks: &mut Vec<Row>) {
+        let s = self.settings;
+        for &m in &self.w3_m {
+            let label = format!("W3 M={m}");
+            let ours = self.accord(&label, self.reps, move || accord_side::w3(m, s));
+            let theirs = self.samod(&label, self.reps, move || samod_side::w3(m, s));
+            let pair = |f: fn(&W3) -> f64| {
+                (
+                    ours.figure(|r| f(&r.0)),
+                    self.samod_figure(&theirs, |r| f(&r.0)),
+                )
+            };
+            rows.push(row(
+                &label,
+                "time to identical heads",
+                "s",
+                Better::Lower,
+                pair(|r| r.time_s),
+            ));
+            rows.push(row(
+                &label,
+                "round trips",
+                "",
+                Better::Lower,
+                pair(|r| r.round_trips),
+            ));
+            rows.push(row(
+                &label,
+                "messages",
+                "",
+                Better::Lower,
+                pair(|r| r.messages),
+            ));
+            rows.push(row(
+                &label,
+                "wire ÷ missing changes",
+                "×",
+                Better::Lower,
+                pair(|r| r.bytes_ratio),
+            ));
+            peaks.push(peak_row(&label, &ours, &theirs, self));
+        }
+    }
+
+    fn w4(&self, rows: &mut Vec<Row>) {
+        let ((stored, live, conns), window, s) = (self.w4, self.idle_window, self.settings);
+        let label = format!("W4 {stored} stored, {live} live");
+        let ours = self.accord(&label, self.reps, move || {
+            accord_side::w4_stored(stored, live, s)
+        });
+        let theirs = self.samod(&label, self.reps, move || {
+            samod_side::w4_stored(stored, live, s)
+        });
+        let pair = (ours.figure(|v| *v), self.samod_figure(&theirs, |v| *v));
+        rows.push(row(&label, "relay RSS", "MiB", Better::Lower, pair));
+        let label = format!("W4 {conns} idle connections");
+        let ours = self.accord(&label, self.reps, move || {
+            accord_side::w4_idle(conns, window, s)
+        });
+        let theirs = self.samod(&label, self.reps, move || {
+            samod_side::w4_idle(conns, window, s)
+        });
+        let pair = |f: fn(&Idle) -> f64| (ours.figure(f), self.samod_figure(&theirs, f));
+        rows.push(row(
+            &label,
+            "RSS per connection",
+            "KiB",
+            Better::Lower,
+            pair(|i| i.kib_per_conn),
+        ));
+        rows.push(row(
+            &label,
+            "CPU per connection",
+            "µs/s",
+            Better::Lower,
+            pair(|i| i.cpu_us_per_conn_s),
+        ));
+    }
+
+    fn samod_figure<T>(&self, o: &Outcome<T>, f: impl Fn(&T) -> f64) -> Figure {
+        self.samod_or(o.figure(f))
+    }
+
+    fn samod_or(&self, figure: Figure) -> Figure {
+        if self.samod {
+            figure
+        } else {
+            Figure::NotApplicable
+        }
+    }
+}
+
+fn row(label: &str, metric: &str, unit: &'static str, better: Better, f: (Figure, Figure)) -> Row {
+    Row {
+        workload: label.to_owned(),
+        metric: metric.to_owned(),
+        unit,
+        better,
+        accord: f.0,
+        reference: f.1,
+        reference_name: "samod 0.16",
+    }
+}
+
+/// The relay's peak RSS during a W1–W3 run.
+fn peak_row<T>(label: &str, ours: &Outcome<(T, u64)>, theirs: &Outcome<(T, u64)>, p: &Plan) -> Row {
+    let mib = |r: &(T, u64)| r.1 as f64 / 1024.0;
+    row(
+        &format!("W4 during {label}"),
+        "relay peak RSS",
+        "MiB",
+        Better::Lower,
+        (ours.figure(mib), p.samod_figure(theirs, mib)),
+    )
+}
+
+/// The median over the repetitions a W2 run made inside itself.
+fn inner(o: &Outcome<(Vec<W2>, u64)>, f: fn(&W2) -> f64) -> Figure {
+    match o {
+        Outcome::Done(runs) => {
+            Figure::median(runs.iter().flat_map(|r| r.0.iter().map(f)).collect())
+        }
+        Outcome::OverCap(cap, phase) => Figure::OverCap(*cap, phase),
+        Outcome::Failed => Figure::Failed,
+    }
+}
+
+/// The machine, for the header above the table.
+pub fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!(
+        "machine: {cores} cores, {cpu}; arguments: {}",
+        args.join(" ")
+    )
+}

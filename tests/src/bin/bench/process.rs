@@ -1,0 +1,161 @@
+//! Servers in their own process, so their memory and CPU are theirs alone.
+//!
+//! The harness starts itself again as `bench serve --system S --db PATH`
+//! (see `serve.rs`): the child prints `listening on ADDR`, serves until its
+//! standard input closes, then shuts down gracefully. The parent reads the
+//! child's `/proc/<pid>/status` (VmRSS, VmHWM) and `/proc/<pid>/stat`
+//! (utime + stime).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// Which server a child runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum System {
+    /// `accord_relay::server` with its default configuration.
+    Accord,
+    /// A samod repo accepting WebSockets, storing to the filesystem.
+    Samod,
+}
+
+/// A server running as a child process.
+#[derive(Debug)]
+pub struct ServerProcess {
+    /// The child; killed if it outlives a graceful stop.
+    child: Child,
+    /// Closing it asks the child to shut down.
+    stdin: Option<ChildStdin>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The highest VmHWM seen so far (KiB), kept across restarts by callers.
+    pub peak_kib: u64,
+}
+
+impl ServerProcess {
+    /// Starts `system` on a free loopback port, storing into `db`.
+    pub fn start(system: System, db: &Path) -> anyhow::Result<ServerProcess> {
+        let exe = std::env::current_exe().context("cannot find the bench binary")?;
+        let name = match system {
+            System::Accord => "accord",
+            System::Samod => "samod",
+        };
+        let mut child = Command::new(exe)
+            .args(["serve", "--system", name, "--db"])
+            .arg(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start the server process")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            bail!("server did not start: {line:?}");
+        };
+        let addr = addr.parse()?;
+        let stdin = child.stdin.take();
+        Ok(ServerProcess {
+            child,
+            stdin,
+            addr,
+            peak_kib: 0,
+        })
+    }
+
+    /// `ws://ADDR`.
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory now, in KiB.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        status_field(self.pid(), "VmRSS")
+    }
+
+    /// Peak resident memory so far, in KiB.
+    pub fn hwm_kib(&mut self) -> anyhow::Result<u64> {
+        let hwm = status_field(self.pid(), "VmHWM")?;
+        self.peak_kib = self.peak_kib.max(hwm);
+        Ok(self.peak_kib)
+    }
+
+    /// CPU time used so far (user + system), in seconds.
+    pub fn cpu_secs(&self) -> anyhow::Result<f64> {
+        cpu_secs(self.pid())
+    }
+
+    /// Asks the child to shut down and waits for it (killing it after
+    /// 30 s); returns its peak RSS in KiB.
+    pub fn stop(mut self) -> anyhow::Result<u64> {
+        let peak = self.hwm_kib()?;
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                // A server still busy with a backlog (samod after a capped
+                // W1) is not a failed measurement: its peak is known.
+                eprintln!("  server did not stop within 30 s; killed");
+                self.child.kill()?;
+                self.child.wait()?;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(peak)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if self.stdin.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A `kB` field of `/proc/<pid>/status`.
+pub fn status_field(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
+    let value = line[field.len() + 1..].trim().trim_end_matches("kB").trim();
+    Ok(value.parse()?)
+}
+
+/// utime + stime of a process, in seconds.
+pub fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at ')'.
+    let rest = stat.rsplit_once(')').context("bad stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state); utime and stime are fields 14 and 15.
+    let utime: u64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("no stime")?.parse()?;
+    Ok((utime + stime) as f64 / clock_ticks())
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux in practice).
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}

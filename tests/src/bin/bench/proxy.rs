@@ -1,0 +1,243 @@
+//! A counting TCP proxy on loopback, so both systems' traffic is measured
+//! the same way: bytes on the wire (WebSocket upgrade and framing
+//! included), WebSocket data messages, and round trips.
+//!
+//! A round trip is counted each time the traffic of one connection turns
+//! from client→server messages to a server→client message: the number of
+//! times a client had to wait for an answer.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Which way bytes flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Up,
+    Down,
+}
+
+/// Counters of one proxied connection.
+#[derive(Debug, Default)]
+pub struct ConnStats {
+    /// Client → server bytes.
+    pub up_bytes: AtomicU64,
+    /// Server → client bytes.
+    pub down_bytes: AtomicU64,
+    /// Data messages in both directions.
+    pub messages: AtomicU64,
+    /// The direction of the last message, and the round trips so far.
+    turns: Mutex<(Option<Dir>, u64)>,
+}
+
+impl ConnStats {
+    fn message(&self, dir: Dir) {
+        self.messages.fetch_add(1, Ordering::Relaxed);
+        let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+        if dir == Dir::Down && turns.0 == Some(Dir::Up) {
+            turns.1 += 1;
+        }
+        turns.0 = Some(dir);
+    }
+
+    /// Round trips so far.
+    pub fn round_trips(&self) -> u64 {
+        self.turns.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+
+    /// Bytes both ways.
+    pub fn bytes(&self) -> u64 {
+        self.up_bytes.load(Ordering::Relaxed) + self.down_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// A running proxy; dropping it stops accepting.
+#[derive(Debug)]
+pub struct Proxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    /// One entry per accepted connection.
+    conns: Arc<Mutex<Vec<Arc<ConnStats>>>>,
+    /// The accept loop.
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Totals over a proxy's connections.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Totals {
+    /// Bytes both ways, all connections.
+    pub bytes: u64,
+    /// Data messages, all connections.
+    pub messages: u64,
+    /// Round trips of the connection that needed most.
+    pub max_round_trips: u64,
+}
+
+impl Proxy {
+    /// Starts a proxy to `target`.
+    pub async fn start(target: SocketAddr) -> anyhow::Result<Proxy> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let conns: Arc<Mutex<Vec<Arc<ConnStats>>>> = Arc::default();
+        let task = tokio::spawn(accept_loop(listener, target, Arc::clone(&conns)));
+        Ok(Proxy { addr, conns, task })
+    }
+
+    /// `ws://ADDR`.
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// Totals so far.
+    pub fn totals(&self) -> Totals {
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.iter().fold(Totals::default(), |t, c| Totals {
+            bytes: t.bytes + c.bytes(),
+            messages: t.messages + c.messages.load(Ordering::Relaxed),
+            max_round_trips: t.max_round_trips.max(c.round_trips()),
+        })
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    target: SocketAddr,
+    conns: Arc<Mutex<Vec<Arc<ConnStats>>>>,
+) {
+    while let Ok((inbound, _)) = listener.accept().await {
+        let Ok(outbound) = TcpStream::connect(target).await else {
+            continue;
+        };
+        let _ = inbound.set_nodelay(true);
+        let _ = outbound.set_nodelay(true);
+        let stats = Arc::new(ConnStats::default());
+        conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::clone(&stats));
+        let (ir, iw) = inbound.into_split();
+        let (or, ow) = outbound.into_split();
+        tokio::spawn(pump(ir, ow, Dir::Up, Arc::clone(&stats)));
+        tokio::spawn(pump(or, iw, Dir::Down, stats));
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    dir: Dir,
+    stats: Arc<ConnStats>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut frames = FrameCounter::default();
+    let counter = match dir {
+        Dir::Up => &stats.up_bytes,
+        Dir::Down => &stats.down_bytes,
+    };
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        frames.feed(&buf[..n], |_| stats.message(dir));
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// Finds WebSocket message boundaries in one direction of a connection:
+/// first the HTTP upgrade (up to an empty line), then frames.
+#[derive(Debug, Default)]
+struct FrameCounter {
+    /// Past the HTTP upgrade.
+    in_frames: bool,
+    /// The last bytes of the HTTP part, to find `\r\n\r\n`.
+    http_tail: u32,
+    /// The current frame's header so far.
+    header: Vec<u8>,
+    /// Payload bytes still to skip.
+    remaining: u64,
+}
+
+impl FrameCounter {
+    /// Feeds bytes; calls `on_message(opcode)` for each final data frame.
+    fn feed(&mut self, mut data: &[u8], mut on_message: impl FnMut(u8)) {
+        while let Some((&byte, rest)) = data.split_first() {
+            if !self.in_frames {
+                self.http_tail = (self.http_tail << 8) | u32::from(byte);
+                self.in_frames = self.http_tail == 0x0d0a_0d0a;
+                data = rest;
+            } else if self.remaining > 0 {
+                let n = self.remaining.min(data.len() as u64) as usize;
+                self.remaining -= n as u64;
+                data = &data[n..];
+            } else {
+                self.header.push(byte);
+                data = rest;
+                if let Some((len, opcode, fin)) = parse_header(&self.header) {
+                    self.header.clear();
+                    self.remaining = len;
+                    if fin && opcode < 8 {
+                        on_message(opcode);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `(payload length, opcode, fin)` once `h` holds a whole frame header.
+fn parse_header(h: &[u8]) -> Option<(u64, u8, bool)> {
+    let (&b0, &b1) = (h.first()?, h.get(1)?);
+    let masked = b1 & 0x80 != 0;
+    let short = u64::from(b1 & 0x7f);
+    let ext = match short {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    let need = 2 + ext + if masked { 4 } else { 0 };
+    if h.len() < need {
+        return None;
+    }
+    let len = if ext == 0 {
+        short
+    } else {
+        h[2..2 + ext]
+            .iter()
+            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
+    };
+    Some((len, b0 & 0x0f, b0 & 0x80 != 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_messages_after_the_upgrade_across_split_reads() {
+        let mut bytes = b"HTTP/1.1 101 Switching\r\nUpgrade: websocket\r\n\r\n".to_vec();
+        bytes.extend([0x82, 3, 1, 2, 3]); // binary, 3 bytes
+        bytes.extend([0x82, 126, 0, 200]);
+        bytes.extend([0u8; 200]); // binary, 200 bytes (16-bit length)
+        bytes.extend([0x82, 0x80 | 1, 9, 9, 9, 9, 7]); // masked, 1 byte
+        let mut counter = FrameCounter::default();
+        let mut seen = 0;
+        for chunk in bytes.chunks(7) {
+            counter.feed(chunk, |_| seen += 1);
+        }
+        assert_eq!(seen, 3);
+    }
+}

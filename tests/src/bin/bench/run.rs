@@ -1,0 +1,120 @@
+//! Running repetitions: each one in a fresh tokio runtime (so nothing a
+//! slow run left behind competes with the next), each phase under the time
+//! cap, and a cap overrun ending the repetitions of that row early.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use accord_engine::Durability;
+
+use crate::stats::Figure;
+
+/// Settings every workload sees.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// The longest any phase of a run may take.
+    pub cap: Duration,
+    /// Durability of the Accord replicas whose writes are measured.
+    pub durability: Durability,
+}
+
+/// A phase ran past the cap.
+#[derive(Debug)]
+pub struct CapExceeded(pub &'static str);
+
+impl std::fmt::Display for CapExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ran past the time cap", self.0)
+    }
+}
+
+impl std::error::Error for CapExceeded {}
+
+/// Runs `phase`, failing with [`CapExceeded`] after `cap`.
+pub async fn capped<T>(
+    cap: Duration,
+    what: &'static str,
+    phase: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(cap, phase).await {
+        Ok(result) => result,
+        Err(_) => Err(CapExceeded(what).into()),
+    }
+}
+
+/// Polls `check` every millisecond until it holds, within `cap`.
+pub async fn poll_until(
+    cap: Duration,
+    what: &'static str,
+    mut check: impl FnMut() -> bool,
+) -> anyhow::Result<Instant> {
+    capped(cap, what, async {
+        loop {
+            if check() {
+                return Ok(Instant::now());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+}
+
+/// How a row's repetitions ended.
+#[derive(Debug)]
+pub enum Outcome<T> {
+    /// Every repetition's result.
+    Done(Vec<T>),
+    /// A repetition ran past the cap in the named phase.
+    OverCap(u64, &'static str),
+    /// A repetition failed (printed).
+    Failed,
+}
+
+impl<T> Outcome<T> {
+    /// The median of `f` over the repetitions, or how they ended.
+    pub fn figure(&self, f: impl Fn(&T) -> f64) -> Figure {
+        match self {
+            Outcome::Done(runs) => Figure::median(runs.iter().map(f).collect()),
+            Outcome::OverCap(cap, phase) => Figure::OverCap(*cap, phase),
+            Outcome::Failed => Figure::Failed,
+        }
+    }
+}
+
+/// Runs `reps` repetitions of `run`, each in a new multi-threaded runtime.
+pub fn repeat<T, F, Fut>(label: &str, reps: usize, settings: Settings, run: F) -> Outcome<T>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut results = Vec::with_capacity(reps);
+    for rep in 1..=reps {
+        eprintln!("  {label}: repetition {rep}/{reps}");
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("  {label}: cannot start a runtime: {e}");
+                return Outcome::Failed;
+            }
+        };
+        let result = runtime.block_on(run());
+        runtime.shutdown_timeout(Duration::from_secs(2));
+        match result {
+            Ok(r) => results.push(r),
+            Err(e) => match e.downcast_ref::<CapExceeded>() {
+                Some(CapExceeded(phase)) => {
+                    eprintln!("  {label}: {e}; further repetitions skipped");
+                    return Outcome::OverCap(settings.cap.as_secs(), phase);
+                }
+                None => {
+                    eprintln!("  {label}: FAILED: {e:#}");
+                    return Outcome::Failed;
+                }
+            },
+        }
+    }
+    Outcome::Done(results)
+}
