@@ -211,7 +211,7 @@ impl SyncHandle {
     /// Waits until the relay has welcomed this replica.
     pub async fn wait_connected(&mut self, timeout: Duration) -> Result<(), SyncError> {
         self.wait(timeout, |s| {
-            s.state != ConnectionState::Connecting || s.connects > 0
+            s.state == ConnectionState::Connected || s.connects > 0
         })
         .await
     }

@@ -290,3 +290,33 @@ async fn a_burst_of_changes_is_coalesced_for_every_reader() {
     }
     relay.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_urls_go_through_tls() {
+    // A TCP listener that is not a TLS server: the client must attempt a
+    // TLS handshake (and fail it), not refuse the scheme.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("wss://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            drop(socket);
+        }
+    });
+    let replica = Replica::open_in_memory().expect("replica");
+    let options = ConnectOptions {
+        reconnect: false,
+        ..options(&["c"])
+    };
+    let mut handle = replica.connect(&url, options);
+    match handle.wait_connected(T).await {
+        Err(accord_engine::SyncError::Unreachable { reason, .. }) => {
+            assert!(
+                !reason.contains("not compiled"),
+                "TLS must be available: {reason}"
+            );
+        }
+        other => panic!("expected a failed TLS connection, got {other:?}"),
+    }
+}
