@@ -8,61 +8,17 @@ use accord_engine::automerge::sync::{State, SyncDoc};
 use accord_engine::automerge::Automerge;
 use accord_engine::sync::{ErrorCode, Frame, PROTOCOL_VERSION};
 use accord_engine::{ConnectOptions, DocId, ListOptions, Replica};
+use accord_tests::wire::{empty_sync, hello, next_error, next_frame, raw, send_bytes, Ws};
 use accord_tests::TestRelay;
-use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio_tungstenite::tungstenite::Message;
 
 const T: Duration = Duration::from_secs(20);
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn raw(url: &str) -> Ws {
-    tokio_tungstenite::connect_async(url)
-        .await
-        .expect("connect")
-        .0
-}
-
-async fn next_frame(ws: &mut Ws) -> Option<Frame> {
-    loop {
-        match tokio::time::timeout(T, ws.next())
-            .await
-            .expect("a frame in time")
-        {
-            Some(Ok(Message::Binary(b))) => return Some(Frame::decode(&b).expect("frame")),
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
-            Some(Ok(_)) => {}
-        }
-    }
-}
-
-async fn next_error(ws: &mut Ws) -> ErrorCode {
-    loop {
-        match next_frame(ws).await {
-            Some(Frame::Error { code, .. }) => return code,
-            Some(_) => {}
-            None => panic!("closed without an error frame"),
-        }
-    }
-}
-
-async fn send_bytes(ws: &mut Ws, bytes: Vec<u8>) {
-    ws.send(Message::Binary(bytes.into())).await.expect("send");
-}
 
 /// A welcomed, subscribed raw connection.
 async fn session(url: &str, peer: &str) -> Ws {
     let mut ws = raw(url).await;
-    let hello = Frame::Hello {
-        version: PROTOCOL_VERSION,
-        peer_id: peer.into(),
-        token: String::new(),
-    };
-    send_bytes(&mut ws, hello.encode()).await;
     assert!(matches!(
-        next_frame(&mut ws).await,
+        hello(&mut ws, peer, "").await,
         Some(Frame::Welcome { .. })
     ));
     send_bytes(
@@ -158,7 +114,7 @@ async fn every_bad_input_is_refused_and_changes_nothing() {
     for (name, bytes, code) in fatal {
         let mut ws = raw(&relay.url).await;
         send_bytes(&mut ws, bytes).await;
-        assert_eq!(next_error(&mut ws).await, code, "{name}");
+        assert_eq!(next_error(&mut ws).await.0, code, "{name}");
         assert!(
             next_frame(&mut ws).await.is_none(),
             "{name}: closed after a fatal error"
@@ -174,7 +130,7 @@ async fn every_bad_input_is_refused_and_changes_nothing() {
         want_reply: true,
     };
     send_bytes(&mut ws, bogus.encode()).await;
-    assert_eq!(next_error(&mut ws).await, ErrorCode::BAD_DOCUMENT);
+    assert_eq!(next_error(&mut ws).await.0, ErrorCode::BAD_DOCUMENT);
     // A collection it did not subscribe to.
     let other = Frame::Sync {
         doc: id,
@@ -183,7 +139,7 @@ async fn every_bad_input_is_refused_and_changes_nothing() {
         want_reply: true,
     };
     send_bytes(&mut ws, other.encode()).await;
-    assert_eq!(next_error(&mut ws).await, ErrorCode::NOT_SUBSCRIBED);
+    assert_eq!(next_error(&mut ws).await.0, ErrorCode::NOT_SUBSCRIBED);
     // An unknown document id: answered as an empty document, nothing stored.
     let unknown = DocId::random();
     let probe = Frame::Sync {
@@ -231,14 +187,6 @@ async fn every_bad_input_is_refused_and_changes_nothing() {
         json!({"v": 2})
     );
     relay.stop().await.expect("stop");
-}
-
-/// An Automerge sync message from an empty document.
-fn empty_sync() -> Vec<u8> {
-    Automerge::new()
-        .generate_sync_message(&mut State::new())
-        .expect("a first message")
-        .encode()
 }
 
 /// A sync message carrying the whole document, as a peer that has nothing

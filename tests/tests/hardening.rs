@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use accord_engine::sync::{ErrorCode, Frame, Limits, PROTOCOL_VERSION};
+use accord_engine::sync::{ErrorCode, Frame, Limits};
 use accord_engine::{ConnectOptions, ConnectionState, Replica, SyncError};
 use accord_relay::auth::{Claims, Right, Tokens};
 use accord_relay::Config;
+use accord_tests::wire::{empty_sync, hello, next_error, next_frame, raw, send};
 use accord_tests::{wait_until, TestRelay};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -36,56 +37,6 @@ async fn secured(dir: &std::path::Path, tweak: impl FnOnce(&mut Config)) -> Test
     };
     tweak(&mut config);
     TestRelay::start_with(config).await.expect("relay")
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn raw(url: &str) -> Ws {
-    tokio_tungstenite::connect_async(url)
-        .await
-        .expect("connect")
-        .0
-}
-
-async fn send(ws: &mut Ws, frame: &Frame) {
-    ws.send(Message::Binary(frame.encode().into()))
-        .await
-        .expect("send");
-}
-
-async fn next_frame(ws: &mut Ws) -> Option<Frame> {
-    loop {
-        match tokio::time::timeout(T, ws.next())
-            .await
-            .expect("a frame in time")
-        {
-            Some(Ok(Message::Binary(b))) => return Some(Frame::decode(&b).expect("frame")),
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
-            Some(Ok(_)) => {}
-        }
-    }
-}
-
-/// The next error frame's code and text, skipping other frames.
-async fn next_error(ws: &mut Ws) -> (ErrorCode, String) {
-    loop {
-        match next_frame(ws).await {
-            Some(Frame::Error { code, message, .. }) => return (code, message),
-            Some(_) => {}
-            None => panic!("closed without an error frame"),
-        }
-    }
-}
-
-async fn hello(ws: &mut Ws, token: &str) -> Option<Frame> {
-    let frame = Frame::Hello {
-        version: PROTOCOL_VERSION,
-        peer_id: "raw".into(),
-        token: token.to_owned(),
-    };
-    send(ws, &frame).await;
-    next_frame(ws).await
 }
 
 fn opts(token: String, collections: &[&str]) -> ConnectOptions {
@@ -124,7 +75,7 @@ async fn bad_tokens_are_refused_with_their_reason() {
     ];
     for (token, reason) in cases {
         let mut ws = raw(&relay.url).await;
-        match hello(&mut ws, token).await {
+        match hello(&mut ws, "raw", token).await {
             Some(Frame::Error { code, message, .. }) => {
                 assert_eq!(code, ErrorCode::UNAUTHORIZED, "{token}: {message}");
                 assert!(message.contains(reason), "{token}: {message}");
@@ -211,7 +162,7 @@ async fn rights_decide_what_a_connection_sees_and_may_change() {
     // fetching a document of that collection by its id.
     let mut ws = raw(&relay.url).await;
     assert!(matches!(
-        hello(&mut ws, &ro).await,
+        hello(&mut ws, "raw", &ro).await,
         Some(Frame::Welcome { .. })
     ));
     send(
@@ -251,15 +202,6 @@ async fn rights_decide_what_a_connection_sees_and_may_change() {
     relay.stop().await.expect("stop");
 }
 
-/// An Automerge sync message from an empty document.
-fn empty_sync() -> Vec<u8> {
-    use accord_engine::automerge::sync::{State, SyncDoc};
-    let doc = accord_engine::automerge::Automerge::new();
-    doc.generate_sync_message(&mut State::new())
-        .expect("a first message")
-        .encode()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_connection_is_cut_off_while_another_keeps_syncing() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -279,7 +221,7 @@ async fn a_flooding_connection_is_cut_off_while_another_keeps_syncing() {
 
     let mut flood = raw(&relay.url).await;
     assert!(matches!(
-        hello(&mut flood, &rw).await,
+        hello(&mut flood, "raw", &rw).await,
         Some(Frame::Welcome { .. })
     ));
     let spam = Frame::Subscribe {
@@ -335,14 +277,14 @@ async fn connection_document_and_time_limits_close_with_their_code() {
     // Idle timeout: welcomed, then silent.
     let mut idle = raw(&relay.url).await;
     assert!(matches!(
-        hello(&mut idle, &rw).await,
+        hello(&mut idle, "raw", &rw).await,
         Some(Frame::Welcome { .. })
     ));
     assert_eq!(next_error(&mut idle).await.0, ErrorCode::TIMEOUT);
     // Documents per connection.
     let mut ws = raw(&relay.url).await;
     assert!(matches!(
-        hello(&mut ws, &rw).await,
+        hello(&mut ws, "raw", &rw).await,
         Some(Frame::Welcome { .. })
     ));
     send(
@@ -371,11 +313,11 @@ async fn connection_document_and_time_limits_close_with_their_code() {
     let mut a = raw(&relay.url).await;
     let mut b = raw(&relay.url).await;
     assert!(matches!(
-        hello(&mut a, &rw).await,
+        hello(&mut a, "raw", &rw).await,
         Some(Frame::Welcome { .. })
     ));
     assert!(matches!(
-        hello(&mut b, &rw).await,
+        hello(&mut b, "raw", &rw).await,
         Some(Frame::Welcome { .. })
     ));
     let mut c = raw(&relay.url).await;
@@ -451,7 +393,7 @@ async fn a_peer_that_cannot_keep_up_is_disconnected_not_buffered() {
     hw.wait_synced(T).await.expect("synced");
     let mut slow = raw(&relay.url).await;
     assert!(matches!(
-        hello(&mut slow, &rw).await,
+        hello(&mut slow, "raw", &rw).await,
         Some(Frame::Welcome { .. })
     ));
     let (conn, _) = relay
