@@ -131,6 +131,9 @@ pub struct ClientSession {
     queued: HashSet<DocId>,
     /// How many slots have `in_flight_since` set.
     in_flight: usize,
+    /// Whether `Hello` went out on the current connection (later frames
+    /// may follow it at once).
+    open: bool,
     /// Documents whose sync state may have moved since it was persisted
     /// (visiting only these keeps a sync of D documents linear in D).
     touched: HashSet<DocId>,
@@ -153,6 +156,7 @@ impl ClientSession {
             queued: HashSet::new(),
             in_flight: 0,
             touched: HashSet::new(),
+            open: false,
             stats: SessionStats::default(),
             out: Vec::new(),
         }
@@ -202,6 +206,14 @@ impl ClientSession {
             peer_id: self.config.peer_id.clone(),
             token: self.config.token.clone(),
         }));
+        // Pipelined behind Hello: the relay handles frames in order, so the
+        // announcements start one round trip earlier than after Welcome.
+        let collections: Vec<String> = self.config.collections.iter().cloned().collect();
+        if !collections.is_empty() {
+            self.out
+                .push(ClientOutput::Send(Frame::Subscribe { collections }));
+        }
+        self.open = true;
         std::mem::take(&mut self.out)
     }
 
@@ -221,6 +233,7 @@ impl ClientSession {
         self.queued.clear();
         self.in_flight = 0;
         self.touched.clear();
+        self.open = false;
     }
 
     /// Adds collections; subscribes at once when connected.
@@ -230,7 +243,7 @@ impl ClientSession {
             .filter(|c| self.config.collections.insert((*c).clone()))
             .cloned()
             .collect();
-        if self.relay_id.is_some() && !new.is_empty() {
+        if self.open && !new.is_empty() {
             self.out
                 .push(ClientOutput::Send(Frame::Subscribe { collections: new }));
         }
@@ -387,11 +400,6 @@ impl ClientSession {
         self.relay_id = Some(relay_id.clone());
         self.out
             .push(ClientOutput::Event(SessionEvent::Welcomed { relay_id }));
-        let collections: Vec<String> = self.config.collections.iter().cloned().collect();
-        if !collections.is_empty() {
-            self.out
-                .push(ClientOutput::Send(Frame::Subscribe { collections }));
-        }
     }
 
     fn on_announce(
