@@ -294,7 +294,7 @@ impl ClientSession {
             return Vec::new(); // the announcement comparison will pick it up
         }
         if kind == ChangeKind::Deleted {
-            self.send_delete(doc, collection);
+            self.send_delete(doc, collection, docs);
         } else {
             self.enqueue(doc);
         }
@@ -465,7 +465,7 @@ impl ClientSession {
             Some((_, mut heads, local_deleted)) => {
                 heads.sort();
                 if local_deleted {
-                    self.send_delete(relay.doc, collection);
+                    self.send_delete(relay.doc, collection, docs);
                 }
                 if heads != relay_heads {
                     self.enqueue(relay.doc);
@@ -492,7 +492,7 @@ impl ClientSession {
             }
             self.slot(local.doc, collection, docs)?.relay_heads = Some(Vec::new());
             if local.deleted {
-                self.send_delete(local.doc, collection);
+                self.send_delete(local.doc, collection, docs);
             } else {
                 self.enqueue(local.doc);
             }
@@ -607,13 +607,17 @@ impl ClientSession {
         self.out.push(ClientOutput::Close { code, reason });
     }
 
-    fn send_delete(&mut self, doc: DocId, collection: &str) {
+    /// Sends a tombstone and remembers that the relay has it, creating the
+    /// document's slot if no exchange started yet (a record created and
+    /// deleted before it was ever sent).
+    fn send_delete(&mut self, doc: DocId, collection: &str, docs: &dyn SyncDocs) {
         self.out.push(ClientOutput::Send(Frame::Delete {
             doc,
             collection: collection.to_owned(),
         }));
-        if let Some(slot) = self.slots.get_mut(&doc) {
-            slot.relay_deleted = true;
+        match self.slot(doc, collection, docs) {
+            Ok(slot) => slot.relay_deleted = true,
+            Err(e) => tracing::warn!(%doc, error = %e, "could not load sync state"),
         }
     }
 
