@@ -35,6 +35,8 @@
 pub mod codec;
 pub mod driver;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod id;
 pub mod json;
 pub mod replica;

@@ -740,6 +740,14 @@ fn op_len(op: &WriteOp) -> u64 {
     }
 }
 
+/// Loads a document from its stored chunks, checked against its metadata
+/// (for the fuzzing entry points).
+pub(crate) fn load_stored(stored: crate::store::StoredDoc, actor: &ActorId) -> Result<()> {
+    DocState::load(stored, actor)
+        .map(|_| ())
+        .map_err(Error::from)
+}
+
 /// Collection names: 1 to 128 characters of `[A-Za-z0-9_.\-/]`.
 pub fn check_collection(name: &str) -> Result<()> {
     let ok = (1..=128).contains(&name.len())
