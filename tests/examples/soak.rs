@@ -1,0 +1,146 @@
+//! Soak: mixed load against an in-process relay for a number of minutes,
+//! sampling this process's RSS and open file descriptors, which must stay
+//! flat. Not part of CI:
+//!
+//! ```sh
+//! cargo run --release -p accord-tests --example soak -- [minutes] [replicas]
+//! ```
+//!
+//! Each replica keeps editing records of a shared collection and its own,
+//! creating and deleting some, and drops and re-opens its connection now
+//! and then. Every ten seconds a line reports RSS, file descriptors, the
+//! relay's live documents and connections, and writes so far.
+
+use std::time::{Duration, Instant};
+
+use accord_engine::{ConnectOptions, Replica};
+use accord_tests::TestRelay;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Seconds, RSS KiB, open fds, live documents, connections, writes.
+type Sample = (u64, u64, usize, i64, usize, u64);
+
+fn options(i: usize) -> ConnectOptions {
+    ConnectOptions {
+        collections: vec!["shared".into(), format!("own-{i}")],
+        ..ConnectOptions::default()
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let minutes: f64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10.0);
+    let count: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20);
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(&dir.path().join("relay.db")).await?;
+    let mut replicas = Vec::new();
+    for i in 0..count {
+        let replica = Replica::open(dir.path().join(format!("r{i}.db")))?;
+        let handle = replica.connect(&relay.url, options(i));
+        replicas.push((replica, Some(handle)));
+    }
+    let started = Instant::now();
+    let end = started + Duration::from_secs_f64(minutes * 60.0);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut next_sample = started;
+    let mut writes = 0u64;
+    let mut samples: Vec<Sample> = Vec::new();
+    println!(
+        "{:>6} {:>10} {:>6} {:>6} {:>6} {:>9}",
+        "secs", "rss KiB", "fds", "live", "conns", "writes"
+    );
+    while Instant::now() < end {
+        let i = rng.random_range(0..count);
+        let (replica, handle) = &mut replicas[i];
+        let collection = if rng.random_bool(0.5) {
+            "shared".to_owned()
+        } else {
+            format!("own-{i}")
+        };
+        let docs = replica.list(&collection)?;
+        match rng.random_range(0..100) {
+            0..=9 => {
+                replica.create(&collection, &json!({"by": i, "n": 0}))?;
+            }
+            10..=11 if !docs.is_empty() => {
+                // Another replica may have deleted it meanwhile.
+                let _ = replica.delete(&docs[rng.random_range(0..docs.len())].id);
+            }
+            12 => {
+                // Drop the connection and come back.
+                if let Some(h) = handle.take() {
+                    h.close().await;
+                }
+                *handle = Some(replica.connect(&relay.url, options(i)));
+            }
+            _ if !docs.is_empty() => {
+                let id = docs[rng.random_range(0..docs.len())].id;
+                match replica.put(
+                    &id,
+                    &format!("k{}", rng.random_range(0..8)),
+                    &json!(writes),
+                    None,
+                ) {
+                    Ok(()) | Err(accord_engine::Error::Deleted(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            _ => {}
+        }
+        writes += 1;
+        if writes.is_multiple_of(50) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if Instant::now() >= next_sample {
+            let sample = (
+                started.elapsed().as_secs(),
+                rss_kib(),
+                open_fds(),
+                relay.relay.live_documents(),
+                relay.relay.connections(),
+                writes,
+            );
+            println!(
+                "{:>6} {:>10} {:>6} {:>6} {:>6} {:>9}",
+                sample.0, sample.1, sample.2, sample.3, sample.4, sample.5
+            );
+            samples.push(sample);
+            next_sample += Duration::from_secs(10);
+        }
+    }
+    let (first, second) = samples.split_at(samples.len() / 2);
+    let max_rss = |half: &[Sample]| half.iter().map(|s| s.1).max().unwrap_or(0);
+    let max_fds = |half: &[Sample]| half.iter().map(|s| s.2).max().unwrap_or(0);
+    println!(
+        "max RSS first half {} KiB, second half {} KiB; max fds first half {}, second half {}",
+        max_rss(first),
+        max_rss(second),
+        max_fds(first),
+        max_fds(second)
+    );
+    for (_, handle) in replicas {
+        if let Some(h) = handle {
+            h.close().await;
+        }
+    }
+    relay.stop().await?;
+    Ok(())
+}
