@@ -181,6 +181,9 @@ pub enum Error {
         /// Automerge's own error.
         source: Box<automerge::AutomergeError>,
     },
+    /// Bytes given to `import` are not an Automerge document.
+    #[error("not an Automerge document: {0}")]
+    NotAutomerge(Box<automerge::AutomergeError>),
     /// The closure passed to `change` returned an error; nothing was written.
     #[error("change to {doc} aborted: {source}")]
     Aborted {

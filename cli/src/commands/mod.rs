@@ -141,6 +141,19 @@ pub fn resolve_heads(replica: &Replica, id: &DocId, text: &str) -> Result<Vec<Ch
         .with_context(|| format!("cannot resolve heads '{text}'"))
 }
 
+/// Prints a new record's id alone (or, with `--json`, its id, URL and
+/// collection): what `new` and `import` print.
+pub fn print_new_id(ctx: &mut Ctx, id: &DocId, collection: &str) -> Result<()> {
+    if ctx.out.json {
+        let shown =
+            serde_json::json!({"id": id.to_string(), "url": id.url(), "collection": collection});
+        ctx.out.json_value(&shown)?;
+    } else {
+        ctx.out.line(&id.to_string())?;
+    }
+    Ok(())
+}
+
 /// Heads as the comma-separated hex the `--at` option takes.
 pub fn heads_text(heads: &[ChangeHash]) -> String {
     heads

@@ -25,13 +25,7 @@ pub fn new(
         .replica()?
         .create_with(collection, message, |tx| JsonPath::root().set(tx, &content))
         .context("cannot create the record")?;
-    if ctx.out.json {
-        let shown = json!({"id": id.to_string(), "url": id.url(), "collection": collection});
-        ctx.out.json_value(&shown)?;
-    } else {
-        ctx.out.line(&id.to_string())?;
-    }
-    Ok(())
+    super::print_new_id(ctx, &id, collection)
 }
 
 /// `accord put`: sets the value at a path, in one change.

@@ -5,7 +5,6 @@ use std::path::Path;
 
 use accord_engine::{DocId, Error};
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::json;
 
 use super::Ctx;
 
@@ -36,19 +35,12 @@ pub fn import(ctx: &mut Ctx, file: &Path, collection: &str) -> Result<()> {
         .replica()?
         .import(collection, &bytes)
         .map_err(|e| match e {
-            // The engine names the id it would have given; nobody knows it.
-            Error::Automerge { source, .. } => {
+            Error::NotAutomerge(source) => {
                 anyhow!("{} is not an Automerge document: {source}", file.display())
             }
             other => other.into(),
         })?;
-    if ctx.out.json {
-        let shown = json!({"id": id.to_string(), "url": id.url(), "collection": collection});
-        ctx.out.json_value(&shown)?;
-    } else {
-        ctx.out.line(&id.to_string())?;
-    }
-    Ok(())
+    super::print_new_id(ctx, &id, collection)
 }
 
 /// The bytes of a file, or of stdin for `-`.

@@ -585,11 +585,8 @@ impl Replica {
     /// implementation) as a new record and returns its id.
     pub fn import(&self, collection: &str, bytes: &[u8]) -> Result<DocId> {
         check_collection(collection)?;
+        let doc = Automerge::load(bytes).map_err(|e| Error::NotAutomerge(Box::new(e)))?;
         let id = self.new_id();
-        let doc = Automerge::load(bytes).map_err(|source| Error::Automerge {
-            doc: id,
-            source: Box::new(source),
-        })?;
         self.insert_new(id, collection, doc, Origin::Local)?;
         Ok(id)
     }
@@ -607,10 +604,7 @@ impl Replica {
         check_collection(collection)?;
         let entry = self.inner.cache.entry(id);
         let mut slot = lock(&entry);
-        match self.refresh(id, &mut slot) {
-            Ok(()) | Err(Error::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
+        self.refresh_if_stored(id, &mut slot)?;
         let Some(state) = slot.as_mut() else {
             let mut doc = Automerge::new();
             doc.load_incremental(bytes)
@@ -661,6 +655,16 @@ impl Replica {
             *slot = None;
         }
         self.fill(id, slot)
+    }
+
+    /// Like [`Replica::refresh`], but a document the store does not have
+    /// leaves the slot empty instead of being an error (content from a
+    /// peer may create it).
+    pub(crate) fn refresh_if_stored(&self, id: &DocId, slot: &mut Option<DocState>) -> Result<()> {
+        match self.refresh(id, slot) {
+            Ok(()) | Err(Error::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Loads `id` from the store into an empty slot.

@@ -7,6 +7,7 @@
 use automerge::sync::{Message, State, SyncDoc};
 use automerge::{Automerge, ChangeHash};
 
+use super::cache::DocState;
 use super::commit::lock;
 use super::{ChangeKind, Origin, Replica};
 use crate::error::{Error, Result};
@@ -59,10 +60,7 @@ impl SyncDocs for Replica {
         super::check_collection(collection)?;
         let entry = self.inner.cache.entry(doc);
         let mut slot = lock(&entry);
-        match self.refresh(doc, &mut slot) {
-            Ok(()) | Err(Error::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
+        self.refresh_if_stored(doc, &mut slot)?;
         let origin = Origin::Remote(from.to_owned());
         let Some(current) = slot.as_mut() else {
             let mut fresh = Automerge::new();
@@ -78,13 +76,7 @@ impl SyncDocs for Replica {
             self.insert_into(*doc, collection, fresh, origin, &mut slot)?;
             return Ok(true);
         };
-        if current.collection != collection {
-            return Err(Error::WrongCollection {
-                doc: *doc,
-                actual: current.collection.clone(),
-                given: collection.to_owned(),
-            });
-        }
+        same_collection(doc, current, collection)?;
         let before = current.doc.get_heads();
         if let Err(source) = current.doc.receive_sync_message(state, message) {
             *slot = None; // whatever was half-applied is dropped; reload from the store
@@ -104,18 +96,9 @@ impl SyncDocs for Replica {
         super::check_collection(collection)?;
         let entry = self.inner.cache.entry(doc);
         let mut slot = lock(&entry);
-        match self.refresh(doc, &mut slot) {
-            Ok(()) | Err(Error::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
+        self.refresh_if_stored(doc, &mut slot)?;
         if let Some(current) = slot.as_ref() {
-            if current.collection != collection {
-                return Err(Error::WrongCollection {
-                    doc: *doc,
-                    actual: current.collection.clone(),
-                    given: collection.to_owned(),
-                });
-            }
+            same_collection(doc, current, collection)?;
             if current.deleted {
                 return Ok(false);
             }
@@ -170,4 +153,16 @@ impl SyncDocs for Replica {
             .collect();
         Ok(self.inner.committer.submit(ops)?)
     }
+}
+
+/// A peer may only touch a document in its own collection.
+fn same_collection(doc: &DocId, current: &DocState, collection: &str) -> Result<()> {
+    if current.collection == collection {
+        return Ok(());
+    }
+    Err(Error::WrongCollection {
+        doc: *doc,
+        actual: current.collection.clone(),
+        given: collection.to_owned(),
+    })
 }
