@@ -1,5 +1,5 @@
 //! Crash durability: a write that returned `Ok` survives the process being
-//! killed with SIGKILL at any moment, with `Durability::Full` and `Normal`.
+//! killed with common::SIGKILL at any moment, with `Durability::Full` and `Normal`.
 //!
 //! The test re-executes its own binary to run [`crash_child_writer`] in a
 //! child process. The child writes from several threads (so group commit
@@ -14,11 +14,13 @@
 //! `ACCORD_CRASH_SEED` replays a run.
 #![cfg(unix)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -49,8 +51,6 @@ const KILLS_PER_DATABASE: usize = 3;
 /// A guard for a broken run, not a synchronisation: how long the parent
 /// waits for one line from a child that should be writing continuously.
 const STALL: Duration = Duration::from_secs(60);
-/// The signal `Child::kill` sends on Unix.
-const SIGKILL: i32 = 9;
 
 /// The child: writes until killed. Without [`CHILD_ENV`] this is an
 /// ordinary (empty) test, which is how the parent's test run sees it.
@@ -59,13 +59,7 @@ fn crash_child_writer() {
     let Some(path) = std::env::var_os(CHILD_ENV) else {
         return;
     };
-    // A failing writer thread must end the child at once, visibly (SIGABRT),
-    // not hide behind the other threads until the parent's SIGKILL.
-    let report = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        report(info);
-        std::process::abort();
-    }));
+    common::abort_on_panic();
     let durability = match std::env::var(DURABILITY_ENV).as_deref() {
         Ok("normal") => Durability::Normal,
         _ => Durability::Full,
@@ -193,22 +187,17 @@ enum Kill {
 }
 
 fn spawn_child(path: &Path, durability: Durability) -> Child {
-    let exe = std::env::current_exe().expect("current_exe");
-    Command::new(exe)
-        .args(["--exact", "crash_child_writer", "--nocapture"])
-        .env(CHILD_ENV, path)
-        .env(
-            DURABILITY_ENV,
-            match durability {
-                Durability::Full => "full",
-                Durability::Normal => "normal",
-            },
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn child")
+    let durability = match durability {
+        Durability::Full => "full",
+        Durability::Normal => "normal",
+    };
+    common::spawn_self(
+        "crash_child_writer",
+        &[
+            (CHILD_ENV, path.as_os_str()),
+            (DURABILITY_ENV, durability.as_ref()),
+        ],
+    )
 }
 
 /// Runs one child until `kill`, and returns how many acks it produced.
@@ -262,7 +251,7 @@ fn crash_once(
         }
         Kill::SinceSpawn(delay) => std::thread::sleep(delay),
     }
-    child.kill().expect("SIGKILL");
+    child.kill().expect("common::SIGKILL");
     let status = child.wait().expect("wait");
     assert!(
         !exited_early,
@@ -275,8 +264,8 @@ fn crash_once(
     }
     assert_eq!(
         status.signal(),
-        Some(SIGKILL),
-        "the child died of something else than our SIGKILL: {status}"
+        Some(common::SIGKILL),
+        "the child died of something else than our common::SIGKILL: {status}"
     );
     acks
 }
@@ -329,14 +318,6 @@ fn verify(path: &Path, acked: &HashMap<DocId, Acked>, what: &str) {
     );
 }
 
-fn env_number(name: &str) -> Option<u64> {
-    let text = std::env::var(name).ok()?;
-    Some(
-        text.parse()
-            .unwrap_or_else(|_| panic!("{name} must be a number, not {text:?}")),
-    )
-}
-
 fn pick_kill(rng: &mut StdRng) -> Kill {
     match rng.random_range(0..10) {
         0..=5 => Kill::Acks(rng.random_range(1..=200)),
@@ -347,8 +328,8 @@ fn pick_kill(rng: &mut StdRng) -> Kill {
 
 #[test]
 fn acknowledged_writes_survive_sigkill() {
-    let trials = env_number(TRIALS_ENV).unwrap_or(20) as usize;
-    let seed = env_number(SEED_ENV).unwrap_or_else(rand::random);
+    let trials = common::env_number(TRIALS_ENV).unwrap_or(20) as usize;
+    let seed = common::env_number(SEED_ENV).unwrap_or_else(rand::random);
     eprintln!("crash test: {trials} trials, {SEED_ENV}={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().expect("tempdir");

@@ -1,4 +1,4 @@
-//! The projection after a crash: whatever moment a SIGKILL hits, the
+//! The projection after a crash: whatever moment a common::SIGKILL hits, the
 //! `records` projection agrees with every document once the file is
 //! opened again, without any repair (the rows commit in the same
 //! transaction as the chunks they describe).
@@ -15,10 +15,11 @@
 //! and `ACCORD_PROJECTION_CRASH_SEED` replays a run.
 #![cfg(unix)]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -40,8 +41,6 @@ const ACK: &str = "ACCORD-ACK";
 const WRITERS: usize = 3;
 /// A guard for a broken run, not a synchronisation.
 const STALL: Duration = Duration::from_secs(60);
-/// The signal `Child::kill` sends on Unix.
-const SIGKILL: i32 = 9;
 
 /// The child: writes until killed; an ordinary empty test otherwise.
 #[test]
@@ -49,11 +48,7 @@ fn projection_crash_child() {
     let Some(path) = std::env::var_os(CHILD_ENV) else {
         return;
     };
-    let report = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        report(info);
-        std::process::abort();
-    }));
+    common::abort_on_panic();
     let options = ReplicaOptions {
         durability: Durability::Normal,
         compact_after_chunks: 4,
@@ -110,15 +105,7 @@ fn write_until_killed(replica: &Replica) {
 /// Runs one child and kills it after `acks` writes, or `delay` after its
 /// first write.
 fn crash_once(path: &Path, acks: usize, delay: Duration) {
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut child = Command::new(exe)
-        .args(["--exact", "projection_crash_child", "--nocapture"])
-        .env(CHILD_ENV, path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn child");
+    let mut child = common::spawn_self("projection_crash_child", &[(CHILD_ENV, path.as_os_str())]);
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel::<()>();
     let reader = std::thread::spawn(move || {
@@ -140,9 +127,13 @@ fn crash_once(path: &Path, acks: usize, delay: Duration) {
     }
     // Fault injection timing, not synchronisation.
     std::thread::sleep(delay);
-    child.kill().expect("SIGKILL");
+    child.kill().expect("common::SIGKILL");
     let status = child.wait().expect("wait");
-    assert_eq!(status.signal(), Some(SIGKILL), "the child died of {status}");
+    assert_eq!(
+        status.signal(),
+        Some(common::SIGKILL),
+        "the child died of {status}"
+    );
     reader.join().expect("reader");
 }
 
@@ -167,18 +158,10 @@ fn verify(path: &Path, what: &str) {
     );
 }
 
-fn env_number(name: &str) -> Option<u64> {
-    let text = std::env::var(name).ok()?;
-    Some(
-        text.parse()
-            .unwrap_or_else(|_| panic!("{name} must be a number, not {text:?}")),
-    )
-}
-
 #[test]
 fn the_projection_agrees_with_the_documents_after_sigkill() {
-    let trials = env_number(TRIALS_ENV).unwrap_or(6) as usize;
-    let seed = env_number(SEED_ENV).unwrap_or_else(rand::random);
+    let trials = common::env_number(TRIALS_ENV).unwrap_or(6) as usize;
+    let seed = common::env_number(SEED_ENV).unwrap_or_else(rand::random);
     eprintln!("projection crash test: {trials} trials, {SEED_ENV}={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().expect("tempdir");
