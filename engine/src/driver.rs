@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::replica::{ChangeEvent, Filter, Origin, Replica, Subscription};
 use crate::sync::{
     ClientConfig, ClientOutput, ClientSession, ErrorCode, Frame, SessionEvent, SessionStats,
+    SyncTarget,
 };
 
 /// How to connect.
@@ -105,7 +106,7 @@ pub struct SyncStatus {
     /// The connection state.
     pub state: ConnectionState,
     /// Whether the relay holds every local change of the subscribed
-    /// collections (as of the last check).
+    /// collections made before the last check.
     pub synced: bool,
     /// Whether, in addition, this replica holds everything the relay
     /// holds in those collections (as of the last check).
@@ -184,6 +185,7 @@ impl Replica {
             cancel: cancel.clone(),
             started: std::time::Instant::now(),
             pending_check: None,
+            check_target: None,
         };
         let task = tokio::spawn(driver.run());
         SyncHandle {
@@ -321,6 +323,8 @@ struct Driver {
     /// A check requested and not yet answered: its ticket, and whether
     /// agreement was asked for.
     pending_check: Option<(u64, bool)>,
+    /// What the pending check waits for, snapshotted when it arrived.
+    check_target: Option<SyncTarget>,
 }
 
 impl Driver {
@@ -461,6 +465,7 @@ impl Driver {
                 control = self.control.recv() => match control {
                     Some(Control::Check(n, agree)) => {
                         self.pending_check = Some((n, agree));
+                        self.check_target = None;
                         Vec::new()
                     }
                     Some(Control::Subscribe(c)) => self.blocking(move |s, _| s.subscribe(&c)).await,
@@ -582,8 +587,10 @@ impl Driver {
         None
     }
 
-    /// Publishes counters, and answers a pending check once the session
-    /// has processed every local change made before it.
+    /// Publishes counters, and answers a pending check: `wait_synced` once
+    /// the relay holds the local state as of the check (later writes do not
+    /// delay it), `wait_agreed` once, in addition, nothing is left to
+    /// exchange either way.
     async fn refresh_synced(&mut self) {
         let pending = self.session.as_ref().map_or(0, ClientSession::pending);
         let Some((ticket, agree)) = self.pending_check else {
@@ -598,20 +605,33 @@ impl Driver {
             });
             return;
         };
-        if !self.events.is_empty() {
-            return; // local changes still to feed first
-        }
+        // Agreement needs every local change fed to the session first.
+        let quiet = self.events.is_empty();
         let Some(session) = self.session.take() else {
             return;
         };
+        let target = self.check_target.take();
         let replica = self.replica.clone();
         let joined = tokio::task::spawn_blocking(move || {
-            let synced = session.is_synced(&replica).unwrap_or(false);
-            let agreed = synced && agree && session.agrees(&replica).unwrap_or(false);
-            (session, synced, agreed)
+            let target = match target {
+                Some(target) => Ok(target),
+                None => SyncTarget::snapshot(&session, &replica),
+            };
+            let (target, synced) = match target {
+                Ok(mut target) => {
+                    let synced = session.reached(&mut target, &replica);
+                    (Some(target), synced)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list local documents for a sync check");
+                    (None, false)
+                }
+            };
+            let agreed = synced && agree && quiet && session.agrees(&replica).unwrap_or(false);
+            (session, target, synced, agreed)
         })
         .await;
-        let Ok((session, synced, agreed)) = joined else {
+        let Ok((session, target, synced, agreed)) = joined else {
             return;
         };
         let stats = session.stats();
@@ -619,6 +639,8 @@ impl Driver {
         let answered = synced && (agreed || !agree);
         if answered {
             self.pending_check = None;
+        } else {
+            self.check_target = target;
         }
         self.set(|s| {
             s.synced = synced;

@@ -1,6 +1,8 @@
 //! Replicas converge through a real relay on 127.0.0.1:0, with real SQLite
 //! files in temporary directories.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use accord_engine::automerge::transaction::Transactable;
@@ -195,6 +197,49 @@ async fn a_restarted_client_resumes_without_resending_its_history() {
         relay_doc.value["k199"],
         a.get(&id).expect("local").value["k199"]
     );
+    handle.close().await;
+    relay.stop().await.expect("stop");
+}
+
+/// `wait_synced` promises the changes made before the call. An app that
+/// never stops writing must still hear that its earlier writes are safe,
+/// and they must really be at the relay when it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_synced_answers_while_writes_continue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = TestRelay::start(&dir.path().join("relay.db"))
+        .await
+        .expect("relay");
+    let a = Replica::open(dir.path().join("a.db")).expect("a");
+    let id = a.create("notes", &json!({"n": 0})).expect("create");
+    let mut handle = a.connect(&relay.url, options(&["notes"]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (a, stop) = (a.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                a.put(&id, "n", &json!(n), None).expect("put");
+            }
+            n
+        })
+    };
+    for round in 0..5 {
+        let before = a.heads(&id).expect("heads");
+        handle
+            .wait_synced(T)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: no answer while writes go on: {e}"));
+        relay
+            .relay
+            .replica()
+            .get_at(&id, &before)
+            .unwrap_or_else(|e| panic!("round {round}: the relay lacks what was promised: {e}"));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.join().expect("writer");
+    assert!(writes > 0, "the writer never wrote");
     handle.close().await;
     relay.stop().await.expect("stop");
 }

@@ -4,6 +4,8 @@
 //! stored sync states. [`SyncDocs`] is implemented here for [`Replica`];
 //! the sans-IO sync core only sees the trait.
 
+use std::collections::HashSet;
+
 use automerge::sync::{Message, State, SyncDoc};
 use automerge::{Automerge, ChangeHash};
 
@@ -32,6 +34,27 @@ impl SyncDocs for Replica {
     fn heads(&self, doc: &DocId) -> Result<Vec<ChangeHash>> {
         match self.read_any(doc, |s| s.doc.get_heads()) {
             Err(Error::NotFound(_)) => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    fn covers(&self, doc: &DocId, heads: &[ChangeHash], of: &[ChangeHash]) -> Result<Option<bool>> {
+        let covered = self.read_any(doc, |s| {
+            let known = |h: &ChangeHash| s.doc.get_change_meta_by_hash(h).is_some();
+            if !of.iter().all(known) {
+                return None;
+            }
+            // The changes outside the history of `of`.
+            let newer: HashSet<ChangeHash> = s
+                .doc
+                .get_changes_meta(of)
+                .into_iter()
+                .map(|c| c.hash)
+                .collect();
+            Some(heads.iter().all(|h| known(h) && !newer.contains(h)))
+        });
+        match covered {
+            Err(Error::NotFound(_)) => Ok(None),
             other => other,
         }
     }

@@ -361,3 +361,23 @@ fn replicas_are_send_sync_and_cheap_to_share() {
         .expect("put");
     assert_eq!(a.get(&id).expect("get").value, json!({"x": 2}));
 }
+
+#[test]
+fn covers_answers_ancestry_and_refuses_to_guess_about_unknown_changes() {
+    use crate::sync::SyncDocs;
+    let r = Replica::open_in_memory().expect("open");
+    let id = r.create("c", &json!({"n": 0})).expect("create");
+    let first = r.heads(&id).expect("heads");
+    r.put(&id, "n", &json!(1), None).expect("put");
+    let second = r.heads(&id).expect("heads");
+    // Later heads hold the earlier ones; not the other way round.
+    assert_eq!(r.covers(&id, &first, &second).expect("covers"), Some(true));
+    assert_eq!(r.covers(&id, &second, &second).expect("covers"), Some(true));
+    assert_eq!(r.covers(&id, &second, &first).expect("covers"), Some(false));
+    // Heads naming a change this replica has not seen: no answer yet.
+    let elsewhere = Replica::open_in_memory().expect("other");
+    let other = elsewhere.create("c", &json!({"x": 1})).expect("create");
+    let unknown = elsewhere.heads(&other).expect("heads");
+    assert_eq!(r.covers(&id, &first, &unknown).expect("covers"), None);
+    assert_eq!(r.covers(&other, &first, &second).expect("covers"), None);
+}

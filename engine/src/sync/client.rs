@@ -112,6 +112,36 @@ struct Slot {
     refused: bool,
 }
 
+/// What a `wait_synced` waits for: the local state of the subscribed
+/// collections when it was asked, document by document. A document is done
+/// once the relay is known to hold those heads (or later ones built on
+/// them) and its tombstone, so writes made after the snapshot never delay
+/// it: an app that writes continuously still learns that its earlier
+/// writes are safe.
+#[derive(Debug, Clone, Default)]
+pub struct SyncTarget {
+    /// Documents not yet known to be held, each with the relay heads it was
+    /// last found not to be held by, so each new answer from the relay
+    /// costs one comparison.
+    pending: Vec<(DocSummary, Option<Vec<ChangeHash>>)>,
+}
+
+impl SyncTarget {
+    /// The local state of the collections `session` subscribes to, now.
+    pub fn snapshot(session: &ClientSession, docs: &dyn SyncDocs) -> crate::Result<Self> {
+        let mut pending = Vec::new();
+        for collection in session.collections() {
+            pending.extend(docs.summaries(collection)?.into_iter().map(|s| (s, None)));
+        }
+        Ok(SyncTarget { pending })
+    }
+
+    /// Documents the relay is not yet known to hold as of the snapshot.
+    pub fn remaining(&self) -> usize {
+        self.pending.len()
+    }
+}
+
 /// The session state machine.
 #[derive(Debug)]
 pub struct ClientSession {
@@ -343,6 +373,46 @@ impl ClientSession {
             }
         }
         Ok(true)
+    }
+
+    /// Whether the relay now holds everything in `target`, dropping the
+    /// documents found held from it.
+    pub fn reached(&self, target: &mut SyncTarget, docs: &dyn SyncDocs) -> bool {
+        if self.relay_id.is_none()
+            || self
+                .config
+                .collections
+                .iter()
+                .any(|c| !self.announced.contains(c))
+        {
+            return false;
+        }
+        target.pending.retain_mut(|(summary, compared)| {
+            let Some(slot) = self.slots.get(&summary.doc) else {
+                return true;
+            };
+            if summary.deleted {
+                return !slot.relay_deleted;
+            }
+            let ours = summary.heads().unwrap_or_default();
+            let theirs = slot.relay_heads.as_deref().unwrap_or_default();
+            if ours.iter().all(|h| theirs.contains(h)) {
+                return false;
+            }
+            if theirs.is_empty() || compared.as_deref() == Some(theirs) {
+                return true;
+            }
+            match docs.covers(&summary.doc, &ours, theirs) {
+                Ok(Some(held)) => {
+                    // Not held: unless the relay's heads move, it stays so.
+                    *compared = Some(theirs.to_vec());
+                    !held
+                }
+                // Their heads name changes still on their way to us.
+                Ok(None) | Err(_) => true,
+            }
+        });
+        target.pending.is_empty()
     }
 
     /// Whether the relay and this replica hold the same heads for every

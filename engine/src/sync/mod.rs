@@ -25,7 +25,9 @@ use automerge::ChangeHash;
 use crate::error::Result;
 use crate::id::DocId;
 
-pub use client::{ClientConfig, ClientOutput, ClientSession, SessionEvent, SessionStats};
+pub use client::{
+    ClientConfig, ClientOutput, ClientSession, SessionEvent, SessionStats, SyncTarget,
+};
 pub use limits::Limits;
 pub use protocol::{DocSummary, ErrorCode, Frame, PROTOCOL_VERSION};
 pub use relay::{Access, DocHub, Grant, OpenAccess, RelayOutput, RelaySession};
@@ -43,6 +45,10 @@ pub trait SyncDocs: std::fmt::Debug {
     fn local_state(&self, doc: &DocId) -> Result<Option<(String, Vec<ChangeHash>, bool)>>;
     /// The document's current heads (empty if unknown).
     fn heads(&self, doc: &DocId) -> Result<Vec<ChangeHash>>;
+    /// Whether the history up to `of` contains every change in `heads`;
+    /// `None` while `of` names changes this side does not have yet (or the
+    /// document is unknown), so the question cannot be answered.
+    fn covers(&self, doc: &DocId, heads: &[ChangeHash], of: &[ChangeHash]) -> Result<Option<bool>>;
     /// Generates the next sync message for a peer (for an unknown document,
     /// as an empty one).
     fn generate(&self, doc: &DocId, state: &mut State) -> Result<Option<Message>>;
