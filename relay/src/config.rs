@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use accord_engine::sync::{Access, Limits, OpenAccess};
+use accord_engine::ReplicaOptions;
 
 /// The address the relay listens on when none is given: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
@@ -36,6 +37,9 @@ pub struct Config {
     pub doc_queue: usize,
     /// How long a document actor lives without traffic.
     pub doc_idle: Duration,
+    /// How many documents the relay's store keeps loaded in memory (live
+    /// documents beyond this are reloaded from SQLite when touched).
+    pub cache_docs: usize,
     /// How long a new connection may take to say hello.
     pub handshake_timeout: Duration,
     /// How often the relay pings each connection.
@@ -61,6 +65,7 @@ impl Default for Config {
             outbound_queue: 1024,
             doc_queue: 256,
             doc_idle: Duration::from_secs(30),
+            cache_docs: ReplicaOptions::default().cache_capacity,
             handshake_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),

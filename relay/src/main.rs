@@ -100,6 +100,9 @@ struct ServeArgs {
     /// Seconds a document stays in memory without traffic.
     #[arg(long, env = "ACCORD_RELAY_DOC_IDLE_SECS", default_value_t = 30)]
     doc_idle_secs: u64,
+    /// Documents kept loaded in memory; bounds the relay's memory.
+    #[arg(long, env = "ACCORD_RELAY_CACHE_DOCS", default_value_t = Config::default().cache_docs)]
+    cache_docs: usize,
 }
 
 fn main() -> std::process::ExitCode {
@@ -193,6 +196,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
         max_frame_bytes: args.max_frame_bytes,
         max_connections: args.max_connections,
         doc_idle: Duration::from_secs(args.doc_idle_secs),
+        cache_docs: args.cache_docs,
         handshake_timeout: Duration::from_secs(args.handshake_timeout_secs),
         ping_interval: Duration::from_secs(args.ping_secs.max(1)),
         idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),

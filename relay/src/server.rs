@@ -111,10 +111,13 @@ pub async fn run(
 /// Opens the database and builds the shared state.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Relay> {
     let db = config.db.clone();
-    let replica =
-        tokio::task::spawn_blocking(move || Replica::open_with(&db, ReplicaOptions::default()))
-            .await?
-            .with_context(|| format!("cannot open relay database {}", config.db.display()))?;
+    let options = ReplicaOptions {
+        cache_capacity: config.cache_docs.max(1),
+        ..ReplicaOptions::default()
+    };
+    let replica = tokio::task::spawn_blocking(move || Replica::open_with(&db, options))
+        .await?
+        .with_context(|| format!("cannot open relay database {}", config.db.display()))?;
     let peers = Peers::default();
     let tracker = TaskTracker::new();
     let metrics = Arc::new(Metrics::default());
