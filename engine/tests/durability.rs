@@ -1,5 +1,5 @@
 //! Crash durability: a write that returned `Ok` survives the process being
-//! killed with common::SIGKILL at any moment, with `Durability::Full` and `Normal`.
+//! killed with SIGKILL at any moment, with `Durability::Full` and `Normal`.
 //!
 //! The test re-executes its own binary to run [`crash_child_writer`] in a
 //! child process. The child writes from several threads (so group commit
@@ -251,7 +251,7 @@ fn crash_once(
         }
         Kill::SinceSpawn(delay) => std::thread::sleep(delay),
     }
-    child.kill().expect("common::SIGKILL");
+    child.kill().expect("SIGKILL");
     let status = child.wait().expect("wait");
     assert!(
         !exited_early,
@@ -265,7 +265,7 @@ fn crash_once(
     assert_eq!(
         status.signal(),
         Some(common::SIGKILL),
-        "the child died of something else than our common::SIGKILL: {status}"
+        "the child died of something else than our SIGKILL: {status}"
     );
     acks
 }

@@ -1,4 +1,4 @@
-//! The projection after a crash: whatever moment a common::SIGKILL hits, the
+//! The projection after a crash: whatever moment a SIGKILL hits, the
 //! `records` projection agrees with every document once the file is
 //! opened again, without any repair (the rows commit in the same
 //! transaction as the chunks they describe).
@@ -127,7 +127,7 @@ fn crash_once(path: &Path, acks: usize, delay: Duration) {
     }
     // Fault injection timing, not synchronisation.
     std::thread::sleep(delay);
-    child.kill().expect("common::SIGKILL");
+    child.kill().expect("SIGKILL");
     let status = child.wait().expect("wait");
     assert_eq!(
         status.signal(),
