@@ -2,7 +2,7 @@
 //! input, kill -9 and restart, graceful shutdown.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use accord_engine::sync::{ErrorCode, Frame, PROTOCOL_VERSION};
@@ -11,56 +11,10 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
+mod support;
+use support::{spawn_relay, RelayProcess};
+
 const T: Duration = Duration::from_secs(20);
-
-/// A relay process; killed when dropped.
-struct RelayProcess {
-    child: Child,
-    url: String,
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `accord-relay` on port 0 and reads the port from its startup line.
-fn spawn_relay(db: &std::path::Path) -> RelayProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--db",
-        ])
-        .arg(db)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn accord-relay");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("startup line");
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .expect("listening on <addr>")
-        .trim()
-        .to_owned();
-    assert!(
-        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
-        "real port in {line:?}"
-    );
-    RelayProcess {
-        child,
-        url: format!("ws://{addr}"),
-    }
-}
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

@@ -1,0 +1,55 @@
+//! Running the real `accord-relay` binary from the relay's tests.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// A relay process; killed when dropped.
+pub struct RelayProcess {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `accord-relay` on a free loopback port and reads the port from its
+/// startup line (which also proves it opened `db`).
+pub fn spawn_relay(db: &Path) -> RelayProcess {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--db",
+        ])
+        .arg(db)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn accord-relay");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("startup line");
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no `listening on <addr>` in {line:?}: did {db:?} open?"))
+        .trim()
+        .to_owned();
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+        "real port in {line:?}"
+    );
+    RelayProcess {
+        child,
+        url: format!("ws://{addr}"),
+    }
+}
