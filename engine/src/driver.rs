@@ -607,7 +607,7 @@ impl Driver {
         };
         // Agreement needs every local change fed to the session first.
         let quiet = self.events.is_empty();
-        let Some(session) = self.session.take() else {
+        let Some(mut session) = self.session.take() else {
             return;
         };
         let target = self.check_target.take();

@@ -120,20 +120,24 @@ struct Slot {
 /// writes are safe.
 #[derive(Debug, Clone, Default)]
 pub struct SyncTarget {
-    /// Documents not yet known to be held, each with the relay heads it was
-    /// last found not to be held by, so each new answer from the relay
-    /// costs one comparison.
-    pending: Vec<(DocSummary, Option<Vec<ChangeHash>>)>,
+    /// Documents not yet known to be held, with their heads then.
+    pending: HashMap<DocId, DocSummary>,
+    /// The session epoch last looked at; until it is the current one,
+    /// every pending document is looked at, after that only news.
+    epoch: Option<u64>,
 }
 
 impl SyncTarget {
     /// The local state of the collections `session` subscribes to, now.
     pub fn snapshot(session: &ClientSession, docs: &dyn SyncDocs) -> crate::Result<Self> {
-        let mut pending = Vec::new();
+        let mut pending = HashMap::new();
         for collection in session.collections() {
-            pending.extend(docs.summaries(collection)?.into_iter().map(|s| (s, None)));
+            pending.extend(docs.summaries(collection)?.into_iter().map(|s| (s.doc, s)));
         }
-        Ok(SyncTarget { pending })
+        Ok(SyncTarget {
+            pending,
+            epoch: None,
+        })
     }
 
     /// Documents the relay is not yet known to hold as of the snapshot.
@@ -153,6 +157,12 @@ pub struct ClientSession {
     announced: BTreeSet<String>,
     /// Documents seen in announcements not yet finished.
     announcing: HashMap<String, HashSet<DocId>>,
+    /// Documents whose relay heads or tombstone were learnt since the last
+    /// [`ClientSession::reached`], so a pending check looks at those only.
+    relay_news: HashSet<DocId>,
+    /// Counts resets: a check made in an earlier connection looks at all
+    /// of its documents again.
+    epoch: u64,
     /// Documents touched this session.
     slots: HashMap<DocId, Slot>,
     /// Documents waiting to start an exchange.
@@ -185,6 +195,8 @@ impl ClientSession {
             queue: VecDeque::new(),
             queued: HashSet::new(),
             in_flight: 0,
+            relay_news: HashSet::new(),
+            epoch: 0,
             touched: HashSet::new(),
             open: false,
             stats: SessionStats::default(),
@@ -263,6 +275,8 @@ impl ClientSession {
         self.queued.clear();
         self.in_flight = 0;
         self.touched.clear();
+        self.relay_news.clear();
+        self.epoch += 1;
         self.open = false;
     }
 
@@ -376,43 +390,51 @@ impl ClientSession {
     }
 
     /// Whether the relay now holds everything in `target`, dropping the
-    /// documents found held from it.
-    pub fn reached(&self, target: &mut SyncTarget, docs: &dyn SyncDocs) -> bool {
-        if self.relay_id.is_none()
-            || self
+    /// documents found held from it. Looks only at documents the relay
+    /// told us about since the last call (all of them the first time, or
+    /// after a reconnect), so a check costs in proportion to the traffic.
+    pub fn reached(&mut self, target: &mut SyncTarget, docs: &dyn SyncDocs) -> bool {
+        let news = std::mem::take(&mut self.relay_news);
+        if target.epoch == Some(self.epoch) {
+            for doc in &news {
+                if target
+                    .pending
+                    .get(doc)
+                    .is_some_and(|s| self.relay_holds(s, docs))
+                {
+                    target.pending.remove(doc);
+                }
+            }
+        } else {
+            target.epoch = Some(self.epoch);
+            target.pending.retain(|_, s| !self.relay_holds(s, docs));
+        }
+        self.relay_id.is_some()
+            && self
                 .config
                 .collections
                 .iter()
-                .any(|c| !self.announced.contains(c))
-        {
+                .all(|c| self.announced.contains(c))
+            && target.pending.is_empty()
+    }
+
+    /// Whether the relay is known to hold `summary`: its tombstone, or heads
+    /// equal to or descending from its heads.
+    fn relay_holds(&self, summary: &DocSummary, docs: &dyn SyncDocs) -> bool {
+        let Some(slot) = self.slots.get(&summary.doc) else {
             return false;
+        };
+        if summary.deleted {
+            return slot.relay_deleted;
         }
-        target.pending.retain_mut(|(summary, compared)| {
-            let Some(slot) = self.slots.get(&summary.doc) else {
-                return true;
-            };
-            if summary.deleted {
-                return !slot.relay_deleted;
-            }
-            let ours = summary.heads().unwrap_or_default();
-            let theirs = slot.relay_heads.as_deref().unwrap_or_default();
-            if ours.iter().all(|h| theirs.contains(h)) {
-                return false;
-            }
-            if theirs.is_empty() || compared.as_deref() == Some(theirs) {
-                return true;
-            }
-            match docs.covers(&summary.doc, &ours, theirs) {
-                Ok(Some(held)) => {
-                    // Not held: unless the relay's heads move, it stays so.
-                    *compared = Some(theirs.to_vec());
-                    !held
-                }
-                // Their heads name changes still on their way to us.
-                Ok(None) | Err(_) => true,
-            }
-        });
-        target.pending.is_empty()
+        let ours = summary.heads().unwrap_or_default();
+        let theirs = slot.relay_heads.as_deref().unwrap_or_default();
+        if ours.iter().all(|h| theirs.contains(h)) {
+            return true;
+        }
+        // `None`: their heads name changes still on their way to us; the
+        // message bringing them is news again.
+        !theirs.is_empty() && docs.covers(&summary.doc, &ours, theirs).ok().flatten() == Some(true)
     }
 
     /// Whether the relay and this replica hold the same heads for every
@@ -512,6 +534,7 @@ impl ClientSession {
         slot.relay_heads = relay.heads();
         slot.relay_deleted = relay.deleted;
         let relay_heads = slot.relay_heads.clone().unwrap_or_default();
+        self.relay_news.insert(relay.doc);
         match local {
             Some((local_collection, _, _)) if local_collection != collection => Ok(()),
             Some((_, _, local_deleted)) if relay.deleted => {
@@ -561,6 +584,7 @@ impl ClientSession {
                 continue;
             }
             self.slot(local.doc, collection, docs)?.relay_heads = Some(Vec::new());
+            self.relay_news.insert(local.doc);
             if local.deleted {
                 self.send_delete(local.doc, collection, docs);
             } else {
@@ -615,6 +639,7 @@ impl ClientSession {
         let result = docs.receive(&doc, collection, &mut slot.state, message, &relay);
         slot.relay_heads = slot.state.their_heads.clone().or(slot.relay_heads.take());
         self.touched.insert(doc);
+        self.relay_news.insert(doc);
         if was_in_flight {
             self.in_flight -= 1;
         }
@@ -652,6 +677,7 @@ impl ClientSession {
             Ok(slot) => slot.relay_deleted = true,
             Err(e) => tracing::warn!(%doc, error = %e, "could not load sync state"),
         }
+        self.relay_news.insert(doc);
     }
 
     fn on_error(&mut self, code: ErrorCode, message: String, doc: Option<DocId>) {
@@ -689,6 +715,7 @@ impl ClientSession {
             Ok(slot) => slot.relay_deleted = true,
             Err(e) => tracing::warn!(%doc, error = %e, "could not load sync state"),
         }
+        self.relay_news.insert(doc);
     }
 
     fn enqueue(&mut self, doc: DocId) {
