@@ -1,8 +1,9 @@
 //! The whole system under kill -9. Each trial starts the real `accord-relay`
 //! binary and several replica processes that write into a shared collection
 //! and sync with it; every process is then killed with SIGKILL at a random
-//! moment (a replica possibly while opening its file or mid-commit, the relay
-//! possibly mid-store or before anyone connected). Afterwards:
+//! moment (a replica possibly while opening its file, mid-commit or just
+//! after the relay confirmed its writes; the relay possibly mid-store or
+//! before anyone connected). Afterwards:
 //!
 //! - every database opens, every record in it loads, SQLite finds nothing
 //!   wrong, and the query projection agrees with the records;
@@ -45,6 +46,7 @@ const CHILD_ENV: &str = "ACCORD_CLUSTER_CHILD";
 const URL_ENV: &str = "ACCORD_CLUSTER_URL";
 const WRITER_ENV: &str = "ACCORD_CLUSTER_WRITER";
 const TRIAL_ENV: &str = "ACCORD_CLUSTER_TRIAL";
+const CHILD_SEED_ENV: &str = "ACCORD_CLUSTER_CHILD_SEED";
 const TRIALS_ENV: &str = "ACCORD_CLUSTER_TRIALS";
 const REPLICAS_ENV: &str = "ACCORD_CLUSTER_REPLICAS";
 const SEED_ENV: &str = "ACCORD_CLUSTER_SEED";
@@ -105,7 +107,8 @@ fn cluster_child_replica() {
         }
     });
 
-    let mut rng = StdRng::seed_from_u64(rand::random());
+    let seed = common::env_number(CHILD_SEED_ENV).expect("child: seed");
+    let mut rng = StdRng::seed_from_u64(seed);
     let mut known: Vec<DocId> = Vec::new();
     let deadline = Instant::now() + STALL;
     let mut seq = 0;
@@ -136,6 +139,9 @@ fn cluster_child_replica() {
         };
         println!("{ACK} {id} {key} {seq}");
         acked.store(seq, Ordering::SeqCst);
+        // Pacing, like an app's: flat-out writes would starve the sync
+        // (and the relay) of CPU on a small machine.
+        std::thread::sleep(Duration::from_micros(rng.random_range(0..2000)));
     }
 }
 
@@ -157,7 +163,8 @@ struct Acks {
 }
 
 impl Acks {
-    fn record(&mut self, writer: usize, line: &str) {
+    /// Takes in one line of a replica process's output.
+    fn record(&mut self, writer: usize, line: &str) -> Option<Line> {
         let mut words = line.split_whitespace();
         match words.next() {
             Some(ACK) => {
@@ -172,14 +179,16 @@ impl Acks {
                     key: key.to_owned(),
                     seq: seq.parse().expect("ack seq"),
                 });
+                Some(Line::Ack)
             }
             Some(SYNCED) => {
                 let upto: u64 = words.next().and_then(|s| s.parse().ok()).expect("seq");
                 let entry = self.synced.entry(writer).or_default();
                 *entry = (*entry).max(upto);
+                Some(Line::Synced)
             }
             // libtest's own lines ("running 1 test", ...).
-            _ => {}
+            _ => None,
         }
     }
 
@@ -193,9 +202,10 @@ impl Acks {
     }
 }
 
-fn spawn_writer(db: &Path, url: &str, writer: usize, trial: usize) -> Child {
+fn spawn_writer(db: &Path, url: &str, writer: usize, trial: usize, seed: u64) -> Child {
     let writer = writer.to_string();
     let trial = trial.to_string();
+    let seed = seed.to_string();
     common::spawn_self(
         "cluster_child_replica",
         &[
@@ -203,14 +213,22 @@ fn spawn_writer(db: &Path, url: &str, writer: usize, trial: usize) -> Child {
             (URL_ENV, url.as_ref()),
             (WRITER_ENV, writer.as_ref()),
             (TRIAL_ENV, trial.as_ref()),
+            (CHILD_SEED_ENV, seed.as_ref()),
         ],
     )
 }
 
 /// A line from writer `.0`, or `None` when its stdout closed.
-type Line = (usize, Option<String>);
+type Output = (usize, Option<String>);
 
-fn read_lines(writer: usize, child: &mut Child, tx: mpsc::Sender<Line>) {
+/// What a line of output said.
+#[derive(Debug, Clone, Copy)]
+enum Line {
+    Ack,
+    Synced,
+}
+
+fn read_lines(writer: usize, child: &mut Child, tx: mpsc::Sender<Output>) {
     let stdout = child.stdout.take().expect("piped stdout");
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -233,61 +251,89 @@ fn kill(child: &mut Child, what: &str) {
     );
 }
 
+/// When a replica process dies: after this many acknowledged writes, or
+/// after this many confirmations from the relay, whichever comes first.
+#[derive(Debug, Clone, Copy)]
+struct KillPoint {
+    acks: u64,
+    synced: u64,
+}
+
+impl KillPoint {
+    /// Half the replicas die after a random number of writes (possibly
+    /// before opening their file); the others once the relay confirmed a
+    /// few times, so the relay's promises are tested too (with a cap on
+    /// writes, for when the relay died first).
+    fn draw(rng: &mut StdRng) -> Self {
+        if rng.random_bool(0.5) {
+            KillPoint {
+                acks: rng.random_range(0..=MAX_ACKS_BEFORE_KILL),
+                synced: u64::MAX,
+            }
+        } else {
+            KillPoint {
+                acks: 2 * MAX_ACKS_BEFORE_KILL,
+                synced: rng.random_range(1..=4),
+            }
+        }
+    }
+}
+
+/// Per replica process: acknowledged writes and relay confirmations seen.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    acks: u64,
+    synced: u64,
+}
+
 /// Runs one trial's processes until every one of them was killed, and
 /// returns what they acknowledged.
 fn run_trial(rng: &mut StdRng, relay_db: &Path, dbs: &[PathBuf], trial: usize) -> Acks {
     let mut relay: Option<RelayProcess> = Some(spawn_relay(relay_db));
     let url = relay.as_ref().map(|r| r.url.clone()).unwrap_or_default();
-    let kill_after: Vec<u64> = dbs
-        .iter()
-        .map(|_| rng.random_range(0..=MAX_ACKS_BEFORE_KILL))
-        .collect();
+    let plan: Vec<KillPoint> = dbs.iter().map(|_| KillPoint::draw(rng)).collect();
     // About half the time the relay dies under the load, otherwise right
     // after the last replica (possibly while storing its last changes).
-    let relay_kill_after = rng.random_range(0..=2 * kill_after.iter().sum::<u64>());
-    let (tx, rx) = mpsc::channel::<Line>();
+    let relay_kill_after = rng.random_range(0..=2 * MAX_ACKS_BEFORE_KILL * dbs.len() as u64);
+    let (tx, rx) = mpsc::channel::<Output>();
     let mut children: Vec<Option<Child>> = Vec::new();
     for (writer, db) in dbs.iter().enumerate() {
-        let mut child = spawn_writer(db, &url, writer, trial);
+        let mut child = spawn_writer(db, &url, writer, trial, rng.random());
         read_lines(writer, &mut child, tx.clone());
         children.push(Some(child));
     }
     drop(tx);
     let mut acks = Acks::default();
-    let mut counts = vec![0u64; dbs.len()];
-    let mut total = 0u64;
+    let mut seen = vec![Seen::default(); dbs.len()];
     let mut open = dbs.len();
-    let check_kills = |counts: &[u64],
-                       total: u64,
-                       children: &mut Vec<Option<Child>>,
-                       relay: &mut Option<RelayProcess>| {
-        for (writer, slot) in children.iter_mut().enumerate() {
-            if counts[writer] >= kill_after[writer] {
-                if let Some(mut child) = slot.take() {
-                    kill(&mut child, &format!("writer {writer}"));
+    let check_kills =
+        |seen: &[Seen], children: &mut Vec<Option<Child>>, relay: &mut Option<RelayProcess>| {
+            for (writer, slot) in children.iter_mut().enumerate() {
+                let (seen, point) = (seen[writer], plan[writer]);
+                if seen.acks >= point.acks || seen.synced >= point.synced {
+                    if let Some(mut child) = slot.take() {
+                        kill(&mut child, &format!("writer {writer}"));
+                    }
                 }
             }
-        }
-        if total >= relay_kill_after || children.iter().all(Option::is_none) {
-            if let Some(mut r) = relay.take() {
-                kill(&mut r.child, "the relay");
+            let total: u64 = seen.iter().map(|s| s.acks).sum();
+            if total >= relay_kill_after || children.iter().all(Option::is_none) {
+                if let Some(mut r) = relay.take() {
+                    kill(&mut r.child, "the relay");
+                }
             }
-        }
-    };
-    check_kills(&counts, total, &mut children, &mut relay);
+        };
+    check_kills(&seen, &mut children, &mut relay);
     while open > 0 {
         let (writer, line) = rx
             .recv_timeout(STALL)
             .expect("a writer stalled (see its stderr)");
         match line {
-            Some(line) => {
-                let before = acks.writes.len();
-                acks.record(writer, &line);
-                if acks.writes.len() > before {
-                    counts[writer] += 1;
-                    total += 1;
-                }
-            }
+            Some(line) => match acks.record(writer, &line) {
+                Some(Line::Ack) => seen[writer].acks += 1,
+                Some(Line::Synced) => seen[writer].synced += 1,
+                None => {}
+            },
             None => {
                 open -= 1;
                 assert!(
@@ -296,7 +342,7 @@ fn run_trial(rng: &mut StdRng, relay_db: &Path, dbs: &[PathBuf], trial: usize) -
                 );
             }
         }
-        check_kills(&counts, total, &mut children, &mut relay);
+        check_kills(&seen, &mut children, &mut relay);
     }
     acks
 }
