@@ -388,6 +388,20 @@ fn verify(db: &Path, writes: &[&Write], what: &str) -> BTreeMap<DocId, Vec<Chang
     heads
 }
 
+/// Every record's heads, sorted.
+fn heads_of(replica: &Replica) -> BTreeMap<DocId, Vec<ChangeHash>> {
+    replica
+        .list(COLLECTION)
+        .expect("list")
+        .into_iter()
+        .map(|meta| {
+            let mut heads = replica.heads(&meta.id).expect("heads");
+            heads.sort();
+            (meta.id, heads)
+        })
+        .collect()
+}
+
 /// Restarts the relay, reopens every replica and syncs them all: each
 /// pushes, then each pulls. Returns once all agree with the relay.
 fn converge(relay_db: &Path, dbs: &[PathBuf]) {
@@ -412,11 +426,27 @@ fn converge(relay_db: &Path, dbs: &[PathBuf]) {
                 .await
                 .unwrap_or_else(|e| panic!("{:?} does not sync: {e}", replica.path()));
         }
-        for (replica, handle) in &mut handles {
-            handle
-                .wait_agreed(STALL)
-                .await
-                .unwrap_or_else(|e| panic!("{:?} does not agree: {e}", replica.path()));
+        // `wait_agreed` is agreement with what the relay has told that
+        // replica so far: a record another replica pushed a moment ago may
+        // still be on its way. So wait, with a deadline, until every
+        // replica holds exactly the relay's heads.
+        let deadline = Instant::now() + STALL;
+        loop {
+            for (replica, handle) in &mut handles {
+                handle
+                    .wait_agreed(STALL)
+                    .await
+                    .unwrap_or_else(|e| panic!("{:?} does not agree: {e}", replica.path()));
+            }
+            let relay_heads = heads_of(&Replica::open(relay_db).expect("relay db"));
+            if handles.iter().all(|(r, _)| heads_of(r) == relay_heads) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replicas do not converge on the relay's heads"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for (_, handle) in handles {
             handle.close().await;

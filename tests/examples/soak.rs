@@ -3,17 +3,24 @@
 //! flat. Not part of CI:
 //!
 //! ```sh
-//! cargo run --release -p accord-tests --example soak -- [minutes] [replicas]
+//! cargo run --release -p accord-tests --example soak -- [minutes] [replicas] [cache] [deletes]
 //! ```
 //!
+//! `cache` (default 1,024, the library's default) is how many documents each
+//! replica and the relay keep loaded. With a small cache the caches fill in
+//! seconds, so what grows after that is not cache fill. `deletes` (default
+//! 2) is the percentage of operations that delete a record; tombstones are
+//! permanent, so with deletes the number of stored documents keeps growing.
+//!
 //! Each replica keeps editing records of a shared collection and its own,
-//! creating and deleting some, and drops and re-opens its connection now
+//! creating and deleting some (at most 50 live records per collection), and drops and re-opens its connection now
 //! and then. Every ten seconds a line reports RSS, file descriptors, the
 //! relay's live documents and connections, and writes so far.
 
 use std::time::{Duration, Instant};
 
-use accord_engine::{ConnectOptions, Replica};
+use accord_engine::{ConnectOptions, Replica, ReplicaOptions};
+use accord_relay::Config;
 use accord_tests::TestRelay;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -34,6 +41,11 @@ fn open_fds() -> usize {
         .unwrap_or(0)
 }
 
+/// Records a collection grows to; past this, creates give way to edits
+/// and deletions, so what the run measures is the same data being worked
+/// on, not a database that keeps growing.
+const RECORDS_PER_COLLECTION: usize = 50;
+
 /// Seconds, RSS KiB, open fds, live documents, connections, writes.
 type Sample = (u64, u64, usize, i64, usize, u64);
 
@@ -49,11 +61,25 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let minutes: f64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10.0);
     let count: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20);
+    let cache_capacity: usize = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(ReplicaOptions::default().cache_capacity);
+    let deletes: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(2);
     let dir = tempfile::tempdir()?;
-    let relay = TestRelay::start(&dir.path().join("relay.db")).await?;
+    let relay = TestRelay::start_with(Config {
+        db: dir.path().join("relay.db"),
+        cache_docs: cache_capacity,
+        ..Config::default()
+    })
+    .await?;
     let mut replicas = Vec::new();
     for i in 0..count {
-        let replica = Replica::open(dir.path().join(format!("r{i}.db")))?;
+        let store = ReplicaOptions {
+            cache_capacity,
+            ..ReplicaOptions::default()
+        };
+        let replica = Replica::open_with(dir.path().join(format!("r{i}.db")), store)?;
         let handle = replica.connect(&relay.url, options(i));
         replicas.push((replica, Some(handle)));
     }
@@ -77,14 +103,15 @@ async fn main() -> anyhow::Result<()> {
         };
         let docs = replica.list(&collection)?;
         match rng.random_range(0..100) {
-            0..=9 => {
+            // Steady state: records come and go, their number stays put.
+            0..=9 if docs.len() < RECORDS_PER_COLLECTION => {
                 replica.create(&collection, &json!({"by": i, "n": 0}))?;
             }
-            10..=11 if !docs.is_empty() => {
+            n if (10..10 + deletes).contains(&n) && !docs.is_empty() => {
                 // Another replica may have deleted it meanwhile.
                 let _ = replica.delete(&docs[rng.random_range(0..docs.len())].id);
             }
-            12 => {
+            99 => {
                 // Drop the connection and come back.
                 if let Some(h) = handle.take() {
                     h.close().await;
