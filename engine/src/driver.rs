@@ -466,7 +466,11 @@ impl Driver {
                     Some(Control::Check(n, agree)) => {
                         self.pending_check = Some((n, agree));
                         self.check_target = None;
-                        Vec::new()
+                        if agree {
+                            self.blocking(|s, _| s.request_fresh_announcements()).await
+                        } else {
+                            Vec::new()
+                        }
                     }
                     Some(Control::Subscribe(c)) => self.blocking(move |s, _| s.subscribe(&c)).await,
                     None => Vec::new(),
@@ -627,7 +631,11 @@ impl Driver {
                     (None, false)
                 }
             };
-            let agreed = synced && agree && quiet && session.agrees(&replica).unwrap_or(false);
+            let agreed = synced
+                && agree
+                && quiet
+                && session.fresh_announced()
+                && session.agrees(&replica).unwrap_or(false);
             (session, target, synced, agreed)
         })
         .await;

@@ -1,6 +1,7 @@
 //! Replicas converge through a real relay on 127.0.0.1:0, with real SQLite
 //! files in temporary directories.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use accord_engine::automerge::transaction::Transactable;
 use accord_engine::automerge::ROOT;
 use accord_engine::{ChangeKind, ConnectOptions, Filter, Replica, SyncHandle};
+use accord_tests::proxy::{Fault, FaultProxy};
 use accord_tests::{wait_until, TestRelay};
 use serde_json::json;
 
@@ -241,6 +243,44 @@ async fn wait_synced_answers_while_writes_continue() {
     let writes = writer.join().expect("writer");
     assert!(writes > 0, "the writer never wrote");
     handle.close().await;
+    relay.stop().await.expect("stop");
+}
+
+/// `wait_agreed` compares with what the relay holds when it is called: a
+/// record another replica pushed just before is already there when it
+/// returns, not merely on its way (B's link is slow, so the forwarded
+/// record is still in transit when B is asked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_agreed_includes_what_another_replica_just_pushed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = TestRelay::start(&dir.path().join("relay.db"))
+        .await
+        .expect("relay");
+    let target: SocketAddr = relay
+        .url
+        .trim_start_matches("ws://")
+        .parse()
+        .expect("relay addr");
+    let slow = FaultProxy::start(target).await.expect("proxy");
+    let a = Replica::open(dir.path().join("a.db")).expect("a");
+    let b = Replica::open(dir.path().join("b.db")).expect("b");
+    let mut ha = synced(&a, &relay, &["notes"]).await;
+    let mut hb = b.connect(&slow.url(), options(&["notes"]));
+    hb.wait_agreed(T).await.expect("b agreed while empty");
+    slow.set(Fault::Delay(Duration::from_millis(50)));
+    for round in 0..5 {
+        let id = a
+            .create("notes", &json!({ "round": round }))
+            .expect("create");
+        ha.wait_synced(T).await.expect("a pushed");
+        hb.wait_agreed(T).await.expect("b agreed");
+        let heads = b
+            .heads(&id)
+            .unwrap_or_else(|e| panic!("round {round}: B agreed without the new record: {e}"));
+        assert_eq!(heads, a.heads(&id).expect("a heads"), "round {round}");
+    }
+    ha.close().await;
+    hb.close().await;
     relay.stop().await.expect("stop");
 }
 

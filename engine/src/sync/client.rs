@@ -163,6 +163,13 @@ pub struct ClientSession {
     /// Counts resets: a check made in an earlier connection looks at all
     /// of its documents again.
     epoch: u64,
+    /// Per collection, `Subscribe` frames sent on this connection.
+    subscribes_sent: HashMap<String, u64>,
+    /// Per collection, complete announcements received on it.
+    announces_done: HashMap<String, u64>,
+    /// The connection (epoch) and counts of announcements an agreement
+    /// check waits for.
+    fresh_after: Option<(u64, HashMap<String, u64>)>,
     /// Documents touched this session.
     slots: HashMap<DocId, Slot>,
     /// Documents waiting to start an exchange.
@@ -197,6 +204,9 @@ impl ClientSession {
             in_flight: 0,
             relay_news: HashSet::new(),
             epoch: 0,
+            subscribes_sent: HashMap::new(),
+            announces_done: HashMap::new(),
+            fresh_after: None,
             touched: HashSet::new(),
             open: false,
             stats: SessionStats::default(),
@@ -251,12 +261,49 @@ impl ClientSession {
         // Pipelined behind Hello: the relay handles frames in order, so the
         // announcements start one round trip earlier than after Welcome.
         let collections: Vec<String> = self.config.collections.iter().cloned().collect();
-        if !collections.is_empty() {
-            self.out
-                .push(ClientOutput::Send(Frame::Subscribe { collections }));
-        }
+        self.send_subscribe(collections);
         self.open = true;
         std::mem::take(&mut self.out)
+    }
+
+    /// Sends `Subscribe`, counting it: the relay answers each with one
+    /// complete announcement per collection, in order.
+    fn send_subscribe(&mut self, collections: Vec<String>) {
+        if collections.is_empty() {
+            return;
+        }
+        for c in &collections {
+            *self.subscribes_sent.entry(c.clone()).or_default() += 1;
+        }
+        self.out
+            .push(ClientOutput::Send(Frame::Subscribe { collections }));
+    }
+
+    /// Asks the relay to announce the subscribed collections again: an
+    /// agreement check that waits for these answers compares with what the
+    /// relay holds now, not with what it said earlier. Not connected, the
+    /// next connection's own announcements serve.
+    pub fn request_fresh_announcements(&mut self) -> Vec<ClientOutput> {
+        if self.open {
+            let collections: Vec<String> = self.config.collections.iter().cloned().collect();
+            self.send_subscribe(collections);
+            self.fresh_after = Some((self.epoch, self.subscribes_sent.clone()));
+        } else {
+            self.fresh_after = None;
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// Whether the announcements asked for by the last
+    /// [`ClientSession::request_fresh_announcements`] have all arrived.
+    pub fn fresh_announced(&self) -> bool {
+        match &self.fresh_after {
+            // Reconnected since: that connection's announcements are newer.
+            Some((epoch, wanted)) if *epoch == self.epoch => wanted
+                .iter()
+                .all(|(c, n)| self.announces_done.get(c).is_some_and(|done| done >= n)),
+            _ => true,
+        }
     }
 
     /// The connection closed: persist what was learnt and forget the rest.
@@ -276,6 +323,8 @@ impl ClientSession {
         self.in_flight = 0;
         self.touched.clear();
         self.relay_news.clear();
+        self.subscribes_sent.clear();
+        self.announces_done.clear();
         self.epoch += 1;
         self.open = false;
     }
@@ -287,9 +336,8 @@ impl ClientSession {
             .filter(|c| self.config.collections.insert((*c).clone()))
             .cloned()
             .collect();
-        if self.open && !new.is_empty() {
-            self.out
-                .push(ClientOutput::Send(Frame::Subscribe { collections: new }));
+        if self.open {
+            self.send_subscribe(new);
         }
         std::mem::take(&mut self.out)
     }
@@ -514,6 +562,10 @@ impl ClientSession {
             }
         }
         if complete {
+            *self
+                .announces_done
+                .entry(collection.to_owned())
+                .or_default() += 1;
             let seen = self.announcing.remove(collection).unwrap_or_default();
             self.announced.insert(collection.to_owned());
             if let Err(e) = self.offer_unannounced(collection, &seen, docs) {
