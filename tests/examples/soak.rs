@@ -13,17 +13,37 @@
 //! permanent, so with deletes the number of stored documents keeps growing.
 //!
 //! Each replica keeps editing records of a shared collection and its own,
-//! creating and deleting some (at most 50 live records per collection), and drops and re-opens its connection now
-//! and then. Every ten seconds a line reports RSS, file descriptors, the
-//! relay's live documents and connections, and writes so far.
+//! creating and deleting some (at most 50 live records per collection),
+//! and drops and re-opens its connection now and then. Every ten seconds a line reports RSS, the live Rust heap
+//! (allocated and not freed; SQLite's own memory is not in it), file
+//! descriptors, the relay's live documents and connections, and writes so
+//! far.
 
+use std::alloc::System;
 use std::time::{Duration, Instant};
+
+use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 
 use accord_engine::{ConnectOptions, Replica, ReplicaOptions};
 use accord_relay::Config;
 use accord_tests::TestRelay;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
+
+/// Counts the Rust heap (SQLite's own allocations are not counted: they are
+/// bounded by its page caches), so a leak shows apart from RSS, which also
+/// holds freed memory the allocator keeps.
+#[global_allocator]
+static HEAP: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// Bytes allocated and not yet freed.
+fn live_heap_kib() -> u64 {
+    let stats = HEAP.stats();
+    (stats
+        .bytes_allocated
+        .saturating_sub(stats.bytes_deallocated)
+        / 1024) as u64
+}
 
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -46,8 +66,36 @@ fn open_fds() -> usize {
 /// on, not a database that keeps growing.
 const RECORDS_PER_COLLECTION: usize = 50;
 
-/// Seconds, RSS KiB, open fds, live documents, connections, writes.
-type Sample = (u64, u64, usize, i64, usize, u64);
+/// One line of the report.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    secs: u64,
+    rss_kib: u64,
+    heap_kib: u64,
+    fds: usize,
+    live_documents: i64,
+    connections: usize,
+    writes: u64,
+}
+
+impl Sample {
+    const HEADER: [&'static str; 7] = [
+        "secs", "rss KiB", "heap KiB", "fds", "live", "conns", "writes",
+    ];
+
+    fn print(&self) {
+        println!(
+            "{:>6} {:>10} {:>10} {:>6} {:>6} {:>6} {:>9}",
+            self.secs,
+            self.rss_kib,
+            self.heap_kib,
+            self.fds,
+            self.live_documents,
+            self.connections,
+            self.writes
+        );
+    }
+}
 
 fn options(i: usize) -> ConnectOptions {
     ConnectOptions {
@@ -89,10 +137,8 @@ async fn main() -> anyhow::Result<()> {
     let mut next_sample = started;
     let mut writes = 0u64;
     let mut samples: Vec<Sample> = Vec::new();
-    println!(
-        "{:>6} {:>10} {:>6} {:>6} {:>6} {:>9}",
-        "secs", "rss KiB", "fds", "live", "conns", "writes"
-    );
+    let [a, b, c, d, e, f, g] = Sample::HEADER;
+    println!("{a:>6} {b:>10} {c:>10} {d:>6} {e:>6} {f:>6} {g:>9}");
     while Instant::now() < end {
         let i = rng.random_range(0..count);
         let (replica, handle) = &mut replicas[i];
@@ -137,32 +183,33 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         if Instant::now() >= next_sample {
-            let sample = (
-                started.elapsed().as_secs(),
-                rss_kib(),
-                open_fds(),
-                relay.relay.live_documents(),
-                relay.relay.connections(),
+            let sample = Sample {
+                secs: started.elapsed().as_secs(),
+                rss_kib: rss_kib(),
+                heap_kib: live_heap_kib(),
+                fds: open_fds(),
+                live_documents: relay.relay.live_documents(),
+                connections: relay.relay.connections(),
                 writes,
-            );
-            println!(
-                "{:>6} {:>10} {:>6} {:>6} {:>6} {:>9}",
-                sample.0, sample.1, sample.2, sample.3, sample.4, sample.5
-            );
+            };
+            sample.print();
             samples.push(sample);
             next_sample += Duration::from_secs(10);
         }
     }
     let (first, second) = samples.split_at(samples.len() / 2);
-    let max_rss = |half: &[Sample]| half.iter().map(|s| s.1).max().unwrap_or(0);
-    let max_fds = |half: &[Sample]| half.iter().map(|s| s.2).max().unwrap_or(0);
-    println!(
-        "max RSS first half {} KiB, second half {} KiB; max fds first half {}, second half {}",
-        max_rss(first),
-        max_rss(second),
-        max_fds(first),
-        max_fds(second)
-    );
+    let max = |half: &[Sample], f: fn(&Sample) -> u64| half.iter().map(f).max().unwrap_or(0);
+    for (what, f) in [
+        ("RSS KiB", (|s| s.rss_kib) as fn(&Sample) -> u64),
+        ("heap KiB", |s| s.heap_kib),
+        ("fds", |s| s.fds as u64),
+    ] {
+        println!(
+            "max {what}: first half {}, second half {}",
+            max(first, f),
+            max(second, f)
+        );
+    }
     for (_, handle) in replicas {
         if let Some(h) = handle {
             h.close().await;
