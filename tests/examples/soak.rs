@@ -17,11 +17,17 @@
 //! and drops and re-opens its connection now and then. Every ten seconds a line reports RSS, the live Rust heap
 //! (allocated and not freed; SQLite's own memory is not in it), file
 //! descriptors, the relay's live documents and connections, and writes so
-//! far.
+//! far. For a heap profile (slower; writes `dhat-heap.json` at exit):
+//!
+//! ```sh
+//! cargo run --release -p accord-tests --example soak --features dhat-heap -- 8 20 16
+//! ```
 
+#[cfg(not(feature = "dhat-heap"))]
 use std::alloc::System;
 use std::time::{Duration, Instant};
 
+#[cfg(not(feature = "dhat-heap"))]
 use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 
 use accord_engine::{ConnectOptions, Replica, ReplicaOptions};
@@ -33,16 +39,31 @@ use serde_json::json;
 /// Counts the Rust heap (SQLite's own allocations are not counted: they are
 /// bounded by its page caches), so a leak shows apart from RSS, which also
 /// holds freed memory the allocator keeps.
+#[cfg(not(feature = "dhat-heap"))]
 #[global_allocator]
 static HEAP: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
+/// With `--features dhat-heap`: dhat records every allocation and writes
+/// `dhat-heap.json` at exit (what was live at the peak and, after every
+/// replica and the relay shut down, what was never freed).
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static HEAP: dhat::Alloc = dhat::Alloc;
+
 /// Bytes allocated and not yet freed.
+#[cfg(not(feature = "dhat-heap"))]
 fn live_heap_kib() -> u64 {
     let stats = HEAP.stats();
     (stats
         .bytes_allocated
         .saturating_sub(stats.bytes_deallocated)
         / 1024) as u64
+}
+
+/// Bytes allocated and not yet freed.
+#[cfg(feature = "dhat-heap")]
+fn live_heap_kib() -> u64 {
+    (dhat::HeapStats::get().curr_bytes / 1024) as u64
 }
 
 fn rss_kib() -> u64 {
@@ -106,6 +127,8 @@ fn options(i: usize) -> ConnectOptions {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::new_heap();
     let mut args = std::env::args().skip(1);
     let minutes: f64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10.0);
     let count: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20);
