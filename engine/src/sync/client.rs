@@ -139,11 +139,6 @@ impl SyncTarget {
             epoch: None,
         })
     }
-
-    /// Documents the relay is not yet known to hold as of the snapshot.
-    pub fn remaining(&self) -> usize {
-        self.pending.len()
-    }
 }
 
 /// The session state machine.
@@ -469,17 +464,20 @@ impl ClientSession {
     /// Whether the relay is known to hold `summary`: its tombstone, or heads
     /// equal to or descending from its heads.
     fn relay_holds(&self, summary: &DocSummary, docs: &dyn SyncDocs) -> bool {
-        let Some(slot) = self.slots.get(&summary.doc) else {
-            return false;
-        };
-        if summary.deleted {
-            return slot.relay_deleted;
-        }
-        let ours = summary.heads().unwrap_or_default();
-        let theirs = slot.relay_heads.as_deref().unwrap_or_default();
-        if ours.iter().all(|h| theirs.contains(h)) {
+        if self.relay_has(summary) {
             return true;
         }
+        if summary.deleted {
+            return false;
+        }
+        let Some(theirs) = self
+            .slots
+            .get(&summary.doc)
+            .and_then(|s| s.relay_heads.as_deref())
+        else {
+            return false;
+        };
+        let ours = summary.heads().unwrap_or_default();
         // `None`: their heads name changes still on their way to us; the
         // message bringing them is news again.
         !theirs.is_empty() && docs.covers(&summary.doc, &ours, theirs).ok().flatten() == Some(true)
