@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 pub struct TestRelay {
     /// `ws://127.0.0.1:<port>`.
     pub url: String,
+    /// The address it listens on (for a proxy in front of it).
+    pub addr: std::net::SocketAddr,
     /// The relay's state (its replica, counters).
     pub relay: Relay,
     /// Cancelling it shuts the relay down.
@@ -41,7 +43,8 @@ impl TestRelay {
     /// ignored: a free loopback port is used).
     pub async fn start_with(config: Config) -> anyhow::Result<TestRelay> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("ws://{}", listener.local_addr()?);
+        let addr = listener.local_addr()?;
+        let url = format!("ws://{addr}");
         let shutdown = CancellationToken::new();
         let relay = accord_relay::server::start(config, shutdown.clone()).await?;
         let task = tokio::spawn(accord_relay::server::serve(
@@ -51,6 +54,7 @@ impl TestRelay {
         ));
         Ok(TestRelay {
             url,
+            addr,
             relay,
             shutdown,
             task,

@@ -3,7 +3,6 @@
 //! both replicas keep editing. After each fault is lifted everything
 //! converges, and once converged the traffic stops.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use accord_engine::{ConnectOptions, DocId, Replica, SyncHandle};
@@ -90,13 +89,8 @@ async fn sync_recovers_from_every_network_fault_and_then_goes_quiet() {
     let relay = TestRelay::start(&dir.path().join("relay.db"))
         .await
         .expect("relay");
-    let target: SocketAddr = relay
-        .url
-        .trim_start_matches("ws://")
-        .parse()
-        .expect("relay addr");
-    let proxy_a = FaultProxy::start(target).await.expect("proxy a");
-    let proxy_b = FaultProxy::start(target).await.expect("proxy b");
+    let proxy_a = FaultProxy::start(relay.addr).await.expect("proxy a");
+    let proxy_b = FaultProxy::start(relay.addr).await.expect("proxy b");
     let ra = Replica::open(dir.path().join("a.db")).expect("a");
     let rb = Replica::open(dir.path().join("b.db")).expect("b");
     let docs: Vec<DocId> = (0..5)

@@ -1,7 +1,6 @@
 //! Replicas converge through a real relay on 127.0.0.1:0, with real SQLite
 //! files in temporary directories.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -256,12 +255,7 @@ async fn wait_agreed_includes_what_another_replica_just_pushed() {
     let relay = TestRelay::start(&dir.path().join("relay.db"))
         .await
         .expect("relay");
-    let target: SocketAddr = relay
-        .url
-        .trim_start_matches("ws://")
-        .parse()
-        .expect("relay addr");
-    let slow = FaultProxy::start(target).await.expect("proxy");
+    let slow = FaultProxy::start(relay.addr).await.expect("proxy");
     let a = Replica::open(dir.path().join("a.db")).expect("a");
     let b = Replica::open(dir.path().join("b.db")).expect("b");
     let mut ha = synced(&a, &relay, &["notes"]).await;
