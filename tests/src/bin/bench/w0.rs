@@ -28,18 +28,28 @@ pub fn accord(writers: usize, changes: usize, durability: Durability) -> anyhow:
         .map(|_| replica.create_with("w0", None, |tx| tx.put(ROOT, "k", -1i64)))
         .collect::<Result<_, _>>()?;
     let per_writer = changes / writers;
+    per_second(writers, per_writer, |w| {
+        let id = &ids[w];
+        for i in 0..per_writer {
+            replica.change(id, None, |tx| tx.put(ROOT, "k", i as i64))?;
+        }
+        Ok(())
+    })
+}
+
+/// Runs `write(w)` on one thread per writer and returns the changes per
+/// second, `per_writer` changes each.
+fn per_second(
+    writers: usize,
+    per_writer: usize,
+    write: impl Fn(usize) -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<f64> {
     let started = Instant::now();
     std::thread::scope(|s| {
-        let threads: Vec<_> = ids
-            .iter()
-            .map(|id| {
-                let replica = &replica;
-                s.spawn(move || -> anyhow::Result<()> {
-                    for i in 0..per_writer {
-                        replica.change(id, None, |tx| tx.put(ROOT, "k", i as i64))?;
-                    }
-                    Ok(())
-                })
+        let threads: Vec<_> = (0..writers)
+            .map(|w| {
+                let write = &write;
+                s.spawn(move || write(w))
             })
             .collect();
         threads
@@ -59,19 +69,9 @@ pub fn bare(writers: usize, changes: usize, durability: Durability) -> anyhow::R
          PRIMARY KEY (doc, seq))",
     )?;
     let per_writer = changes / writers;
-    let started = Instant::now();
-    std::thread::scope(|s| {
-        let threads: Vec<_> = (0..writers)
-            .map(|w| {
-                let path = &path;
-                s.spawn(move || bare_writer(path, w as i64, per_writer, durability))
-            })
-            .collect();
-        threads
-            .into_iter()
-            .try_for_each(|t| t.join().map_err(|_| anyhow::anyhow!("writer panicked"))?)
-    })?;
-    Ok((per_writer * writers) as f64 / started.elapsed().as_secs_f64())
+    per_second(writers, per_writer, |w| {
+        bare_writer(&path, w as i64, per_writer, durability)
+    })
 }
 
 fn open(path: &Path, durability: Durability) -> anyhow::Result<Connection> {
