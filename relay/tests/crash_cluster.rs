@@ -370,15 +370,7 @@ fn verify(db: &Path, writes: &[&Write], what: &str) -> BTreeMap<DocId, Vec<Chang
             );
         }
     }
-    let mut heads = BTreeMap::new();
-    for meta in replica.list(COLLECTION).expect("list") {
-        let record = replica
-            .get(&meta.id)
-            .unwrap_or_else(|e| panic!("{what}: record {} does not load: {e}", meta.id));
-        let mut sorted = record.heads;
-        sorted.sort();
-        heads.insert(meta.id, sorted);
-    }
+    let heads = heads_of(&replica);
     let projection = replica.check_projection().expect("check projection");
     assert!(projection.is_empty(), "{what}: projection {projection:?}");
     let integrity = Store::open_reader(db)
@@ -388,14 +380,20 @@ fn verify(db: &Path, writes: &[&Write], what: &str) -> BTreeMap<DocId, Vec<Chang
     heads
 }
 
-/// Every record's heads, sorted.
+/// Every record's heads, sorted; loading each record on the way.
 fn heads_of(replica: &Replica) -> BTreeMap<DocId, Vec<ChangeHash>> {
     replica
         .list(COLLECTION)
         .expect("list")
         .into_iter()
         .map(|meta| {
-            let mut heads = replica.heads(&meta.id).expect("heads");
+            let mut heads = replica.heads(&meta.id).unwrap_or_else(|e| {
+                panic!(
+                    "{:?}: record {} does not load: {e}",
+                    replica.path(),
+                    meta.id
+                )
+            });
             heads.sort();
             (meta.id, heads)
         })
