@@ -190,6 +190,9 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     if args.rate <= 0.0 || args.burst < 1.0 {
         bail!("--rate must be positive and --burst at least 1");
     }
+    if args.cache_docs == 0 {
+        bail!("--cache-docs must be at least 1 (documents kept loaded in memory)");
+    }
     Ok(Config {
         listen: args.listen,
         db: args.db.clone(),

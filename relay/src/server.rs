@@ -112,7 +112,7 @@ pub async fn run(
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Relay> {
     let db = config.db.clone();
     let options = ReplicaOptions {
-        cache_capacity: config.cache_docs.max(1),
+        cache_capacity: config.cache_docs,
         ..ReplicaOptions::default()
     };
     let replica = tokio::task::spawn_blocking(move || Replica::open_with(&db, options))

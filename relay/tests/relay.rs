@@ -339,3 +339,24 @@ fn open_mode_stays_on_loopback_unless_asked() {
         "{stderr}"
     );
 }
+
+#[test]
+fn bad_settings_are_refused_by_name_before_anything_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (flag, value) in [("--cache-docs", "0"), ("--rate", "0")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off", "--db"])
+            .arg(dir.path().join("relay.db"))
+            .args([flag, value])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run accord-relay");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value} was accepted");
+        assert!(stderr.contains(flag), "{flag}: {stderr}");
+        assert!(
+            !dir.path().join("relay.db").exists(),
+            "{flag} {value}: the database was created anyway"
+        );
+    }
+}
