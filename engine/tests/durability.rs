@@ -297,12 +297,7 @@ fn verify(path: &Path, acked: &HashMap<DocId, Acked>, what: &str) {
     }
     // Nothing half-written: every record the database knows loads, and its
     // metadata agrees with its chunks.
-    let all = replica
-        .list_with(&ListOptions {
-            collection: None,
-            include_deleted: true,
-        })
-        .expect("list");
+    let all = replica.list_with(&ListOptions::everything()).expect("list");
     for meta in &all {
         let history = replica
             .history(&meta.id)

@@ -64,12 +64,7 @@ fn projection(replica: &Replica) -> BTreeMap<String, (String, bool, Value)> {
 /// What the projection should be: every record's current content (also
 /// for deleted ones, read at their heads).
 fn documents(replica: &Replica) -> BTreeMap<String, (String, bool, Value)> {
-    let all = replica
-        .list_with(&ListOptions {
-            collection: None,
-            include_deleted: true,
-        })
-        .expect("list");
+    let all = replica.list_with(&ListOptions::everything()).expect("list");
     all.into_iter()
         .map(|meta| {
             let heads = replica.heads(&meta.id).expect("heads");

@@ -533,10 +533,7 @@ impl Sim {
     }
 
     fn assert_converged(&self) {
-        let opts = ListOptions {
-            collection: None,
-            include_deleted: true,
-        };
+        let opts = ListOptions::everything();
         let relay_docs = self.relay.replica.list_with(&opts).expect("relay list");
         for (i, client) in self.clients.iter().enumerate() {
             let docs = client.replica.list_with(&opts).expect("client list");

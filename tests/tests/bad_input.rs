@@ -39,12 +39,7 @@ async fn session(url: &str, peer: &str) -> Ws {
 fn heads_of_all(
     replica: &Replica,
 ) -> Vec<(DocId, Vec<accord_engine::automerge::ChangeHash>, bool)> {
-    let all = replica
-        .list_with(&ListOptions {
-            collection: None,
-            include_deleted: true,
-        })
-        .expect("list");
+    let all = replica.list_with(&ListOptions::everything()).expect("list");
     all.into_iter()
         .map(|m| (m.id, m.heads, m.deleted))
         .collect()

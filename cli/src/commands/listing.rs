@@ -85,10 +85,7 @@ struct Totals {
 
 /// `accord collections`: each collection with its number of records.
 pub fn collections(ctx: &mut Ctx) -> Result<()> {
-    let metas = ctx.replica()?.list_with(&ListOptions {
-        collection: None,
-        include_deleted: true,
-    })?;
+    let metas = ctx.replica()?.list_with(&ListOptions::everything())?;
     let mut totals: BTreeMap<&str, Totals> = BTreeMap::new();
     for meta in &metas {
         let t = totals.entry(&meta.collection).or_default();

@@ -13,10 +13,7 @@ use crate::output::{human_size, Tint};
 
 /// Every record, deleted ones included.
 fn all_records(replica: &Replica) -> Result<Vec<RecordMeta>> {
-    Ok(replica.list_with(&ListOptions {
-        collection: None,
-        include_deleted: true,
-    })?)
+    Ok(replica.list_with(&ListOptions::everything())?)
 }
 
 fn total_size(metas: &[RecordMeta]) -> u64 {

@@ -106,6 +106,16 @@ pub struct ListOptions {
     pub include_deleted: bool,
 }
 
+impl ListOptions {
+    /// Every record of every collection, deleted ones too.
+    pub fn everything() -> Self {
+        ListOptions {
+            collection: None,
+            include_deleted: true,
+        }
+    }
+}
+
 /// Cheap metadata of a record, as listings return it.
 pub type RecordMeta = DocMeta;
 
@@ -477,10 +487,7 @@ impl Replica {
     /// how many were compacted. Records that fail (damaged ones) are logged
     /// and skipped.
     pub fn compact_all(&self) -> Result<usize> {
-        let metas = self.list_with(&ListOptions {
-            collection: None,
-            include_deleted: true,
-        })?;
+        let metas = self.list_with(&ListOptions::everything())?;
         let mut done = 0;
         for meta in metas.iter().filter(|m| m.chunk_count > 1) {
             // A damaged record is skipped (and logged), not a reason to

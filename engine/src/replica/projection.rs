@@ -104,10 +104,7 @@ impl Replica {
     /// Content and history are not touched.
     pub fn reindex(&self) -> Result<ReindexReport> {
         let ids: Vec<DocId> = self
-            .list_with(&ListOptions {
-                collection: None,
-                include_deleted: true,
-            })?
+            .list_with(&ListOptions::everything())?
             .into_iter()
             .map(|m| m.id)
             .collect();
@@ -129,10 +126,7 @@ impl Replica {
     /// do not load are left to the caller (they are damaged, not the
     /// projection); rows without a record are reported too.
     pub fn check_projection(&self) -> Result<Vec<ProjectionIssue>> {
-        let metas = self.list_with(&ListOptions {
-            collection: None,
-            include_deleted: true,
-        })?;
+        let metas = self.list_with(&ListOptions::everything())?;
         let mut issues = Vec::new();
         for meta in metas {
             let (stored, row) = self.read_store(|s| s.load_with_projection(&meta.id))?;

@@ -38,12 +38,7 @@ fn create_change_get_list_delete_round_trip_and_reopen() {
         Err(Error::Deleted(_))
     ));
     assert_eq!(r.list("contacts").expect("list").len(), 1);
-    let all = r
-        .list_with(&ListOptions {
-            collection: None,
-            include_deleted: true,
-        })
-        .expect("list");
+    let all = r.list_with(&ListOptions::everything()).expect("list");
     assert_eq!(all.len(), 3);
     drop(r);
 
