@@ -14,7 +14,7 @@ use std::time::Instant;
 use accord_engine::sync::{ErrorCode, Frame, RelayOutput, RelaySession};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant as TokioInstant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -36,8 +36,9 @@ enum End {
     Error(ErrorCode, String),
 }
 
-/// Serves one accepted TCP connection until it closes.
-pub async fn serve(stream: TcpStream, conn: u64, shared: Arc<Shared>) {
+/// Serves one accepted TCP connection until it closes. `slot` counts it
+/// against the connection limit until it is closed from our side.
+pub async fn serve(stream: TcpStream, conn: u64, shared: Arc<Shared>, slot: OwnedSemaphorePermit) {
     // Small buffers: tungstenite's 128 KiB defaults made up most of an idle
     // connection's memory; frames are mostly small and written one at a time.
     let config = WebSocketConfig::default()
@@ -62,6 +63,7 @@ pub async fn serve(stream: TcpStream, conn: u64, shared: Arc<Shared>) {
         tx,
         kick,
         registered: false,
+        slot: Some(slot),
     };
     let end = c.run(rx).await;
     c.finish(end).await;
@@ -71,6 +73,9 @@ pub async fn serve(stream: TcpStream, conn: u64, shared: Arc<Shared>) {
 struct Connection {
     /// The connection's number.
     conn: u64,
+    /// Its place under the connection limit, given back on closing (before
+    /// waiting for the peer's side of the close).
+    slot: Option<OwnedSemaphorePermit>,
     /// Relay-wide state.
     shared: Arc<Shared>,
     /// The socket.
@@ -269,12 +274,16 @@ impl Connection {
     /// Unregisters, sends the error frame if any, and closes the socket.
     async fn finish(mut self, end: End) {
         self.shared.peers.remove(self.conn);
+        drop(self.slot.take());
         if self.registered {
             self.shared.metrics.connections.dec();
         }
         let End::Error(code, reason) = end else {
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(2), self.ws.close(None)).await;
+            let goodbye = async {
+                self.ws.close(None).await?;
+                drain_until_closed(&mut self.ws).await
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), goodbye).await;
             return;
         };
         tracing::info!(conn = self.conn, %code, reason, "closing connection");
@@ -292,8 +301,23 @@ impl Connection {
         // goodbye a moment, then drop the socket.
         let goodbye = async {
             self.ws.send(Message::Binary(frame.encode().into())).await?;
-            self.ws.close(Some(close)).await
+            self.ws.close(Some(close)).await?;
+            drain_until_closed(&mut self.ws).await
         };
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), goodbye).await;
     }
+}
+
+/// The rest of the WebSocket closing handshake: reads (and drops) what the
+/// peer still sends until its close arrives. Dropping the socket with
+/// unread frames in it would make the kernel reset the connection, and a
+/// reset can destroy the error frame before the peer reads it.
+pub(crate) async fn drain_until_closed<S>(ws: &mut S) -> Result<(), WsError>
+where
+    S: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    while let Some(message) = ws.next().await {
+        message?;
+    }
+    Ok(())
 }

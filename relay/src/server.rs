@@ -180,10 +180,7 @@ pub async fn serve(
         };
         tracing::debug!(conn, %addr, "accepted connection");
         let shared = Arc::clone(&shared);
-        tasks.spawn(async move {
-            crate::connection::serve(stream, conn, shared).await;
-            drop(permit);
-        });
+        tasks.spawn(crate::connection::serve(stream, conn, shared, permit));
     }
     tracing::info!("shutting down: closing connections");
     tasks.close();
@@ -213,10 +210,14 @@ async fn refuse(stream: TcpStream, shared: Arc<Shared>) {
         shared.config.max_connections
     );
     let frame = Frame::error(ErrorCode::TOO_MANY_CONNECTIONS, text, None);
-    let _ = ws.send(Message::Binary(frame.encode().into())).await;
     let close = CloseFrame {
         code: CloseCode::Policy,
         reason: ErrorCode::TOO_MANY_CONNECTIONS.name().into(),
     };
-    let _ = ws.close(Some(close)).await;
+    let goodbye = async {
+        ws.send(Message::Binary(frame.encode().into())).await?;
+        ws.close(Some(close)).await?;
+        crate::connection::drain_until_closed(&mut ws).await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), goodbye).await;
 }
