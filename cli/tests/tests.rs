@@ -300,7 +300,7 @@ fn branched_record(env: &Env) -> DocId {
         .create("notes", &json!({"title": "plan"}))
         .expect("create");
     let there = accord_engine::Replica::open_in_memory().expect("replica");
-    let remote = || Origin::Remote("peer".into());
+    let remote = || Origin::Remote("peer".parse().expect("valid peer id"));
     there
         .merge_bytes(&id, "notes", &here.save(&id).expect("save"), remote())
         .expect("merge");

@@ -196,10 +196,8 @@ pub enum Error {
     #[error(transparent)]
     Path(#[from] PathError),
     /// A collection name is not allowed.
-    #[error(
-        "bad collection name '{0}': use 1-128 characters of letters, digits, '_', '-', '.', '/'"
-    )]
-    BadCollection(String),
+    #[error(transparent)]
+    BadCollection(#[from] crate::id::ParseCollectionError),
     /// Heads that this record does not contain.
     #[error("record {doc} has no change {hash}")]
     UnknownHead {
@@ -234,9 +232,9 @@ pub enum Error {
         /// The document.
         doc: DocId,
         /// Its real collection.
-        actual: String,
+        actual: crate::id::Collection,
         /// The collection that was claimed.
-        given: String,
+        given: crate::id::Collection,
     },
     /// Bytes from a peer are not a valid sync message or sync state.
     #[error("invalid sync data for {doc}: {reason}")]

@@ -5,9 +5,9 @@
 
 use automerge::ActorId;
 
-use crate::id::DocId;
+use crate::id::{Collection, DocId};
 use crate::replica::Replica;
-use crate::store::{DocMeta, StoredDoc};
+use crate::store::{ChunkKind, DocMeta, StoredChunk, StoredDoc};
 use crate::sync::{Frame, OpenAccess, RelaySession};
 
 /// The frame decoder: anything that decodes re-encodes to the same frame.
@@ -40,10 +40,11 @@ pub fn chunks(data: &[u8]) {
     };
     let heads = (0..usize::from(first >> 4) % 3)
         .map(|i| automerge::ChangeHash([i as u8; 32]))
-        .collect();
+        .collect::<Vec<_>>()
+        .into();
     let meta = DocMeta {
         id: DocId::from_bytes([7; 16]),
-        collection: "fuzz".into(),
+        collection: Collection::new("fuzz").unwrap_or_else(|_| unreachable!("a valid name")),
         deleted: false,
         deleted_at: None,
         heads,
@@ -55,7 +56,11 @@ pub fn chunks(data: &[u8]) {
     };
     let stored = StoredDoc {
         meta,
-        chunks: vec![(1, first & 1, rest.to_vec())],
+        chunks: vec![StoredChunk {
+            seq: 1,
+            kind: ChunkKind::from_code(first & 1),
+            data: rest.to_vec(),
+        }],
     };
     if let Err(e) = crate::replica::load_stored(stored, &ActorId::from(vec![1u8; 16])) {
         assert!(

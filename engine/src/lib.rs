@@ -47,7 +47,7 @@ pub use automerge;
 pub use autosurgeon;
 pub use driver::{ConnectOptions, ConnectionState, SyncError, SyncHandle, SyncStatus};
 pub use error::{Error, PathError, QueryError, Result, StoreError};
-pub use id::{DocId, ParseDocIdError};
+pub use id::{Collection, DocId, Heads, ParseDocIdError, PeerId};
 pub use replica::{
     describe_patch, AsyncReplica, ChangeEvent, ChangeInfo, ChangeKind, Filter, ListOptions,
     LiveQuery, Origin, ProjectionIssue, ProjectionProblem, Record, RecordMeta, RecvError,

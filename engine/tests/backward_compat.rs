@@ -352,7 +352,12 @@ fn regenerate_v1_fixture() {
     let other = Replica::open_in_memory().expect("other replica");
     let saved = r.save(&merged).expect("save");
     other
-        .merge_bytes(&merged, "notes", &saved, Origin::Remote("a".into()))
+        .merge_bytes(
+            &merged,
+            "notes",
+            &saved,
+            Origin::Remote("a".parse().expect("valid peer id")),
+        )
         .expect("other gets it");
     r.put(&merged, "title", &json!("from A"), Some("title"))
         .expect("a");
@@ -360,8 +365,13 @@ fn regenerate_v1_fixture() {
         .put(&merged, "body", &json!("from B"), Some("body"))
         .expect("b");
     let theirs = other.save(&merged).expect("save");
-    r.merge_bytes(&merged, "notes", &theirs, Origin::Remote("b".into()))
-        .expect("merge");
+    r.merge_bytes(
+        &merged,
+        "notes",
+        &theirs,
+        Origin::Remote("b".parse().expect("valid peer id")),
+    )
+    .expect("merge");
 
     print_constants(&r, [ada, bob, cy, note, merged]);
     let ada_bytes = r.save(&ada).expect("save ada");

@@ -135,9 +135,7 @@ fn snapshot(r: &Replica, id: &DocId) -> impl PartialEq + std::fmt::Debug {
     let heads = r.heads(id).expect("heads");
     let history = r.history(id).expect("history");
     let meta = r.meta(id).expect("meta");
-    let mut sorted = heads.clone();
-    sorted.sort();
-    assert_eq!(meta.heads, sorted, "metadata heads match the document");
+    assert_eq!(meta.heads, heads, "metadata heads match the document");
     assert_eq!(
         meta.change_count,
         history.len() as u64,
@@ -186,8 +184,13 @@ impl Twins {
             })
             .expect("create");
         let saved = a.save(&id).expect("save");
-        b.merge_bytes(&id, COLLECTION, &saved, Origin::Remote("a".into()))
-            .expect("B receives the record");
+        b.merge_bytes(
+            &id,
+            COLLECTION,
+            &saved,
+            Origin::Remote("a".parse().expect("valid peer id")),
+        )
+        .expect("B receives the record");
         Twins {
             _dir: dir,
             a_path,
@@ -213,7 +216,12 @@ impl Twins {
                     .read(&self.id, |doc, _| doc.save_after(&before))
                     .expect("new changes");
                 self.b
-                    .merge_bytes(&self.id, COLLECTION, &new, Origin::Remote("a".into()))
+                    .merge_bytes(
+                        &self.id,
+                        COLLECTION,
+                        &new,
+                        Origin::Remote("a".parse().expect("valid peer id")),
+                    )
                     .expect("merge");
             }
         }

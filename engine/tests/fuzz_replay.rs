@@ -112,7 +112,11 @@ fn regenerate_seed_corpus() {
             "announce",
             Frame::Announce {
                 collection: "c".into(),
-                docs: vec![DocSummary::new(DocId::random(), &[], false)],
+                docs: vec![DocSummary {
+                    doc: DocId::random(),
+                    heads: Default::default(),
+                    deleted: false,
+                }],
                 complete: true,
             }
             .encode(),

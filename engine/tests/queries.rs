@@ -61,6 +61,14 @@ fn projection(replica: &Replica) -> BTreeMap<String, (String, bool, Value)> {
         .collect()
 }
 
+fn c(name: &str) -> accord_engine::Collection {
+    name.parse().expect("valid collection")
+}
+
+fn p(name: &str) -> accord_engine::PeerId {
+    name.parse().expect("valid peer id")
+}
+
 /// What the projection should be: every record's current content (also
 /// for deleted ones, read at their heads).
 fn documents(replica: &Replica) -> BTreeMap<String, (String, bool, Value)> {
@@ -69,7 +77,10 @@ fn documents(replica: &Replica) -> BTreeMap<String, (String, bool, Value)> {
         .map(|meta| {
             let heads = replica.heads(&meta.id).expect("heads");
             let value = replica.get_at(&meta.id, &heads).expect("content").value;
-            (meta.id.to_string(), (meta.collection, meta.deleted, value))
+            (
+                meta.id.to_string(),
+                (meta.collection.to_string(), meta.deleted, value),
+            )
         })
         .collect()
 }
@@ -82,8 +93,13 @@ fn assert_projection_agrees(replica: &Replica, what: &str) {
 /// Brings `to` up to date with `from`'s copy of `id`, as a peer would.
 fn send(from: &Replica, to: &Replica, id: &DocId, collection: &str) {
     let bytes = from.save(id).expect("save");
-    to.merge_bytes(id, collection, &bytes, Origin::Remote("peer".into()))
-        .expect("merge");
+    to.merge_bytes(
+        id,
+        collection,
+        &bytes,
+        Origin::Remote("peer".parse().expect("valid peer id")),
+    )
+    .expect("merge");
 }
 
 // ---- the projection follows every kind of change ----
@@ -156,9 +172,9 @@ fn the_projection_follows_remote_changes_merges_and_remote_deletes() {
         );
     }
     // A deletion arriving from a peer, and one for a record not seen yet.
-    SyncDocs::delete(&b, &id, "tasks", "peer").expect("remote delete");
+    SyncDocs::delete(&b, &id, &c("tasks"), &p("peer")).expect("remote delete");
     let unseen = DocId::random();
-    SyncDocs::delete(&b, &unseen, "tasks", "peer").expect("early tombstone");
+    SyncDocs::delete(&b, &unseen, &c("tasks"), &p("peer")).expect("early tombstone");
     assert_projection_agrees(&b, "after remote deletes");
     assert_eq!(
         projection(&b)[&unseen.to_string()],
@@ -170,19 +186,20 @@ fn the_projection_follows_remote_changes_merges_and_remote_deletes() {
 /// [`SyncDocs`], the path the sync layer uses, until both are quiet.
 fn sync_through_protocol(a: &Replica, b: &Replica, id: &DocId, collection: &str) {
     use accord_engine::automerge::sync::State;
+    let collection = &c(collection);
     let (mut sa, mut sb) = (State::new(), State::new());
     for _ in 0..20 {
-        let to_b = a.generate(id, &mut sa).expect("generate");
-        let to_a = b.generate(id, &mut sb).expect("generate");
+        let to_b = a.generate(id, collection, &mut sa).expect("generate");
+        let to_a = b.generate(id, collection, &mut sb).expect("generate");
         if to_b.is_none() && to_a.is_none() {
             return;
         }
         if let Some(m) = to_b {
-            b.receive(id, collection, &mut sb, m, "a")
+            b.receive(id, collection, &mut sb, m, &p("a"))
                 .expect("b receives");
         }
         if let Some(m) = to_a {
-            a.receive(id, collection, &mut sa, m, "b")
+            a.receive(id, collection, &mut sa, m, &p("b"))
                 .expect("a receives");
         }
     }
@@ -278,7 +295,7 @@ fn apply(replicas: &[Replica; 2], id: &DocId, step: &Step) {
         Step::Sync { from } => {
             send(&replicas[*from], &replicas[1 - from], id, "p");
             if replicas[*from].meta(id).expect("meta").deleted {
-                SyncDocs::delete(&replicas[1 - from], id, "p", "peer").expect("delete");
+                SyncDocs::delete(&replicas[1 - from], id, &c("p"), &p("peer")).expect("delete");
             }
             Ok(())
         }
@@ -809,7 +826,7 @@ fn a_live_query_fires_on_a_remote_change_and_not_on_unrelated_ones() {
     send(&a, &b, &ada, "contacts");
     let rows = live.recv_timeout(PATIENCE).expect("recv").expect("fired");
     assert_eq!(rows.to_json(), json!([{"name": "Ada L."}]));
-    SyncDocs::delete(&b, &ada, "contacts", "peer").expect("remote delete");
+    SyncDocs::delete(&b, &ada, &c("contacts"), &p("peer")).expect("remote delete");
     let rows = live.recv_timeout(PATIENCE).expect("recv").expect("fired");
     assert!(rows.is_empty());
     // Nothing more: it times out quietly.

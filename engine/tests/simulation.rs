@@ -1,8 +1,15 @@
 //! Deterministic simulation of the sync core: N replicas and a relay in one
 //! thread, exchanging frames over in-memory links that drop, duplicate and
 //! reorder them, on a virtual clock, with a seeded schedule of edits,
-//! disconnects and restarts. After healing, every replica and the relay
+//! disconnects, restarts and document actors that run late, batch several
+//! messages, go idle and stop. After healing, every replica and the relay
 //! must hold identical heads and content.
+//!
+//! The relay side is the shipped relay core, not a model of it: each
+//! connection is a `RelaySession`, the fan-out table is `Subscribers`, and
+//! each (collection, document) is a `DocHub` driven through `handle_batch`,
+//! `tick` and `close`, exactly as `accord-relay`'s actors drive them. Only
+//! the carrying of messages is the simulation's own.
 //!
 //! `ACCORD_SIM_SEEDS=N` runs N seeds (default sized for CI);
 //! `ACCORD_SIM_SEED=S` replays one seed. A failing seed is printed.
@@ -12,23 +19,30 @@ use std::path::PathBuf;
 
 use accord_engine::automerge::transaction::Transactable;
 use accord_engine::automerge::{ObjType, ReadDoc, ROOT};
+use accord_engine::sync::client::LocalChange;
 use accord_engine::sync::{
-    ClientConfig, ClientOutput, ClientSession, DocHub, Frame, OpenAccess, RelayOutput,
-    RelaySession, SyncDocs,
+    ClientConfig, ClientOutput, ClientSession, ConnId, DocHub, Frame, HubInput, HubOutput,
+    OpenAccess, RelayOutput, RelaySession, Subscribers, SyncDocs,
 };
-use accord_engine::{DocId, Filter, ListOptions, Origin, Replica, ReplicaOptions, Subscription};
+use accord_engine::{
+    ChangeKind, Collection, DocId, Filter, ListOptions, Origin, Replica, ReplicaOptions,
+    Subscription,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 const COLLECTIONS: [&str; 2] = ["tasks", "notes"];
 
+/// How long a document actor lives without traffic (the relay's default).
+const DOC_IDLE_MS: u64 = 30_000;
+
 struct Client {
     path: PathBuf,
     replica: Replica,
     events: Subscription,
     session: ClientSession,
-    conn: Option<u64>,
+    conn: Option<ConnId>,
 }
 
 #[derive(Default)]
@@ -37,12 +51,19 @@ struct Link {
     to_client: VecDeque<Frame>,
 }
 
+/// A document actor: its hub, its inbox and when it last had work.
+struct Actor {
+    hub: DocHub,
+    inbox: VecDeque<HubInput>,
+    last_used: u64,
+}
+
 struct Relay {
     path: PathBuf,
     replica: Replica,
-    sessions: HashMap<u64, RelaySession>,
-    hubs: BTreeMap<DocId, DocHub>,
-    subscribers: HashMap<String, BTreeSet<u64>>,
+    sessions: HashMap<ConnId, RelaySession>,
+    actors: BTreeMap<(Collection, DocId), Actor>,
+    subscribers: Subscribers,
 }
 
 struct Sim {
@@ -51,7 +72,7 @@ struct Sim {
     _dir: tempfile::TempDir,
     relay: Relay,
     clients: Vec<Client>,
-    links: BTreeMap<u64, Link>,
+    links: BTreeMap<ConnId, Link>,
     next_conn: u64,
     faults: bool,
     log: Vec<String>,
@@ -69,9 +90,12 @@ fn open_client(path: PathBuf, seed: u64) -> Client {
     let replica = open(&path, seed);
     let events = replica.subscribe(Filter::All);
     let session = ClientSession::new(ClientConfig {
-        peer_id: replica.peer_id().to_owned(),
+        peer_id: replica.peer_id().clone(),
         token: String::new(),
-        collections: COLLECTIONS.iter().map(|c| (*c).to_owned()).collect(),
+        collections: COLLECTIONS
+            .iter()
+            .map(|c| c.parse().expect("valid collection"))
+            .collect(),
         max_in_flight: 4,
     });
     Client {
@@ -91,8 +115,8 @@ impl Sim {
             replica: open(&relay_path, seed ^ 0xfeed),
             path: relay_path,
             sessions: HashMap::new(),
-            hubs: BTreeMap::new(),
-            subscribers: HashMap::new(),
+            actors: BTreeMap::new(),
+            subscribers: Subscribers::default(),
         };
         let clients = (0..clients)
             .map(|i| open_client(dir.path().join(format!("c{i}.db")), seed * 100 + i as u64))
@@ -114,7 +138,7 @@ impl Sim {
         if self.clients[i].conn.is_some() {
             return;
         }
-        let conn = self.next_conn;
+        let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         self.clients[i].conn = Some(conn);
         self.links.insert(conn, Link::default());
@@ -123,32 +147,20 @@ impl Sim {
         self.client_outputs(i, out);
     }
 
+    /// The connection goes away, as the relay's connection task ends: its
+    /// session and subscriptions go; hubs notice at their next batch.
     fn disconnect(&mut self, i: usize) {
         let Some(conn) = self.clients[i].conn.take() else {
             return;
         };
         self.links.remove(&conn);
         self.relay.sessions.remove(&conn);
-        for subs in self.relay.subscribers.values_mut() {
-            subs.remove(&conn);
-        }
-        let mut states: HashMap<String, Vec<(DocId, Vec<u8>)>> = HashMap::new();
-        for hub in self.relay.hubs.values_mut() {
-            if let Some((name, state)) = hub.detach(conn) {
-                states.entry(name).or_default().push((hub.doc(), state));
-            }
-        }
-        for (peer, states) in states {
-            self.relay
-                .replica
-                .save_sync_states(&peer, states)
-                .expect("save relay states");
-        }
+        self.relay.subscribers.remove(conn);
         let out = self.clients[i].session.disconnected();
         self.client_outputs(i, out);
     }
 
-    fn client_of(&self, conn: u64) -> Option<usize> {
+    fn client_of(&self, conn: ConnId) -> Option<usize> {
         self.clients.iter().position(|c| c.conn == Some(conn))
     }
 
@@ -171,42 +183,61 @@ impl Sim {
                     self.disconnect(i);
                     return;
                 }
-                ClientOutput::Event(_) => {}
+                ClientOutput::Event(event) => {
+                    self.log.push(format!("client {i}: {event:?}"));
+                }
             }
         }
     }
 
-    fn relay_outputs(&mut self, conn: u64, outputs: Vec<RelayOutput>) {
+    /// Carries out a relay session's outputs, as the connection task does.
+    fn relay_outputs(&mut self, conn: ConnId, outputs: Vec<RelayOutput>) {
         for output in outputs {
             match output {
                 RelayOutput::Send(frame) => self.send_to_client(conn, frame),
                 RelayOutput::Subscribed(c) => {
-                    self.relay.subscribers.entry(c).or_default().insert(conn);
+                    let relay = &mut self.relay;
+                    if let Some(peer) = relay.sessions.get(&conn).and_then(|s| s.peer()) {
+                        relay.subscribers.subscribe(conn, peer, &c);
+                    }
                 }
-                RelayOutput::Unsubscribed(c) => {
-                    self.relay.subscribers.entry(c).or_default().remove(&conn);
-                }
+                RelayOutput::Unsubscribed(c) => self.relay.subscribers.unsubscribe(conn, &c),
                 RelayOutput::Route {
                     doc,
                     collection,
                     message,
                     want_reply,
-                } => self.route(conn, doc, collection, message, want_reply),
-                RelayOutput::Deleted { doc, collection } => {
-                    let subs = self
+                } => {
+                    let Some(peer) = self.relay.sessions.get(&conn).and_then(|s| s.peer()) else {
+                        continue;
+                    };
+                    let input = HubInput {
+                        conn,
+                        peer: peer.clone(),
+                        message,
+                        want_reply,
+                    };
+                    let now = self.now;
+                    let actor = self
                         .relay
-                        .subscribers
-                        .get(&collection)
-                        .cloned()
-                        .unwrap_or_default();
-                    for other in subs.into_iter().filter(|c| *c != conn) {
-                        self.send_to_client(
-                            other,
-                            Frame::Delete {
+                        .actors
+                        .entry((collection.clone(), doc))
+                        .or_insert_with(|| Actor {
+                            hub: DocHub::new(doc, collection),
+                            inbox: VecDeque::new(),
+                            last_used: now,
+                        });
+                    actor.inbox.push_back(input);
+                }
+                RelayOutput::Deleted { doc, collection } => {
+                    for s in self.relay.subscribers.of(&collection) {
+                        if s.conn != conn {
+                            let frame = Frame::Delete {
                                 doc,
-                                collection: collection.clone(),
-                            },
-                        );
+                                collection: collection.to_string(),
+                            };
+                            self.send_to_client(s.conn, frame);
+                        }
                     }
                 }
                 RelayOutput::Close { code, reason } => {
@@ -221,77 +252,107 @@ impl Sim {
         }
     }
 
-    fn send_to_client(&mut self, conn: u64, frame: Frame) {
+    fn send_to_client(&mut self, conn: ConnId, frame: Frame) {
         if let Some(link) = self.links.get_mut(&conn) {
             link.to_client.push_back(frame);
         }
     }
 
-    /// What a relay doc actor does with one batch: receive, attach every
-    /// subscriber, flush once, persist states.
-    fn route(
-        &mut self,
-        conn: u64,
-        doc: DocId,
-        collection: String,
-        message: accord_engine::automerge::sync::Message,
-        want_reply: bool,
-    ) {
-        let relay = &mut self.relay;
-        let name = relay
-            .sessions
-            .get(&conn)
-            .and_then(|s| s.peer_id())
-            .unwrap_or_default()
-            .to_owned();
-        let hub = relay
-            .hubs
-            .entry(doc)
-            .or_insert_with(|| DocHub::new(doc, collection.clone()));
-        if let Err(e) = hub.receive(conn, &name, message, want_reply, &relay.replica) {
-            panic!("relay could not apply a message: {e}");
-        }
-        for sub in relay
-            .subscribers
-            .get(&collection)
-            .cloned()
-            .unwrap_or_default()
-        {
-            if let Some(peer) = relay.sessions.get(&sub).and_then(|s| s.peer_id()) {
-                hub.attach(sub, peer, &relay.replica);
-            }
-        }
-        let frames = hub.flush(self.now, &relay.replica);
-        let mut states: HashMap<String, Vec<(DocId, Vec<u8>)>> = HashMap::new();
-        for (peer, doc, state) in hub.dirty_states() {
-            states.entry(peer).or_default().push((doc, state));
-        }
-        for (peer, states) in states {
-            relay
-                .replica
-                .save_sync_states(&peer, states)
-                .expect("save relay states");
-        }
-        for (to, frame) in frames {
+    /// Delivers what a hub returned; the simulation's store never fails,
+    /// so any failure is a bug.
+    fn hub_outputs(&mut self, key: &(Collection, DocId), out: HubOutput) {
+        assert!(
+            out.failures.is_empty(),
+            "hub {key:?} failed: {:?}",
+            out.failures
+        );
+        for (to, frame) in out.frames {
             self.send_to_client(to, frame);
+        }
+    }
+
+    /// Runs one document actor with queued work: it takes a batch (all of
+    /// its inbox, or with faults a random part of it) through the hub.
+    fn run_actor(&mut self) -> bool {
+        let busy: Vec<(Collection, DocId)> = self
+            .relay
+            .actors
+            .iter()
+            .filter(|(_, a)| !a.inbox.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        if busy.is_empty() {
+            return false;
+        }
+        let key = busy[self.rng.random_range(0..busy.len())].clone();
+        let take = if self.faults {
+            let queued = self.relay.actors[&key].inbox.len();
+            self.rng.random_range(1..=queued)
+        } else {
+            usize::MAX
+        };
+        let relay = &mut self.relay;
+        let Some(actor) = relay.actors.get_mut(&key) else {
+            return false;
+        };
+        let take = take.min(actor.inbox.len());
+        let batch: Vec<HubInput> = actor.inbox.drain(..take).collect();
+        actor.last_used = self.now;
+        let subscribers = relay.subscribers.of(&key.0);
+        let out = actor
+            .hub
+            .handle_batch(self.now, batch, &subscribers, &relay.replica);
+        self.hub_outputs(&key, out);
+        true
+    }
+
+    /// Time passes for every actor: overdue answers restart, and actors
+    /// idle for longer than the relay keeps them stop (persisting states).
+    fn tick_actors(&mut self) {
+        let keys: Vec<(Collection, DocId)> = self.relay.actors.keys().cloned().collect();
+        for key in keys {
+            let relay = &mut self.relay;
+            let Some(actor) = relay.actors.get_mut(&key) else {
+                continue;
+            };
+            let subscribers = relay.subscribers.of(&key.0);
+            let out = actor.hub.tick(self.now, &subscribers, &relay.replica);
+            let idle = actor.inbox.is_empty() && self.now - actor.last_used >= DOC_IDLE_MS;
+            self.hub_outputs(&key, out);
+            if idle {
+                if let Some(actor) = self.relay.actors.remove(&key) {
+                    let out = actor.hub.close(&self.relay.replica);
+                    self.log.push(format!("actor {} stops", key.1));
+                    self.hub_outputs(&key, out);
+                }
+            }
         }
     }
 
     /// Feeds each client's committed local changes to its session.
     fn drain_local_events(&mut self) {
         for i in 0..self.clients.len() {
-            while let Some(Ok(event)) = self.clients[i].events.try_recv() {
-                if event.origin != Origin::Local {
-                    continue;
-                }
+            while let Some(event) = self.clients[i].events.try_recv() {
                 let client = &mut self.clients[i];
-                let out = client.session.local_change(
-                    self.now,
-                    event.doc,
-                    &event.collection,
-                    event.kind,
-                    &client.replica,
-                );
+                let out = match event {
+                    Ok(event) if event.origin == Origin::Local => {
+                        let change = match event.kind {
+                            ChangeKind::Deleted => LocalChange::Tombstone,
+                            _ => LocalChange::Content,
+                        };
+                        client.session.local_change(
+                            self.now,
+                            event.doc,
+                            &event.collection,
+                            change,
+                            &client.replica,
+                        )
+                    }
+                    Ok(_) => continue,
+                    Err(_) => client
+                        .session
+                        .local_changes_missed(self.now, &client.replica),
+                };
                 self.client_outputs(i, out);
             }
         }
@@ -299,7 +360,7 @@ impl Sim {
 
     /// Delivers one frame from a random link, with faults if enabled.
     fn deliver_one(&mut self) -> bool {
-        let busy: Vec<(u64, bool)> = self
+        let busy: Vec<(ConnId, bool)> = self
             .links
             .iter()
             .flat_map(|(c, l)| {
@@ -352,7 +413,9 @@ impl Sim {
                 .sessions
                 .get_mut(&conn)
                 .expect("session of live link");
-            let out = session.handle_frame(frame, self.now, &OpenAccess, &self.relay.replica);
+            // The relay's own entry point: bytes, decoded and rate-counted.
+            let out =
+                session.handle_bytes(&frame.encode(), self.now, &OpenAccess, &self.relay.replica);
             self.relay_outputs(conn, out);
         } else if let Some(i) = self.client_of(conn) {
             let client = &mut self.clients[i];
@@ -373,21 +436,23 @@ impl Sim {
                 self.client_outputs(i, out);
             }
         }
-        let stalled: Vec<DocId> = self
-            .relay
-            .hubs
+        self.tick_actors();
+    }
+
+    /// One step of progress: a frame delivered or an actor run, chosen at
+    /// random; `false` when nothing is left to do.
+    fn progress(&mut self) -> bool {
+        let frames = self
+            .links
             .values()
-            .filter(|h| h.has_stalled(self.now))
-            .map(DocHub::doc)
-            .collect();
-        for doc in stalled {
-            let relay = &mut self.relay;
-            let Some(hub) = relay.hubs.get_mut(&doc) else {
-                continue;
-            };
-            for (to, frame) in hub.flush(self.now, &relay.replica) {
-                self.send_to_client(to, frame);
-            }
+            .any(|l| !l.to_relay.is_empty() || !l.to_client.is_empty());
+        let work = self.relay.actors.values().any(|a| !a.inbox.is_empty());
+        match (frames, work) {
+            (false, false) => false,
+            (true, false) => self.deliver_one(),
+            (false, true) => self.run_actor(),
+            (true, true) if self.rng.random_range(0..3) == 0 => self.run_actor(),
+            (true, true) => self.deliver_one(),
         }
     }
 
@@ -445,13 +510,24 @@ impl Sim {
         self.log.push(format!("client {i} restarts"));
     }
 
+    /// The relay restarts: half the time gracefully (actors stop and
+    /// persist their peers' states, as on SIGTERM), otherwise as after a
+    /// crash (whatever actors held in memory is lost).
     fn restart_relay(&mut self) {
         for i in 0..self.clients.len() {
             self.disconnect(i);
         }
-        self.relay.hubs.clear();
+        let graceful = self.rng.random_bool(0.5);
+        let actors = std::mem::take(&mut self.relay.actors);
+        if graceful {
+            for (key, actor) in actors {
+                let out = actor.hub.close(&self.relay.replica);
+                self.hub_outputs(&key, out);
+            }
+        }
         self.relay.replica = open(&self.relay.path, self.rng.random());
-        self.log.push("relay restarts".into());
+        self.log
+            .push(format!("relay restarts (graceful: {graceful})"));
     }
 
     fn step(&mut self) {
@@ -465,6 +541,9 @@ impl Sim {
             33 => self.restart_client(who),
             34 if self.rng.random_range(0..4) == 0 => self.restart_relay(),
             35..=44 => self.tick(delay),
+            45..=59 => {
+                self.run_actor();
+            }
             _ => {
                 self.deliver_one();
             }
@@ -481,7 +560,7 @@ impl Sim {
         for _round in 0..200 {
             self.drain_local_events();
             let mut delivered = 0;
-            while self.deliver_one() {
+            while self.progress() {
                 self.drain_local_events();
                 delivered += 1;
                 if delivered >= 100_000 {
@@ -504,9 +583,13 @@ impl Sim {
         for (i, c) in self.clients.iter().enumerate() {
             let mut local = Vec::new();
             for col in COLLECTIONS {
-                local.extend(c.replica.summaries(col).expect("summaries"));
+                local.extend(
+                    c.replica
+                        .summaries(&col.parse().expect("valid"))
+                        .expect("summaries"),
+                );
             }
-            let missing = c.session.missing_at_relay(&local);
+            let missing = c.session.missing_at_relay(&local, &c.replica);
             eprintln!("client {i}: {} missing={missing:?}", c.session.describe());
             for doc in missing {
                 eprintln!(
@@ -522,7 +605,14 @@ impl Sim {
                         .meta(&doc)
                         .map(|m| (m.collection, m.heads, m.deleted))
                 );
-                eprintln!("  hub {:?}", self.relay.hubs.get(&doc));
+                let hubs: Vec<_> = self
+                    .relay
+                    .actors
+                    .iter()
+                    .filter(|((_, d), _)| *d == doc)
+                    .map(|(_, a)| &a.hub)
+                    .collect();
+                eprintln!("  hubs {hubs:?}");
             }
         }
         eprintln!(
@@ -566,7 +656,7 @@ impl Sim {
 }
 
 /// One line about a delivered frame, for failure reports.
-fn describe(conn: u64, up: bool, frame: &Frame) -> String {
+fn describe(conn: ConnId, up: bool, frame: &Frame) -> String {
     let dir = if up { "->relay" } else { "<-relay" };
     match frame {
         Frame::Sync {
@@ -604,7 +694,7 @@ fn run_seed(seed: u64, steps: usize) {
         .collect();
     for _ in 0..5 {
         sim.tick(30_000);
-        while sim.deliver_one() {}
+        while sim.progress() {}
     }
     let after: Vec<_> = sim
         .clients

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use accord_engine::sync::Right;
 use accord_engine::sync::{Access, Grant};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -23,17 +24,6 @@ const PREFIX: &str = "acc1";
 
 /// The shortest secret accepted, in bytes.
 pub const MIN_SECRET_BYTES: usize = 16;
-
-/// What a token grants on one collection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Right {
-    /// Read only.
-    #[serde(rename = "r")]
-    Read,
-    /// Read and write.
-    #[serde(rename = "rw")]
-    ReadWrite,
-}
 
 /// The signed content of a token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,9 +168,13 @@ impl Access for Tokens {
         let rights = claims
             .c
             .into_iter()
-            .map(|(c, r)| (c, r == Right::ReadWrite))
-            .collect();
-        Ok(Grant::Collections(rights))
+            .map(|(c, r)| Ok((c.parse()?, r)))
+            .collect::<Result<_, accord_engine::id::ParseCollectionError>>()
+            .map_err(|e| format!("malformed token: {e}"))?;
+        Ok(Grant::collections(
+            rights,
+            Some(claims.exp.saturating_mul(1000)),
+        ))
     }
 }
 

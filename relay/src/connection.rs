@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use accord_engine::sync::{ErrorCode, Frame, RelayOutput, RelaySession};
+use accord_engine::sync::{ConnId, ErrorCode, Frame, HubInput, RelayOutput, RelaySession};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::docs::DocInput;
+use crate::docs::HubKey;
 use crate::peers::PeerHandle;
 use crate::server::Shared;
 
@@ -36,9 +36,14 @@ enum End {
     Error(ErrorCode, String),
 }
 
-/// Serves one accepted TCP connection until it closes. `slot` counts it
+/// Serves one accepted TCP connection until it closes. `permit` counts it
 /// against the connection limit until it is closed from our side.
-pub async fn serve(stream: TcpStream, conn: u64, shared: Arc<Shared>, slot: OwnedSemaphorePermit) {
+pub async fn serve(
+    stream: TcpStream,
+    conn: ConnId,
+    shared: Arc<Shared>,
+    permit: OwnedSemaphorePermit,
+) {
     // Small buffers: tungstenite's 128 KiB defaults made up most of an idle
     // connection's memory; frames are mostly small and written one at a time.
     let config = WebSocketConfig::default()
@@ -49,8 +54,8 @@ pub async fn serve(stream: TcpStream, conn: u64, shared: Arc<Shared>, slot: Owne
     let accept = tokio_tungstenite::accept_async_with_config(stream, Some(config));
     let ws = match tokio::time::timeout(shared.config.handshake_timeout, accept).await {
         Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => return tracing::debug!(conn, error = %e, "websocket handshake failed"),
-        Err(_) => return tracing::debug!(conn, "websocket handshake timed out"),
+        Ok(Err(e)) => return tracing::debug!(%conn, error = %e, "websocket handshake failed"),
+        Err(_) => return tracing::debug!(%conn, "websocket handshake timed out"),
     };
     let (tx, rx) = mpsc::channel(shared.config.outbound_queue);
     let kick = shared.shutdown.child_token();
@@ -63,7 +68,7 @@ pub async fn serve(stream: TcpStream, conn: u64, shared: Arc<Shared>, slot: Owne
         tx,
         kick,
         registered: false,
-        slot: Some(slot),
+        permit: Some(permit),
     };
     let end = c.run(rx).await;
     c.finish(end).await;
@@ -72,10 +77,10 @@ pub async fn serve(stream: TcpStream, conn: u64, shared: Arc<Shared>, slot: Owne
 /// The state of one connection task.
 struct Connection {
     /// The connection's number.
-    conn: u64,
+    conn: ConnId,
     /// Its place under the connection limit, given back on closing (before
     /// waiting for the peer's side of the close).
-    slot: Option<OwnedSemaphorePermit>,
+    permit: Option<OwnedSemaphorePermit>,
     /// Relay-wide state.
     shared: Arc<Shared>,
     /// The socket.
@@ -173,7 +178,7 @@ impl Connection {
                 format!("websocket protocol error: {e}"),
             )),
             Some(Err(e)) => {
-                tracing::debug!(conn = self.conn, error = %e, "connection failed");
+                tracing::debug!(conn = %self.conn, error = %e, "connection failed");
                 Some(End::Peer)
             }
         }
@@ -196,8 +201,16 @@ impl Connection {
             (session, out)
         })
         .await;
-        let Ok((session, outputs)) = joined else {
-            return Some(End::Error(ErrorCode::INTERNAL, "internal error".into()));
+        let (session, outputs) = match joined {
+            Ok(done) => done,
+            Err(e) => {
+                // The session is gone with the panic: end this connection
+                // cleanly; the peer reconnects and resyncs.
+                tracing::error!(conn = %self.conn, error = %e, "connection session panicked");
+                self.shared.metrics.panicked("connection");
+                let text = "the relay failed while handling a frame; reconnect".into();
+                return Some(End::Error(ErrorCode::INTERNAL, text));
+            }
         };
         self.session = Some(session);
         for output in outputs {
@@ -219,19 +232,22 @@ impl Connection {
                 message,
                 want_reply,
             } => {
-                let peer = self.peer_name();
-                let input = DocInput {
+                let peer = self.session.as_ref().and_then(|s| s.peer()).cloned()?;
+                let input = HubInput {
                     conn: self.conn,
                     peer,
                     message,
                     want_reply,
                 };
-                self.shared.docs.route(doc, &collection, input).await;
+                self.shared
+                    .docs
+                    .route(HubKey { collection, doc }, input)
+                    .await;
             }
             RelayOutput::Deleted { doc, collection } => {
                 let frame = Frame::Delete {
                     doc,
-                    collection: collection.clone(),
+                    collection: collection.to_string(),
                 };
                 self.shared.peers.broadcast(&collection, self.conn, &frame);
             }
@@ -243,7 +259,7 @@ impl Connection {
     async fn send(&mut self, frame: Frame) -> Option<End> {
         match &frame {
             Frame::Welcome { .. } => self.register(),
-            Frame::Error { code, .. } if code.is_fatal() => {
+            Frame::Error { code, .. } if code.closes_connection() => {
                 return None; // sent by `finish`, together with the close
             }
             Frame::Error { code, .. } => self.shared.metrics.refused(code.name()),
@@ -252,17 +268,12 @@ impl Connection {
         self.write(frame.kind(), frame.encode()).await
     }
 
-    fn peer_name(&self) -> String {
-        self.session
-            .as_ref()
-            .and_then(|s| s.peer_id())
-            .unwrap_or_default()
-            .to_owned()
-    }
-
     fn register(&mut self) {
+        let Some(peer) = self.session.as_ref().and_then(|s| s.peer()).cloned() else {
+            return;
+        };
         let handle = PeerHandle {
-            name: self.peer_name(),
+            peer,
             tx: self.tx.clone(),
             kick: self.kick.clone(),
         };
@@ -274,7 +285,7 @@ impl Connection {
     /// Unregisters, sends the error frame if any, and closes the socket.
     async fn finish(mut self, end: End) {
         self.shared.peers.remove(self.conn);
-        drop(self.slot.take());
+        drop(self.permit.take());
         if self.registered {
             self.shared.metrics.connections.dec();
         }
@@ -286,7 +297,7 @@ impl Connection {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), goodbye).await;
             return;
         };
-        tracing::info!(conn = self.conn, %code, reason, "closing connection");
+        tracing::info!(conn = %self.conn, %code, reason, "closing connection");
         self.shared.metrics.refused(code.name());
         if code == ErrorCode::UNAUTHORIZED {
             self.shared.metrics.auth_failures.inc();

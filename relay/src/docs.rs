@@ -1,22 +1,30 @@
-//! One actor per live document.
+//! One actor per live (collection, document) pair, carrying messages to
+//! and from the sync core's [`DocHub`]; every decision is the hub's.
 //!
-//! Sync messages for a document are routed to its actor through a bounded
-//! queue (a full queue makes the sending connection wait, which stops it
-//! reading: backpressure instead of buffering). The actor takes everything
-//! queued, applies it to its `DocHub` on the blocking pool (SQLite work
-//! never runs on async workers), and flushes once: a burst of changes
-//! becomes one message per peer. An actor that sees no traffic for
-//! `doc_idle` stops; the replica's bounded cache then lets the document
-//! leave memory.
+//! Sync messages are routed to their actor through a bounded queue (a full
+//! queue makes the sending connection wait, which stops it reading:
+//! backpressure instead of buffering). The actor takes everything queued,
+//! runs [`DocHub::handle_batch`] on the blocking pool (SQLite work never
+//! runs on async workers), and delivers what it returns. It wakes for
+//! [`DocHub::tick`] when an answer is overdue, and stops after `doc_idle`
+//! without traffic (the replica's bounded cache then lets the document
+//! leave memory). Actors are keyed by collection *and* document, so two
+//! collections never share one, whatever the frames claim.
+//!
+//! A panic on the blocking pool ends the actor cleanly: it leaves the
+//! table (the next message starts a fresh one from the store), the
+//! connections whose messages were lost are told `internal_error` for the
+//! document (they offer it again shortly), and `/metrics` counts it.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
-use accord_engine::automerge::sync::Message;
-use accord_engine::sync::{DocHub, ErrorCode, Frame, SyncDocs};
-use accord_engine::DocId;
+use accord_engine::sync::{ConnId, DocHub, ErrorCode, Frame, HubInput, HubOutput, SyncDocs};
+use accord_engine::{Collection, DocId};
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
+use tokio::time::Instant as TokioInstant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -24,17 +32,13 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::peers::Peers;
 
-/// A sync message on its way to a document actor.
-#[derive(Debug)]
-pub struct DocInput {
-    /// The sending connection.
-    pub conn: u64,
-    /// Its peer id.
-    pub peer: String,
-    /// The message.
-    pub message: Message,
-    /// Whether the sender waits for an answer.
-    pub want_reply: bool,
+/// Which hub a message goes to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HubKey {
+    /// The collection the frame named (and the sender was checked for).
+    pub collection: Collection,
+    /// The document.
+    pub doc: DocId,
 }
 
 /// The set of document actors.
@@ -46,7 +50,7 @@ pub struct DocActors {
 #[derive(Debug)]
 struct Shared {
     /// Inbox of each running actor.
-    actors: Mutex<HashMap<DocId, mpsc::Sender<DocInput>>>,
+    actors: Mutex<HashMap<HubKey, mpsc::Sender<HubInput>>>,
     /// Where documents live: the storage seam (the engine's `Replica` on
     /// SQLite today; a shared database for a cluster later).
     store: Arc<dyn SyncDocs + Send + Sync>,
@@ -94,20 +98,17 @@ impl DocActors {
         self.inner.tracker.wait().await;
     }
 
-    /// Delivers a message to the document's actor, starting it if needed.
+    /// Delivers a message to its hub's actor, starting it if needed.
     /// Waits while the actor's queue is full.
-    pub async fn route(&self, doc: DocId, collection: &str, mut input: DocInput) {
+    pub async fn route(&self, key: HubKey, mut input: HubInput) {
         loop {
-            let tx = self.sender(doc, collection);
+            let tx = self.sender(&key);
             match tx.send(input).await {
                 Ok(()) => return,
                 Err(mpsc::error::SendError(back)) => {
                     // The actor was stopping; forget it and start a new one.
                     input = back;
-                    let mut actors = self.inner.lock_actors();
-                    if actors.get(&doc).is_some_and(|t| t.same_channel(&tx)) {
-                        actors.remove(&doc);
-                    }
+                    self.inner.forget(&key, &tx);
                 }
             }
             if self.inner.shutdown.is_cancelled() {
@@ -116,28 +117,32 @@ impl DocActors {
         }
     }
 
-    fn sender(&self, doc: DocId, collection: &str) -> mpsc::Sender<DocInput> {
-        let mut actors = self.inner.lock_actors();
-        if let Some(tx) = actors.get(&doc) {
+    fn sender(&self, key: &HubKey) -> mpsc::Sender<HubInput> {
+        let mut actors = self.inner.actors.lock();
+        if let Some(tx) = actors.get(key) {
             return tx.clone();
         }
         let (tx, rx) = mpsc::channel(self.inner.config.doc_queue);
-        actors.insert(doc, tx.clone());
-        let shared = Arc::clone(&self.inner);
-        let hub = DocHub::new(doc, collection);
-        shared.metrics.live_documents.inc();
-        self.inner
-            .tracker
-            .spawn(run_actor(shared, hub, rx, tx.clone()));
+        actors.insert(key.clone(), tx.clone());
+        let hub = DocHub::new(key.doc, key.collection.clone());
+        self.inner.metrics.live_documents.inc();
+        let actor = Actor {
+            shared: Arc::clone(&self.inner),
+            key: key.clone(),
+            me: tx.clone(),
+        };
+        self.inner.tracker.spawn(actor.run(hub, rx));
         tx
     }
 }
 
 impl Shared {
-    fn lock_actors(&self) -> std::sync::MutexGuard<'_, HashMap<DocId, mpsc::Sender<DocInput>>> {
-        self.actors
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Removes an actor's entry if it is still `tx`'s.
+    fn forget(&self, key: &HubKey, tx: &mpsc::Sender<HubInput>) {
+        let mut actors = self.actors.lock();
+        if actors.get(key).is_some_and(|t| t.same_channel(tx)) {
+            actors.remove(key);
+        }
     }
 
     fn now(&self) -> u64 {
@@ -145,21 +150,73 @@ impl Shared {
     }
 }
 
-async fn run_actor(
+/// One running actor.
+struct Actor {
+    /// Relay-wide state.
     shared: Arc<Shared>,
-    hub: DocHub,
-    mut rx: mpsc::Receiver<DocInput>,
-    me: mpsc::Sender<DocInput>,
-) {
-    let doc = hub.doc();
-    let mut hub = Some(hub);
-    loop {
-        let first = tokio::select! {
-            input = rx.recv() => input,
-            () = tokio::time::sleep(shared.config.doc_idle) => None,
-            () = shared.shutdown.cancelled() => None,
-        };
-        let Some(first) = first else { break };
+    /// Its hub's key.
+    key: HubKey,
+    /// Its own inbox's sender, to recognise its entry in the table.
+    me: mpsc::Sender<HubInput>,
+}
+
+/// How a hub comes back from the blocking pool.
+enum Ran {
+    /// It handled the work.
+    Done(DocHub, HubOutput),
+    /// It panicked and is gone; these connections lost messages.
+    Panicked(BTreeSet<ConnId>),
+}
+
+impl Actor {
+    async fn run(self, hub: DocHub, mut rx: mpsc::Receiver<HubInput>) {
+        let mut hub = Some(hub);
+        while let Some(current) = hub.take() {
+            let deadline = current.next_deadline();
+            let wake = deadline.map(|d| self.at(d));
+            let batch = tokio::select! {
+                input = rx.recv() => input.map(|first| Self::take_batch(first, &mut rx)),
+                () = sleep_until(wake), if wake.is_some() => Some(Vec::new()),
+                () = tokio::time::sleep(self.shared.config.doc_idle) => None,
+                () = self.shared.shutdown.cancelled() => None,
+            };
+            let Some(batch) = batch else {
+                hub = Some(current);
+                break;
+            };
+            hub = self.process(current, batch).await;
+        }
+        // Stop taking new work, then finish what was already queued.
+        self.shared.forget(&self.key, &self.me);
+        rx.close();
+        let mut rest = Vec::new();
+        while let Ok(input) = rx.try_recv() {
+            rest.push(input);
+        }
+        if let Some(current) = hub.take() {
+            hub = if rest.is_empty() {
+                Some(current)
+            } else {
+                self.process(current, rest).await
+            };
+        } else {
+            self.lost(rest.iter().map(|i| i.conn).collect());
+        }
+        if let Some(current) = hub {
+            let shared = Arc::clone(&self.shared);
+            let closed = tokio::task::spawn_blocking(move || current.close(shared.store.as_ref()));
+            if let Ok(out) = closed.await {
+                self.deliver(out);
+            }
+        }
+        self.shared.metrics.live_documents.dec();
+        if !self.shared.shutdown.is_cancelled() {
+            self.shared.metrics.evictions.inc();
+        }
+    }
+
+    /// The first input and whatever else is queued, up to a bound.
+    fn take_batch(first: HubInput, rx: &mut mpsc::Receiver<HubInput>) -> Vec<HubInput> {
         let mut batch = vec![first];
         while batch.len() < 1024 {
             match rx.try_recv() {
@@ -167,118 +224,86 @@ async fn run_actor(
                 Err(_) => break,
             }
         }
-        hub = process(&shared, hub, batch).await;
+        batch
     }
-    // Stop taking new work, then finish what was already queued.
-    {
-        let mut actors = shared.lock_actors();
-        if actors.get(&doc).is_some_and(|t| t.same_channel(&me)) {
-            actors.remove(&doc);
-        }
-    }
-    drop(me);
-    rx.close();
-    let mut rest = Vec::new();
-    while let Ok(input) = rx.try_recv() {
-        rest.push(input);
-    }
-    if !rest.is_empty() {
-        hub = process(&shared, hub, rest).await;
-    }
-    if let Some(hub) = hub {
-        let shared2 = Arc::clone(&shared);
-        let _ = tokio::task::spawn_blocking(move || detach_all(&shared2, hub)).await;
-    }
-    shared.metrics.live_documents.dec();
-    if !shared.shutdown.is_cancelled() {
-        shared.metrics.evictions.inc();
-    }
-}
 
-/// Applies a batch on the blocking pool and hands the hub back.
-async fn process(
-    shared: &Arc<Shared>,
-    hub: Option<DocHub>,
-    batch: Vec<DocInput>,
-) -> Option<DocHub> {
-    let mut hub = hub?;
-    let shared2 = Arc::clone(shared);
-    let result = tokio::task::spawn_blocking(move || {
-        let started = Instant::now();
-        apply_batch(&shared2, &mut hub, batch);
-        shared2.metrics.store_time(started.elapsed());
-        hub
-    })
-    .await;
-    match result {
-        Ok(hub) => Some(hub),
-        Err(e) => {
-            tracing::error!(error = %e, "document actor task failed");
-            None
-        }
-    }
-}
-
-fn apply_batch(shared: &Shared, hub: &mut DocHub, batch: Vec<DocInput>) {
-    let replica: &dyn SyncDocs = shared.store.as_ref();
-    let mut changed = false;
-    for DocInput {
-        conn,
-        peer,
-        message,
-        want_reply,
-    } in batch
-    {
-        match hub.receive(conn, &peer, message, want_reply, replica) {
-            Ok(c) => changed |= c,
-            Err(e) => {
-                shared.metrics.sync_errors.inc();
-                tracing::warn!(doc = %hub.doc(), peer, error = %e, "refused a sync message");
-                let frame = Frame::error(ErrorCode::BAD_DOCUMENT, e.to_string(), Some(hub.doc()));
-                shared.peers.send(conn, &frame);
+    /// Runs one batch (or a tick, if empty) on the blocking pool and
+    /// delivers its output; `None` if the hub panicked.
+    async fn process(&self, hub: DocHub, batch: Vec<HubInput>) -> Option<DocHub> {
+        match self.run_blocking(hub, batch).await {
+            Ran::Done(hub, out) => {
+                self.deliver(out);
+                Some(hub)
+            }
+            Ran::Panicked(conns) => {
+                self.lost(conns);
+                None
             }
         }
     }
-    let mut gone = Vec::new();
-    for conn in hub.attached() {
-        if !shared.peers.is_subscribed(conn, hub.collection()) {
-            gone.extend(hub.detach(conn));
+
+    async fn run_blocking(&self, mut hub: DocHub, batch: Vec<HubInput>) -> Ran {
+        let senders: BTreeSet<ConnId> = batch.iter().map(|i| i.conn).collect();
+        let shared = Arc::clone(&self.shared);
+        let collection = self.key.collection.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let subscribers = shared.peers.subscribers(&collection);
+            let now = shared.now();
+            let out = if batch.is_empty() {
+                hub.tick(now, &subscribers, shared.store.as_ref())
+            } else {
+                hub.handle_batch(now, batch, &subscribers, shared.store.as_ref())
+            };
+            shared.metrics.store_time(started.elapsed());
+            (hub, out)
+        })
+        .await;
+        match joined {
+            Ok((hub, out)) => Ran::Done(hub, out),
+            Err(e) => {
+                tracing::error!(doc = %self.key.doc, error = %e, "document actor panicked; stopping it");
+                self.shared.metrics.panicked("document");
+                Ran::Panicked(senders)
+            }
         }
     }
-    if changed {
-        for (conn, name) in shared.peers.subscribers(hub.collection()) {
-            hub.attach(conn, &name, replica);
+
+    /// Sends a hub's frames and counts its failures.
+    fn deliver(&self, out: HubOutput) {
+        for failure in &out.failures {
+            if failure.code == ErrorCode::STORAGE_UNAVAILABLE {
+                self.shared.metrics.storage_failures.inc();
+            } else {
+                self.shared.metrics.sync_errors.inc();
+            }
+            tracing::warn!(doc = %self.key.doc, code = %failure.code, error = failure.error, "sync failure");
+        }
+        for (conn, frame) in out.frames {
+            self.shared.peers.send(conn, &frame);
         }
     }
-    for (conn, frame) in hub.flush(shared.now(), replica) {
-        shared.peers.send(conn, &frame);
+
+    /// Tells connections whose messages a panic lost to offer the
+    /// document again.
+    fn lost(&self, conns: BTreeSet<ConnId>) {
+        let text = "the relay failed while handling this document; offer it again";
+        let frame = Frame::error(ErrorCode::INTERNAL, text, Some(self.key.doc));
+        for conn in conns {
+            self.shared.peers.send(conn, &frame);
+        }
     }
-    let mut states: Vec<(String, DocId, Vec<u8>)> = hub.dirty_states();
-    states.extend(
-        gone.into_iter()
-            .map(|(name, state)| (name, hub.doc(), state)),
-    );
-    save_states(shared, states);
+
+    /// The tokio instant of a sync-core time.
+    fn at(&self, ms: u64) -> TokioInstant {
+        let offset = std::time::Duration::from_millis(ms);
+        TokioInstant::from_std(self.shared.started + offset)
+    }
 }
 
-fn detach_all(shared: &Shared, mut hub: DocHub) {
-    let mut states = hub.dirty_states();
-    for conn in hub.attached() {
-        if let Some((name, state)) = hub.detach(conn) {
-            states.push((name, hub.doc(), state));
-        }
-    }
-    save_states(shared, states);
-}
-
-fn save_states(shared: &Shared, states: Vec<(String, DocId, Vec<u8>)>) {
-    let mut by_peer: HashMap<String, Vec<(DocId, Vec<u8>)>> = HashMap::new();
-    for (peer, doc, state) in states {
-        by_peer.entry(peer).or_default().push((doc, state));
-    }
-    for (peer, states) in by_peer {
-        if let Err(e) = shared.store.save_sync_states(&peer, states) {
-            tracing::warn!(peer, error = %e, "could not persist sync states");
-        }
+async fn sleep_until(at: Option<TokioInstant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

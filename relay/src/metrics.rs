@@ -53,6 +53,12 @@ pub struct Metrics {
     pub refusals: Family<KindLabel, Counter>,
     /// Document actors stopped for idleness.
     pub evictions: Counter,
+    /// Tasks that panicked and were ended cleanly, by task kind
+    /// (`document`, `connection`).
+    pub panics: Family<KindLabel, Counter>,
+    /// Storage operations that failed (the peers concerned were told
+    /// `storage_unavailable` and retry).
+    pub storage_failures: Counter,
     /// Time spent in storage work per batch or frame (seconds).
     pub store_seconds: Histogram,
 }
@@ -71,6 +77,8 @@ impl Default for Metrics {
             auth_failures: Counter::default(),
             refusals: Family::default(),
             evictions: Counter::default(),
+            panics: Family::default(),
+            storage_failures: Counter::default(),
             // 50 µs to ~1.6 s.
             store_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
         };
@@ -114,6 +122,16 @@ impl Default for Metrics {
             m.evictions.clone(),
         );
         r.register(
+            "panics",
+            "Tasks that panicked and were ended cleanly, by kind",
+            m.panics.clone(),
+        );
+        r.register(
+            "storage_failures",
+            "Storage operations that failed; peers were told to retry",
+            m.storage_failures.clone(),
+        );
+        r.register(
             "store_seconds",
             "Storage time per batch or frame",
             m.store_seconds.clone(),
@@ -148,6 +166,15 @@ impl Metrics {
         self.refusals
             .get_or_create(&KindLabel {
                 kind: code.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a task that panicked and was ended cleanly.
+    pub fn panicked(&self, task: &str) {
+        self.panics
+            .get_or_create(&KindLabel {
+                kind: task.to_owned(),
             })
             .inc();
     }

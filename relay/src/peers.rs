@@ -1,16 +1,20 @@
 //! The registry of live connections.
 //!
 //! Each connection registers a handle: its peer id, a bounded queue of
-//! outgoing frames and a token that disconnects it. Sending never waits: a
-//! connection whose queue is full cannot keep up, so it is disconnected
-//! with `too_slow` (it resyncs when it reconnects) rather than buffered
-//! without bound or silently skipped. This module is also the fan-out seam
-//! a relay cluster would extend to reach peers on other nodes.
+//! outgoing frames and a token that disconnects it. Which connection
+//! listens to which collection is the sync core's [`Subscribers`] table,
+//! kept here behind the same lock. Sending never waits: a connection whose
+//! queue is full cannot keep up, so it is disconnected with `too_slow` (it
+//! resyncs when it reconnects) rather than buffered without bound or
+//! silently skipped. This module is also the fan-out seam a relay cluster
+//! would extend to reach peers on other nodes.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::Arc;
 
-use accord_engine::sync::Frame;
+use accord_engine::sync::{ConnId, Frame, Subscriber, Subscribers};
+use accord_engine::{Collection, PeerId};
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone)]
 pub struct PeerHandle {
     /// The peer id from its `Hello`.
-    pub name: String,
+    pub peer: PeerId,
     /// Its outgoing frames: kind (for metrics) and encoded bytes.
     pub tx: mpsc::Sender<(&'static str, Vec<u8>)>,
     /// Cancelling it disconnects the peer.
@@ -27,10 +31,10 @@ pub struct PeerHandle {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Welcomed connections by number.
-    conns: HashMap<u64, PeerHandle>,
-    /// Subscribers of each collection.
-    by_collection: HashMap<String, BTreeSet<u64>>,
+    /// Welcomed connections.
+    conns: HashMap<ConnId, PeerHandle>,
+    /// Their subscriptions.
+    subscribers: Subscribers,
 }
 
 /// The registry; cheap to clone.
@@ -40,80 +44,60 @@ pub struct Peers {
 }
 
 impl Peers {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Registers a welcomed connection.
-    pub fn add(&self, conn: u64, handle: PeerHandle) {
-        self.lock().conns.insert(conn, handle);
+    pub fn add(&self, conn: ConnId, handle: PeerHandle) {
+        self.inner.lock().conns.insert(conn, handle);
     }
 
     /// Forgets a connection and its subscriptions.
-    pub fn remove(&self, conn: u64) {
-        let mut inner = self.lock();
+    pub fn remove(&self, conn: ConnId) {
+        let mut inner = self.inner.lock();
         inner.conns.remove(&conn);
-        for subs in inner.by_collection.values_mut() {
-            subs.remove(&conn);
-        }
+        inner.subscribers.remove(conn);
     }
 
-    /// Records a subscription.
-    pub fn subscribe(&self, conn: u64, collection: &str) {
-        self.lock()
-            .by_collection
-            .entry(collection.to_owned())
-            .or_default()
-            .insert(conn);
+    /// Records a subscription of a registered connection.
+    pub fn subscribe(&self, conn: ConnId, collection: &Collection) {
+        let mut inner = self.inner.lock();
+        let Some(peer) = inner.conns.get(&conn).map(|h| h.peer.clone()) else {
+            return;
+        };
+        inner.subscribers.subscribe(conn, &peer, collection);
     }
 
     /// Removes a subscription.
-    pub fn unsubscribe(&self, conn: u64, collection: &str) {
-        if let Some(subs) = self.lock().by_collection.get_mut(collection) {
-            subs.remove(&conn);
-        }
+    pub fn unsubscribe(&self, conn: ConnId, collection: &Collection) {
+        self.inner.lock().subscribers.unsubscribe(conn, collection);
     }
 
     /// The subscribers of a collection with their peer ids.
-    pub fn subscribers(&self, collection: &str) -> Vec<(u64, String)> {
-        let inner = self.lock();
-        let Some(subs) = inner.by_collection.get(collection) else {
-            return Vec::new();
-        };
-        subs.iter()
-            .filter_map(|c| inner.conns.get(c).map(|h| (*c, h.name.clone())))
-            .collect()
+    pub fn subscribers(&self, collection: &Collection) -> Vec<Subscriber> {
+        self.inner.lock().subscribers.of(collection)
     }
 
-    /// Whether a connection is registered and subscribed to `collection`.
-    pub fn is_subscribed(&self, conn: u64, collection: &str) -> bool {
-        let inner = self.lock();
-        inner.conns.contains_key(&conn)
-            && inner
-                .by_collection
-                .get(collection)
-                .is_some_and(|s| s.contains(&conn))
+    /// How many collections have subscribers (the table's size).
+    pub fn subscribed_collections(&self) -> usize {
+        self.inner.lock().subscribers.collections()
     }
 
     /// Whether a connection is still registered.
-    pub fn is_live(&self, conn: u64) -> bool {
-        self.lock().conns.contains_key(&conn)
+    pub fn is_live(&self, conn: ConnId) -> bool {
+        self.inner.lock().conns.contains_key(&conn)
     }
 
     /// Every registered connection with its peer id.
-    pub fn connections(&self) -> Vec<(u64, String)> {
-        self.lock()
+    pub fn connections(&self) -> Vec<(ConnId, PeerId)> {
+        let inner = self.inner.lock();
+        inner
             .conns
             .iter()
-            .map(|(c, h)| (*c, h.name.clone()))
+            .map(|(c, h)| (*c, h.peer.clone()))
             .collect()
     }
 
     /// How many connections are registered.
     pub fn len(&self) -> usize {
-        self.lock().conns.len()
+        self.inner.lock().conns.len()
     }
 
     /// Whether no connection is registered.
@@ -123,18 +107,14 @@ impl Peers {
 
     /// Queues a frame for a connection without waiting. A full queue
     /// disconnects the peer; returns whether the frame was queued.
-    pub fn send(&self, conn: u64, frame: &Frame) -> bool {
-        let Some(handle) = self.lock().conns.get(&conn).cloned() else {
+    pub fn send(&self, conn: ConnId, frame: &Frame) -> bool {
+        let Some(handle) = self.inner.lock().conns.get(&conn).cloned() else {
             return false;
         };
         match handle.tx.try_send((frame.kind(), frame.encode())) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(
-                    conn,
-                    peer = handle.name,
-                    "peer cannot keep up; disconnecting it"
-                );
+                tracing::warn!(%conn, peer = %handle.peer, "peer cannot keep up; disconnecting it");
                 handle.kick.cancel();
                 false
             }
@@ -143,10 +123,10 @@ impl Peers {
     }
 
     /// Sends a frame to every subscriber of `collection` but `except`.
-    pub fn broadcast(&self, collection: &str, except: u64, frame: &Frame) {
-        for (conn, _) in self.subscribers(collection) {
-            if conn != except {
-                self.send(conn, frame);
+    pub fn broadcast(&self, collection: &Collection, except: ConnId, frame: &Frame) {
+        for s in self.subscribers(collection) {
+            if s.conn != except {
+                self.send(s.conn, frame);
             }
         }
     }
@@ -161,25 +141,29 @@ mod tests {
         let peers = Peers::default();
         let (tx, mut rx) = mpsc::channel(2);
         let kick = CancellationToken::new();
+        let peer = PeerId::new("slow").expect("valid");
+        let conn = ConnId(7);
         peers.add(
-            7,
+            conn,
             PeerHandle {
-                name: "slow".into(),
+                peer: peer.clone(),
                 tx,
                 kick: kick.clone(),
             },
         );
-        peers.subscribe(7, "c");
+        let c = Collection::new("c").expect("valid");
+        peers.subscribe(conn, &c);
         let frame = Frame::Subscribe {
             collections: vec![],
         };
-        assert!(peers.send(7, &frame) && peers.send(7, &frame));
+        assert!(peers.send(conn, &frame) && peers.send(conn, &frame));
         assert!(!kick.is_cancelled());
-        assert!(!peers.send(7, &frame), "the third frame does not fit");
+        assert!(!peers.send(conn, &frame), "the third frame does not fit");
         assert!(kick.is_cancelled(), "the peer is told to go");
         assert_eq!(rx.try_recv().map(|(kind, _)| kind).ok(), Some("subscribe"));
-        assert_eq!(peers.subscribers("c"), vec![(7, "slow".to_owned())]);
-        peers.remove(7);
-        assert!(peers.subscribers("c").is_empty() && !peers.send(7, &frame));
+        assert_eq!(peers.subscribers(&c), vec![Subscriber { conn, peer }]);
+        peers.remove(conn);
+        assert!(peers.subscribers(&c).is_empty() && !peers.send(conn, &frame));
+        assert_eq!(peers.subscribed_collections(), 0, "no key is left behind");
     }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use accord_engine::sync::{Access, ErrorCode, Frame, SyncDocs};
+use accord_engine::sync::{Access, ConnId, ErrorCode, Frame, SyncDocs};
 use accord_engine::{Replica, ReplicaOptions};
 use anyhow::Context;
 use futures_util::SinkExt;
@@ -32,7 +32,7 @@ pub struct Shared {
     /// Settings.
     pub config: Config,
     /// The relay's documents, reached only through the storage seam.
-    pub store: Arc<dyn SyncDocs + Send + Sync>,
+    pub store: Store,
     /// The same storage as the engine's replica, for inspection.
     replica: Replica,
     /// The relay's stable id (its database's peer id).
@@ -110,6 +110,21 @@ pub async fn run(
 
 /// Opens the database and builds the shared state.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Relay> {
+    start_with(config, shutdown, |replica| Arc::new(replica)).await
+}
+
+/// The storage seam as the relay reaches it.
+pub type Store = Arc<dyn SyncDocs + Send + Sync>;
+
+/// Like [`start`], with a layer around the storage seam: `store` receives
+/// the relay's replica and returns what the relay syncs through (the
+/// replica itself, or something wrapping it: a cluster's shared store, a
+/// test's fault injection).
+pub async fn start_with(
+    config: Config,
+    shutdown: CancellationToken,
+    store: impl FnOnce(Replica) -> Store,
+) -> anyhow::Result<Relay> {
     let db = config.db.clone();
     let options = ReplicaOptions {
         cache_capacity: config.cache_docs,
@@ -121,8 +136,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let peers = Peers::default();
     let tracker = TaskTracker::new();
     let metrics = Arc::new(Metrics::default());
+    let store = store(replica.clone());
     let docs = DocActors::new(
-        Arc::new(replica.clone()),
+        Arc::clone(&store),
         peers.clone(),
         config.clone(),
         tracker,
@@ -130,10 +146,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         Arc::clone(&metrics),
     );
     let shared = Shared {
-        relay_id: replica.peer_id().to_owned(),
+        relay_id: replica.peer_id().to_string(),
         access: Arc::clone(&config.access),
         config,
-        store: Arc::new(replica.clone()),
+        store,
         replica,
         metrics,
         peers,
@@ -173,12 +189,12 @@ pub async fn serve(
         };
         backoff = Duration::from_millis(10);
         let _ = stream.set_nodelay(true);
-        let conn = next_conn.fetch_add(1, Ordering::Relaxed);
+        let conn = ConnId(next_conn.fetch_add(1, Ordering::Relaxed));
         let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
             tasks.spawn(refuse(stream, Arc::clone(&shared)));
             continue;
         };
-        tracing::debug!(conn, %addr, "accepted connection");
+        tracing::debug!(%conn, %addr, "accepted connection");
         let shared = Arc::clone(&shared);
         tasks.spawn(crate::connection::serve(stream, conn, shared, permit));
     }

@@ -34,9 +34,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use accord_engine::automerge::ChangeHash;
 use accord_engine::store::Store;
-use accord_engine::{ConnectOptions, DocId, Replica, ReplicaOptions};
+use accord_engine::{ConnectOptions, DocId, Heads, Replica, ReplicaOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -349,7 +348,7 @@ fn run_trial(rng: &mut StdRng, relay_db: &Path, dbs: &[PathBuf], trial: usize) -
 
 /// Opens `db` (which must work after any kill) and checks that the file is
 /// whole and holds every write in `writes`; returns each record's heads.
-fn verify(db: &Path, writes: &[&Write], what: &str) -> BTreeMap<DocId, Vec<ChangeHash>> {
+fn verify(db: &Path, writes: &[&Write], what: &str) -> BTreeMap<DocId, Heads> {
     let replica = Replica::open(db)
         .unwrap_or_else(|e| panic!("{what}: the database does not open after a kill: {e}"));
     let mut by_doc: HashMap<DocId, Vec<&Write>> = HashMap::new();
@@ -381,20 +380,19 @@ fn verify(db: &Path, writes: &[&Write], what: &str) -> BTreeMap<DocId, Vec<Chang
 }
 
 /// Every record's heads, sorted; loading each record on the way.
-fn heads_of(replica: &Replica) -> BTreeMap<DocId, Vec<ChangeHash>> {
+fn heads_of(replica: &Replica) -> BTreeMap<DocId, Heads> {
     replica
         .list(COLLECTION)
         .expect("list")
         .into_iter()
         .map(|meta| {
-            let mut heads = replica.heads(&meta.id).unwrap_or_else(|e| {
+            let heads = replica.heads(&meta.id).unwrap_or_else(|e| {
                 panic!(
                     "{:?}: record {} does not load: {e}",
                     replica.path(),
                     meta.id
                 )
             });
-            heads.sort();
             (meta.id, heads)
         })
         .collect()

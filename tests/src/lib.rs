@@ -42,11 +42,20 @@ impl TestRelay {
     /// Starts a relay with the given configuration (its `listen` is
     /// ignored: a free loopback port is used).
     pub async fn start_with(config: Config) -> anyhow::Result<TestRelay> {
+        Self::start_layered(config, |replica| std::sync::Arc::new(replica)).await
+    }
+
+    /// Like [`TestRelay::start_with`], with a layer around the relay's
+    /// storage seam (to inject faults behind the real store).
+    pub async fn start_layered(
+        config: Config,
+        store: impl FnOnce(accord_engine::Replica) -> accord_relay::server::Store,
+    ) -> anyhow::Result<TestRelay> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let url = format!("ws://{addr}");
         let shutdown = CancellationToken::new();
-        let relay = accord_relay::server::start(config, shutdown.clone()).await?;
+        let relay = accord_relay::server::start_with(config, shutdown.clone(), store).await?;
         let task = tokio::spawn(accord_relay::server::serve(
             listener,
             relay.clone(),

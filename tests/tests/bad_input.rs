@@ -36,9 +36,7 @@ async fn session(url: &str, peer: &str) -> Ws {
     }
 }
 
-fn heads_of_all(
-    replica: &Replica,
-) -> Vec<(DocId, Vec<accord_engine::automerge::ChangeHash>, bool)> {
+fn heads_of_all(replica: &Replica) -> Vec<(DocId, accord_engine::Heads, bool)> {
     let all = replica.list_with(&ListOptions::everything()).expect("list");
     all.into_iter()
         .map(|m| (m.id, m.heads, m.deleted))
@@ -99,10 +97,10 @@ async fn every_bad_input_is_refused_and_changes_nothing() {
             .encode(),
             ErrorCode::NOT_HANDSHAKEN,
         ),
-        // Variant 0 (Hello), version 1, then a peer-id length claiming 2^62 bytes.
+        // Variant 0 (Hello), this version, then a peer-id length claiming 2^62 bytes.
         (
             "huge declared length",
-            vec![0, 1, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0x40],
+            vec![0, PROTOCOL_VERSION as u8, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0x40],
             ErrorCode::MALFORMED,
         ),
     ];

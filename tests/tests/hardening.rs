@@ -401,7 +401,7 @@ async fn a_peer_that_cannot_keep_up_is_disconnected_not_buffered() {
         .peers()
         .connections()
         .into_iter()
-        .find(|(_, name)| name == "raw")
+        .find(|(_, peer)| peer == "raw")
         .expect("the raw connection is registered");
     // Fan-out faster than the connection drains its 4-frame queue, as
     // document actors do for a peer on a slow link.

@@ -136,7 +136,7 @@ pub fn info(ctx: &mut Ctx, id: &DocId) -> Result<()> {
     let lines = [
         ("id", out.paint(Tint::Id, &meta.id.to_string())),
         ("url", meta.id.url()),
-        ("collection", meta.collection.clone()),
+        ("collection", meta.collection.to_string()),
         ("changes", meta.change_count.to_string()),
         ("heads", heads_text(&meta.heads)),
         (

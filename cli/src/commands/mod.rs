@@ -133,7 +133,7 @@ fn open(db: &Path, create: bool) -> Result<Replica> {
 }
 
 /// Resolves comma-separated full or short change hashes of a record.
-pub fn resolve_heads(replica: &Replica, id: &DocId, text: &str) -> Result<Vec<ChangeHash>> {
+pub fn resolve_heads(replica: &Replica, id: &DocId, text: &str) -> Result<accord_engine::Heads> {
     // A missing record is reported as such, not as heads that do not resolve.
     replica.meta(id)?;
     replica

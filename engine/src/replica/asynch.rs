@@ -4,7 +4,6 @@
 //! so SQLite reads, commits and fsyncs never occupy an async worker thread.
 
 use automerge::transaction::Transaction;
-use automerge::ChangeHash;
 
 use super::{ChangeInfo, Record, RecordMeta, Replica};
 use crate::error::{Error, Result};
@@ -83,7 +82,7 @@ impl AsyncReplica {
     }
 
     /// See [`Replica::heads`].
-    pub async fn heads(&self, id: DocId) -> Result<Vec<ChangeHash>> {
+    pub async fn heads(&self, id: DocId) -> Result<crate::id::Heads> {
         self.run(move |r| r.heads(&id)).await
     }
 }

@@ -9,14 +9,15 @@
 //! would hand out the same change sequence number twice).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use automerge::{ActorId, Automerge};
 
-use super::commit::lock;
 use crate::error::StoreError;
-use crate::id::DocId;
-use crate::store::{DocMeta, StoredDoc};
+use crate::id::{Collection, DocId, Heads};
+use crate::store::{ChunkKind, StoredChunk, StoredDoc};
 
 /// A document in memory, with what the write path needs to know about how
 /// it is stored.
@@ -25,9 +26,12 @@ pub(crate) struct DocState {
     /// The document.
     pub doc: Automerge,
     /// Its collection.
-    pub collection: String,
+    pub collection: Collection,
     /// Whether it carries a tombstone.
     pub deleted: bool,
+    /// The committer's foreign-write epoch when this state was last known
+    /// to match the file (see `access`).
+    pub checked_epoch: u64,
     /// Chunks stored since the last snapshot (drives compaction).
     pub chunks: u64,
     /// Bytes stored since the last snapshot.
@@ -36,13 +40,13 @@ pub(crate) struct DocState {
     pub snapshot_bytes: u64,
 }
 
-/// A cache slot: `None` until loaded, and again after a failed write (the
+/// A cache entry: `None` until loaded, and again after a failed write (the
 /// next user reloads from the store).
 pub(crate) type Entry = Arc<Mutex<Option<DocState>>>;
 
 /// Entries with the logical time each was last used.
 #[derive(Debug, Default)]
-struct Slots {
+struct Entries {
     /// Entry and last use of each loaded document.
     entries: HashMap<DocId, (Entry, u64)>,
     /// The logical clock of uses.
@@ -53,7 +57,7 @@ struct Slots {
 #[derive(Debug)]
 pub(crate) struct Cache {
     /// The entries.
-    map: Mutex<Slots>,
+    map: Mutex<Entries>,
     /// How many entries to keep.
     capacity: usize,
 }
@@ -61,15 +65,15 @@ pub(crate) struct Cache {
 impl Cache {
     pub(crate) fn new(capacity: usize) -> Self {
         Cache {
-            map: Mutex::new(Slots::default()),
+            map: Mutex::new(Entries::default()),
             capacity: capacity.max(1),
         }
     }
 
     /// The entry for `id`, created empty if absent.
     pub(crate) fn entry(&self, id: &DocId) -> Entry {
-        let mut guard = lock(&self.map);
-        let Slots {
+        let mut guard = self.map.lock();
+        let Entries {
             entries: map,
             clock,
         } = &mut *guard;
@@ -89,7 +93,7 @@ impl Cache {
 
     /// Forgets an entry (after a failed load) if nobody else holds it.
     pub(crate) fn forget(&self, id: &DocId) {
-        let mut guard = lock(&self.map);
+        let mut guard = self.map.lock();
         // Two holders: the map and the caller that failed to load it.
         if guard
             .entries
@@ -102,7 +106,7 @@ impl Cache {
 
     /// How many documents are in memory.
     pub(crate) fn len(&self) -> usize {
-        lock(&self.map).entries.len()
+        self.map.lock().entries.len()
     }
 }
 
@@ -130,19 +134,23 @@ impl DocState {
             reason,
         };
         let mut doc = Automerge::new();
-        let mut state = DocState::empty(&meta);
-        for (seq, kind, data) in &chunks {
+        let mut state = DocState::new(Automerge::new(), meta.collection.clone(), 0);
+        state.deleted = meta.deleted;
+        for StoredChunk { seq, kind, data } in &chunks {
+            let Some(kind) = kind else {
+                return Err(corrupt(format!("chunk {seq} has an unknown kind")));
+            };
             doc.load_incremental(data)
                 .map_err(|e| corrupt(format!("chunk {seq}: {e}")))?;
-            if *kind == 0 {
-                state.snapshot_bytes = data.len() as u64;
-            } else {
-                state.chunks += 1;
-                state.incremental_bytes += data.len() as u64;
+            match kind {
+                ChunkKind::Snapshot => state.snapshot_bytes = data.len() as u64,
+                ChunkKind::Incremental => {
+                    state.chunks += 1;
+                    state.incremental_bytes += data.len() as u64;
+                }
             }
         }
-        let mut heads = doc.get_heads();
-        heads.sort();
+        let heads = Heads::new(doc.get_heads());
         if heads != meta.heads {
             let short = |hs: &[automerge::ChangeHash]| -> Vec<String> {
                 hs.iter().map(|h| h.to_string()[..12].to_owned()).collect()
@@ -159,16 +167,16 @@ impl DocState {
         Ok(state)
     }
 
-    /// The state of a document the store knows only by its row (a
-    /// tombstone that arrived before any content, or a fresh record).
-    pub(crate) fn empty(meta: &DocMeta) -> Self {
+    /// A document not stored in chunks yet (or only as a tombstone row).
+    pub(crate) fn new(doc: Automerge, collection: Collection, snapshot_bytes: u64) -> Self {
         DocState {
-            doc: Automerge::new(),
-            collection: meta.collection.clone(),
-            deleted: meta.deleted,
+            doc,
+            collection,
+            deleted: false,
+            checked_epoch: 0,
             chunks: 0,
             incremental_bytes: 0,
-            snapshot_bytes: 0,
+            snapshot_bytes,
         }
     }
 

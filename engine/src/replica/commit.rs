@@ -3,81 +3,123 @@
 //! Writers never open transactions themselves: they queue their write group
 //! and then take the store lock. Whoever holds the lock is the leader: it
 //! drains the whole queue into one SQLite transaction, commits once, and
-//! leaves each queued writer's result in its slot. A writer that finds its
+//! leaves each queued writer's result in its outcome cell. A writer that finds its
 //! result already there when it gets the lock returns at once. Under
 //! contention, N concurrent writers share about one fsync instead of N; with
 //! one writer it degenerates to a plain transaction per write.
+//!
+//! The committer also notices other writers of the file: SQLite's
+//! `data_version` of the write connection changes only when *another*
+//! connection commits, so each time it moves the foreign-write epoch goes
+//! up, and cached documents checked in an older epoch are checked against
+//! the file again before use (see `access`). Reading it costs one pragma
+//! on an idle writer, nothing while a commit is in flight (the leader reads
+//! it), and the epoch never moves while this process is the only writer.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::error::StoreError;
 use crate::store::{Store, WriteOp};
 
 /// Where a leader leaves one queued group's result.
-type Slot = Arc<Mutex<Option<Result<(), StoreError>>>>;
+type Outcome = Arc<Mutex<Option<Result<(), StoreError>>>>;
 
 /// The write path of a replica.
 #[derive(Debug)]
 pub(crate) struct Committer {
     /// Groups waiting for the next leader.
-    queue: Mutex<Vec<(Vec<WriteOp>, Slot)>>,
+    queue: Mutex<Vec<(Vec<WriteOp>, Outcome)>>,
     /// The write connection; holding it makes a thread the leader.
-    store: Mutex<Store>,
+    store: Mutex<Writer>,
+    /// Goes up whenever another connection committed to the file.
+    foreign_epoch: AtomicU64,
 }
 
-/// Locks a mutex, recovering the data if a panicking thread poisoned it:
-/// every structure guarded here stays consistent between statements.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// The write connection and the last `data_version` it reported.
+#[derive(Debug)]
+struct Writer {
+    /// The connection.
+    store: Store,
+    /// `PRAGMA data_version` when last read.
+    data_version: Option<i64>,
 }
 
 impl Committer {
     pub(crate) fn new(store: Store) -> Self {
-        Committer {
+        let committer = Committer {
             queue: Mutex::new(Vec::new()),
-            store: Mutex::new(store),
+            store: Mutex::new(Writer {
+                store,
+                data_version: None,
+            }),
+            foreign_epoch: AtomicU64::new(0),
+        };
+        committer.note_foreign_commits(&mut committer.store.lock());
+        committer
+    }
+
+    /// The foreign-write epoch, brought up to date if the write connection
+    /// is free (a busy one is read by the leader before its commit).
+    pub(crate) fn foreign_epoch(&self) -> u64 {
+        if let Some(mut writer) = self.store.try_lock() {
+            self.note_foreign_commits(&mut writer);
         }
+        self.foreign_epoch.load(Ordering::Acquire)
+    }
+
+    /// Moves the epoch if another connection committed since last asked
+    /// (or if asking failed: then nothing cached can be trusted).
+    fn note_foreign_commits(&self, writer: &mut Writer) {
+        let now = writer.store.data_version().ok();
+        if now.is_none() || (writer.data_version.is_some() && writer.data_version != now) {
+            self.foreign_epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        writer.data_version = now;
     }
 
     /// Writes one group atomically; returns once it is committed.
     pub(crate) fn submit(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
-        let slot: Slot = Arc::default();
-        lock(&self.queue).push((ops, Arc::clone(&slot)));
-        let mut store = lock(&self.store);
-        if let Some(done) = lock(&slot).take() {
+        let outcome: Outcome = Arc::default();
+        self.queue.lock().push((ops, Arc::clone(&outcome)));
+        let mut writer = self.store.lock();
+        if let Some(done) = outcome.lock().take() {
             return done;
         }
-        let batch = std::mem::take(&mut *lock(&self.queue));
+        self.note_foreign_commits(&mut writer);
+        let batch = std::mem::take(&mut *self.queue.lock());
         let groups: Vec<&[WriteOp]> = batch.iter().map(|(ops, _)| ops.as_slice()).collect();
-        match store.apply(&groups) {
+        match writer.store.apply(&groups) {
             Ok(results) => {
                 for ((_, s), r) in batch.iter().zip(results) {
-                    *lock(s) = Some(r);
+                    *s.lock() = Some(r);
                 }
             }
             Err(e) => {
                 let text = e.to_string();
                 for (_, s) in &batch {
-                    *lock(s) = Some(Err(StoreError::Batch(text.clone())));
+                    *s.lock() = Some(Err(StoreError::Batch(text.clone())));
                 }
             }
         }
-        drop(store);
-        let result = lock(&slot).take();
+        drop(writer);
+        let result = outcome.lock().take();
         // Our group was queued before we took the lock, so this leader's
-        // batch contained it and filled the slot.
+        // batch contained it and filled the outcome.
         result.unwrap_or_else(|| Err(StoreError::Batch("write was not committed".into())))
     }
 
     /// Runs a read on the write connection (for in-memory replicas, which
     /// have no separate reader).
     pub(crate) fn with_store<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
-        f(&lock(&self.store))
+        f(&self.store.lock().store)
     }
 
     /// Runs `f` with the write connection to itself (the queries of an
     /// in-memory replica, which switch it to read-only for their length).
     pub(crate) fn with_store_mut<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
-        f(&mut lock(&self.store))
+        f(&mut self.store.lock().store)
     }
 }

@@ -8,13 +8,12 @@
 //! events silently.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
-use automerge::ChangeHash;
-
-use super::commit::lock;
-use crate::id::DocId;
+use crate::id::{Collection, DocId, Heads, PeerId};
 
 /// How many events a subscriber may have waiting.
 pub const SUBSCRIPTION_CAPACITY: usize = 4096;
@@ -25,7 +24,7 @@ pub enum Origin {
     /// This replica's own API.
     Local,
     /// A peer (the relay), named by its peer id.
-    Remote(String),
+    Remote(PeerId),
 }
 
 /// What happened to the record.
@@ -45,13 +44,13 @@ pub struct ChangeEvent {
     /// The record.
     pub doc: DocId,
     /// Its collection.
-    pub collection: String,
+    pub collection: Collection,
     /// What happened.
     pub kind: ChangeKind,
     /// Who did it.
     pub origin: Origin,
     /// The record's heads after the change.
-    pub heads: Vec<ChangeHash>,
+    pub heads: Heads,
 }
 
 impl ChangeEvent {
@@ -76,7 +75,7 @@ impl Filter {
     fn matches(&self, e: &ChangeEvent) -> bool {
         match self {
             Filter::All => true,
-            Filter::Collection(c) => *c == e.collection,
+            Filter::Collection(c) => e.collection == *c,
             Filter::Doc(d) => *d == e.doc,
         }
     }
@@ -104,17 +103,17 @@ struct Subscriber {
     missed: Arc<AtomicU64>,
 }
 
-/// The list of subscribers of one replica.
+/// The subscribers of one replica.
 #[derive(Debug, Default)]
-pub(crate) struct Hub {
+pub(crate) struct Listeners {
     subscribers: Mutex<Vec<Subscriber>>,
 }
 
-impl Hub {
+impl Listeners {
     pub(crate) fn subscribe(&self, filter: Filter) -> Subscription {
         let (tx, rx) = flume::bounded(SUBSCRIPTION_CAPACITY);
         let missed = Arc::new(AtomicU64::new(0));
-        lock(&self.subscribers).push(Subscriber {
+        self.subscribers.lock().push(Subscriber {
             filter,
             tx,
             missed: Arc::clone(&missed),
@@ -123,7 +122,7 @@ impl Hub {
     }
 
     pub(crate) fn emit(&self, event: ChangeEvent) {
-        let mut subs = lock(&self.subscribers);
+        let mut subs = self.subscribers.lock();
         subs.retain(|s| {
             if !s.filter.matches(&event) {
                 return !s.tx.is_disconnected();

@@ -4,7 +4,7 @@ use automerge::{ChangeHash, Patch};
 
 use super::{Record, Replica};
 use crate::error::{Error, Result};
-use crate::id::DocId;
+use crate::id::{DocId, Heads};
 use crate::json;
 
 /// One change in a record's history.
@@ -59,8 +59,8 @@ impl Replica {
     }
 
     /// The record's current heads.
-    pub fn heads(&self, id: &DocId) -> Result<Vec<ChangeHash>> {
-        self.read_any(id, |state| state.doc.get_heads())
+    pub fn heads(&self, id: &DocId) -> Result<Heads> {
+        self.read_any(id, |state| Heads::new(state.doc.get_heads()))
     }
 
     /// The record's content as it was at `heads` (also for deleted records).
@@ -70,7 +70,7 @@ impl Replica {
             Ok(Record {
                 id: *id,
                 collection: state.collection.clone(),
-                heads: heads.to_vec(),
+                heads: Heads::from(heads),
                 value: json::to_json(&state.doc.hydrate(Some(heads))),
             })
         })?
@@ -93,13 +93,15 @@ impl Replica {
 
     /// Resolves comma-separated full or short (prefix) change hashes of a
     /// record, such as a user types them.
-    pub fn resolve_heads(&self, id: &DocId, text: &str) -> Result<Vec<ChangeHash>> {
+    pub fn resolve_heads(&self, id: &DocId, text: &str) -> Result<Heads> {
         let history = self.history(id)?;
-        text.split(',')
+        let hashes = text
+            .split(',')
             .map(str::trim)
             .filter(|p| !p.is_empty())
             .map(|prefix| resolve_one(id, &history, prefix))
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Heads::new(hashes))
     }
 }
 

@@ -6,11 +6,14 @@
 //! on tokio's blocking pool so the runtime's workers never wait on SQLite.
 //!
 //! Layout: `commit` is group commit, `cache` the bounded set of loaded
-//! documents, `events` subscriptions, `history` the history API, `typed`
-//! the autosurgeon bridge, `asynch` the async wrapper, `query` SQL over the
-//! records' content and indexes, `projection` its backfill, rebuild and
-//! check, `live` live queries.
+//! documents, `access` reaching one of them (loaded and current), `write`
+//! the write path every change and tombstone takes, `remote` the
+//! [`crate::sync::SyncDocs`] implementation, `events` subscriptions,
+//! `history` the history API, `typed` the autosurgeon bridge, `asynch` the
+//! async wrapper, `query` SQL over the records' content and indexes,
+//! `projection` its backfill, rebuild and check, `live` live queries.
 
+mod access;
 mod asynch;
 mod cache;
 mod commit;
@@ -21,22 +24,26 @@ mod projection;
 mod query;
 mod remote;
 mod typed;
+mod write;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use automerge::transaction::{CommitOptions, Transactable, Transaction};
-use automerge::{ActorId, Automerge, ChangeHash};
+use automerge::{ActorId, Automerge};
 
-use crate::error::{Error, Result, StoreError};
-use crate::id::DocId;
+use crate::error::{Error, Result};
+use crate::id::{Collection, DocId, Heads, PeerId};
 use crate::json::{self, Path as JsonPath};
-use crate::store::{now_ms, ChunkKind, DocMeta, Durability, Store, WriteOp};
-use cache::{Cache, DocState, Entry};
-use commit::{lock, Committer};
+use crate::store::{now_ms, DocMeta, Durability, Store};
+use cache::{Cache, DocState};
+use commit::Committer;
+use write::IfUnknown;
 
 pub use asynch::AsyncReplica;
-pub use events::{ChangeEvent, ChangeKind, Filter, Origin, RecvError, Subscription};
+pub use events::{
+    ChangeEvent, ChangeKind, Filter, Origin, RecvError, Subscription, SUBSCRIPTION_CAPACITY,
+};
 pub use history::{describe_patch, ChangeInfo};
 pub use live::LiveQuery;
 pub use projection::{ProjectionIssue, ProjectionProblem, ReindexReport};
@@ -82,9 +89,9 @@ pub struct Record {
     /// The record.
     pub id: DocId,
     /// Its collection.
-    pub collection: String,
+    pub collection: Collection,
     /// The heads this content is at.
-    pub heads: Vec<ChangeHash>,
+    pub heads: Heads,
     /// The content as JSON (mapping in [`crate::json`]).
     pub value: serde_json::Value,
 }
@@ -129,30 +136,30 @@ pub struct Replica {
 struct Inner {
     /// The read-only connection apps' queries run on (file replicas only),
     /// opened on first use. Closes before the writer, like `reader`.
-    queries: std::sync::Mutex<Option<crate::store::QueryConn>>,
+    queries: parking_lot::Mutex<Option<crate::store::QueryConn>>,
     /// A read-only connection beside the writer (file replicas only), so
     /// reads do not queue behind commits. Declared before the writer so it
     /// closes first: the writer, closing last, checkpoints the WAL into the
     /// main file.
-    reader: Option<std::sync::Mutex<Store>>,
+    reader: Option<parking_lot::Mutex<Store>>,
     /// Writes, and reads too for in-memory replicas.
     committer: Committer,
     /// Loaded documents.
     cache: Cache,
-    /// Subscribers.
-    hub: events::Hub,
+    /// Subscribers to committed changes.
+    listeners: events::Listeners,
     /// The actor id of this replica's changes; fresh per open, so two
     /// processes on one file never reuse (actor, seq) pairs.
     actor: ActorId,
     /// The database's stable identity towards peers (sync states are kept
     /// under it on the other side).
-    peer_id: String,
+    peer_id: PeerId,
     /// Where the file is (`None` in memory).
     path: Option<PathBuf>,
     /// The options it was opened with.
     options: ReplicaOptions,
     /// The seeded generator of a deterministic replica.
-    rng: Option<std::sync::Mutex<rand::rngs::StdRng>>,
+    rng: Option<parking_lot::Mutex<rand::rngs::StdRng>>,
 }
 
 impl Replica {
@@ -188,6 +195,8 @@ impl Replica {
         options: ReplicaOptions,
     ) -> Result<Self> {
         let peer_id = store.peer_id()?;
+        let peer_id = PeerId::new(peer_id)
+            .map_err(|e| crate::error::StoreError::BadRow(format!("meta peer_id: {e}")))?;
         let mut rng: Option<rand::rngs::StdRng> =
             options.deterministic.map(rand::SeedableRng::seed_from_u64);
         let actor = match rng.as_mut() {
@@ -196,22 +205,22 @@ impl Replica {
         };
         Ok(Replica {
             inner: Arc::new(Inner {
-                queries: std::sync::Mutex::new(None),
+                queries: parking_lot::Mutex::new(None),
                 committer: Committer::new(store),
-                reader: reader.map(std::sync::Mutex::new),
+                reader: reader.map(parking_lot::Mutex::new),
                 cache: Cache::new(options.cache_capacity),
-                hub: events::Hub::default(),
+                listeners: events::Listeners::default(),
                 actor,
                 peer_id,
                 path,
                 options,
-                rng: rng.map(std::sync::Mutex::new),
+                rng: rng.map(parking_lot::Mutex::new),
             }),
         })
     }
 
     /// This database's stable peer id.
-    pub fn peer_id(&self) -> &str {
+    pub fn peer_id(&self) -> &PeerId {
         &self.inner.peer_id
     }
 
@@ -230,14 +239,6 @@ impl Replica {
         AsyncReplica::new(self.clone())
     }
 
-    /// Runs a read against the store.
-    pub(crate) fn read_store<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
-        match &self.inner.reader {
-            Some(reader) => f(&lock(reader)),
-            None => self.inner.committer.with_store(f),
-        }
-    }
-
     /// Creates a record in `collection` whose content is the given JSON
     /// object, and returns its id once it is committed.
     pub fn create(&self, collection: &str, content: &serde_json::Value) -> Result<DocId> {
@@ -250,7 +251,7 @@ impl Replica {
         F: FnOnce(&mut Transaction<'_>) -> Result<(), E>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        check_collection(collection)?;
+        let collection: Collection = collection.parse()?;
         let id = self.new_id();
         let mut doc = Automerge::new().with_actor(self.inner.actor.clone());
         let mut tx = doc.transaction();
@@ -268,7 +269,7 @@ impl Replica {
         } else {
             tx.commit_with(self.commit_options(message));
         }
-        self.insert_new(id, collection, doc, Origin::Local)?;
+        self.insert_new(id, &collection, doc, Origin::Local)?;
         Ok(id)
     }
 
@@ -276,49 +277,13 @@ impl Replica {
     fn insert_new(
         &self,
         id: DocId,
-        collection: &str,
+        collection: &Collection,
         doc: Automerge,
         origin: Origin,
     ) -> Result<()> {
         let entry = self.inner.cache.entry(&id);
-        let mut slot = lock(&entry);
-        self.insert_into(id, collection, doc, origin, &mut slot)
-    }
-
-    /// Stores a new document and puts it in its (locked, empty) cache slot.
-    fn insert_into(
-        &self,
-        id: DocId,
-        collection: &str,
-        mut doc: Automerge,
-        origin: Origin,
-        slot: &mut Option<DocState>,
-    ) -> Result<()> {
-        let data = doc.save();
-        let heads = doc.get_heads();
-        let changes = doc.get_changes_meta(&[]).len() as u64;
-        self.inner.committer.submit(vec![WriteOp::Append {
-            doc: id,
-            collection: collection.to_owned(),
-            kind: ChunkKind::Snapshot,
-            data: data.clone(),
-            heads: heads.clone(),
-            new_changes: changes,
-            base: Vec::new(),
-            json: self.projection_of(&doc),
-        }])?;
-        doc.set_actor(self.inner.actor.clone());
-        let deleted = slot.as_ref().is_some_and(|s| s.deleted);
-        *slot = Some(DocState {
-            doc,
-            collection: collection.to_owned(),
-            deleted,
-            chunks: 0,
-            incremental_bytes: 0,
-            snapshot_bytes: data.len() as u64,
-        });
-        self.emit(id, collection, ChangeKind::Created, origin, heads);
-        Ok(())
+        let mut cached = entry.lock();
+        self.insert_into(id, collection, doc, origin, &mut cached)
     }
 
     /// Changes a record: `f` edits it inside an Automerge transaction, and
@@ -329,9 +294,9 @@ impl Replica {
         F: FnOnce(&mut Transaction<'_>) -> Result<T, E>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let entry = self.load(id)?;
-        let mut slot = lock(&entry);
-        let state = self.state(id, &mut slot)?;
+        let entry = self.entry(id)?;
+        let mut cached = entry.lock();
+        let state = self.stored(id, &mut cached)?;
         if state.deleted {
             return Err(Error::Deleted(*id));
         }
@@ -352,7 +317,7 @@ impl Replica {
             return Ok(out);
         }
         tx.commit_with(self.commit_options(message));
-        self.persist_since(id, &mut slot, &before, Origin::Local)?;
+        self.persist_since(id, &mut cached, &before, Origin::Local)?;
         Ok(out)
     }
 
@@ -368,118 +333,11 @@ impl Replica {
         self.change(id, message, |tx| path.set(tx, value))
     }
 
-    /// Writes the changes made since `before` and tells subscribers. If
-    /// another process wrote the document meanwhile, its changes are merged
-    /// in and ours written on top. On any other failure the in-memory copy
-    /// is dropped, so it is reloaded from what was committed.
-    fn persist_since(
-        &self,
-        id: &DocId,
-        slot: &mut Option<DocState>,
-        before: &[ChangeHash],
-        origin: Origin,
-    ) -> Result<()> {
-        let mut base = before.to_vec();
-        let mut attempts = 0;
-        loop {
-            let Some(state) = slot.as_mut() else {
-                return Err(Error::NotFound(*id));
-            };
-            let op = WriteOp::Append {
-                doc: *id,
-                collection: state.collection.clone(),
-                kind: ChunkKind::Incremental,
-                data: state.doc.save_after(&base),
-                heads: state.doc.get_heads(),
-                new_changes: state.doc.get_changes_meta(&base).len() as u64,
-                base: base.clone(),
-                json: self.projection_of(&state.doc),
-            };
-            let len = op_len(&op);
-            match self.inner.committer.submit(vec![op]) {
-                Ok(()) => {
-                    state.chunks += 1;
-                    state.incremental_bytes += len;
-                    break;
-                }
-                Err(StoreError::Stale { .. }) if attempts < 3 => {
-                    attempts += 1;
-                    base = self.take_in_stored(id, slot)?;
-                }
-                Err(e) => {
-                    *slot = None;
-                    return Err(e.into());
-                }
-            }
-        }
-        let Some(state) = slot.as_ref() else {
-            return Err(Error::NotFound(*id));
-        };
-        let (collection, heads) = (state.collection.clone(), state.doc.get_heads());
-        self.maybe_compact(id, slot);
-        self.emit(*id, &collection, ChangeKind::Changed, origin, heads);
-        Ok(())
-    }
-
-    /// Reloads a document another process wrote, merges the in-memory
-    /// copy (with its unwritten changes) into it, and returns the stored
-    /// heads the unwritten changes now go on top of.
-    fn take_in_stored(&self, id: &DocId, slot: &mut Option<DocState>) -> Result<Vec<ChangeHash>> {
-        let stored = self
-            .read_store(|s| s.load(id))?
-            .ok_or(Error::NotFound(*id))?;
-        let mut fresh = DocState::load(stored, &self.inner.actor)?;
-        let base = fresh.doc.get_heads();
-        if let Some(mine) = slot.as_mut() {
-            fresh
-                .doc
-                .merge(&mut mine.doc)
-                .map_err(|source| Error::Automerge {
-                    doc: *id,
-                    source: Box::new(source),
-                })?;
-        }
-        tracing::debug!(doc = %id, "document changed by another writer; merged and retrying");
-        *slot = Some(fresh);
-        Ok(base)
-    }
-
-    /// Rewrites a document's chunks as one snapshot when they piled up.
-    /// A failure is logged, not returned: the chunks stay valid.
-    fn maybe_compact(&self, id: &DocId, slot: &mut Option<DocState>) {
-        let Some(state) = slot.as_mut() else { return };
-        if !state.wants_compaction(self.inner.options.compact_after_chunks) {
-            return;
-        }
-        match self.compact_state(id, state) {
-            Ok(()) => {}
-            Err(StoreError::Stale { .. }) => *slot = None, // another writer; reload next time
-            Err(e) => {
-                tracing::warn!(doc = %id, error = %e, "compaction failed; chunks kept as they are")
-            }
-        }
-    }
-
-    fn compact_state(&self, id: &DocId, state: &mut DocState) -> Result<(), StoreError> {
-        let snapshot = state.doc.save();
-        let size = snapshot.len() as u64;
-        let heads = state.doc.get_heads();
-        self.inner.committer.submit(vec![WriteOp::Compact {
-            doc: *id,
-            snapshot,
-            heads,
-        }])?;
-        state.chunks = 0;
-        state.incremental_bytes = 0;
-        state.snapshot_bytes = size;
-        Ok(())
-    }
-
     /// Compacts one record now, whatever its chunk count.
     pub fn compact(&self, id: &DocId) -> Result<()> {
-        let entry = self.load(id)?;
-        let mut slot = lock(&entry);
-        let state = self.state(id, &mut slot)?;
+        let entry = self.entry(id)?;
+        let mut cached = entry.lock();
+        let state = self.stored(id, &mut cached)?;
         Ok(self.compact_state(id, state)?)
     }
 
@@ -503,23 +361,7 @@ impl Replica {
     /// Deletes a record: sets a tombstone that replicates to every peer.
     /// The history stays readable; the record leaves listings and `get`.
     pub fn delete(&self, id: &DocId) -> Result<()> {
-        let entry = self.load(id)?;
-        let mut slot = lock(&entry);
-        let state = self.state(id, &mut slot)?;
-        if state.deleted {
-            return Ok(());
-        }
-        let collection = state.collection.clone();
-        self.inner.committer.submit(vec![WriteOp::Delete {
-            doc: *id,
-            collection: collection.clone(),
-            at: now_ms(),
-            json: self.projection_of(&state.doc),
-        }])?;
-        state.deleted = true;
-        let heads = state.doc.get_heads();
-        drop(slot);
-        self.emit(*id, &collection, ChangeKind::Deleted, Origin::Local, heads);
+        self.tombstone(id, None, Origin::Local, IfUnknown::Refuse)?;
         Ok(())
     }
 
@@ -527,15 +369,15 @@ impl Replica {
     pub fn get(&self, id: &DocId) -> Result<Record> {
         self.read(id, |doc, collection| Record {
             id: *id,
-            collection: collection.to_owned(),
-            heads: doc.get_heads(),
+            collection: collection.clone(),
+            heads: Heads::new(doc.get_heads()),
             value: json::to_json(&doc.hydrate(None)),
         })
     }
 
     /// Runs `f` on the record's Automerge document (read-only access to
     /// everything Automerge offers: text, counters, conflicts, cursors).
-    pub fn read<T>(&self, id: &DocId, f: impl FnOnce(&Automerge, &str) -> T) -> Result<T> {
+    pub fn read<T>(&self, id: &DocId, f: impl FnOnce(&Automerge, &Collection) -> T) -> Result<T> {
         self.read_any(id, |state| {
             if state.deleted {
                 Err(Error::Deleted(*id))
@@ -548,10 +390,9 @@ impl Replica {
     /// Like [`Replica::read`] but also for deleted records (history stays
     /// readable after a delete).
     pub(crate) fn read_any<T>(&self, id: &DocId, f: impl FnOnce(&DocState) -> T) -> Result<T> {
-        let entry = self.load(id)?;
-        let mut slot = lock(&entry);
-        let state = self.state(id, &mut slot)?;
-        Ok(f(state))
+        let entry = self.entry(id)?;
+        let mut cached = entry.lock();
+        Ok(f(self.stored(id, &mut cached)?))
     }
 
     /// The record's metadata row (also for deleted records).
@@ -579,7 +420,7 @@ impl Replica {
 
     /// Subscribes to committed changes matching `filter`.
     pub fn subscribe(&self, filter: Filter) -> Subscription {
-        self.inner.hub.subscribe(filter)
+        self.inner.listeners.subscribe(filter)
     }
 
     /// The whole document in Automerge's binary format, which any Automerge
@@ -591,117 +432,42 @@ impl Replica {
     /// Imports an Automerge document (as written by `save` or any Automerge
     /// implementation) as a new record and returns its id.
     pub fn import(&self, collection: &str, bytes: &[u8]) -> Result<DocId> {
-        check_collection(collection)?;
+        let collection: Collection = collection.parse()?;
         let doc = Automerge::load(bytes).map_err(|e| Error::NotAutomerge(Box::new(e)))?;
         let id = self.new_id();
-        self.insert_new(id, collection, doc, Origin::Local)?;
+        self.insert_new(id, &collection, doc, Origin::Local)?;
         Ok(id)
     }
 
     /// Merges Automerge bytes (a saved document or changes) into record
     /// `id`, creating it in `collection` if this replica does not have it.
-    /// This is how content from peers arrives.
+    /// This is how content from files and other tools arrives. Returns
+    /// whether the record changed; a record of another collection is
+    /// refused with [`Error::WrongCollection`].
     pub fn merge_bytes(
         &self,
         id: &DocId,
         collection: &str,
         bytes: &[u8],
         origin: Origin,
-    ) -> Result<()> {
-        check_collection(collection)?;
-        let entry = self.inner.cache.entry(id);
-        let mut slot = lock(&entry);
-        self.refresh_if_stored(id, &mut slot)?;
-        let Some(state) = slot.as_mut() else {
-            let mut doc = Automerge::new();
-            doc.load_incremental(bytes)
-                .map_err(|source| Error::Automerge {
-                    doc: *id,
-                    source: Box::new(source),
-                })?;
-            return self.insert_into(*id, collection, doc, origin, &mut slot);
-        };
-        let before = state.doc.get_heads();
-        if let Err(source) = state.doc.load_incremental(bytes) {
-            *slot = None; // drop what was half-applied; reload from the store
-            return Err(Error::Automerge {
-                doc: *id,
-                source: Box::new(source),
-            });
-        }
-        if state.doc.get_heads() == before {
-            return Ok(());
-        }
-        self.persist_since(id, &mut slot, &before, origin)
-    }
-
-    /// The cache entry of `id`, loaded from the store if needed.
-    fn load(&self, id: &DocId) -> Result<Entry> {
-        let entry = self.inner.cache.entry(id);
-        {
-            let mut slot = lock(&entry);
-            if let Err(e) = self.refresh(id, &mut slot) {
-                drop(slot);
-                self.inner.cache.forget(id);
-                return Err(e);
-            }
-        }
-        Ok(entry)
-    }
-
-    /// Makes a locked slot current: loads it if empty, and reloads it if
-    /// the file says another process changed the document since.
-    pub(crate) fn refresh(&self, id: &DocId, slot: &mut Option<DocState>) -> Result<()> {
-        if let Some(state) = slot.as_ref() {
-            let meta = self.read_store(|s| s.meta(id))?;
-            let mut heads = state.doc.get_heads();
-            heads.sort();
-            if meta.is_some_and(|m| m.deleted == state.deleted && m.heads == heads) {
-                return Ok(());
-            }
-            *slot = None;
-        }
-        self.fill(id, slot)
-    }
-
-    /// Like [`Replica::refresh`], but a document the store does not have
-    /// leaves the slot empty instead of being an error (content from a
-    /// peer may create it).
-    pub(crate) fn refresh_if_stored(&self, id: &DocId, slot: &mut Option<DocState>) -> Result<()> {
-        match self.refresh(id, slot) {
-            Ok(()) | Err(Error::NotFound(_)) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Loads `id` from the store into an empty slot.
-    fn fill(&self, id: &DocId, slot: &mut Option<DocState>) -> Result<()> {
-        let stored = self
-            .read_store(|s| s.load(id))?
-            .ok_or(Error::NotFound(*id))?;
-        *slot = Some(DocState::load(stored, &self.inner.actor)?);
-        Ok(())
-    }
-
-    /// The loaded state in a slot, reloading it if a failed write emptied it.
-    fn state<'a>(&self, id: &DocId, slot: &'a mut Option<DocState>) -> Result<&'a mut DocState> {
-        if slot.is_none() {
-            self.fill(id, slot)?;
-        }
-        slot.as_mut().ok_or(Error::NotFound(*id))
+    ) -> Result<bool> {
+        let collection: Collection = collection.parse()?;
+        self.absorb(id, &collection, origin, |doc| {
+            doc.load_incremental(bytes).map(|_| ())
+        })
     }
 
     fn emit(
         &self,
         doc: DocId,
-        collection: &str,
+        collection: &Collection,
         kind: ChangeKind,
         origin: Origin,
-        heads: Vec<ChangeHash>,
+        heads: Heads,
     ) {
-        self.inner.hub.emit(ChangeEvent {
+        self.inner.listeners.emit(ChangeEvent {
             doc,
-            collection: collection.to_owned(),
+            collection: collection.clone(),
             kind,
             origin,
             heads,
@@ -711,7 +477,7 @@ impl Replica {
     /// A fresh document id.
     fn new_id(&self) -> DocId {
         match &self.inner.rng {
-            Some(rng) => DocId::from_bytes(rand::Rng::random(&mut *lock(rng))),
+            Some(rng) => DocId::from_bytes(rand::Rng::random(&mut *rng.lock())),
             None => DocId::random(),
         }
     }
@@ -744,13 +510,6 @@ impl Replica {
     }
 }
 
-fn op_len(op: &WriteOp) -> u64 {
-    match op {
-        WriteOp::Append { data, .. } => data.len() as u64,
-        _ => 0,
-    }
-}
-
 /// Loads a document from its stored chunks, checked against its metadata
 /// (for the fuzzing entry points).
 pub(crate) fn load_stored(stored: crate::store::StoredDoc, actor: &ActorId) -> Result<()> {
@@ -759,17 +518,10 @@ pub(crate) fn load_stored(stored: crate::store::StoredDoc, actor: &ActorId) -> R
         .map_err(Error::from)
 }
 
-/// Collection names: 1 to 128 characters of `[A-Za-z0-9_.\-/]`.
+/// Checks a collection name (see [`Collection`]).
 pub fn check_collection(name: &str) -> Result<()> {
-    let ok = (1..=128).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::BadCollection(name.to_owned()))
-    }
+    Collection::new(name)?;
+    Ok(())
 }
 
 #[cfg(test)]

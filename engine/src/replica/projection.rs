@@ -138,7 +138,7 @@ impl Replica {
             if let Some(problem) = compare(&meta, &content_json(&state.doc), row.as_ref()) {
                 issues.push(ProjectionIssue {
                     id: meta.id,
-                    collection: meta.collection,
+                    collection: meta.collection.to_string(),
                     problem,
                 });
             }
@@ -198,7 +198,7 @@ fn compare(meta: &DocMeta, json: &str, row: Option<&ProjectionRow>) -> Option<Pr
     };
     let columns = [
         ("id", row.id == meta.id.to_string()),
-        ("collection", row.collection == meta.collection),
+        ("collection", meta.collection == row.collection),
         ("deleted", row.deleted == meta.deleted),
         ("created_at", row.created_at == meta.created_at),
         ("updated_at", row.updated_at == meta.updated_at),

@@ -26,7 +26,6 @@
 
 use automerge::Automerge;
 
-use super::commit::lock;
 use super::live::LiveQuery;
 use super::{Filter, Replica};
 use crate::error::Result;
@@ -66,7 +65,7 @@ impl Replica {
                 .with_store_mut(|s| s.query_guarded(sql, params))?;
             return Ok(rows);
         };
-        let mut slot = lock(&self.inner.queries);
+        let mut slot = self.inner.queries.lock();
         let conn = match slot.as_mut() {
             Some(conn) => conn,
             None => slot.insert(Store::open_query(path)?),

@@ -177,8 +177,13 @@ fn subscriptions_filter_and_report_origin() {
         .create("contacts", &json!({"name": "Eve"}))
         .expect("create");
     let bytes = other.save(&remote).expect("save");
-    r.merge_bytes(&remote, "contacts", &bytes, Origin::Remote("relay".into()))
-        .expect("merge");
+    r.merge_bytes(
+        &remote,
+        "contacts",
+        &bytes,
+        Origin::Remote("relay".parse().expect("valid peer id")),
+    )
+    .expect("merge");
     let e = contacts.recv_timeout(t).expect("remote");
     assert_eq!(
         (e.doc, e.kind, e.is_remote()),
@@ -322,8 +327,8 @@ fn a_write_racing_another_writer_is_merged_not_lost() {
     b.get(&id).expect("b loads it");
     // Make the change on A's copy, then let B write before A persists: the
     // store refuses A's stale append, A merges B's change and retries.
-    let entry = a.load(&id).expect("entry");
-    let mut slot = commit::lock(&entry);
+    let entry = a.entry(&id).expect("entry");
+    let mut slot = entry.lock();
     let state = slot.as_mut().expect("loaded");
     let before = state.doc.get_heads();
     let mut tx = state.doc.transaction();

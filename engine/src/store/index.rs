@@ -2,7 +2,7 @@
 //!
 //! `CREATE INDEX` cannot take its expression as a bound parameter, so the
 //! collection and the path are written into the SQL text. Both are checked
-//! first: the collection by [`crate::replica::check_collection`] (letters,
+//! first: the collection is a [`Collection`] (letters,
 //! digits, `_ - . /`), the path by [`IndexPath`]'s strict grammar, neither
 //! of which admits a quote. An index is a partial expression index on the
 //! projection table:
@@ -29,7 +29,7 @@ use rusqlite::{params, Connection};
 
 use super::{now_ms, Store};
 use crate::error::{Error, QueryError, StoreError};
-use crate::replica::check_collection;
+use crate::id::Collection;
 
 /// Most steps a path may have.
 const MAX_STEPS: usize = 16;
@@ -123,7 +123,7 @@ fn step(rest: &str) -> Result<&str, &'static str> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexTarget {
     /// A valid collection name (no quote can occur in it).
-    collection: String,
+    collection: Collection,
     /// A valid path.
     path: IndexPath,
 }
@@ -131,9 +131,8 @@ pub struct IndexTarget {
 impl IndexTarget {
     /// Checks the collection name and parses the path.
     pub fn new(collection: &str, path: &str) -> Result<Self, Error> {
-        check_collection(collection)?;
         Ok(IndexTarget {
-            collection: collection.to_owned(),
+            collection: collection.parse()?,
             path: path.parse()?,
         })
     }
@@ -209,7 +208,7 @@ pub(super) fn create(conn: &Connection, target: &IndexTarget) -> Result<(), Stor
         "INSERT INTO query_indexes (name, collection, path, created_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (name) DO NOTHING",
     )?
-    .execute(params![name, collection, path.as_str(), now_ms()])?;
+    .execute(params![name, collection.as_str(), path.as_str(), now_ms()])?;
     Ok(())
 }
 

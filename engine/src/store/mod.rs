@@ -26,11 +26,10 @@ mod value;
 use std::path::Path;
 use std::time::Duration;
 
-use automerge::ChangeHash;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 
 use crate::error::StoreError;
-use crate::id::DocId;
+use crate::id::{Collection, DocId, Heads};
 
 pub use index::{index_name, IndexPath, IndexTarget, QueryIndex};
 pub use projection::{ProjectionRow, STALE_KEY};
@@ -61,19 +60,30 @@ pub enum ChunkKind {
     Incremental = 1,
 }
 
+impl ChunkKind {
+    /// The kind stored as `code` in the `kind` column.
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(ChunkKind::Snapshot),
+            1 => Some(ChunkKind::Incremental),
+            _ => None,
+        }
+    }
+}
+
 /// What the `docs` table knows about a document, without loading it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocMeta {
     /// The document.
     pub id: DocId,
     /// Its collection.
-    pub collection: String,
+    pub collection: Collection,
     /// Whether it carries a tombstone.
     pub deleted: bool,
     /// When it was deleted (ms since the epoch), if it was.
     pub deleted_at: Option<i64>,
-    /// Its current heads, sorted.
-    pub heads: Vec<ChangeHash>,
+    /// Its current heads.
+    pub heads: Heads,
     /// How many changes its history holds.
     pub change_count: u64,
     /// The bytes its chunks take.
@@ -94,17 +104,17 @@ pub enum WriteOp {
         /// The document.
         doc: DocId,
         /// Its collection (used only when the row is created).
-        collection: String,
+        collection: Collection,
         /// Snapshot or incremental.
         kind: ChunkKind,
         /// Automerge bytes.
         data: Vec<u8>,
         /// The document's heads after this chunk.
-        heads: Vec<ChangeHash>,
+        heads: Heads,
         /// The heads the writer based the chunk on: the write is refused
         /// with [`StoreError::Stale`] unless the stored heads are these (so a
         /// second process writing the same file is noticed, not overwritten).
-        base: Vec<ChangeHash>,
+        base: Heads,
         /// How many changes the chunk adds.
         new_changes: u64,
         /// The document's content after this chunk as JSON text, for the
@@ -120,7 +130,7 @@ pub enum WriteOp {
         snapshot: Vec<u8>,
         /// The snapshot's heads; refused with [`StoreError::Stale`] unless
         /// they are the stored heads.
-        heads: Vec<ChangeHash>,
+        heads: Heads,
     },
     /// Sets the tombstone. Creates a row if the document is unknown, so a
     /// deletion can arrive before the document does.
@@ -128,7 +138,7 @@ pub enum WriteOp {
         /// The document.
         doc: DocId,
         /// Its collection.
-        collection: String,
+        collection: Collection,
         /// When it was deleted (ms since the epoch).
         at: i64,
         /// The document's content as JSON text (`{}` for a document not
@@ -141,7 +151,7 @@ pub enum WriteOp {
         /// The document.
         doc: DocId,
         /// The heads the JSON was computed at.
-        heads: Vec<ChangeHash>,
+        heads: Heads,
         /// Its content as JSON text; `None` for a document that does not
         /// load (the row then holds `NULL`).
         json: Option<String>,
@@ -170,8 +180,20 @@ pub enum WriteOp {
 pub struct StoredDoc {
     /// Its metadata row.
     pub meta: DocMeta,
-    /// `(seq, kind, bytes)` in ascending `seq`.
-    pub chunks: Vec<(i64, u8, Vec<u8>)>,
+    /// Its chunks in ascending `seq`.
+    pub chunks: Vec<StoredChunk>,
+}
+
+/// One row of the `chunks` table.
+#[derive(Debug, Clone)]
+pub struct StoredChunk {
+    /// Its position in the document's chunk list.
+    pub seq: i64,
+    /// What it holds; `None` for a kind code this build does not know (a
+    /// damaged row, reported when the document loads).
+    pub kind: Option<ChunkKind>,
+    /// Automerge bytes.
+    pub data: Vec<u8>,
 }
 
 /// A connection to an Accord database.
@@ -323,7 +345,11 @@ impl Store {
             .prepare_cached("SELECT seq, kind, data FROM chunks WHERE doc = ?1 ORDER BY seq")?;
         let chunks = stmt
             .query_map([doc.as_bytes().as_slice()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                Ok(StoredChunk {
+                    seq: r.get(0)?,
+                    kind: ChunkKind::from_code(r.get(1)?),
+                    data: r.get(2)?,
+                })
             })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Some(StoredDoc { meta, chunks }))
@@ -402,6 +428,15 @@ impl Store {
         Ok(())
     }
 
+    /// SQLite's `data_version`: it changes when another connection commits
+    /// to the file, never for this connection's own commits.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?)
+    }
+
     /// Runs `PRAGMA integrity_check` and returns its complaints (empty if fine).
     pub fn integrity_check(&self) -> Result<Vec<String>, StoreError> {
         let mut stmt = self.conn.prepare("PRAGMA integrity_check")?;
@@ -436,7 +471,7 @@ fn apply_one(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError
                 "INSERT INTO docs (id, collection, heads, change_count, size_bytes, chunk_count, created_at, updated_at)
                  VALUES (?1, ?2, x'', 0, 0, 0, ?3, ?3) ON CONFLICT (id) DO NOTHING",
             )?
-            .execute(params![id, collection, now])?;
+            .execute(params![id, collection.as_str(), now])?;
             conn.prepare_cached(
                 "INSERT INTO chunks (doc, seq, kind, data)
                  VALUES (?1, (SELECT coalesce(max(seq), 0) + 1 FROM chunks WHERE doc = ?1), ?2, ?3)",
@@ -446,7 +481,7 @@ fn apply_one(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError
                 "UPDATE docs SET heads = ?2, change_count = change_count + ?3, size_bytes = size_bytes + ?4,
                  chunk_count = chunk_count + 1, updated_at = ?5 WHERE id = ?1",
             )?
-            .execute(params![id, encode_heads(heads), *new_changes as i64, data.len() as i64, now])?;
+            .execute(params![id, heads.to_bytes(), *new_changes as i64, data.len() as i64, now])?;
             projection::write(conn, doc, json.as_deref())?;
         }
         WriteOp::Compact {
@@ -479,7 +514,7 @@ fn apply_one(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError
                  VALUES (?1, ?2, 1, ?3, x'', 0, 0, 0, ?4, ?4)
                  ON CONFLICT (id) DO UPDATE SET deleted = 1, deleted_at = coalesce(deleted_at, ?3), updated_at = ?4",
             )?
-            .execute(params![doc.as_bytes().as_slice(), collection, at, now])?;
+            .execute(params![doc.as_bytes().as_slice(), collection.as_str(), at, now])?;
             projection::write(conn, doc, json.as_deref())?;
         }
         WriteOp::SyncState { peer, doc, state } => {
@@ -502,12 +537,12 @@ fn apply_one(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError
 
 /// Refuses a write based on heads other than the stored ones (a document
 /// not stored yet counts as having empty heads).
-fn check_base(conn: &Connection, doc: &DocId, base: &[ChangeHash]) -> Result<(), StoreError> {
+fn check_base(conn: &Connection, doc: &DocId, base: &Heads) -> Result<(), StoreError> {
     let stored: Option<Vec<u8>> = conn
         .prepare_cached("SELECT heads FROM docs WHERE id = ?1")?
         .query_row([doc.as_bytes().as_slice()], |r| r.get(0))
         .optional()?;
-    if stored.unwrap_or_default() == encode_heads(base) {
+    if stored.unwrap_or_default() == base.to_bytes() {
         Ok(())
     } else {
         Err(StoreError::Stale { doc: *doc })
@@ -519,12 +554,14 @@ fn read_meta(r: &Row<'_>) -> Result<DocMeta, StoreError> {
     let id = DocId::from_slice(&id)
         .ok_or_else(|| StoreError::BadRow(format!("document id of {} bytes", id.len())))?;
     let heads: Vec<u8> = r.get(4)?;
+    let collection: String = r.get(1)?;
     Ok(DocMeta {
         id,
-        collection: r.get(1)?,
+        collection: Collection::new(collection)
+            .map_err(|e| StoreError::BadRow(format!("collection of {id}: {e}")))?,
         deleted: r.get::<_, i64>(2)? != 0,
         deleted_at: r.get(3)?,
-        heads: decode_heads(&heads).ok_or_else(|| {
+        heads: Heads::from_bytes(&heads).ok_or_else(|| {
             StoreError::BadRow(format!(
                 "heads of {id} are {} bytes, not a multiple of 32",
                 heads.len()
@@ -536,24 +573,6 @@ fn read_meta(r: &Row<'_>) -> Result<DocMeta, StoreError> {
         created_at: r.get(8)?,
         updated_at: r.get(9)?,
     })
-}
-
-/// Heads are stored as the concatenation of their 32-byte hashes, sorted.
-pub fn encode_heads(heads: &[ChangeHash]) -> Vec<u8> {
-    let mut sorted = heads.to_vec();
-    sorted.sort();
-    sorted.iter().flat_map(|h| h.0).collect()
-}
-
-/// The inverse of [`encode_heads`]; `None` if the length is not a multiple of 32.
-pub fn decode_heads(bytes: &[u8]) -> Option<Vec<ChangeHash>> {
-    if !bytes.len().is_multiple_of(32) {
-        return None;
-    }
-    bytes
-        .chunks_exact(32)
-        .map(|c| ChangeHash::try_from(c).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -17,12 +17,11 @@
 //!
 //! `docs/storage-format.md` section 10 specifies the table.
 
-use automerge::ChangeHash;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{decode_heads, encode_heads, Store};
+use super::Store;
 use crate::error::StoreError;
-use crate::id::DocId;
+use crate::id::{DocId, Heads};
 
 /// The meta key that says some projection rows may be missing or stale.
 pub const STALE_KEY: &str = "projection_stale";
@@ -64,7 +63,7 @@ pub struct ProjectionRow {
     /// Copied from `docs.updated_at`.
     pub updated_at: i64,
     /// The heads the JSON was computed at.
-    pub heads: Vec<ChangeHash>,
+    pub heads: Heads,
     /// The content, or `None` for a document that could not be read.
     pub json: Option<String>,
 }
@@ -95,14 +94,14 @@ pub(super) fn write(conn: &Connection, doc: &DocId, json: Option<&str>) -> Resul
 pub(super) fn write_if_current(
     conn: &Connection,
     doc: &DocId,
-    heads: &[ChangeHash],
+    heads: &Heads,
     json: Option<&str>,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(UPSERT)?.execute(params![
         doc.as_bytes().as_slice(),
         doc.to_string(),
         json,
-        encode_heads(heads)
+        heads.to_bytes()
     ])?;
     Ok(())
 }
@@ -206,7 +205,7 @@ fn read_row(r: &rusqlite::Row<'_>) -> Result<ProjectionRow, StoreError> {
         deleted: r.get::<_, i64>(3)? != 0,
         created_at: r.get(4)?,
         updated_at: r.get(5)?,
-        heads: decode_heads(&heads)
+        heads: Heads::from_bytes(&heads)
             .ok_or_else(|| StoreError::BadRow(format!("projection heads of {doc}")))?,
         json: r.get(7)?,
     })

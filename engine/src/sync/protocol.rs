@@ -7,14 +7,15 @@
 //! read the version of any other; and a relay refuses a version it does not
 //! speak with [`ErrorCode::VERSION`] before anything else happens.
 
-use automerge::ChangeHash;
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::id::DocId;
+use crate::id::{DocId, Heads};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this build speaks. Version 2 added `DeleteAck`
+/// and the `storage_unavailable` code; a relay refuses other versions with
+/// `unsupported_version` before anything else happens.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// One message on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +77,12 @@ pub enum Frame {
         /// Its collection.
         collection: String,
     },
+    /// Relay → replica: the relay committed the tombstone of a `Delete`
+    /// this connection sent (or held it already).
+    DeleteAck {
+        /// The document.
+        doc: DocId,
+    },
     /// Both ways: something went wrong. Fatal codes are followed by a close.
     Error {
         /// Machine-readable code.
@@ -92,26 +99,10 @@ pub enum Frame {
 pub struct DocSummary {
     /// The document.
     pub doc: DocId,
-    /// Its heads, as concatenated 32-byte hashes (sorted).
-    pub heads: Vec<u8>,
+    /// Its heads (on the wire: the sorted 32-byte hashes concatenated).
+    pub heads: Heads,
     /// Whether it carries a tombstone.
     pub deleted: bool,
-}
-
-impl DocSummary {
-    /// A summary from decoded heads.
-    pub fn new(doc: DocId, heads: &[ChangeHash], deleted: bool) -> Self {
-        DocSummary {
-            doc,
-            heads: crate::store::encode_heads(heads),
-            deleted,
-        }
-    }
-
-    /// The heads, decoded; `None` if the byte length is not a multiple of 32.
-    pub fn heads(&self) -> Option<Vec<ChangeHash>> {
-        crate::store::decode_heads(&self.heads)
-    }
 }
 
 /// A machine-readable error code. Unknown codes from newer peers decode
@@ -120,7 +111,7 @@ impl DocSummary {
 pub struct ErrorCode(pub u16);
 
 macro_rules! codes {
-    ($($(#[$doc:meta])* $name:ident = $value:expr, $text:expr, $fatal:expr;)*) => {
+    ($($(#[$doc:meta])* $name:ident = $value:expr, $text:expr, $closes:expr, $final:expr;)*) => {
         impl ErrorCode {
             $($(#[$doc])* pub const $name: ErrorCode = ErrorCode($value);)*
 
@@ -133,10 +124,21 @@ macro_rules! codes {
             }
 
             /// Whether the sender closes the connection after this error.
-            pub fn is_fatal(self) -> bool {
+            /// Unknown codes from newer peers count as closing.
+            pub fn closes_connection(self) -> bool {
                 match self.0 {
-                    $($value => $fatal,)*
+                    $($value => $closes,)*
                     _ => true,
+                }
+            }
+
+            /// Whether reconnecting cannot help: the same request would be
+            /// refused again (bad token, unsupported version), so a client
+            /// stops instead of retrying.
+            pub fn is_final(self) -> bool {
+                match self.0 {
+                    $($value => $final,)*
+                    _ => false,
                 }
             }
         }
@@ -144,40 +146,46 @@ macro_rules! codes {
 }
 
 codes! {
+    // name = number, stable name, closes the connection, final
     /// The frame could not be decoded.
-    MALFORMED = 1, "malformed_frame", true;
+    MALFORMED = 1, "malformed_frame", true, false;
     /// The peer speaks a protocol version this side does not.
-    VERSION = 2, "unsupported_version", true;
+    VERSION = 2, "unsupported_version", true, true;
     /// A frame other than `Hello` arrived before the handshake.
-    NOT_HANDSHAKEN = 3, "handshake_required", true;
+    NOT_HANDSHAKEN = 3, "handshake_required", true, false;
     /// The token is missing, malformed, badly signed or expired.
-    UNAUTHORIZED = 4, "unauthorized", true;
+    UNAUTHORIZED = 4, "unauthorized", true, true;
     /// The token does not grant this right on this collection.
-    FORBIDDEN = 5, "forbidden", false;
+    FORBIDDEN = 5, "forbidden", false, false;
     /// A document frame for a collection the connection did not subscribe to.
-    NOT_SUBSCRIBED = 6, "not_subscribed", false;
+    NOT_SUBSCRIBED = 6, "not_subscribed", false, false;
     /// The document exists in another collection.
-    WRONG_COLLECTION = 7, "wrong_collection", false;
+    WRONG_COLLECTION = 7, "wrong_collection", false, false;
     /// The sync message or its changes are not valid Automerge data.
-    BAD_DOCUMENT = 8, "bad_document", false;
+    BAD_DOCUMENT = 8, "bad_document", false, false;
     /// A frame exceeded the maximum frame size.
-    FRAME_TOO_LARGE = 9, "frame_too_large", true;
+    FRAME_TOO_LARGE = 9, "frame_too_large", true, false;
     /// The connection sent messages faster than allowed.
-    RATE_LIMITED = 10, "rate_limited", true;
+    RATE_LIMITED = 10, "rate_limited", true, false;
     /// The connection touched more documents than allowed.
-    TOO_MANY_DOCUMENTS = 11, "too_many_documents", true;
+    TOO_MANY_DOCUMENTS = 11, "too_many_documents", true, false;
     /// The relay is at its connection limit.
-    TOO_MANY_CONNECTIONS = 12, "too_many_connections", true;
+    TOO_MANY_CONNECTIONS = 12, "too_many_connections", true, false;
     /// The connection could not keep up and was dropped; reconnect to resync.
-    TOO_SLOW = 13, "too_slow", true;
+    TOO_SLOW = 13, "too_slow", true, false;
     /// The relay is shutting down.
-    SHUTTING_DOWN = 14, "shutting_down", true;
+    SHUTTING_DOWN = 14, "shutting_down", true, false;
     /// A name (collection, peer id) is invalid.
-    BAD_NAME = 15, "bad_name", false;
-    /// The relay failed internally (storage); the frame was not applied.
-    INTERNAL = 16, "internal_error", false;
+    BAD_NAME = 15, "bad_name", false, false;
+    /// The relay failed internally (a bug, not the peer's data); the frame
+    /// was not applied. Retrying later may succeed.
+    INTERNAL = 16, "internal_error", false, false;
     /// The handshake or the connection went silent for too long.
-    TIMEOUT = 17, "timeout", true;
+    TIMEOUT = 17, "timeout", true, false;
+    /// The relay could not read or write its storage (a full disk, a
+    /// locked or damaged database); the frame was not applied. Nothing is
+    /// wrong with the peer's data: it retries later.
+    STORAGE_UNAVAILABLE = 18, "storage_unavailable", false, false;
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -226,6 +234,7 @@ impl Frame {
             Frame::Announce { .. } => "announce",
             Frame::Sync { .. } => "sync",
             Frame::Delete { .. } => "delete",
+            Frame::DeleteAck { .. } => "delete_ack",
             Frame::Error { .. } => "error",
         }
     }
@@ -245,11 +254,11 @@ mod tests {
             },
             Frame::Announce {
                 collection: "c".into(),
-                docs: vec![DocSummary::new(
-                    DocId::random(),
-                    &[ChangeHash([7; 32])],
-                    false,
-                )],
+                docs: vec![DocSummary {
+                    doc: DocId::random(),
+                    heads: Heads::new(vec![automerge::ChangeHash([7; 32])]),
+                    deleted: false,
+                }],
                 complete: true,
             },
             Frame::Sync {
@@ -257,6 +266,9 @@ mod tests {
                 collection: "c".into(),
                 message: vec![1, 2, 3],
                 want_reply: true,
+            },
+            Frame::DeleteAck {
+                doc: DocId::random(),
             },
             Frame::error(ErrorCode::FORBIDDEN, "no", None),
         ];
@@ -270,12 +282,12 @@ mod tests {
         // Variant 0, then the version as a varint: a future relay can always
         // read these two bytes, whatever else changed.
         let bytes = Frame::Hello {
-            version: 1,
+            version: PROTOCOL_VERSION,
             peer_id: String::new(),
             token: String::new(),
         }
         .encode();
-        assert_eq!(&bytes[..2], &[0, 1]);
+        assert_eq!(&bytes[..2], &[0, PROTOCOL_VERSION as u8]);
     }
 
     #[test]
@@ -305,8 +317,10 @@ mod tests {
         assert!(Frame::decode(&[0xff, 0xff, 0xff]).is_err());
         assert!(Frame::decode(&[]).is_err());
         assert_eq!(ErrorCode(999).name(), "unknown");
-        assert!(ErrorCode(999).is_fatal());
-        assert!(!ErrorCode::FORBIDDEN.is_fatal());
+        assert!(ErrorCode(999).closes_connection());
+        assert!(!ErrorCode::FORBIDDEN.closes_connection());
+        assert!(!ErrorCode::STORAGE_UNAVAILABLE.closes_connection());
+        assert!(ErrorCode::UNAUTHORIZED.is_final() && !ErrorCode::TOO_SLOW.is_final());
         assert_eq!(ErrorCode::VERSION.to_string(), "unsupported_version (2)");
     }
 }

@@ -1,12 +1,23 @@
-//! Record identifiers.
+//! The bottom layer: the values every other layer names things with.
 //!
 //! A [`DocId`] is 16 random bytes printed as bs58check, the format the wider
 //! Automerge ecosystem (automerge-repo, samod) uses, so an id copied from one
 //! tool is valid in another. `automerge:<id>` URLs are accepted wherever an id
-//! is parsed, and [`DocId::url`] prints one.
+//! is parsed, and [`DocId::url`] prints one. A [`Collection`] is a valid
+//! collection name, [`Heads`] a document's sorted heads, and a [`PeerId`] a
+//! peer's stable id: each is parsed once where text or bytes enter, so the
+//! store, the sync core and the replica take them without checking again.
+
+mod collection;
+mod heads;
+mod peer;
 
 use std::fmt;
 use std::str::FromStr;
+
+pub use collection::{Collection, ParseCollectionError, MAX_COLLECTION_LEN};
+pub use heads::Heads;
+pub use peer::{ParsePeerIdError, PeerId, MAX_PEER_ID_LEN};
 
 /// The URL scheme of the Automerge ecosystem's document URLs.
 const URL_PREFIX: &str = "automerge:";

@@ -1,0 +1,192 @@
+//! The app's handle on a running connection.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::task::{Control, Driver};
+use super::{ConnectOptions, ConnectionState, SyncError, SyncStatus};
+use crate::id::Collection;
+use crate::replica::{Filter, Replica};
+use crate::sync::ClientConfig;
+
+/// The app's handle on a running connection; dropping it stops syncing.
+#[derive(Debug)]
+pub struct SyncHandle {
+    /// The driver's published status.
+    status: watch::Receiver<SyncStatus>,
+    /// Requests to the driver.
+    control: mpsc::Sender<Control>,
+    /// Stops the driver.
+    cancel: CancellationToken,
+    /// The driver task, awaited by `close`.
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// The ticket of the next check.
+    next_check: u64,
+}
+
+impl Replica {
+    /// Starts syncing with the relay at `url` (`ws://host:port`) in the
+    /// background. Must be called inside a tokio runtime.
+    ///
+    /// ```
+    /// # use accord_engine::{ConnectOptions, Replica};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let replica = Replica::open_in_memory()?;
+    /// let sync = replica.connect("ws://127.0.0.1:9", ConnectOptions {
+    ///     collections: vec!["contacts".into()],
+    ///     reconnect: false,
+    ///     ..ConnectOptions::default()
+    /// });
+    /// // Nothing listens on port 9: the wait reports why it failed.
+    /// assert!(sync.status().last_error.is_none() || !sync.status().synced);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn connect(&self, url: &str, options: ConnectOptions) -> SyncHandle {
+        let (status_tx, status) = watch::channel(SyncStatus::initial());
+        let (control, control_rx) = mpsc::channel(16);
+        let cancel = CancellationToken::new();
+        let collections: Result<BTreeSet<Collection>, _> =
+            options.collections.iter().map(|c| c.parse()).collect();
+        let task = match collections {
+            Ok(collections) => {
+                let config = ClientConfig {
+                    peer_id: self.peer_id().clone(),
+                    token: options.token.clone(),
+                    collections,
+                    max_in_flight: options.max_in_flight,
+                };
+                let driver = Driver::new(
+                    self.clone(),
+                    url,
+                    options,
+                    config,
+                    self.subscribe(Filter::All),
+                    status_tx,
+                    control_rx,
+                    cancel.clone(),
+                );
+                Some(tokio::spawn(driver.run()))
+            }
+            Err(e) => {
+                status_tx.send_modify(|s| {
+                    s.state = ConnectionState::Stopped;
+                    s.last_error = Some(SyncError::BadCollection(e));
+                });
+                None
+            }
+        };
+        SyncHandle {
+            status,
+            control,
+            cancel,
+            task,
+            next_check: 0,
+        }
+    }
+}
+
+impl SyncHandle {
+    /// The latest status.
+    pub fn status(&self) -> SyncStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver of status updates, independent of this handle (for
+    /// progress displays while another task waits).
+    pub fn watch(&self) -> watch::Receiver<SyncStatus> {
+        self.status.clone()
+    }
+
+    /// Waits until the relay has welcomed this replica.
+    pub async fn wait_connected(&mut self, timeout: Duration) -> Result<(), SyncError> {
+        self.wait(timeout, |s| {
+            s.state == ConnectionState::Connected || s.connects > 0
+        })
+        .await
+    }
+
+    /// Waits until the relay holds every local change made before this call
+    /// (and every local tombstone) in the subscribed collections.
+    pub async fn wait_synced(&mut self, timeout: Duration) -> Result<(), SyncError> {
+        let ticket = self.check(false).await?;
+        self.wait(timeout, |s| s.checked >= ticket && s.synced)
+            .await
+    }
+
+    /// Waits until, in addition, this replica holds everything the relay
+    /// holds in the subscribed collections: both sides agree.
+    pub async fn wait_agreed(&mut self, timeout: Duration) -> Result<(), SyncError> {
+        let ticket = self.check(true).await?;
+        self.wait(timeout, |s| s.checked >= ticket && s.synced && s.agreed)
+            .await
+    }
+
+    async fn check(&mut self, agree: bool) -> Result<u64, SyncError> {
+        self.next_check += 1;
+        let ticket = self.next_check;
+        match self.control.send(Control::Check(ticket, agree)).await {
+            Ok(()) => Ok(ticket),
+            Err(_) => Err(self.status().last_error.unwrap_or(SyncError::Stopped)),
+        }
+    }
+
+    /// Waits for `done`, failing if the driver stops or time runs out.
+    async fn wait(
+        &mut self,
+        timeout: Duration,
+        done: impl Fn(&SyncStatus) -> bool,
+    ) -> Result<(), SyncError> {
+        let wait = self
+            .status
+            .wait_for(|s| done(s) || s.state == ConnectionState::Stopped || s.refused.is_some());
+        let outcome = match tokio::time::timeout(timeout, wait).await {
+            Err(_) => Err(None),
+            Ok(Err(_)) => Err(Some(SyncError::Stopped)),
+            Ok(Ok(s)) if done(&s) => Ok(()),
+            Ok(Ok(s)) if s.refused.is_some() => Err(s.refused.clone()),
+            Ok(Ok(s)) => Err(Some(s.last_error.clone().unwrap_or(SyncError::Stopped))),
+        };
+        outcome.map_err(|e| match e {
+            Some(e) => e,
+            None => {
+                let status = self.status();
+                match status.last_error {
+                    Some(e) if status.state != ConnectionState::Connected => e,
+                    _ => SyncError::Timeout(timeout),
+                }
+            }
+        })
+    }
+
+    /// Adds collections to sync.
+    pub async fn subscribe(&self, collections: Vec<String>) -> Result<(), SyncError> {
+        let collections = collections
+            .iter()
+            .map(|c| c.parse())
+            .collect::<Result<Vec<Collection>, _>>()?;
+        self.control
+            .send(Control::Subscribe(collections))
+            .await
+            .map_err(|_| SyncError::Stopped)
+    }
+
+    /// Closes the connection cleanly and waits for the driver to stop
+    /// (its sync states are persisted first).
+    pub async fn close(mut self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for SyncHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}

@@ -1,0 +1,160 @@
+//! The client driver: a replica's background connection to a relay.
+//!
+//! [`Replica::connect`] spawns a task on the current tokio runtime that owns
+//! the WebSocket and a sans-IO [`crate::sync::ClientSession`]. Everything
+//! that touches SQLite (the session reading and persisting documents) runs
+//! on the blocking pool; the task itself only moves frames. It reconnects
+//! with exponential backoff and jitter, except after a refusal that
+//! retrying cannot fix (bad token, unsupported version). [`SyncHandle`]
+//! exposes the connection state and [`SyncHandle::wait_synced`].
+//!
+//! Layout: this module holds the public types (options, state, status,
+//! errors), `handle` the app's [`SyncHandle`], `task` the background task.
+//!
+//! Failures reach the app: the relay's refusals, this replica's storage
+//! failures during sync, and a panic inside the session (the connection
+//! ends, a fresh session reconnects and resyncs) all land in
+//! [`SyncStatus::last_error`].
+
+mod handle;
+mod task;
+
+use std::time::Duration;
+
+pub use handle::SyncHandle;
+
+use crate::sync::{ErrorCode, SessionStats};
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// The token presented in `Hello` (empty for an open relay).
+    pub token: String,
+    /// Collections to sync.
+    pub collections: Vec<String>,
+    /// How many documents may be mid-exchange at once.
+    pub max_in_flight: usize,
+    /// First reconnect delay.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+    /// Whether to reconnect after the connection drops.
+    pub reconnect: bool,
+    /// Largest accepted message from the relay, in bytes.
+    pub max_frame_bytes: usize,
+    /// Reconnect when nothing (not even a ping) arrived for this long; the
+    /// relay pings every 20 s by default.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            token: String::new(),
+            collections: Vec::new(),
+            max_in_flight: 64,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+            reconnect: true,
+            max_frame_bytes: 64 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Where the connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Trying to connect (or waiting to retry).
+    Connecting,
+    /// Welcomed by the relay.
+    Connected,
+    /// Stopped: closed by the app, or refused in a way retrying cannot fix.
+    Stopped,
+}
+
+/// Why syncing failed or stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    /// The relay could not be reached or the connection broke.
+    #[error("cannot reach relay {url}: {reason}")]
+    Unreachable {
+        /// The relay URL.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The relay refused or reported an error.
+    #[error("relay refused: {message} [{code}]")]
+    Refused {
+        /// The relay's error code.
+        code: ErrorCode,
+        /// Its explanation.
+        message: String,
+    },
+    /// This replica could not read or apply something while syncing (its
+    /// own storage failed, or the relay sent data it could not apply).
+    #[error("sync failed locally: {message} [{code}]")]
+    Local {
+        /// What kind of failure.
+        code: ErrorCode,
+        /// The error.
+        message: String,
+    },
+    /// A collection name given to `connect` is not valid.
+    #[error(transparent)]
+    BadCollection(#[from] crate::id::ParseCollectionError),
+    /// The sync session failed internally (a bug); the connection was
+    /// restarted with a fresh session.
+    #[error("sync session failed: {0}")]
+    Internal(String),
+    /// The wait timed out.
+    #[error("not synced within {0:?}")]
+    Timeout(Duration),
+    /// The driver stopped.
+    #[error("sync stopped")]
+    Stopped,
+}
+
+/// A snapshot of the driver's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncStatus {
+    /// The connection state.
+    pub state: ConnectionState,
+    /// Whether the relay holds every local change of the subscribed
+    /// collections made before the last check.
+    pub synced: bool,
+    /// Whether, in addition, this replica holds everything the relay
+    /// holds in those collections (as of the last check).
+    pub agreed: bool,
+    /// The last check request this status answers.
+    pub checked: u64,
+    /// Documents waiting for or in the middle of an exchange.
+    pub pending: usize,
+    /// Counters of the current connection.
+    pub stats: SessionStats,
+    /// How many times the relay welcomed us.
+    pub connects: u64,
+    /// The most recent error, if any.
+    pub last_error: Option<SyncError>,
+    /// A refusal of this connection's rights (`forbidden`): waiting for
+    /// sync fails with it instead of timing out.
+    pub refused: Option<SyncError>,
+}
+
+impl SyncStatus {
+    fn initial() -> Self {
+        SyncStatus {
+            state: ConnectionState::Connecting,
+            synced: false,
+            agreed: false,
+            checked: 0,
+            pending: 0,
+            stats: SessionStats::default(),
+            connects: 0,
+            last_error: None,
+            refused: None,
+        }
+    }
+}

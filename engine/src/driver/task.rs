@@ -1,0 +1,494 @@
+//! The background task: one WebSocket at a time, a session, reconnects.
+//!
+//! The task moves frames between the socket and the session and runs every
+//! session call on the blocking pool (the session reads and writes SQLite).
+//! The session is never left behind: if a call panics, the connection ends
+//! with [`SyncError::Internal`] and a fresh session (built from the same
+//! configuration, resuming from the persisted sync states) takes over on
+//! the next connection.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use super::{ConnectOptions, ConnectionState, SyncError, SyncStatus};
+use crate::id::Collection;
+use crate::replica::{ChangeEvent, ChangeKind, Origin, RecvError, Replica, Subscription};
+use crate::sync::client::LocalChange;
+use crate::sync::{
+    ClientConfig, ClientOutput, ClientSession, ErrorCode, Frame, SessionEvent, SyncCheck, SyncDocs,
+};
+
+/// A request from the app's handle.
+#[derive(Debug)]
+pub(super) enum Control {
+    /// Answer when synced (and agreed, if the flag is set).
+    Check(u64, bool),
+    /// Add collections.
+    Subscribe(Vec<Collection>),
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// How a connection ended.
+enum Ended {
+    /// The app closed.
+    Cancelled,
+    /// Retry after a backoff.
+    Retry(SyncError),
+    /// Do not retry.
+    Fatal(SyncError),
+}
+
+/// A check the app waits for: its ticket and what it waits for.
+struct PendingCheck {
+    /// The ticket the answer is published under.
+    ticket: u64,
+    /// The session's account of it.
+    check: SyncCheck,
+}
+
+/// The background task's state.
+pub(super) struct Driver {
+    /// The replica being synced.
+    replica: Replica,
+    /// The relay's URL.
+    url: String,
+    /// How to connect.
+    options: ConnectOptions,
+    /// What a session is built from (again, after a panic).
+    config: ClientConfig,
+    /// The replica's committed changes, to push local ones.
+    events: Subscription,
+    /// The protocol state; `None` only while a call runs on the blocking
+    /// pool (and rebuilt if that call panicked).
+    session: Option<ClientSession>,
+    /// Where the app reads the status.
+    status: watch::Sender<SyncStatus>,
+    /// Requests from the app.
+    control: mpsc::Receiver<Control>,
+    /// Cancelled when the app closes the handle.
+    cancel: CancellationToken,
+    /// The session clock's origin.
+    started: std::time::Instant,
+    /// A check not answered yet.
+    pending: Option<PendingCheck>,
+}
+
+impl Driver {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        replica: Replica,
+        url: &str,
+        options: ConnectOptions,
+        config: ClientConfig,
+        events: Subscription,
+        status: watch::Sender<SyncStatus>,
+        control: mpsc::Receiver<Control>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Driver {
+            replica,
+            url: url.to_owned(),
+            options,
+            session: Some(ClientSession::new(config.clone())),
+            config,
+            events,
+            status,
+            control,
+            cancel,
+            started: std::time::Instant::now(),
+            pending: None,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut backoff = self.options.backoff_min;
+        loop {
+            self.set(|s| s.state = ConnectionState::Connecting);
+            let opened = tokio::select! {
+                () = self.cancel.cancelled() => break,
+                opened = self.open() => opened,
+            };
+            let welcomed_before = self.status.borrow().connects;
+            let ended = match opened {
+                Ok(ws) => self.connection(ws).await,
+                Err(e) => Ended::Retry(e),
+            };
+            if self.status.borrow().connects > welcomed_before {
+                // The relay accepted us this time: the next drop is a new
+                // incident, not the continuation of a failing streak.
+                backoff = self.options.backoff_min;
+            }
+            // A panic here was reported already; the next connection
+            // starts from a fresh session either way.
+            let _ = self.outputs(|s, _| s.disconnected()).await;
+            match ended {
+                Ended::Cancelled => break,
+                Ended::Fatal(e) => {
+                    self.set(|s| s.last_error = Some(e));
+                    break;
+                }
+                Ended::Retry(e) => {
+                    tracing::debug!(url = self.url, error = %e, "sync connection lost; retrying");
+                    self.set(|s| s.last_error = Some(e));
+                    if !self.options.reconnect {
+                        break;
+                    }
+                }
+            }
+            let jitter = rand::rng().random_range(0.5..1.0);
+            let delay = backoff.mul_f64(jitter);
+            backoff = (backoff * 2).min(self.options.backoff_max);
+            tokio::select! {
+                () = self.cancel.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        self.set(|s| {
+            s.state = ConnectionState::Stopped;
+            s.synced = false;
+        });
+    }
+
+    async fn open(&self) -> Result<Ws, SyncError> {
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(self.options.max_frame_bytes))
+            .max_frame_size(Some(self.options.max_frame_bytes));
+        let connect =
+            tokio_tungstenite::connect_async_with_config(self.url.as_str(), Some(config), true);
+        let unreachable = |reason: String| SyncError::Unreachable {
+            url: self.url.clone(),
+            reason,
+        };
+        match tokio::time::timeout(Duration::from_secs(10), connect).await {
+            Ok(Ok((ws, _))) => Ok(ws),
+            Ok(Err(e)) => Err(unreachable(e.to_string())),
+            Err(_) => Err(unreachable("connection timed out".into())),
+        }
+    }
+
+    fn set(&self, f: impl FnOnce(&mut SyncStatus)) {
+        self.status.send_modify(f);
+    }
+
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Runs `f` with the session and replica on the blocking pool. If it
+    /// panics, the session is replaced by a fresh one and the connection
+    /// ends (the next one resyncs from the persisted sync states).
+    async fn blocking<T, F>(&mut self, f: F) -> Result<T, Ended>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut ClientSession, &Replica) -> T + Send + 'static,
+    {
+        let mut session = self
+            .session
+            .take()
+            .unwrap_or_else(|| ClientSession::new(self.config.clone()));
+        let replica = self.replica.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let value = f(&mut session, &replica);
+            (session, value)
+        })
+        .await;
+        match joined {
+            Ok((session, value)) => {
+                self.session = Some(session);
+                Ok(value)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "sync session panicked; reconnecting with a fresh one");
+                self.session = Some(ClientSession::new(self.config.clone()));
+                let error = SyncError::Internal(format!("the sync session panicked: {e}"));
+                self.set(|s| s.last_error = Some(error.clone()));
+                Err(Ended::Retry(error))
+            }
+        }
+    }
+
+    /// Like [`Driver::blocking`] for calls that return outputs: persists
+    /// their sync states there too and returns the rest.
+    async fn outputs<F>(&mut self, f: F) -> Result<Vec<ClientOutput>, Ended>
+    where
+        F: FnOnce(&mut ClientSession, &Replica) -> Vec<ClientOutput> + Send + 'static,
+    {
+        self.blocking(move |s, r| {
+            let outputs = f(s, r);
+            persist(r, outputs)
+        })
+        .await
+    }
+
+    async fn connection(&mut self, mut ws: Ws) -> Ended {
+        match self.outputs(|s, _| s.connected()).await {
+            Ok(hello) => {
+                if let Some(end) = self.carry_out(&mut ws, hello).await {
+                    return end;
+                }
+            }
+            Err(end) => return end,
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut heard = tokio::time::Instant::now();
+        loop {
+            let silent_until = heard + self.options.idle_timeout;
+            let outputs = tokio::select! {
+                () = self.cancel.cancelled() => {
+                    let _ = ws.close(None).await;
+                    return Ended::Cancelled;
+                }
+                () = tokio::time::sleep_until(silent_until) => {
+                    let reason = format!("the relay was silent for {:?}", self.options.idle_timeout);
+                    return Ended::Retry(SyncError::Unreachable { url: self.url.clone(), reason });
+                }
+                msg = ws.next() => {
+                    heard = tokio::time::Instant::now();
+                    self.on_message(msg).await
+                }
+                event = self.events.recv_async() => self.on_local(event).await,
+                control = self.control.recv() => self.on_control(control).await,
+                _ = tick.tick() => {
+                    let now = self.now();
+                    self.outputs(move |s, r| s.tick(now, r)).await
+                }
+            };
+            let outputs = match outputs {
+                Ok(outputs) => outputs,
+                Err(end) => return end,
+            };
+            if let Some(end) = self.carry_out(&mut ws, outputs).await {
+                return end;
+            }
+            if let Err(end) = self.publish().await {
+                return end;
+            }
+        }
+    }
+
+    async fn on_message(
+        &mut self,
+        msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Result<Vec<ClientOutput>, Ended> {
+        let unreachable = |reason: String| SyncError::Unreachable {
+            url: self.url.clone(),
+            reason,
+        };
+        let bytes = match msg {
+            Some(Ok(Message::Binary(b))) => b,
+            Some(Ok(Message::Close(_))) | None => {
+                let reason = "the relay closed the connection".into();
+                return Err(Ended::Retry(unreachable(reason)));
+            }
+            Some(Ok(_)) => return Ok(Vec::new()),
+            Some(Err(e)) => return Err(Ended::Retry(unreachable(e.to_string()))),
+        };
+        let frame = Frame::decode(&bytes).map_err(|e| {
+            Ended::Retry(SyncError::Refused {
+                code: ErrorCode::MALFORMED,
+                message: format!("relay sent {e}"),
+            })
+        })?;
+        let now = self.now();
+        self.outputs(move |s, r| s.handle_frame(now, frame, r))
+            .await
+    }
+
+    /// Local changes were committed: push them. If the change feed
+    /// overflowed, the session compares every local document instead.
+    async fn on_local(
+        &mut self,
+        first: Result<ChangeEvent, RecvError>,
+    ) -> Result<Vec<ClientOutput>, Ended> {
+        let mut missed = false;
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(event) = next.take() {
+            match event {
+                Ok(e) if e.origin == Origin::Local => batch.push(e),
+                Ok(_) => {}
+                Err(RecvError::Lagged(n)) => {
+                    tracing::debug!(
+                        missed = n,
+                        "change feed overflowed; comparing every document"
+                    );
+                    missed = true;
+                }
+                Err(_) => {}
+            }
+            next = self.events.try_recv();
+        }
+        if batch.is_empty() && !missed {
+            return Ok(Vec::new());
+        }
+        let now = self.now();
+        self.outputs(move |s, r| {
+            if missed {
+                return s.local_changes_missed(now, r);
+            }
+            let mut out = Vec::new();
+            for e in batch {
+                let change = match e.kind {
+                    ChangeKind::Deleted => LocalChange::Tombstone,
+                    ChangeKind::Created | ChangeKind::Changed => LocalChange::Content,
+                };
+                out.extend(s.local_change(now, e.doc, &e.collection, change, r));
+            }
+            out
+        })
+        .await
+    }
+
+    async fn on_control(&mut self, control: Option<Control>) -> Result<Vec<ClientOutput>, Ended> {
+        match control {
+            Some(Control::Check(ticket, agree)) => {
+                let begun = self.blocking(move |s, r| s.begin_check(agree, r)).await?;
+                match begun {
+                    Ok((check, outputs)) => {
+                        self.pending = Some(PendingCheck { ticket, check });
+                        Ok(outputs)
+                    }
+                    Err(e) => {
+                        let error = SyncError::Local {
+                            code: crate::sync::error_code(&e),
+                            message: format!("cannot list local documents for a sync check: {e}"),
+                        };
+                        self.set(|s| s.last_error = Some(error));
+                        Ok(Vec::new())
+                    }
+                }
+            }
+            Some(Control::Subscribe(c)) => self.outputs(move |s, _| s.subscribe(&c)).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Sends frames and handles events; returns how the connection ends if
+    /// an output ends it.
+    async fn carry_out(&mut self, ws: &mut Ws, outputs: Vec<ClientOutput>) -> Option<Ended> {
+        for output in outputs {
+            match output {
+                ClientOutput::Send(frame) => {
+                    if let Err(e) = ws.send(Message::Binary(frame.encode().into())).await {
+                        return Some(Ended::Retry(SyncError::Unreachable {
+                            url: self.url.clone(),
+                            reason: e.to_string(),
+                        }));
+                    }
+                }
+                ClientOutput::Event(event) => self.on_event(event),
+                ClientOutput::Close { code, reason } => {
+                    let _ = ws.close(None).await;
+                    let error = SyncError::Refused {
+                        code,
+                        message: reason,
+                    };
+                    return Some(if code.is_final() {
+                        Ended::Fatal(error)
+                    } else {
+                        Ended::Retry(error)
+                    });
+                }
+                ClientOutput::SaveStates { .. } => {} // done by `persist`
+            }
+        }
+        None
+    }
+
+    fn on_event(&mut self, event: SessionEvent) {
+        match event {
+            SessionEvent::Welcomed { relay_id } => {
+                tracing::debug!(%relay_id, "connected to relay");
+                self.set(|s| {
+                    s.state = ConnectionState::Connected;
+                    s.connects += 1;
+                    s.last_error = None;
+                });
+            }
+            SessionEvent::RelayError { code, message, doc } => {
+                tracing::warn!(%code, message, ?doc, "relay reported an error");
+                let error = SyncError::Refused { code, message };
+                self.set(|s| {
+                    if code == ErrorCode::FORBIDDEN {
+                        s.refused = Some(error.clone());
+                    }
+                    s.last_error = Some(error);
+                });
+            }
+            SessionEvent::LocalFailure { code, message, doc } => {
+                tracing::warn!(%code, message, ?doc, "sync failed locally");
+                self.set(|s| s.last_error = Some(SyncError::Local { code, message }));
+            }
+        }
+    }
+
+    /// Publishes counters, and answers the pending check when the session
+    /// says it is reached.
+    async fn publish(&mut self) -> Result<(), Ended> {
+        let Some(mut pending) = self.pending.take() else {
+            let (stats, waiting) = self
+                .session
+                .as_ref()
+                .map(|s| (s.stats(), s.pending()))
+                .unwrap_or_default();
+            self.set(|s| {
+                s.stats = stats;
+                s.pending = waiting;
+            });
+            return Ok(());
+        };
+        // Agreement needs every local change fed to the session first.
+        let quiet = self.events.is_empty();
+        let (pending, outcome, stats, waiting) = self
+            .blocking(move |s, r| {
+                let outcome = s.check(&mut pending.check, quiet, r);
+                (pending, outcome, s.stats(), s.pending())
+            })
+            .await?;
+        let answered = outcome.answers(&pending.check);
+        let ticket = pending.ticket;
+        if !answered {
+            self.pending = Some(pending);
+        }
+        self.set(|s| {
+            s.synced = outcome.synced;
+            s.agreed = outcome.agreed;
+            if answered {
+                s.checked = s.checked.max(ticket);
+            }
+            s.stats = stats;
+            s.pending = waiting;
+        });
+        Ok(())
+    }
+}
+
+/// Persists the sync states among `outputs` and returns the rest; a
+/// failure to persist is reported like any local failure (it only costs
+/// a fuller exchange next time).
+fn persist(replica: &Replica, outputs: Vec<ClientOutput>) -> Vec<ClientOutput> {
+    let mut rest = Vec::with_capacity(outputs.len());
+    for output in outputs {
+        match output {
+            ClientOutput::SaveStates { relay, states } => {
+                if let Err(e) = replica.save_sync_states(&relay, states) {
+                    rest.push(ClientOutput::Event(SessionEvent::LocalFailure {
+                        code: crate::sync::error_code(&e),
+                        message: format!("could not persist sync states: {e}"),
+                        doc: None,
+                    }));
+                }
+            }
+            other => rest.push(other),
+        }
+    }
+    rest
+}

@@ -1,0 +1,208 @@
+//! What `wait_synced` and `wait_agreed` wait for, decided by the session.
+//!
+//! A [`SyncCheck`] snapshots the local state of the subscribed collections
+//! when the app asks, document by document. A document is done once the
+//! relay is known to hold those heads (or later ones built on them) and
+//! its tombstone (acknowledged), so writes made after the snapshot never
+//! delay it: an app that writes continuously still learns that its
+//! earlier writes are safe. Each [`ClientSession::check`] looks only at the
+//! documents the relay told the session about since the last look (all of
+//! them the first time, or after a reconnect), so a check costs in
+//! proportion to the traffic.
+//!
+//! Agreement (`wait_agreed`) asks, in addition, that this replica holds
+//! what the relay holds: the check re-sends `Subscribe` and compares with
+//! the fresh announcements, so it agrees with what the relay holds when
+//! asked, not with what it said before.
+
+use std::collections::HashMap;
+
+use super::{ClientOutput, ClientSession};
+use crate::error::Result;
+use crate::id::{Collection, DocId};
+use crate::sync::{DocSummary, SyncDocs};
+
+/// A pending `wait_synced` or `wait_agreed`.
+#[derive(Debug, Clone, Default)]
+pub struct SyncCheck {
+    /// Documents not yet known to be held, with their state then.
+    pending: HashMap<DocId, DocSummary>,
+    /// The connection epoch last looked at; until it is the current one,
+    /// every pending document is looked at, after that only news.
+    epoch: Option<u64>,
+    /// Whether agreement is asked for.
+    agree: bool,
+    /// For agreement: the connection and the per-collection counts of
+    /// `Subscribe` frames whose announcements it waits for.
+    fresh: Option<(u64, HashMap<Collection, u64>)>,
+}
+
+/// The answer to a check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckOutcome {
+    /// The relay holds every local change and tombstone of the snapshot.
+    pub synced: bool,
+    /// In addition, this replica holds everything the relay announced.
+    pub agreed: bool,
+}
+
+impl CheckOutcome {
+    /// Whether the check that asked for agreement (or not) is answered.
+    pub fn answers(&self, check: &SyncCheck) -> bool {
+        self.synced && (self.agreed || !check.agree)
+    }
+}
+
+impl ClientSession {
+    /// Starts a check of the local state now; with `agree`, asks the relay
+    /// for fresh announcements (sent with the returned outputs).
+    pub fn begin_check(
+        &mut self,
+        agree: bool,
+        docs: &dyn SyncDocs,
+    ) -> Result<(SyncCheck, Vec<ClientOutput>)> {
+        let mut pending = HashMap::new();
+        for collection in &self.config.collections {
+            pending.extend(docs.summaries(collection)?.into_iter().map(|s| (s.doc, s)));
+        }
+        let mut check = SyncCheck {
+            pending,
+            epoch: None,
+            agree,
+            fresh: None,
+        };
+        if agree && self.open {
+            let collections: Vec<Collection> = self.config.collections.iter().cloned().collect();
+            self.send_subscribe(collections);
+            check.fresh = Some((self.epoch, self.subscribes_sent.clone()));
+        }
+        Ok((check, std::mem::take(&mut self.out)))
+    }
+
+    /// How far the relay got with `check`. `local_quiet` says that every
+    /// committed local change has been fed to the session (agreement needs
+    /// it).
+    pub fn check(
+        &mut self,
+        check: &mut SyncCheck,
+        local_quiet: bool,
+        docs: &dyn SyncDocs,
+    ) -> CheckOutcome {
+        let synced = self.reached(check, docs);
+        let agreed = synced
+            && check.agree
+            && local_quiet
+            && self.fresh_announced(check)
+            && self.agrees(docs).unwrap_or(false);
+        CheckOutcome { synced, agreed }
+    }
+
+    /// Whether the relay now holds everything `check` waits for, dropping
+    /// the documents found held from it.
+    fn reached(&mut self, check: &mut SyncCheck, docs: &dyn SyncDocs) -> bool {
+        let news = std::mem::take(&mut self.relay_news);
+        if check.epoch == Some(self.epoch) {
+            for doc in &news {
+                if check
+                    .pending
+                    .get(doc)
+                    .is_some_and(|s| self.relay_holds(s, docs))
+                {
+                    check.pending.remove(doc);
+                }
+            }
+        } else {
+            check.epoch = Some(self.epoch);
+            check.pending.retain(|_, s| !self.relay_holds(s, docs));
+        }
+        self.all_announced() && check.pending.is_empty()
+    }
+
+    fn all_announced(&self) -> bool {
+        self.relay_id.is_some()
+            && self
+                .config
+                .collections
+                .iter()
+                .all(|c| self.announced.contains(c))
+    }
+
+    /// Whether the announcements an agreement check asked for arrived.
+    fn fresh_announced(&self, check: &SyncCheck) -> bool {
+        match &check.fresh {
+            // Reconnected since: that connection's announcements are newer.
+            Some((epoch, wanted)) if *epoch == self.epoch => wanted
+                .iter()
+                .all(|(c, n)| self.announces_done.get(c).is_some_and(|done| done >= n)),
+            _ => true,
+        }
+    }
+
+    /// Whether the relay holds every local change and tombstone of the
+    /// subscribed collections, as far as this session has learnt.
+    pub fn is_synced(&self, docs: &dyn SyncDocs) -> Result<bool> {
+        if !self.all_announced() || !self.queue.is_empty() || self.in_flight > 0 {
+            return Ok(false);
+        }
+        for collection in &self.config.collections {
+            for summary in docs.summaries(collection)? {
+                if !self.relay_holds(&summary, docs) {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Documents of `local` the relay is not known to hold (for logs).
+    pub fn missing_at_relay(&self, local: &[DocSummary], docs: &dyn SyncDocs) -> Vec<DocId> {
+        local
+            .iter()
+            .filter(|s| !self.relay_holds(s, docs))
+            .map(|s| s.doc)
+            .collect()
+    }
+
+    /// Whether the relay is known to hold `local`: its acknowledged
+    /// tombstone, or heads equal to or descending from its heads.
+    pub(super) fn relay_holds(&self, local: &DocSummary, docs: &dyn SyncDocs) -> bool {
+        let Some(d) = self.docs.get(&local.doc) else {
+            return false;
+        };
+        if local.deleted {
+            return d.relay_deleted;
+        }
+        let Some(theirs) = &d.relay_heads else {
+            return false;
+        };
+        if theirs.contains_all(&local.heads) {
+            return true;
+        }
+        // `None`: their heads name changes still on their way to us; the
+        // message bringing them is news again.
+        !theirs.is_empty()
+            && docs.covers(&local.doc, &local.heads, theirs).ok().flatten() == Some(true)
+    }
+
+    /// Whether the relay and this replica hold the same heads for every
+    /// document either is known to have. With the relay holding all of
+    /// ours, equal heads mean equal content.
+    fn agrees(&self, docs: &dyn SyncDocs) -> Result<bool> {
+        if !self.is_synced(docs)? {
+            return Ok(false);
+        }
+        for (doc, d) in &self.docs {
+            let Some(theirs) = &d.relay_heads else {
+                continue;
+            };
+            if d.relay_deleted || theirs.is_empty() {
+                continue;
+            }
+            let ours = docs.local_state(doc)?.map(|l| l.heads).unwrap_or_default();
+            if ours != *theirs {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,865 @@
+//! A replica's side of one connection to a relay, without I/O.
+//!
+//! The driver feeds it [`ClientSession::connected`], every received frame,
+//! every local change and a periodic tick, and carries out what it returns.
+//! On connect it says hello, subscribes, and compares the relay's announced
+//! heads with its own: only documents whose heads differ are synced, at most
+//! `max_in_flight` at a time. Local changes are pushed as they happen; if
+//! the driver missed some ([`ClientSession::local_changes_missed`]), every
+//! local document is compared again. Deletions count as held by the relay
+//! only once it acknowledged them (`DeleteAck`).
+//!
+//! Failures reach the driver as events, never only a log line: a relay's
+//! refusal ([`SessionEvent::RelayError`]) and a failure of this replica's
+//! own storage ([`SessionEvent::LocalFailure`]). A document the relay could
+//! not store (`storage_unavailable`) is offered again after
+//! [`super::STORAGE_RETRY_MS`]; one it refused for good (no right, bad
+//! data, wrong collection) waits for the next connection.
+//!
+//! [`check`] holds what `wait_synced` and `wait_agreed` wait for.
+
+mod check;
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+
+use automerge::sync::Message;
+
+pub use check::{CheckOutcome, SyncCheck};
+
+use super::exchange::{heads_only, Exchange};
+use super::protocol::{DocSummary, ErrorCode, Frame, PROTOCOL_VERSION};
+use super::{error_code, EncodedState, LocalState, SyncDocs, STORAGE_RETRY_MS};
+use crate::error::{Error, Result};
+use crate::id::{Collection, DocId, Heads, PeerId};
+
+/// What a client session is configured with.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// This replica's peer id.
+    pub peer_id: PeerId,
+    /// The credential presented in `Hello`.
+    pub token: String,
+    /// Collections to subscribe to.
+    pub collections: BTreeSet<Collection>,
+    /// How many documents may be mid-exchange at once.
+    pub max_in_flight: usize,
+}
+
+/// Something the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientOutput {
+    /// Send this frame to the relay.
+    Send(Frame),
+    /// Persist these sync states under the relay's id.
+    SaveStates {
+        /// The relay's id.
+        relay: PeerId,
+        /// The states.
+        states: Vec<EncodedState>,
+    },
+    /// Tell the application.
+    Event(SessionEvent),
+    /// Close the connection: the relay broke the protocol or refused us.
+    Close {
+        /// Why.
+        code: ErrorCode,
+        /// Human-readable reason.
+        reason: String,
+    },
+}
+
+/// What happened on the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// The relay accepted the handshake.
+    Welcomed {
+        /// Its id.
+        relay_id: PeerId,
+    },
+    /// The relay reported an error.
+    RelayError {
+        /// The code.
+        code: ErrorCode,
+        /// Its explanation.
+        message: String,
+        /// The document, if the error concerns one.
+        doc: Option<DocId>,
+    },
+    /// This replica could not read or apply something: its own storage
+    /// failed, or the relay sent data it could not apply. The document
+    /// is tried again later (storage) or on the next connection (data).
+    LocalFailure {
+        /// What kind of failure, as a peer would be told.
+        code: ErrorCode,
+        /// The error.
+        message: String,
+        /// The document, if the failure concerns one.
+        doc: Option<DocId>,
+    },
+}
+
+/// A committed local change, as the session needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalChange {
+    /// The content changed (or the record was created).
+    Content,
+    /// The record was deleted.
+    Tombstone,
+}
+
+/// Counters of one session, for summaries and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Sync messages sent.
+    pub messages_sent: u64,
+    /// Sync messages received.
+    pub messages_received: u64,
+    /// Bytes of sync messages sent.
+    pub bytes_sent: u64,
+    /// Bytes of sync messages received.
+    pub bytes_received: u64,
+    /// Documents that received changes from the relay.
+    pub docs_received: u64,
+    /// Distinct documents this session sent changes of.
+    pub docs_sent: u64,
+    /// Times the driver's change feed overflowed and every local document
+    /// was compared with the relay instead.
+    pub local_resyncs: u64,
+}
+
+/// Whether a document may be offered to the relay now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// Yes.
+    Free,
+    /// The relay refused it for this connection (no right, bad data,
+    /// another collection): offering it again would be refused again.
+    Refused,
+    /// The relay could not store it; offer it again at this time.
+    RetryAt(u64),
+}
+
+/// Per-document sync progress with the relay.
+#[derive(Debug)]
+struct DocSync {
+    /// The document's collection.
+    collection: Collection,
+    /// The exchange of sync messages.
+    exchange: Exchange,
+    /// The heads the relay has, as far as we know.
+    relay_heads: Option<Heads>,
+    /// Whether the relay holds the tombstone (it said so, or acknowledged ours).
+    relay_deleted: bool,
+    /// Whether our `Delete` awaits its acknowledgement.
+    delete_sent: bool,
+    /// Whether we sent changes of it this session.
+    sent: bool,
+    /// Whether it may be offered now.
+    hold: Hold,
+}
+
+/// The session state machine.
+#[derive(Debug)]
+pub struct ClientSession {
+    /// Configuration.
+    config: ClientConfig,
+    /// The relay's id once welcomed.
+    relay_id: Option<PeerId>,
+    /// Collections whose announcement finished.
+    announced: BTreeSet<Collection>,
+    /// Documents seen in announcements not yet finished.
+    announcing: HashMap<Collection, HashSet<DocId>>,
+    /// Documents whose relay heads or tombstone were learnt since the last
+    /// check looked, so a pending check looks at those only.
+    relay_news: HashSet<DocId>,
+    /// Counts connections: a check made in an earlier one looks at all of
+    /// its documents again.
+    epoch: u64,
+    /// Per collection, `Subscribe` frames sent on this connection.
+    subscribes_sent: HashMap<Collection, u64>,
+    /// Per collection, complete announcements received on it.
+    announces_done: HashMap<Collection, u64>,
+    /// Documents touched on this connection.
+    docs: HashMap<DocId, DocSync>,
+    /// Documents waiting to start an exchange.
+    queue: VecDeque<DocId>,
+    /// Members of `queue`, to avoid duplicates.
+    queued: HashSet<DocId>,
+    /// How many exchanges await an answer.
+    in_flight: usize,
+    /// Whether `Hello` went out on the current connection (later frames
+    /// may follow it at once).
+    open: bool,
+    /// Documents whose sync state may have moved since it was persisted
+    /// (visiting only these keeps a sync of D documents linear in D).
+    touched: HashSet<DocId>,
+    /// Counters.
+    stats: SessionStats,
+    /// Outputs of the current call.
+    out: Vec<ClientOutput>,
+}
+
+impl ClientSession {
+    /// A session that has not connected yet.
+    pub fn new(config: ClientConfig) -> Self {
+        ClientSession {
+            config,
+            relay_id: None,
+            announced: BTreeSet::new(),
+            announcing: HashMap::new(),
+            relay_news: HashSet::new(),
+            epoch: 0,
+            subscribes_sent: HashMap::new(),
+            announces_done: HashMap::new(),
+            docs: HashMap::new(),
+            queue: VecDeque::new(),
+            queued: HashSet::new(),
+            in_flight: 0,
+            open: false,
+            touched: HashSet::new(),
+            stats: SessionStats::default(),
+            out: Vec::new(),
+        }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    /// A one-line account of what the session is waiting for, for logs.
+    pub fn describe(&self) -> String {
+        format!(
+            "relay={:?} announced={:?} queued={} in_flight={} docs={}",
+            self.relay_id,
+            self.announced,
+            self.queue.len(),
+            self.in_flight,
+            self.docs.len()
+        )
+    }
+
+    /// The relay's id, once welcomed.
+    pub fn relay_id(&self) -> Option<&PeerId> {
+        self.relay_id.as_ref()
+    }
+
+    /// The collections this session subscribes to.
+    pub fn collections(&self) -> &BTreeSet<Collection> {
+        &self.config.collections
+    }
+
+    /// Documents waiting for or in the middle of an exchange.
+    pub fn pending(&self) -> usize {
+        self.queue.len() + self.in_flight
+    }
+
+    /// A connection opened: say hello, and subscribe at once (the relay
+    /// handles frames in order, so the announcements start one round trip
+    /// earlier than after `Welcome`).
+    pub fn connected(&mut self) -> Vec<ClientOutput> {
+        self.reset();
+        self.out.push(ClientOutput::Send(Frame::Hello {
+            version: PROTOCOL_VERSION,
+            peer_id: self.config.peer_id.to_string(),
+            token: self.config.token.clone(),
+        }));
+        let collections: Vec<Collection> = self.config.collections.iter().cloned().collect();
+        self.send_subscribe(collections);
+        self.open = true;
+        std::mem::take(&mut self.out)
+    }
+
+    /// Sends `Subscribe`, counting it: the relay answers each with one
+    /// complete announcement per collection, in order.
+    fn send_subscribe(&mut self, collections: Vec<Collection>) {
+        if collections.is_empty() {
+            return;
+        }
+        for c in &collections {
+            *self.subscribes_sent.entry(c.clone()).or_default() += 1;
+        }
+        let collections = collections.iter().map(ToString::to_string).collect();
+        self.out
+            .push(ClientOutput::Send(Frame::Subscribe { collections }));
+    }
+
+    /// The connection closed: persist what was learnt and forget the rest.
+    pub fn disconnected(&mut self) -> Vec<ClientOutput> {
+        self.save_states();
+        self.reset();
+        std::mem::take(&mut self.out)
+    }
+
+    fn reset(&mut self) {
+        self.relay_id = None;
+        self.announced.clear();
+        self.announcing.clear();
+        self.docs.clear();
+        self.queue.clear();
+        self.queued.clear();
+        self.in_flight = 0;
+        self.touched.clear();
+        self.relay_news.clear();
+        self.subscribes_sent.clear();
+        self.announces_done.clear();
+        self.epoch += 1;
+        self.open = false;
+    }
+
+    /// Adds collections; subscribes at once when connected.
+    pub fn subscribe(&mut self, collections: &[Collection]) -> Vec<ClientOutput> {
+        let new: Vec<Collection> = collections
+            .iter()
+            .filter(|c| self.config.collections.insert((*c).clone()))
+            .cloned()
+            .collect();
+        if self.open {
+            self.send_subscribe(new);
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// A frame arrived from the relay.
+    pub fn handle_frame(
+        &mut self,
+        now: u64,
+        frame: Frame,
+        docs: &dyn SyncDocs,
+    ) -> Vec<ClientOutput> {
+        match frame {
+            Frame::Welcome { version, relay_id } => self.on_welcome(version, relay_id),
+            Frame::Announce {
+                collection,
+                docs: list,
+                complete,
+            } => self.on_announce(&collection, list, complete, docs),
+            Frame::Sync {
+                doc,
+                collection,
+                message,
+                want_reply,
+            } => self.on_sync(now, doc, &collection, &message, want_reply, docs),
+            Frame::Delete { doc, collection } => self.on_delete(doc, &collection, docs),
+            Frame::DeleteAck { doc } => self.on_delete_ack(doc),
+            Frame::Error { code, message, doc } => self.on_error(now, code, message, doc),
+            other => self.close(
+                ErrorCode::MALFORMED,
+                format!("unexpected {} frame from relay", other.kind()),
+            ),
+        }
+        self.pump(now, docs);
+        self.finish()
+    }
+
+    /// A local change was committed.
+    pub fn local_change(
+        &mut self,
+        now: u64,
+        doc: DocId,
+        collection: &Collection,
+        change: LocalChange,
+        docs: &dyn SyncDocs,
+    ) -> Vec<ClientOutput> {
+        if self.relay_id.is_none() || !self.announced.contains(collection) {
+            return Vec::new(); // the announcement comparison will pick it up
+        }
+        match change {
+            LocalChange::Tombstone => self.send_delete(doc, collection, docs),
+            LocalChange::Content => self.enqueue(doc),
+        }
+        self.pump(now, docs);
+        self.finish()
+    }
+
+    /// The driver could not tell which local changes were committed (its
+    /// change feed overflowed): compare every local document of the
+    /// announced collections with what the relay is known to hold, and
+    /// offer the ones that differ.
+    pub fn local_changes_missed(&mut self, now: u64, docs: &dyn SyncDocs) -> Vec<ClientOutput> {
+        if self.relay_id.is_some() {
+            self.stats.local_resyncs += 1;
+            let announced: Vec<Collection> = self.announced.iter().cloned().collect();
+            for collection in announced {
+                match docs.summaries(&collection) {
+                    Ok(list) => self.offer_changed(&collection, list, docs),
+                    Err(e) => self.local_failure(None, &e),
+                }
+            }
+            self.pump(now, docs);
+        }
+        self.finish()
+    }
+
+    /// Offers the documents of `local` the relay is not known to hold.
+    fn offer_changed(
+        &mut self,
+        collection: &Collection,
+        local: Vec<DocSummary>,
+        docs: &dyn SyncDocs,
+    ) {
+        for summary in local {
+            if self.relay_holds(&summary, docs) {
+                continue;
+            }
+            if summary.deleted {
+                self.send_delete(summary.doc, collection, docs);
+            } else if self.doc_sync(summary.doc, collection, docs).is_some() {
+                self.enqueue(summary.doc);
+            }
+        }
+    }
+
+    /// Time passed: restart stalled exchanges, offer documents whose retry
+    /// time came, persist states.
+    pub fn tick(&mut self, now: u64, docs: &dyn SyncDocs) -> Vec<ClientOutput> {
+        let mut stalled = Vec::new();
+        let mut due = Vec::new();
+        for (id, d) in &self.docs {
+            if d.exchange.stalled(now) {
+                stalled.push(*id);
+            }
+            if matches!(d.hold, Hold::RetryAt(t) if t <= now) {
+                due.push(*id);
+            }
+        }
+        stalled.sort(); // deterministic order for simulations
+        due.sort();
+        for id in stalled {
+            if let Some(d) = self.docs.get_mut(&id) {
+                if d.exchange.restart() {
+                    self.in_flight -= 1;
+                }
+            }
+            self.enqueue(id);
+        }
+        for id in due {
+            self.retry(id, docs);
+        }
+        self.pump(now, docs);
+        self.finish()
+    }
+
+    /// Offers a document again after the relay could not store it.
+    fn retry(&mut self, id: DocId, docs: &dyn SyncDocs) {
+        let Some(d) = self.docs.get_mut(&id) else {
+            return;
+        };
+        d.hold = Hold::Free;
+        let collection = d.collection.clone();
+        match docs.local_state(&id) {
+            Ok(Some(local)) if local.deleted => self.send_delete(id, &collection, docs),
+            Ok(_) => self.enqueue(id),
+            Err(e) => self.local_failure(Some(id), &e),
+        }
+    }
+
+    fn on_welcome(&mut self, version: u32, relay_id: String) {
+        if version != PROTOCOL_VERSION {
+            return self.close(
+                ErrorCode::VERSION,
+                format!("relay speaks protocol {version}, we speak {PROTOCOL_VERSION}"),
+            );
+        }
+        match PeerId::new(relay_id) {
+            Ok(relay_id) => {
+                self.relay_id = Some(relay_id.clone());
+                self.out
+                    .push(ClientOutput::Event(SessionEvent::Welcomed { relay_id }));
+            }
+            Err(e) => self.close(ErrorCode::MALFORMED, format!("relay id: {e}")),
+        }
+    }
+
+    /// The subscribed collection a frame names, if it names one.
+    fn subscribed(&self, name: &str) -> Option<Collection> {
+        self.config.collections.get(name).cloned()
+    }
+
+    fn on_announce(
+        &mut self,
+        name: &str,
+        list: Vec<DocSummary>,
+        complete: bool,
+        docs: &dyn SyncDocs,
+    ) {
+        let Some(collection) = self.subscribed(name) else {
+            return;
+        };
+        for summary in list {
+            self.announcing
+                .entry(collection.clone())
+                .or_default()
+                .insert(summary.doc);
+            if let Err(e) = self.compare(&collection, &summary, docs) {
+                self.local_failure(Some(summary.doc), &e);
+            }
+        }
+        if complete {
+            *self.announces_done.entry(collection.clone()).or_default() += 1;
+            let seen = self.announcing.remove(&collection).unwrap_or_default();
+            self.announced.insert(collection.clone());
+            match docs.summaries(&collection) {
+                Ok(local) => {
+                    let unannounced = local.into_iter().filter(|s| !seen.contains(&s.doc));
+                    self.offer_unannounced(&collection, unannounced.collect(), docs);
+                }
+                Err(e) => self.local_failure(None, &e),
+            }
+        }
+    }
+
+    /// Decides what to do about one document the relay announced.
+    fn compare(
+        &mut self,
+        collection: &Collection,
+        relay: &DocSummary,
+        docs: &dyn SyncDocs,
+    ) -> Result<()> {
+        let local = docs.local_state(&relay.doc)?;
+        let Some(d) = self.doc_sync(relay.doc, collection, docs) else {
+            return Ok(());
+        };
+        d.relay_heads = Some(relay.heads.clone());
+        d.relay_deleted = relay.deleted;
+        self.relay_news.insert(relay.doc);
+        match local {
+            Some(LocalState { collection: c, .. }) if c != *collection => Ok(()),
+            Some(LocalState { deleted, .. }) if relay.deleted => {
+                if !deleted {
+                    self.apply_remote_delete(relay.doc, collection, docs)?;
+                }
+                Ok(())
+            }
+            None if relay.deleted => self.apply_remote_delete(relay.doc, collection, docs),
+            Some(LocalState { heads, deleted, .. }) => {
+                if deleted {
+                    self.send_delete(relay.doc, collection, docs);
+                }
+                if heads != relay.heads {
+                    self.enqueue(relay.doc);
+                }
+                Ok(())
+            }
+            None => {
+                self.enqueue(relay.doc);
+                Ok(())
+            }
+        }
+    }
+
+    fn apply_remote_delete(
+        &mut self,
+        doc: DocId,
+        collection: &Collection,
+        docs: &dyn SyncDocs,
+    ) -> Result<()> {
+        if let Some(relay) = &self.relay_id {
+            docs.delete(&doc, collection, relay)?;
+        }
+        Ok(())
+    }
+
+    /// Offers the relay the local documents it did not announce.
+    fn offer_unannounced(
+        &mut self,
+        collection: &Collection,
+        local: Vec<DocSummary>,
+        docs: &dyn SyncDocs,
+    ) {
+        for summary in local {
+            let Some(d) = self.doc_sync(summary.doc, collection, docs) else {
+                continue;
+            };
+            d.relay_heads = Some(Heads::empty());
+            self.relay_news.insert(summary.doc);
+            if summary.deleted {
+                self.send_delete(summary.doc, collection, docs);
+            } else {
+                self.enqueue(summary.doc);
+            }
+        }
+    }
+
+    fn on_sync(
+        &mut self,
+        now: u64,
+        doc: DocId,
+        name: &str,
+        bytes: &[u8],
+        want_reply: bool,
+        docs: &dyn SyncDocs,
+    ) {
+        let Some(collection) = self.subscribed(name) else {
+            tracing::debug!(%doc, name, "ignoring sync for an unsubscribed collection");
+            return;
+        };
+        let message = match Message::decode(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                return self.close(
+                    ErrorCode::BAD_DOCUMENT,
+                    format!("relay sent an invalid sync message for {doc}: {e}"),
+                )
+            }
+        };
+        self.stats.messages_received += 1;
+        self.stats.bytes_received += bytes.len() as u64;
+        if let Err(e) = self.receive(now, doc, &collection, message, want_reply, docs) {
+            self.local_failure(Some(doc), &e);
+            self.hold_after_failure(now, doc, &e);
+        }
+    }
+
+    fn receive(
+        &mut self,
+        now: u64,
+        doc: DocId,
+        collection: &Collection,
+        message: Message,
+        want_reply: bool,
+        docs: &dyn SyncDocs,
+    ) -> Result<()> {
+        let Some(relay) = self.relay_id.clone() else {
+            return Ok(());
+        };
+        let Some(d) = self.doc_sync(doc, collection, docs) else {
+            return Ok(());
+        };
+        let was_in_flight = d.exchange.answered(&message);
+        let result = d.exchange.receive(docs, &doc, collection, message, &relay);
+        if let Some(theirs) = d.exchange.their_heads() {
+            d.relay_heads = Some(Heads::from(theirs));
+        }
+        self.touched.insert(doc);
+        self.relay_news.insert(doc);
+        if was_in_flight {
+            self.in_flight -= 1;
+        }
+        if result? {
+            self.stats.docs_received += 1;
+        }
+        if !self.send_next(now, doc, docs)? && want_reply {
+            let message = heads_only(docs.heads(&doc)?.into_vec()).encode();
+            self.count_sent(message.len());
+            self.out.push(ClientOutput::Send(Frame::Sync {
+                doc,
+                collection: collection.to_string(),
+                message,
+                want_reply: false,
+            }));
+        }
+        Ok(())
+    }
+
+    fn count_sent(&mut self, bytes: usize) {
+        self.stats.messages_sent += 1;
+        self.stats.bytes_sent += bytes as u64;
+    }
+
+    fn on_delete(&mut self, doc: DocId, name: &str, docs: &dyn SyncDocs) {
+        let Some(collection) = self.subscribed(name) else {
+            return;
+        };
+        if let Err(e) = self.apply_remote_delete(doc, &collection, docs) {
+            self.local_failure(Some(doc), &e);
+        }
+        if let Some(d) = self.doc_sync(doc, &collection, docs) {
+            d.relay_deleted = true;
+        }
+        self.relay_news.insert(doc);
+    }
+
+    fn on_delete_ack(&mut self, doc: DocId) {
+        if let Some(d) = self.docs.get_mut(&doc) {
+            d.relay_deleted = true;
+            d.delete_sent = false;
+        }
+        self.relay_news.insert(doc);
+    }
+
+    fn on_error(&mut self, now: u64, code: ErrorCode, message: String, doc: Option<DocId>) {
+        self.out.push(ClientOutput::Event(SessionEvent::RelayError {
+            code,
+            message: message.clone(),
+            doc,
+        }));
+        if code.closes_connection() {
+            return self.close(code, message);
+        }
+        let Some(doc) = doc else { return };
+        let hold = if matches!(code, ErrorCode::STORAGE_UNAVAILABLE | ErrorCode::INTERNAL) {
+            Hold::RetryAt(now + STORAGE_RETRY_MS)
+        } else {
+            Hold::Refused
+        };
+        self.hold(doc, hold);
+    }
+
+    /// Stops offering a document until `hold` says otherwise; what was in
+    /// flight is forgotten (the relay did not apply it).
+    fn hold(&mut self, doc: DocId, hold: Hold) {
+        if let Some(d) = self.docs.get_mut(&doc) {
+            d.hold = hold;
+            d.delete_sent = false;
+            if d.exchange.restart() {
+                self.in_flight -= 1;
+            }
+        }
+    }
+
+    /// A local failure about `doc`: try again later if storage failed,
+    /// on the next connection if the relay's data does not apply.
+    fn hold_after_failure(&mut self, now: u64, doc: DocId, error: &Error) {
+        let hold = match error_code(error) {
+            ErrorCode::STORAGE_UNAVAILABLE => Hold::RetryAt(now + STORAGE_RETRY_MS),
+            _ => Hold::Refused,
+        };
+        self.hold(doc, hold);
+    }
+
+    fn local_failure(&mut self, doc: Option<DocId>, error: &Error) {
+        tracing::warn!(?doc, %error, "sync could not read or apply a document");
+        self.out
+            .push(ClientOutput::Event(SessionEvent::LocalFailure {
+                code: error_code(error),
+                message: error.to_string(),
+                doc,
+            }));
+    }
+
+    fn close(&mut self, code: ErrorCode, reason: String) {
+        self.out.push(ClientOutput::Close { code, reason });
+    }
+
+    /// Sends a tombstone; the relay counts as holding it once it
+    /// acknowledges it.
+    fn send_delete(&mut self, doc: DocId, collection: &Collection, docs: &dyn SyncDocs) {
+        let Some(d) = self.doc_sync(doc, collection, docs) else {
+            return;
+        };
+        if d.relay_deleted || d.delete_sent || d.hold != Hold::Free {
+            return;
+        }
+        d.delete_sent = true;
+        self.out.push(ClientOutput::Send(Frame::Delete {
+            doc,
+            collection: collection.to_string(),
+        }));
+    }
+
+    fn enqueue(&mut self, doc: DocId) {
+        let busy = self
+            .docs
+            .get(&doc)
+            .is_some_and(|d| d.exchange.in_flight() || d.hold != Hold::Free);
+        if !busy && self.queued.insert(doc) {
+            self.queue.push_back(doc);
+        }
+    }
+
+    /// Starts queued exchanges while there is room.
+    fn pump(&mut self, now: u64, docs: &dyn SyncDocs) {
+        while self.in_flight < self.config.max_in_flight.max(1) {
+            let Some(doc) = self.queue.pop_front() else {
+                break;
+            };
+            self.queued.remove(&doc);
+            if let Err(e) = self.send_next(now, doc, docs) {
+                self.local_failure(Some(doc), &e);
+                self.hold_after_failure(now, doc, &e);
+            }
+        }
+    }
+
+    /// Generates and sends the next message for `doc`, if there is one;
+    /// returns whether a message went out.
+    fn send_next(&mut self, now: u64, doc: DocId, docs: &dyn SyncDocs) -> Result<bool> {
+        let collection = match self.docs.get(&doc) {
+            Some(d) => d.collection.clone(),
+            None => match docs.local_state(&doc)? {
+                Some(local) => local.collection,
+                None => return Ok(false),
+            },
+        };
+        let Some(d) = self.doc_sync(doc, &collection, docs) else {
+            return Ok(false);
+        };
+        if d.exchange.in_flight() || d.hold != Hold::Free {
+            return Ok(false);
+        }
+        let Some(outgoing) = d.exchange.generate(docs, &doc, &collection, now)? else {
+            return Ok(false);
+        };
+        let first = !outgoing.message.changes.is_empty() && !std::mem::replace(&mut d.sent, true);
+        if outgoing.want_reply {
+            self.in_flight += 1;
+        }
+        let bytes = outgoing.message.encode();
+        self.count_sent(bytes.len());
+        self.stats.docs_sent += u64::from(first);
+        self.out.push(ClientOutput::Send(Frame::Sync {
+            doc,
+            collection: collection.to_string(),
+            message: bytes,
+            want_reply: outgoing.want_reply,
+        }));
+        Ok(true)
+    }
+
+    /// The sync progress of `doc`, loading its persisted sync state on
+    /// first use; `None` (reported) if that read fails.
+    fn doc_sync(
+        &mut self,
+        doc: DocId,
+        collection: &Collection,
+        docs: &dyn SyncDocs,
+    ) -> Option<&mut DocSync> {
+        if !self.docs.contains_key(&doc) {
+            let relay = self.relay_id.clone()?;
+            let state = match docs.load_sync_state(&relay, &doc) {
+                Ok(state) => state,
+                Err(e) => {
+                    self.local_failure(Some(doc), &e);
+                    return None;
+                }
+            };
+            let fresh = DocSync {
+                collection: collection.clone(),
+                exchange: Exchange::resume(state),
+                relay_heads: None,
+                relay_deleted: false,
+                delete_sent: false,
+                sent: false,
+                hold: Hold::Free,
+            };
+            self.docs.insert(doc, fresh);
+        }
+        self.docs.get_mut(&doc)
+    }
+
+    fn finish(&mut self) -> Vec<ClientOutput> {
+        self.save_states();
+        std::mem::take(&mut self.out)
+    }
+
+    /// Emits the sync states whose shared heads moved since last saved.
+    fn save_states(&mut self) {
+        let Some(relay) = self.relay_id.clone() else {
+            return;
+        };
+        let mut states = Vec::new();
+        for doc in self.touched.drain() {
+            if let Some(state) = self
+                .docs
+                .get_mut(&doc)
+                .and_then(|d| d.exchange.take_dirty(doc))
+            {
+                states.push(state);
+            }
+        }
+        if !states.is_empty() {
+            self.out.push(ClientOutput::SaveStates { relay, states });
+        }
+    }
+}

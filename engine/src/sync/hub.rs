@@ -1,0 +1,333 @@
+//! The relay's side of one document: every peer's sync state and the
+//! policy that decides what each of them is sent.
+//!
+//! A hub belongs to one (collection, document) pair: two collections never
+//! share one, so a frame naming the wrong collection can never make a
+//! document's content flow to a peer that was not granted it. The relay
+//! runs each hub in an actor that only carries messages; the simulation
+//! calls the same methods. Per batch of incoming messages
+//! ([`DocHub::handle_batch`]):
+//!
+//! 1. each message is applied (and persisted, by [`SyncDocs::receive`])
+//!    for its peer, attaching the peer first; a message that fails is
+//!    answered with an error frame whose code says whose fault it was
+//!    ([`super::error_code`]: bad data, wrong collection, or
+//!    `storage_unavailable`, which the peer retries later);
+//! 2. peers no longer subscribed to the collection are detached;
+//! 3. if the document changed, every subscriber is attached, so it hears
+//!    of the change;
+//! 4. every attached peer gets at most one message covering all of it
+//!    (Automerge's in-flight rule holds further ones until it answers), a
+//!    heads-only answer if it asked for one and Automerge has nothing, and
+//!    exchanges whose answer is overdue restart from the shared heads;
+//! 5. sync states whose shared heads moved are persisted.
+
+use std::collections::BTreeMap;
+
+use automerge::sync::Message;
+
+use super::exchange::{heads_only, Exchange};
+use super::protocol::{ErrorCode, Frame};
+use super::registry::{ConnId, Subscriber};
+use super::{error_code, error_text, EncodedState, SyncDocs};
+use crate::error::Error;
+use crate::id::{Collection, DocId, PeerId};
+
+/// A sync message on its way into a hub.
+#[derive(Debug)]
+pub struct HubInput {
+    /// The sending connection.
+    pub conn: ConnId,
+    /// The peer behind it.
+    pub peer: PeerId,
+    /// The decoded message.
+    pub message: Message,
+    /// Whether the sender waits for an answer.
+    pub want_reply: bool,
+}
+
+/// What a hub asks its runtime to do, and what happened.
+#[derive(Debug, Default)]
+pub struct HubOutput {
+    /// Frames to send, in order.
+    pub frames: Vec<(ConnId, Frame)>,
+    /// Whether the document changed.
+    pub changed: bool,
+    /// Failures, for the operator's logs and counters (the peers
+    /// concerned were sent an error frame already).
+    pub failures: Vec<HubFailure>,
+}
+
+/// Something that went wrong in a hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubFailure {
+    /// The connection concerned, if one is.
+    pub conn: Option<ConnId>,
+    /// The code it was (or would be) told.
+    pub code: ErrorCode,
+    /// The full error, for logs.
+    pub error: String,
+}
+
+/// One peer attached to a hub.
+#[derive(Debug)]
+struct HubPeer {
+    /// The peer's id (its sync states are persisted under it).
+    peer: PeerId,
+    /// The exchange with it.
+    exchange: Exchange,
+    /// Whether it waits for an answer to its last message.
+    owes_reply: bool,
+}
+
+/// One document at the relay and every peer syncing it.
+#[derive(Debug)]
+pub struct DocHub {
+    /// The document.
+    doc: DocId,
+    /// Its collection.
+    collection: Collection,
+    /// Attached peers by connection.
+    peers: BTreeMap<ConnId, HubPeer>,
+    /// States of detached peers not persisted yet.
+    leaving: Vec<(PeerId, EncodedState)>,
+}
+
+impl DocHub {
+    /// A hub with no peers.
+    pub fn new(doc: DocId, collection: Collection) -> Self {
+        DocHub {
+            doc,
+            collection,
+            peers: BTreeMap::new(),
+            leaving: Vec::new(),
+        }
+    }
+
+    /// The document.
+    pub fn doc(&self) -> DocId {
+        self.doc
+    }
+
+    /// Its collection.
+    pub fn collection(&self) -> &Collection {
+        &self.collection
+    }
+
+    /// Whether connection `conn` is attached.
+    pub fn is_attached(&self, conn: ConnId) -> bool {
+        self.peers.contains_key(&conn)
+    }
+
+    /// How many peers are attached.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// When the hub next needs [`DocHub::tick`]: the earliest time an
+    /// answer becomes overdue.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.peers
+            .values()
+            .filter_map(|p| p.exchange.deadline())
+            .min()
+    }
+
+    /// Applies a batch of messages and answers every attached peer (the
+    /// policy in the module documentation). `subscribers` are the
+    /// collection's subscribers now.
+    pub fn handle_batch(
+        &mut self,
+        now: u64,
+        inputs: Vec<HubInput>,
+        subscribers: &[Subscriber],
+        docs: &dyn SyncDocs,
+    ) -> HubOutput {
+        let mut out = HubOutput::default();
+        for input in inputs {
+            self.receive(input, docs, &mut out);
+        }
+        self.detach_unsubscribed(subscribers);
+        if out.changed {
+            for s in subscribers {
+                self.attach(s.conn, &s.peer, docs, &mut out);
+            }
+        }
+        self.flush(now, docs, &mut out);
+        self.save_states(docs, &mut out);
+        out
+    }
+
+    /// Time passed: restarts exchanges whose answer is overdue.
+    pub fn tick(&mut self, now: u64, subscribers: &[Subscriber], docs: &dyn SyncDocs) -> HubOutput {
+        if self.peers.values().any(|p| p.exchange.stalled(now)) {
+            return self.handle_batch(now, Vec::new(), subscribers, docs);
+        }
+        HubOutput::default()
+    }
+
+    /// The hub stops (idle, or the relay shuts down): persists every
+    /// peer's state that moved.
+    pub fn close(mut self, docs: &dyn SyncDocs) -> HubOutput {
+        let conns: Vec<ConnId> = self.peers.keys().copied().collect();
+        for conn in conns {
+            self.detach(conn);
+        }
+        let mut out = HubOutput::default();
+        self.save_states(docs, &mut out);
+        out
+    }
+
+    /// Attaches a connection, resuming from its persisted state if any.
+    fn attach(&mut self, conn: ConnId, peer: &PeerId, docs: &dyn SyncDocs, out: &mut HubOutput) {
+        if self.peers.contains_key(&conn) {
+            return;
+        }
+        let state = match docs.load_sync_state(peer, &self.doc) {
+            Ok(state) => state,
+            Err(e) => {
+                // Only costs the peer a fuller exchange.
+                out.failures.push(self.failure(Some(conn), &e));
+                None
+            }
+        };
+        let attached = HubPeer {
+            peer: peer.clone(),
+            exchange: Exchange::resume(state),
+            owes_reply: false,
+        };
+        self.peers.insert(conn, attached);
+    }
+
+    /// Detaches a connection, keeping its state to persist.
+    fn detach(&mut self, conn: ConnId) {
+        if let Some(mut gone) = self.peers.remove(&conn) {
+            if let Some(state) = gone.exchange.take_dirty(self.doc) {
+                self.leaving.push((gone.peer, state));
+            }
+        }
+    }
+
+    fn detach_unsubscribed(&mut self, subscribers: &[Subscriber]) {
+        let gone: Vec<ConnId> = self
+            .peers
+            .keys()
+            .filter(|conn| !subscribers.iter().any(|s| s.conn == **conn))
+            .copied()
+            .collect();
+        for conn in gone {
+            self.detach(conn);
+        }
+    }
+
+    fn receive(&mut self, input: HubInput, docs: &dyn SyncDocs, out: &mut HubOutput) {
+        let HubInput {
+            conn,
+            peer,
+            message,
+            want_reply,
+        } = input;
+        self.attach(conn, &peer, docs, out);
+        let Some(attached) = self.peers.get_mut(&conn) else {
+            return;
+        };
+        attached.owes_reply |= want_reply;
+        attached.exchange.answered(&message);
+        let received = attached
+            .exchange
+            .receive(docs, &self.doc, &self.collection, message, &peer);
+        match received {
+            Ok(changed) => out.changed |= changed,
+            Err(e) => self.refuse(conn, &e, out),
+        }
+    }
+
+    /// Tells a peer its message or our answer failed; a peer that named
+    /// the wrong collection is detached (nothing here is for it).
+    fn refuse(&mut self, conn: ConnId, error: &Error, out: &mut HubOutput) {
+        let failure = self.failure(Some(conn), error);
+        let frame = Frame::error(failure.code, error_text(error), Some(self.doc));
+        out.frames.push((conn, frame));
+        if failure.code == ErrorCode::WRONG_COLLECTION {
+            self.peers.remove(&conn);
+        }
+        out.failures.push(failure);
+    }
+
+    fn failure(&self, conn: Option<ConnId>, error: &Error) -> HubFailure {
+        HubFailure {
+            conn,
+            code: error_code(error),
+            error: error.to_string(),
+        }
+    }
+
+    /// Generates the next message for every attached peer.
+    fn flush(&mut self, now: u64, docs: &dyn SyncDocs, out: &mut HubOutput) {
+        let mut failed = Vec::new();
+        let conns: Vec<ConnId> = self.peers.keys().copied().collect();
+        for conn in conns {
+            match self.next_message(conn, now, docs) {
+                Ok(Some(frame)) => out.frames.push((conn, frame)),
+                Ok(None) => {}
+                Err(e) => failed.push((conn, e)),
+            }
+        }
+        for (conn, e) in failed {
+            self.refuse(conn, &e, out);
+        }
+    }
+
+    /// The next frame for one attached peer, if it is owed one.
+    fn next_message(
+        &mut self,
+        conn: ConnId,
+        now: u64,
+        docs: &dyn SyncDocs,
+    ) -> crate::Result<Option<Frame>> {
+        let (doc, collection) = (self.doc, &self.collection);
+        let Some(peer) = self.peers.get_mut(&conn) else {
+            return Ok(None);
+        };
+        if peer.exchange.stalled(now) {
+            peer.exchange.restart();
+        }
+        let outgoing = match peer.exchange.generate(docs, &doc, collection, now)? {
+            Some(outgoing) => outgoing,
+            None if peer.owes_reply => {
+                let heads = docs.heads(&doc)?;
+                peer.exchange.sent(heads_only(heads.into_vec()), now)
+            }
+            None => return Ok(None),
+        };
+        peer.owes_reply = false;
+        Ok(Some(Frame::Sync {
+            doc,
+            collection: collection.to_string(),
+            message: outgoing.message.encode(),
+            want_reply: outgoing.want_reply,
+        }))
+    }
+
+    /// Persists the states that moved, grouped by peer.
+    fn save_states(&mut self, docs: &dyn SyncDocs, out: &mut HubOutput) {
+        let mut by_peer: BTreeMap<PeerId, Vec<EncodedState>> = BTreeMap::new();
+        for (peer, state) in self.leaving.drain(..) {
+            by_peer.entry(peer).or_default().push(state);
+        }
+        for attached in self.peers.values_mut() {
+            if let Some(state) = attached.exchange.take_dirty(self.doc) {
+                by_peer
+                    .entry(attached.peer.clone())
+                    .or_default()
+                    .push(state);
+            }
+        }
+        for (peer, states) in by_peer {
+            if let Err(e) = docs.save_sync_states(&peer, states) {
+                // Losing a sync state costs a fuller exchange, not data.
+                out.failures.push(self.failure(None, &e));
+            }
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! The relay's side of one connection, without I/O.
+//!
+//! [`RelaySession`] is the handshake, subscriptions, announcements, and the
+//! checks every document frame passes before it is routed to its
+//! document's [`super::DocHub`] (or, for a deletion, applied): subscribed,
+//! the document's own collection, the right to read, and the right to
+//! write for changes and deletions. A refused frame is answered with an
+//! error frame and never reaches a hub or the store.
+
+use std::collections::BTreeSet;
+
+use automerge::sync::Message;
+
+use super::access::{Access, Grant};
+use super::limits::{Limits, Usage};
+use super::protocol::{DocSummary, ErrorCode, Frame, PROTOCOL_VERSION};
+use super::{error_code, error_text, SyncDocs};
+use crate::id::{Collection, DocId, PeerId};
+
+/// Something the relay runtime must do for one connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RelayOutput {
+    /// Send this frame on this connection.
+    Send(Frame),
+    /// Register the connection as a subscriber of a collection.
+    Subscribed(Collection),
+    /// Remove it.
+    Unsubscribed(Collection),
+    /// Deliver a sync message to the hub of (collection, document).
+    Route {
+        /// The document.
+        doc: DocId,
+        /// Its collection.
+        collection: Collection,
+        /// The decoded message.
+        message: Message,
+        /// Whether the sender waits for an answer.
+        want_reply: bool,
+    },
+    /// Tell every other subscriber of the collection about a deletion.
+    Deleted {
+        /// The document.
+        doc: DocId,
+        /// Its collection.
+        collection: Collection,
+    },
+    /// Close the connection (after sending what precedes this).
+    Close {
+        /// Why.
+        code: ErrorCode,
+        /// Explanation.
+        reason: String,
+    },
+}
+
+/// Where a relay connection is.
+#[derive(Debug)]
+enum Phase {
+    /// Waiting for `Hello`.
+    Handshake,
+    /// Welcomed.
+    Ready {
+        /// The peer's id.
+        peer: PeerId,
+        /// What its token allows.
+        grant: Grant,
+    },
+    /// Closed by a fatal error; further frames are ignored.
+    Closed,
+}
+
+/// How many documents one `Announce` frame lists.
+pub const ANNOUNCE_BATCH: usize = 500;
+
+/// The relay's side of one connection.
+#[derive(Debug)]
+pub struct RelaySession {
+    /// The relay's id, sent in `Welcome`.
+    relay_id: String,
+    /// Handshake progress.
+    phase: Phase,
+    /// Subscribed collections.
+    subscriptions: BTreeSet<Collection>,
+    /// What the connection used of its limits.
+    usage: Usage,
+    /// Outputs of the current call.
+    out: Vec<RelayOutput>,
+}
+
+impl RelaySession {
+    /// A connection that has not said hello yet.
+    pub fn new(relay_id: impl Into<String>) -> Self {
+        Self::with_limits(relay_id, Limits::unlimited())
+    }
+
+    /// A connection held to `limits`.
+    pub fn with_limits(relay_id: impl Into<String>, limits: Limits) -> Self {
+        RelaySession {
+            relay_id: relay_id.into(),
+            phase: Phase::Handshake,
+            subscriptions: BTreeSet::new(),
+            usage: Usage::new(limits),
+            out: Vec::new(),
+        }
+    }
+
+    /// Refuses the frame if it breaks a limit; `false` if it was refused.
+    fn within(&mut self, check: Result<(), (ErrorCode, String)>, doc: Option<DocId>) -> bool {
+        match check {
+            Ok(()) => true,
+            Err((code, text)) => {
+                self.fail(code, text, doc);
+                false
+            }
+        }
+    }
+
+    /// The peer's id, once welcomed.
+    pub fn peer(&self) -> Option<&PeerId> {
+        match &self.phase {
+            Phase::Ready { peer, .. } => Some(peer),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection subscribed to `collection`.
+    pub fn is_subscribed(&self, collection: &str) -> bool {
+        self.subscriptions.contains(collection)
+    }
+
+    /// The subscribed collections.
+    pub fn subscriptions(&self) -> &BTreeSet<Collection> {
+        &self.subscriptions
+    }
+
+    /// Whether the connection may write `collection`.
+    pub fn can_write(&self, collection: &str) -> bool {
+        self.grant().is_some_and(|g| g.can_write(collection))
+    }
+
+    fn grant(&self) -> Option<&Grant> {
+        match &self.phase {
+            Phase::Ready { grant, .. } => Some(grant),
+            _ => None,
+        }
+    }
+
+    /// Raw bytes arrived: decode them and handle the frame. Undecodable
+    /// bytes close the connection with [`ErrorCode::MALFORMED`].
+    pub fn handle_bytes(
+        &mut self,
+        bytes: &[u8],
+        now_ms: u64,
+        access: &dyn Access,
+        docs: &dyn SyncDocs,
+    ) -> Vec<RelayOutput> {
+        let counted = self.usage.frame(now_ms);
+        if !matches!(self.phase, Phase::Closed) && !self.within(counted, None) {
+            return std::mem::take(&mut self.out);
+        }
+        match Frame::decode(bytes) {
+            Ok(frame) => self.handle_frame(frame, now_ms, access, docs),
+            Err(e) => {
+                match (&self.phase, Frame::hello_version(bytes)) {
+                    (Phase::Handshake, Some(v)) if v != PROTOCOL_VERSION => {
+                        self.fail(ErrorCode::VERSION, unsupported(v), None)
+                    }
+                    _ => self.fail(ErrorCode::MALFORMED, e.to_string(), None),
+                }
+                std::mem::take(&mut self.out)
+            }
+        }
+    }
+
+    /// A frame arrived from the peer.
+    pub fn handle_frame(
+        &mut self,
+        frame: Frame,
+        now_ms: u64,
+        access: &dyn Access,
+        docs: &dyn SyncDocs,
+    ) -> Vec<RelayOutput> {
+        match (&self.phase, frame) {
+            (Phase::Closed, _) => {}
+            (
+                Phase::Handshake,
+                Frame::Hello {
+                    version,
+                    peer_id,
+                    token,
+                },
+            ) => self.on_hello(version, peer_id, &token, now_ms, access),
+            (Phase::Handshake, other) => {
+                let text = format!("expected hello, got {}", other.kind());
+                self.fail(ErrorCode::NOT_HANDSHAKEN, text, None);
+            }
+            (Phase::Ready { .. }, Frame::Subscribe { collections }) => {
+                self.on_subscribe(collections, docs)
+            }
+            (Phase::Ready { .. }, Frame::Unsubscribe { collections }) => {
+                self.on_unsubscribe(collections)
+            }
+            (
+                Phase::Ready { .. },
+                Frame::Sync {
+                    doc,
+                    collection,
+                    message,
+                    want_reply,
+                },
+            ) => self.on_sync(doc, &collection, &message, want_reply, docs),
+            (Phase::Ready { .. }, Frame::Delete { doc, collection }) => {
+                self.on_delete(doc, &collection, docs)
+            }
+            (Phase::Ready { .. }, Frame::Error { code, message, doc }) => {
+                tracing::debug!(%code, message, ?doc, "peer reported an error");
+            }
+            (Phase::Ready { .. }, other) => {
+                let text = format!("unexpected {} frame from a replica", other.kind());
+                self.fail(ErrorCode::MALFORMED, text, None);
+            }
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// Refuses with an error, closing if its code closes connections.
+    pub fn fail(&mut self, code: ErrorCode, message: String, doc: Option<DocId>) {
+        self.out
+            .push(RelayOutput::Send(Frame::error(code, message.clone(), doc)));
+        if code.closes_connection() {
+            self.phase = Phase::Closed;
+            self.out.push(RelayOutput::Close {
+                code,
+                reason: message,
+            });
+        }
+    }
+
+    fn on_hello(
+        &mut self,
+        version: u32,
+        peer_id: String,
+        token: &str,
+        now_ms: u64,
+        access: &dyn Access,
+    ) {
+        if version != PROTOCOL_VERSION {
+            return self.fail(ErrorCode::VERSION, unsupported(version), None);
+        }
+        let peer = match PeerId::new(peer_id) {
+            Ok(peer) => peer,
+            Err(e) => return self.fail(ErrorCode::MALFORMED, e.to_string(), None),
+        };
+        match access.check(token, now_ms) {
+            Ok(grant) => {
+                self.phase = Phase::Ready { peer, grant };
+                self.out.push(RelayOutput::Send(Frame::Welcome {
+                    version: PROTOCOL_VERSION,
+                    relay_id: self.relay_id.clone(),
+                }));
+            }
+            Err(reason) => self.fail(ErrorCode::UNAUTHORIZED, reason, None),
+        }
+    }
+
+    /// A collection name from the wire, or a `bad_name` refusal.
+    fn collection(&mut self, name: &str, doc: Option<DocId>) -> Option<Collection> {
+        match Collection::new(name) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.fail(ErrorCode::BAD_NAME, e.to_string(), doc);
+                None
+            }
+        }
+    }
+
+    fn on_subscribe(&mut self, names: Vec<String>, docs: &dyn SyncDocs) {
+        for name in names {
+            let Some(collection) = self.collection(&name, None) else {
+                continue;
+            };
+            if !self.grant().is_some_and(|g| g.can_read(&collection)) {
+                let text = format!("no right to read collection '{collection}'");
+                self.fail(ErrorCode::FORBIDDEN, text, None);
+                continue;
+            }
+            if self.subscriptions.insert(collection.clone()) {
+                self.out.push(RelayOutput::Subscribed(collection.clone()));
+            }
+            self.announce(&collection, docs);
+        }
+    }
+
+    fn on_unsubscribe(&mut self, names: Vec<String>) {
+        for name in names {
+            if let Some(c) = self.subscriptions.take(name.as_str()) {
+                self.out.push(RelayOutput::Unsubscribed(c));
+            }
+        }
+    }
+
+    /// Lists a collection's documents in batches.
+    fn announce(&mut self, collection: &Collection, docs: &dyn SyncDocs) {
+        let list = match docs.summaries(collection) {
+            Ok(list) => list,
+            Err(e) => return self.fail(error_code(&e), error_text(&e), None),
+        };
+        let mut batches: Vec<Vec<DocSummary>> =
+            list.chunks(ANNOUNCE_BATCH).map(<[_]>::to_vec).collect();
+        if batches.is_empty() {
+            batches.push(Vec::new());
+        }
+        let last = batches.len() - 1;
+        for (i, docs) in batches.into_iter().enumerate() {
+            self.out.push(RelayOutput::Send(Frame::Announce {
+                collection: collection.to_string(),
+                docs,
+                complete: i == last,
+            }));
+        }
+    }
+
+    /// Checks that a document frame may be applied: a valid collection,
+    /// subscribed, the document's own, and the right to write if `write`.
+    fn admit(
+        &mut self,
+        doc: DocId,
+        name: &str,
+        write: bool,
+        docs: &dyn SyncDocs,
+    ) -> Option<Collection> {
+        let collection = self.collection(name, Some(doc))?;
+        if !self.subscriptions.contains(&collection) {
+            let text = format!("not subscribed to collection '{collection}'");
+            self.fail(ErrorCode::NOT_SUBSCRIBED, text, Some(doc));
+            return None;
+        }
+        match docs.local_state(&doc) {
+            Ok(Some(local)) if local.collection != collection => {
+                // A document lives in exactly one collection. This tells the
+                // holder of an id that it exists elsewhere, nothing more: no
+                // content, heads or collection name.
+                let text = format!("document {doc} is not in collection '{collection}'");
+                self.fail(ErrorCode::WRONG_COLLECTION, text, Some(doc));
+                return None;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.fail(error_code(&e), error_text(&e), Some(doc));
+                return None;
+            }
+        }
+        if write && !self.can_write(&collection) {
+            let text = format!("read-only access to collection '{collection}'");
+            self.fail(ErrorCode::FORBIDDEN, text, Some(doc));
+            return None;
+        }
+        let counted = self.usage.doc(doc);
+        self.within(counted, Some(doc)).then_some(collection)
+    }
+
+    fn on_sync(
+        &mut self,
+        doc: DocId,
+        name: &str,
+        bytes: &[u8],
+        want_reply: bool,
+        docs: &dyn SyncDocs,
+    ) {
+        let Some(collection) = self.admit(doc, name, false, docs) else {
+            return;
+        };
+        match Message::decode(bytes) {
+            Ok(message) => {
+                if !message.changes.is_empty() && !self.can_write(&collection) {
+                    let text =
+                        format!("read-only access to collection '{collection}': changes refused");
+                    return self.fail(ErrorCode::FORBIDDEN, text, Some(doc));
+                }
+                self.out.push(RelayOutput::Route {
+                    doc,
+                    collection,
+                    message,
+                    want_reply,
+                });
+            }
+            Err(e) => self.fail(
+                ErrorCode::BAD_DOCUMENT,
+                format!("invalid sync message for {doc}: {e}"),
+                Some(doc),
+            ),
+        }
+    }
+
+    /// Applies a deletion and acknowledges it once stored (also when the
+    /// document was deleted already: the relay holds the tombstone).
+    fn on_delete(&mut self, doc: DocId, name: &str, docs: &dyn SyncDocs) {
+        let Some(collection) = self.admit(doc, name, true, docs) else {
+            return;
+        };
+        let Some(peer) = self.peer().cloned() else {
+            return;
+        };
+        match docs.delete(&doc, &collection, &peer) {
+            Ok(newly) => {
+                self.out.push(RelayOutput::Send(Frame::DeleteAck { doc }));
+                if newly {
+                    self.out.push(RelayOutput::Deleted { doc, collection });
+                }
+            }
+            Err(e) => self.fail(error_code(&e), error_text(&e), Some(doc)),
+        }
+    }
+}
+
+fn unsupported(version: u32) -> String {
+    format!("protocol version {version} is not supported; this relay speaks {PROTOCOL_VERSION}")
+}
