@@ -18,6 +18,8 @@
 //! - [`peers`]: the registry of live connections and their subscriptions,
 //!   the fan-out seam ("send to the other peers of a collection").
 //! - [`metrics`]: Prometheus metrics and the `/health` endpoint.
+//! - [`open_files`]: raises the open-file limit at start and checks that
+//!   `--max-connections` fits in it (used by the binary).
 //! - [`docs`]: one actor per live document, owning its `DocHub`; actors
 //!   stop when idle so memory stays bounded.
 
@@ -26,6 +28,7 @@ pub mod config;
 pub mod connection;
 pub mod docs;
 pub mod metrics;
+pub mod open_files;
 pub mod peers;
 pub mod server;
 

@@ -176,6 +176,13 @@ fn serve(args: ServeArgs, secret_args: &SecretArgs) -> anyhow::Result<()> {
         .init();
     let limits = limits(&args)?;
     let config = config(&args, limits, access(&args, secret_args)?);
+    let files = accord_relay::open_files::raise_for(config.max_connections)?;
+    tracing::info!(
+        soft = files.soft,
+        hard = files.hard,
+        max_connections = config.max_connections,
+        "open-file limit"
+    );
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(run(config, &args.metrics_listen))
 }
