@@ -17,6 +17,8 @@
 //!   and writes frames from its bounded outbound queue.
 //! - [`peers`]: the registry of live connections and their subscriptions,
 //!   the fan-out seam ("send to the other peers of a collection").
+//! - [`limits`]: connections per client address, counted with a permit
+//!   per connection that gives its place back on drop.
 //! - [`metrics`]: Prometheus metrics and the `/health` endpoint.
 //! - [`open_files`]: raises the open-file limit at start and checks that
 //!   `--max-connections` fits in it (used by the binary).
@@ -27,6 +29,7 @@ pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod docs;
+pub mod limits;
 pub mod metrics;
 pub mod open_files;
 pub mod peers;

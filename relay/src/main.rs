@@ -81,6 +81,10 @@ struct ServeArgs {
     /// Most connections open at once.
     #[arg(long, env = "ACCORD_RELAY_MAX_CONNECTIONS", default_value_t = Config::default().max_connections)]
     max_connections: usize,
+    /// Most connections one client (an IPv4 address, an IPv6 /64) may have
+    /// open at once; loopback is not counted; 0: no limit.
+    #[arg(long, env = "ACCORD_RELAY_MAX_CONNECTIONS_PER_IP", default_value_t = Config::default().max_connections_per_ip)]
+    max_connections_per_ip: usize,
     /// Most distinct documents one connection may sync.
     #[arg(long, env = "ACCORD_RELAY_MAX_DOCS_PER_CONNECTION", default_value_t = Limits::default().max_docs)]
     max_docs_per_connection: usize,
@@ -237,6 +241,7 @@ fn config(args: &ServeArgs, limits: Limits, access: Arc<dyn Access>) -> Config {
         db: args.db.clone(),
         max_frame_bytes: args.max_frame_bytes,
         max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
         doc_idle: Duration::from_secs(args.doc_idle_secs),
         cache_docs: args.cache_docs,
         handshake_timeout: Duration::from_secs(args.handshake_timeout_secs),
