@@ -178,7 +178,7 @@ fn serve(args: ServeArgs, secret_args: &SecretArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let limits = limits(&args)?;
+    let limits = checked_limits(&args)?;
     let config = config(&args, limits, access(&args, secret_args)?);
     let files = accord_relay::open_files::raise_for(config.max_connections)?;
     tracing::info!(
@@ -192,8 +192,8 @@ fn serve(args: ServeArgs, secret_args: &SecretArgs) -> anyhow::Result<()> {
 }
 
 /// Who may do what: signed tokens with a secret, everyone with `--open`.
-/// Neither is an error, whatever the address: a relay on loopback behind
-/// a public TLS proxy is as public as the proxy.
+/// Having neither is an error, whatever the address: a relay on loopback
+/// behind a public TLS proxy is as public as the proxy.
 fn access(args: &ServeArgs, secret_args: &SecretArgs) -> anyhow::Result<Arc<dyn Access>> {
     match (secret(secret_args)?, args.open) {
         (Some(tokens), false) => Ok(Arc::new(tokens)),
@@ -220,8 +220,9 @@ fn access(args: &ServeArgs, secret_args: &SecretArgs) -> anyhow::Result<Arc<dyn 
     }
 }
 
-/// The per-connection limits, once the settings are checked.
-fn limits(args: &ServeArgs) -> anyhow::Result<Limits> {
+/// Refuses settings that are wrong on their own, by flag, before anything
+/// starts; returns the per-connection limits.
+fn checked_limits(args: &ServeArgs) -> anyhow::Result<Limits> {
     if args.rate <= 0.0 || args.burst < 1.0 {
         bail!("--rate must be positive and --burst at least 1");
     }
