@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use accord_engine::json::Path as JsonPath;
 use accord_engine::DocId;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Inspect and script an Accord replica or relay database.
 #[derive(Debug, Parser)]
@@ -19,7 +19,8 @@ use clap::{Parser, Subcommand, ValueEnum};
     about,
     propagate_version = true,
     after_help = "Exit status: 0 on success, 1 on an error (or damage found by `check`), \
-                  2 on a malformed command line. See docs/cli.md."
+                  2 on a malformed command line, 3 when `query` stopped at its default \
+                  row cap. See docs/cli.md."
 )]
 pub struct Cli {
     /// The database file.
@@ -183,26 +184,15 @@ pub enum Command {
         collection: String,
     },
     /// Run one read-only SQL statement over the `records` view and print
-    /// the rows (see docs/queries.md).
+    /// the rows as they come (see docs/queries.md).
     ///
     /// The view has the columns id, collection, deleted, created_at,
     /// updated_at and json (the record's content); SQLite's JSON functions
     /// work on json. SQL that would write is refused.
-    Query {
-        /// One SQL statement, such as
-        /// "SELECT id, json FROM records WHERE collection = 'contacts'".
-        sql: String,
-        /// A value for the next positional parameter (`?`, `?1`, ...);
-        /// repeatable. JSON scalars keep their type (42, 2.5, true, null,
-        /// '"42"'); anything else is text.
-        #[arg(
-            long = "param",
-            short = 'p',
-            value_name = "V",
-            allow_hyphen_values = true
-        )]
-        params: Vec<String>,
-    },
+    ///
+    /// At most 10000 rows are printed unless --limit says otherwise; when
+    /// the default cap cuts the output short, the status is 3.
+    Query(QueryArgs),
     /// Manage indexes on a JSON path of one collection's records.
     Index {
         /// What to do.
@@ -267,6 +257,36 @@ pub enum IndexAction {
     },
     /// List the indexes.
     Ls,
+}
+
+/// `accord query`'s arguments.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// One SQL statement, such as
+    /// "SELECT id, json FROM records WHERE collection = 'contacts'".
+    pub sql: String,
+    /// A value for the next positional parameter (`?`, `?1`, ...);
+    /// repeatable. JSON scalars keep their type (42, 2.5, true, null,
+    /// '"42"'); anything else is text.
+    #[arg(
+        long = "param",
+        short = 'p',
+        value_name = "V",
+        allow_hyphen_values = true
+    )]
+    pub params: Vec<String>,
+    /// Print at most N rows, then stop reading and say so on stderr
+    /// [default: 10000; 0: every row].
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Stop the query once it has spent SECONDS inside SQLite (time spent
+    /// printing does not count); 0: no limit.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub timeout: u64,
+    /// Print JSON Lines: one compact object per row and line (implies
+    /// --json).
+    #[arg(long)]
+    pub json_lines: bool,
 }
 
 impl Command {

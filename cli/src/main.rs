@@ -10,7 +10,8 @@
 //! - `patch`: Automerge patches as JSON.
 //!
 //! Exit status: 0 on success (also when the reader of stdout goes away),
-//! 1 on an error or when `check` finds damage, 2 on a malformed command line.
+//! 1 on an error or when `check` finds damage, 2 on a malformed command line,
+//! 3 when `query` stopped at its default row cap.
 
 mod args;
 mod commands;

@@ -128,6 +128,11 @@ impl Output {
         Ok(())
     }
 
+    /// Writes out what is buffered, before saying something on stderr.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
     /// Flushes what is buffered.
     pub fn finish(mut self) -> io::Result<()> {
         self.out.flush()

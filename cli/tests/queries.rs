@@ -1,10 +1,23 @@
-//! `accord query`, `index`, `reindex` and the projection part of `check`
-//! (a module of the one CLI test binary, `tests.rs`).
+//! `accord query` (its output, caps, streaming and time limit), `index`,
+//! `reindex` and the projection part of `check` (a module of the one CLI
+//! test binary, `tests.rs`).
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
 
 use accord_engine::DocId;
 use serde_json::json;
 
-use crate::util::Env;
+use crate::util::{run_within, Env};
+
+/// Counts without end: only a cap, a reader that leaves or a time limit
+/// stops it (the SQL of the report that aborted the CLI).
+const ENDLESS: &str =
+    "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM n) SELECT x FROM n";
+
+/// A guard against a hanging binary, not a synchronisation.
+const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Three records in two collections.
 fn sample(env: &Env) -> (String, String, String) {
@@ -237,4 +250,156 @@ fn check_finds_a_wrong_projection_and_reindex_repairs_it() {
     ]);
     assert_eq!(name, json!([{"n": "Ada Lovelace"}]));
     let _: DocId = ada.parse().expect("the id column is the printed id");
+}
+
+#[test]
+fn an_endless_query_stops_at_the_default_cap_with_status_3_and_a_note() {
+    let env = Env::new();
+    sample(&env);
+    let run = run_within(&mut env.cmd(&["query", ENDLESS]), PATIENCE);
+    assert_eq!(run.code, Some(3), "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    // The header and exactly the first 10,000 rows, in one aligned table.
+    assert_eq!(lines.len(), 10_001, "bounded output");
+    assert_eq!(lines[0].trim(), "x");
+    assert_eq!(lines[1].trim(), "1");
+    assert_eq!(lines[10_000].trim(), "10000");
+    assert_eq!(lines[1].len(), lines[10_000].len(), "one page, aligned");
+    assert_eq!(
+        run.stderr.trim_end(),
+        "note: stopped after 10000 rows (the default cap); the query has more: \
+         give --limit N to print up to N rows, or --limit 0 for every row"
+    );
+
+    // As JSON: a complete, valid array of the first 10,000 rows.
+    let run = run_within(&mut env.cmd(&["--json", "query", ENDLESS]), PATIENCE);
+    assert_eq!(run.code, Some(3), "{}", run.stderr);
+    let rows: serde_json::Value = serde_json::from_str(&run.stdout).expect("a closed JSON array");
+    let rows = rows.as_array().expect("an array");
+    assert_eq!(rows.len(), 10_000);
+    assert_eq!(rows[9_999], json!({"x": 10_000}));
+    assert!(run.stderr.contains("the default cap"), "{}", run.stderr);
+}
+
+#[test]
+fn limit_caps_the_rows_and_a_result_that_fits_says_nothing() {
+    let env = Env::new();
+    sample(&env);
+    let run = run_within(&mut env.cmd(&["query", "--limit", "5", ENDLESS]), PATIENCE);
+    assert_eq!(run.code, Some(0), "asked for 5 rows and got them: {run:?}");
+    let rows: Vec<&str> = run.stdout.lines().map(str::trim).collect();
+    assert_eq!(rows, ["x", "1", "2", "3", "4", "5"]);
+    assert!(
+        run.stderr
+            .starts_with("note: stopped after 5 rows (--limit 5); the query has more"),
+        "{}",
+        run.stderr
+    );
+    let run = run_within(
+        &mut env.cmd(&["query", "--json-lines", "--limit", "2", ENDLESS]),
+        PATIENCE,
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.stdout, "{\"x\":1}\n{\"x\":2}\n");
+
+    // Exactly as many rows as the cap: nothing was cut, nothing is said.
+    let three = "SELECT id FROM records";
+    assert_eq!(env.ok(&["query", "--limit", "3", three]).lines().count(), 4);
+    assert_eq!(
+        env.json(&["--json", "query", "--limit", "3", three])
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+}
+
+#[test]
+fn rows_stream_so_a_reader_can_leave_an_endless_result_without_a_cap() {
+    let env = Env::new();
+    sample(&env);
+    let mut child = env
+        .cmd(&["query", "--json-lines", "--limit", "0", ENDLESS])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn accord");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = Vec::new();
+    for _ in 0..3 {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("a row arrives");
+        first.push(line);
+    }
+    assert_eq!(first, ["{\"x\":1}\n", "{\"x\":2}\n", "{\"x\":3}\n"]);
+    // The reader goes away, as `| head -3` does: accord stops, quietly.
+    drop(stdout);
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    let out = finished
+        .recv_timeout(PATIENCE)
+        .expect("accord stopped once its reader left")
+        .expect("wait");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+}
+
+#[test]
+fn a_long_table_is_printed_in_pages_under_one_header() {
+    let env = Env::new();
+    sample(&env);
+    let sql = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM n WHERE x < 10005)
+               SELECT x, 'row ' || x AS label FROM n";
+    let run = run_within(&mut env.cmd(&["query", "--limit", "0", sql]), PATIENCE);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stderr.is_empty(), "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 10_006, "header and every row");
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["x", "label"]
+    );
+    assert_eq!(
+        lines[10_001].split_whitespace().collect::<Vec<_>>(),
+        ["10001", "row", "10001"],
+        "the second page starts without a header"
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.split_whitespace().next() == Some("x"))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn a_query_that_runs_too_long_stops_at_the_timeout_and_says_how_to_allow_more() {
+    let env = Env::new();
+    sample(&env);
+    let count = format!("SELECT count(*) FROM ({ENDLESS})");
+    let run = run_within(&mut env.cmd(&["query", "--timeout", "1", &count]), PATIENCE);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stdout.is_empty(), "{run:?}");
+    assert_eq!(
+        run.stderr.trim_end(),
+        "error: query stopped: it ran for longer than its time limit of 1s \
+         (give --timeout SECONDS for a longer limit, or --timeout 0 for none)"
+    );
+    // Rows printed before the limit stay printed; an array cut short by the
+    // error stays open, so nobody takes it for the whole result. (Three
+    // rows, then SQLite counts on without finding another.)
+    let three_then_nothing = format!("SELECT x FROM ({ENDLESS}) WHERE x <= 3 OR x < 0");
+    let run = run_within(
+        &mut env.cmd(&["--json", "query", "--timeout", "1", &three_then_nothing]),
+        PATIENCE,
+    );
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert_eq!(
+        run.stdout,
+        "[\n  {\n    \"x\": 1\n  },\n  {\n    \"x\": 2\n  },\n  {\n    \"x\": 3\n  }\n"
+    );
+    assert!(serde_json::from_str::<serde_json::Value>(&run.stdout).is_err());
+    assert!(run.stderr.contains("time limit of 1s"), "{}", run.stderr);
 }

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use accord_engine::automerge::transaction::Transactable;
 use accord_engine::automerge::{Automerge, ROOT};
@@ -113,6 +115,38 @@ impl Env {
             tx.commit();
         }
         self.replica().import("long", &doc.save()).expect("import")
+    }
+}
+
+/// Runs a command to the end and collects what it printed, failing the
+/// test (and killing the process) if it has not ended within `patience`:
+/// for commands whose failure mode is running for ever.
+pub fn run_within(cmd: &mut Command, patience: Duration) -> Run {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn accord");
+    let pid = child.id();
+    let (done, finished) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    let Ok(out) = finished.recv_timeout(patience) else {
+        // Only the process this test started, by its id.
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        let _ = waiter.join();
+        panic!("accord {cmd:?} still ran after {patience:?}");
+    };
+    let _ = waiter.join();
+    let out = out.expect("run accord");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        raw: out.stdout,
     }
 }
 

@@ -150,6 +150,14 @@ pub enum QueryError {
         /// SQLite's explanation.
         message: String,
     },
+    /// The statement ran inside SQLite for longer than the time limit it
+    /// was given (`Replica::query_each_within`); rows handed out before
+    /// stay handed out.
+    #[error("query stopped: it ran for longer than its time limit of {limit:?}")]
+    TimedOut {
+        /// The limit it was given.
+        limit: std::time::Duration,
+    },
     /// A JSON path given for an index does not follow the grammar.
     #[error("bad index path '{path}': {reason}")]
     BadPath {

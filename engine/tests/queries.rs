@@ -1,6 +1,8 @@
 //! Queries: the `records` projection agrees with the documents after local
 //! changes, remote changes, merges and deletes; indexes are used; SQL that
-//! writes is refused with nothing changed; live queries fire on remote
+//! writes is refused with nothing changed (also when rows are streamed);
+//! streamed rows arrive one at a time, stop when the reader says so, and
+//! stop at a time limit; live queries fire on remote
 //! changes; a version-1 file gets its projection on open; `reindex` and
 //! `check_projection` repair and find damage. Real SQLite files in
 //! temporary directories throughout.
@@ -8,8 +10,9 @@
 //! `ACCORD_QUERY_CASES` sets the number of property-test cases (default 24).
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use accord_engine::automerge::transaction::Transactable;
 use accord_engine::automerge::{ObjType, ReadDoc, ScalarValue, ROOT};
@@ -439,17 +442,38 @@ fn writing_sql(dir: &Path) -> Vec<(String, &'static str)> {
     ]
 }
 
+/// Runs `sql` through the streaming API, with and without a time limit,
+/// and fails the test if a row reaches the callback; returns the first
+/// result (both must agree).
+fn query_each_rowless(replica: &Replica, sql: &str) -> Result<Vec<String>, Error> {
+    let no_row = |_: &[String], row: Vec<SqlValue>| -> ControlFlow<()> {
+        panic!("a refused statement handed out a row: {sql}: {row:?}")
+    };
+    let plain = replica.query_each(sql, &[], no_row);
+    let timed = replica.query_each_within(PATIENCE, sql, &[], no_row);
+    assert_eq!(
+        format!("{plain:?}"),
+        format!("{timed:?}"),
+        "with and without a time limit: {sql}"
+    );
+    plain
+}
+
 fn assert_refuses_writes(replica: &Replica, dir: &Path, db: Option<&Path>) {
     let before = db.map(fingerprint);
     let files_before = files(dir);
     let mut wrong = Vec::new();
     for (sql, named) in writing_sql(dir) {
-        match replica.query(&sql, &[]) {
-            Err(Error::Query(QueryError::ReadOnly { what })) if what.contains(named) => {
+        let streamed = query_each_rowless(replica, &sql);
+        match (replica.query(&sql, &[]), streamed) {
+            (
+                Err(Error::Query(QueryError::ReadOnly { what })),
+                Err(Error::Query(QueryError::ReadOnly { what: streamed })),
+            ) if what.contains(named) && streamed == what => {
                 let message = Error::Query(QueryError::ReadOnly { what }).to_string();
                 assert!(message.starts_with("queries are read-only: "), "{message}");
             }
-            other => wrong.push(format!("{sql}: {other:?}")),
+            (other, streamed) => wrong.push(format!("{sql}: {other:?} / {streamed:?}")),
         }
     }
     assert!(
@@ -473,6 +497,13 @@ fn assert_refuses_writes(replica: &Replica, dir: &Path, db: Option<&Path>) {
                 Err(Error::Query(QueryError::MultipleStatements))
             ),
             "{sql}"
+        );
+        assert!(
+            matches!(
+                query_each_rowless(replica, sql),
+                Err(Error::Query(QueryError::MultipleStatements))
+            ),
+            "streamed: {sql}"
         );
     }
     assert_eq!(before, db.map(fingerprint), "nothing changed");
@@ -509,6 +540,197 @@ fn an_in_memory_replica_queries_read_only_too() {
     r.create_index("contacts", "$.name").expect("index");
     assert_projection_agrees(&r, "in memory");
     assert_eq!(projection(&r)[&id.to_string()].2, json!({"name": "Grace"}));
+}
+
+/// A result without end: only a reader that stops, or a time limit, ends it.
+const ENDLESS: &str =
+    "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT x FROM n";
+
+/// A file replica and an in-memory one (which queries on its writer), each
+/// with three contacts.
+fn both_kinds() -> Vec<(&'static str, tempfile::TempDir, Replica)> {
+    let (dir, file) = file_replica();
+    let memory = Replica::open_in_memory().expect("open in memory");
+    let mut both = vec![
+        ("file", dir, file),
+        ("in memory", tempfile::tempdir().expect("tempdir"), memory),
+    ];
+    for (_, _, r) in &mut both {
+        for name in ["Grace", "Ada", "Edsger"] {
+            r.create("contacts", &json!({ "name": name }))
+                .expect("create");
+        }
+    }
+    both
+}
+
+#[test]
+fn query_each_hands_rows_over_as_they_come_and_stops_when_told() {
+    for (kind, _dir, r) in both_kinds() {
+        let sql = "SELECT json ->> '$.name' AS name, ?1 AS p FROM records ORDER BY name";
+        let params = [SqlValue::from("x")];
+        let mut seen = Vec::new();
+        let columns = r
+            .query_each(sql, &params, |columns, row| {
+                assert_eq!(columns, ["name", "p"], "{kind}");
+                seen.push(row);
+                ControlFlow::Continue(())
+            })
+            .expect("query_each");
+        assert_eq!(columns, ["name", "p"], "{kind}");
+        let text = |t: &str| SqlValue::Text(t.to_owned());
+        assert_eq!(
+            seen,
+            [
+                [text("Ada"), text("x")],
+                [text("Edsger"), text("x")],
+                [text("Grace"), text("x")]
+            ],
+            "{kind}"
+        );
+        assert_eq!(
+            seen,
+            r.query(sql, &params).expect("query").rows,
+            "{kind}: query_each and query agree"
+        );
+
+        // No rows: the column names still come back.
+        let columns = r
+            .query_each(
+                "SELECT id, json AS content FROM records WHERE 0",
+                &[],
+                |_, row| panic!("{kind}: a row of an empty result: {row:?}"),
+            )
+            .expect("empty result");
+        assert_eq!(columns, ["id", "content"], "{kind}");
+
+        // A result without end, read until the reader has had enough: the
+        // call returns, having handed out exactly the rows asked for.
+        let mut n = 0;
+        r.query_each(ENDLESS, &[], |_, row| {
+            n += 1;
+            assert_eq!(row, [SqlValue::Integer(n)], "{kind}: rows in order");
+            if n == 1000 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .expect("stopped by the reader");
+        assert_eq!(n, 1000, "{kind}");
+
+        // A failure while running is reported after the rows before it.
+        let mut before_failure = 0;
+        let failed = r.query_each(
+            "SELECT json_extract('{}', CASE WHEN x < 3 THEN '$.a' ELSE 'bad path' END) FROM
+             (WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 5) SELECT x FROM n)",
+            &[],
+            |_, _| {
+                before_failure += 1;
+                ControlFlow::Continue(())
+            },
+        );
+        assert!(
+            matches!(&failed, Err(Error::Query(QueryError::Failed { message })) if message.contains("JSON path")),
+            "{kind}: {failed:?}"
+        );
+        assert_eq!(before_failure, 2, "{kind}");
+
+        // The replica carries on reading and writing.
+        r.create("contacts", &json!({"name": "Barbara"}))
+            .expect("write after streamed queries");
+        let count = r.query("SELECT count(*) FROM records", &[]).expect("count");
+        assert_eq!(count.rows, [[SqlValue::Integer(4)]], "{kind}");
+    }
+}
+
+#[test]
+fn a_query_started_while_rows_are_handed_out_does_not_wait_for_it() {
+    let (_dir, r) = file_replica();
+    r.create("contacts", &json!({"name": "Ada"}))
+        .expect("create");
+    let (done, finished) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let mut inner = Vec::new();
+        let outer = r.query_each("SELECT id FROM records", &[], |_, _| {
+            let count = r.query("SELECT count(*) FROM records", &[]);
+            inner.push(count.map(|rows| rows.rows));
+            ControlFlow::Continue(())
+        });
+        let _ = done.send((outer, inner));
+    });
+    let (outer, inner) = finished
+        .recv_timeout(PATIENCE)
+        .expect("a query inside query_each's callback finished");
+    worker.join().expect("worker");
+    assert_eq!(outer.expect("outer query").len(), 1);
+    assert_eq!(
+        inner
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .expect("inner query"),
+        [vec![vec![SqlValue::Integer(1)]]]
+    );
+}
+
+#[test]
+fn query_each_within_stops_a_runaway_statement_but_not_a_slow_reader() {
+    let limit = Duration::from_millis(200);
+    for (kind, _dir, r) in both_kinds() {
+        let started = Instant::now();
+        let endless_count = format!("SELECT count(*) FROM ({ENDLESS})");
+        let result = r.query_each_within(limit, &endless_count, &[], |_, row| {
+            panic!("{kind}: an endless count produced a row: {row:?}")
+        });
+        let elapsed = started.elapsed();
+        match result {
+            Err(Error::Query(QueryError::TimedOut { limit: given })) => {
+                assert_eq!(given, limit, "{kind}");
+                let message = Error::Query(QueryError::TimedOut { limit }).to_string();
+                assert!(message.contains("time limit of 200ms"), "{message}");
+            }
+            other => panic!("{kind}: {other:?}"),
+        }
+        assert!(
+            elapsed >= limit && elapsed < PATIENCE,
+            "{kind}: stopped after {elapsed:?}"
+        );
+
+        // Rows handed out before the limit stay handed out.
+        let mut rows = 0u64;
+        let result = r.query_each_within(limit, ENDLESS, &[], |_, _| {
+            rows += 1;
+            ControlFlow::Continue(())
+        });
+        assert!(
+            matches!(result, Err(Error::Query(QueryError::TimedOut { .. }))),
+            "{kind}: {result:?}"
+        );
+        assert!(rows > 0, "{kind}: rows came before the limit");
+
+        // Only SQLite's time counts: a reader that takes longer than the
+        // limit over three quick rows is not cut off. (The sleep is the
+        // reader being slow, not a synchronisation.)
+        let mut handled = 0;
+        r.query_each_within(
+            limit,
+            "SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3",
+            &[],
+            |_, _| {
+                std::thread::sleep(limit / 2);
+                handled += 1;
+                ControlFlow::Continue(())
+            },
+        )
+        .expect("a slow reader of a fast query");
+        assert_eq!(handled, 3, "{kind}");
+
+        // The limit went with the statement: later queries and writes work.
+        r.create("contacts", &json!({"name": "Barbara"}))
+            .expect("write after a timed-out query");
+        let count = r.query("SELECT count(*) FROM records", &[]).expect("count");
+        assert_eq!(count.rows, [[SqlValue::Integer(4)]], "{kind}");
+    }
 }
 
 /// Whether an error is the expected one.

@@ -30,6 +30,10 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// How many connections may be open at once.
     pub max_connections: usize,
+    /// How many connections one client (an IPv4 address, an IPv6 /64) may
+    /// have open at once, so one client cannot take every connection;
+    /// loopback is not counted, 0 turns the limit off (see `limits`).
+    pub max_connections_per_ip: usize,
     /// Frames queued for one connection before it counts as too slow and is
     /// disconnected.
     pub outbound_queue: usize,
@@ -62,6 +66,7 @@ impl Default for Config {
             db: PathBuf::from(DEFAULT_DB),
             max_frame_bytes: 16 * 1024 * 1024,
             max_connections: 10_000,
+            max_connections_per_ip: crate::limits::DEFAULT_MAX_PER_IP,
             outbound_queue: 1024,
             doc_queue: 256,
             doc_idle: Duration::from_secs(30),

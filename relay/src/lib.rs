@@ -17,7 +17,11 @@
 //!   and writes frames from its bounded outbound queue.
 //! - [`peers`]: the registry of live connections and their subscriptions,
 //!   the fan-out seam ("send to the other peers of a collection").
+//! - [`limits`]: connections per client address, counted with a permit
+//!   per connection that gives its place back on drop.
 //! - [`metrics`]: Prometheus metrics and the `/health` endpoint.
+//! - [`open_files`]: raises the open-file limit at start and checks that
+//!   `--max-connections` fits in it (used by the binary).
 //! - [`docs`]: one actor per live document, owning its `DocHub`; actors
 //!   stop when idle so memory stays bounded.
 
@@ -25,7 +29,9 @@ pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod docs;
+pub mod limits;
 pub mod metrics;
+pub mod open_files;
 pub mod peers;
 pub mod server;
 

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use accord_engine::sync::{Limits, OpenAccess};
+use accord_engine::sync::{Access, Limits, OpenAccess};
 use accord_relay::auth::{Right, Tokens};
 use accord_relay::config::{Config, DEFAULT_DB, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN};
 use anyhow::{bail, Context};
@@ -66,8 +66,14 @@ struct ServeArgs {
     /// Address of the /health and /metrics endpoints ("off" disables them).
     #[arg(long, env = "ACCORD_RELAY_METRICS_LISTEN", default_value = DEFAULT_METRICS_LISTEN)]
     metrics_listen: String,
-    /// Run without a secret (no authentication) on a non-loopback address.
-    #[arg(long)]
+    /// Run without a secret: every connection may read and write every
+    /// collection. Without a secret and without --open the relay refuses
+    /// to start, on any address.
+    #[arg(
+        long,
+        env = "ACCORD_RELAY_OPEN",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     open: bool,
     /// Largest accepted WebSocket message, in bytes.
     #[arg(long, env = "ACCORD_RELAY_MAX_FRAME_BYTES", default_value_t = Config::default().max_frame_bytes)]
@@ -75,6 +81,10 @@ struct ServeArgs {
     /// Most connections open at once.
     #[arg(long, env = "ACCORD_RELAY_MAX_CONNECTIONS", default_value_t = Config::default().max_connections)]
     max_connections: usize,
+    /// Most connections one client (an IPv4 address, an IPv6 /64) may have
+    /// open at once; loopback is not counted; 0: no limit.
+    #[arg(long, env = "ACCORD_RELAY_MAX_CONNECTIONS_PER_IP", default_value_t = Config::default().max_connections_per_ip)]
+    max_connections_per_ip: usize,
     /// Most distinct documents one connection may sync.
     #[arg(long, env = "ACCORD_RELAY_MAX_DOCS_PER_CONNECTION", default_value_t = Limits::default().max_docs)]
     max_docs_per_connection: usize,
@@ -168,49 +178,80 @@ fn serve(args: ServeArgs, secret_args: &SecretArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let mut config = config(&args)?;
-    match secret(secret_args)? {
-        Some(tokens) => config.access = Arc::new(tokens),
-        None if args.listen.ip().is_loopback() || args.open => {
-            tracing::warn!(
-                "OPEN MODE: no ACCORD_RELAY_SECRET or --secret-file; every connection may read and write every collection"
-            );
-        }
-        None => bail!(
-            "refusing to listen on {} without a secret: set ACCORD_RELAY_SECRET or --secret-file, \
-             or pass --open to run without authentication",
-            args.listen
-        ),
-    }
+    let limits = checked_limits(&args)?;
+    let config = config(&args, limits, access(&args, secret_args)?);
+    let files = accord_relay::open_files::raise_for(config.max_connections)?;
+    tracing::info!(
+        soft = files.soft,
+        hard = files.hard,
+        max_connections = config.max_connections,
+        "open-file limit"
+    );
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(run(config, &args.metrics_listen))
 }
 
-fn config(args: &ServeArgs) -> anyhow::Result<Config> {
+/// Who may do what: signed tokens with a secret, everyone with `--open`.
+/// Having neither is an error, whatever the address: a relay on loopback
+/// behind a public TLS proxy is as public as the proxy.
+fn access(args: &ServeArgs, secret_args: &SecretArgs) -> anyhow::Result<Arc<dyn Access>> {
+    match (secret(secret_args)?, args.open) {
+        (Some(tokens), false) => Ok(Arc::new(tokens)),
+        (Some(_), true) => bail!(
+            "both a secret and --open (or ACCORD_RELAY_OPEN) were given: \
+             drop --open to require tokens, or drop the secret to run open"
+        ),
+        (None, true) => {
+            tracing::warn!(
+                listen = %args.listen,
+                "OPEN MODE (--open): no secret, no authentication; anyone who can reach this relay, \
+                 directly or through a proxy, may read and write every collection"
+            );
+            Ok(Arc::new(OpenAccess))
+        }
+        (None, false) => bail!(
+            "refusing to start without a secret: anyone who can reach {} (directly, or through \
+             a proxy in front of it) could read and write every collection. Either set a secret \
+             (ACCORD_RELAY_SECRET, or --secret-file PATH; at least 16 bytes) and give clients \
+             tokens from `accord-relay token`, or pass --open (or ACCORD_RELAY_OPEN=1) to run \
+             without authentication on purpose",
+            args.listen
+        ),
+    }
+}
+
+/// Refuses settings that are wrong on their own, by flag, before anything
+/// starts; returns the per-connection limits.
+fn checked_limits(args: &ServeArgs) -> anyhow::Result<Limits> {
     if args.rate <= 0.0 || args.burst < 1.0 {
         bail!("--rate must be positive and --burst at least 1");
     }
     if args.cache_docs == 0 {
         bail!("--cache-docs must be at least 1 (documents kept loaded in memory)");
     }
-    Ok(Config {
+    Ok(Limits {
+        max_docs: args.max_docs_per_connection,
+        rate_per_sec: args.rate,
+        burst: args.burst,
+    })
+}
+
+fn config(args: &ServeArgs, limits: Limits, access: Arc<dyn Access>) -> Config {
+    Config {
         listen: args.listen,
         db: args.db.clone(),
         max_frame_bytes: args.max_frame_bytes,
         max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
         doc_idle: Duration::from_secs(args.doc_idle_secs),
         cache_docs: args.cache_docs,
         handshake_timeout: Duration::from_secs(args.handshake_timeout_secs),
         ping_interval: Duration::from_secs(args.ping_secs.max(1)),
         idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
-        limits: Limits {
-            max_docs: args.max_docs_per_connection,
-            rate_per_sec: args.rate,
-            burst: args.burst,
-        },
-        access: Arc::new(OpenAccess),
+        limits,
+        access,
         ..Config::default()
-    })
+    }
 }
 
 async fn run(config: Config, metrics_listen: &str) -> anyhow::Result<()> {

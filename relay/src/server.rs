@@ -170,6 +170,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let shared = relay.shared;
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+    let per_ip = crate::limits::ConnectionsPerIp::new(shared.config.max_connections_per_ip);
     let tasks = TaskTracker::new();
     let next_conn = AtomicU64::new(1);
     let mut backoff = Duration::from_millis(10);
@@ -190,13 +191,29 @@ pub async fn serve(
         backoff = Duration::from_millis(10);
         let _ = stream.set_nodelay(true);
         let conn = ConnId(next_conn.fetch_add(1, Ordering::Relaxed));
+        let ip_permit = match per_ip.try_acquire(addr.ip()) {
+            Ok(ip_permit) => ip_permit,
+            Err(refused) => {
+                tasks.spawn(refuse(stream, Arc::clone(&shared), refused.to_string()));
+                continue;
+            }
+        };
         let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-            tasks.spawn(refuse(stream, Arc::clone(&shared)));
+            let text = format!(
+                "the relay is at its limit of {} connections",
+                shared.config.max_connections
+            );
+            tasks.spawn(refuse(stream, Arc::clone(&shared), text));
             continue;
         };
         tracing::debug!(%conn, %addr, "accepted connection");
         let shared = Arc::clone(&shared);
-        tasks.spawn(crate::connection::serve(stream, conn, shared, permit));
+        tasks.spawn(async move {
+            // Held for the connection's life: dropping it gives the
+            // client's place back.
+            let _ip_permit = ip_permit;
+            crate::connection::serve(stream, conn, shared, permit).await
+        });
     }
     tracing::info!("shutting down: closing connections");
     tasks.close();
@@ -208,8 +225,9 @@ pub async fn serve(
     Ok(())
 }
 
-/// Answers a connection over the limit with an error frame and closes it.
-async fn refuse(stream: TcpStream, shared: Arc<Shared>) {
+/// Answers a connection over a limit with an error frame saying which
+/// (`text`) and closes it.
+async fn refuse(stream: TcpStream, shared: Arc<Shared>, text: String) {
     let Ok(Ok(mut ws)) = tokio::time::timeout(
         shared.config.handshake_timeout,
         tokio_tungstenite::accept_async(stream),
@@ -221,10 +239,6 @@ async fn refuse(stream: TcpStream, shared: Arc<Shared>) {
     shared
         .metrics
         .refused(ErrorCode::TOO_MANY_CONNECTIONS.name());
-    let text = format!(
-        "the relay is at its limit of {} connections",
-        shared.config.max_connections
-    );
     let frame = Frame::error(ErrorCode::TOO_MANY_CONNECTIONS, text, None);
     let close = CloseFrame {
         code: CloseCode::Policy,

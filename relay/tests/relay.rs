@@ -1,7 +1,8 @@
 //! The relay binary and server against real sockets: startup line, bad
 //! input, kill -9 and restart, graceful shutdown.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -163,6 +164,7 @@ async fn oversized_frames_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
         .args([
+            "--open",
             "--listen",
             "127.0.0.1:0",
             "--max-frame-bytes",
@@ -322,22 +324,189 @@ fn token_subcommand_mints_verifiable_tokens_with_the_relays_secret() {
     );
 }
 
-#[test]
-fn open_mode_stays_on_loopback_unless_asked() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
-        .args(["--listen", "0.0.0.0:0", "--metrics-listen", "off", "--db"])
-        .arg(dir.path().join("r.db"))
+/// `accord-relay ARGS` in `dir` with no secret and no open mode from the
+/// environment, so only the arguments decide.
+fn relay_without_secret(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_accord-relay"));
+    cmd.args(["--metrics-listen", "off", "--db"])
+        .arg(dir.join("r.db"))
+        .args(args)
+        .current_dir(dir)
         .env_remove("ACCORD_RELAY_SECRET")
         .env_remove("ACCORD_RELAY_SECRET_FILE")
+        .env_remove("ACCORD_RELAY_OPEN")
+        .stdin(Stdio::null());
+    cmd
+}
+
+#[test]
+fn without_a_secret_the_relay_refuses_to_start_unless_open_is_given() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Loopback too: behind a TLS proxy a loopback relay is public.
+    for listen in ["127.0.0.1:0", "0.0.0.0:0"] {
+        let out = relay_without_secret(dir.path(), &["--listen", listen])
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(1), "{listen}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("refusing to start without a secret")
+                && stderr.contains("ACCORD_RELAY_SECRET")
+                && stderr.contains("--secret-file")
+                && stderr.contains("--open")
+                && stderr.contains("ACCORD_RELAY_OPEN=1"),
+            "{listen}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{listen}: it never listened");
+        assert!(!dir.path().join("r.db").exists(), "{listen}: no database");
+    }
+    let out = relay_without_secret(dir.path(), &["--listen", "127.0.0.1:0"])
+        .env("ACCORD_RELAY_OPEN", "0")
         .output()
         .expect("run");
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1), "ACCORD_RELAY_OPEN=0: {out:?}");
+
+    // A secret and --open contradict each other.
+    let out = relay_without_secret(dir.path(), &["--open", "--listen", "127.0.0.1:0"])
+        .env("ACCORD_RELAY_SECRET", "a secret that is long enough")
+        .output()
+        .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("both a secret and --open"), "{stderr}");
+}
+
+/// What a relay that started said, and its open-file limit then.
+#[derive(Debug)]
+struct Started {
+    /// The startup line (`accord-relay listening on ...`), or "" if it
+    /// exited without one.
+    line: String,
+    /// What it logged up to that line.
+    logged: String,
+    /// Its soft open-file limit while it ran (Linux: `/proc/PID/limits`).
+    open_files: Option<u64>,
+}
+
+/// Starts the relay, reads its startup line, and kills it.
+fn starts(mut cmd: Command) -> Started {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("startup line");
+    let open_files = std::fs::read_to_string(format!("/proc/{}/limits", child.id()))
+        .ok()
+        .and_then(|limits| soft_open_files(&limits));
+    let mut stderr = child.stderr.take().expect("stderr");
+    child.kill().expect("kill the relay");
+    child.wait().expect("reap the relay");
+    let mut logged = String::new();
+    stderr.read_to_string(&mut logged).expect("its log");
+    Started {
+        line,
+        logged,
+        open_files,
+    }
+}
+
+/// The soft limit in `/proc/PID/limits`' "Max open files" line.
+fn soft_open_files(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+#[test]
+fn open_mode_starts_with_a_loud_warning_from_the_flag_or_the_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let started = starts(relay_without_secret(
+        dir.path(),
+        &["--open", "--listen", "127.0.0.1:0"],
+    ));
     assert!(
-        stderr.contains("without a secret") && stderr.contains("--open"),
-        "{stderr}"
+        started
+            .line
+            .starts_with("accord-relay listening on 127.0.0.1:"),
+        "{started:?}"
     );
+    assert!(started.logged.contains("OPEN MODE"), "{started:?}");
+    let mut cmd = relay_without_secret(dir.path(), &["--listen", "127.0.0.1:0"]);
+    cmd.env("ACCORD_RELAY_OPEN", "1");
+    let started = starts(cmd);
+    assert!(
+        started
+            .line
+            .starts_with("accord-relay listening on 127.0.0.1:"),
+        "{started:?}"
+    );
+    assert!(started.logged.contains("OPEN MODE"), "{started:?}");
+}
+
+/// `accord-relay --open ... ARGS` started by `sh` with an open-file limit of
+/// `soft`, which the process may raise up to `hard`.
+fn relay_under_file_limit(dir: &Path, soft: u64, hard: u64, args: &[&str]) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "ulimit -Sn {soft} && ulimit -Hn {hard} && exec \"$0\" \"$@\""
+        ))
+        .arg(env!("CARGO_BIN_EXE_accord-relay"))
+        .args([
+            "--open",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+            "--db",
+        ])
+        .arg(dir.join("r.db"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null());
+    cmd
+}
+
+#[test]
+fn the_open_file_limit_is_raised_at_start_and_must_fit_max_connections() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A hard limit of 512 cannot hold the default 10,000 connections.
+    let out = relay_under_file_limit(dir.path(), 128, 512, &[])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for part in [
+        "--max-connections 10000 needs 10064 open files",
+        "may open only 512 (hard limit 512)",
+        "ulimit -n 10064",
+        "--max-connections 448 or fewer",
+    ] {
+        assert!(stderr.contains(part), "{part}: {stderr}");
+    }
+    assert!(out.stdout.is_empty(), "it never listened");
+    assert!(!dir.path().join("r.db").exists(), "no database");
+
+    // 448 connections and the margin need 512: they fit only once the soft
+    // limit of 128 is raised to the hard limit, which it is.
+    let started = starts(relay_under_file_limit(
+        dir.path(),
+        128,
+        512,
+        &["--max-connections", "448"],
+    ));
+    assert!(
+        started
+            .line
+            .starts_with("accord-relay listening on 127.0.0.1:"),
+        "{started:?}"
+    );
+    if cfg!(target_os = "linux") {
+        assert_eq!(started.open_files, Some(512), "{started:?}");
+    }
 }
 
 #[test]
@@ -345,7 +514,14 @@ fn bad_settings_are_refused_by_name_before_anything_starts() {
     let dir = tempfile::tempdir().expect("tempdir");
     for (flag, value) in [("--cache-docs", "0"), ("--rate", "0")] {
         let out = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off", "--db"])
+            .args([
+                "--open",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "off",
+                "--db",
+            ])
             .arg(dir.path().join("relay.db"))
             .args([flag, value])
             .stdin(Stdio::null())

@@ -99,7 +99,7 @@ fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode> {
         Command::Diff { id, from, to } => history::diff(ctx, &id, &from, to.as_deref())?,
         Command::Export { id, output } => transfer::export(ctx, &id, output.as_deref())?,
         Command::Import { file, collection } => transfer::import(ctx, &file, &collection)?,
-        Command::Query { sql, params } => query::query(ctx, &sql, &params)?,
+        Command::Query(args) => return query::query(ctx, &args),
         Command::Index { action } => query::index(ctx, action)?,
         Command::Reindex => return query::reindex(ctx),
         Command::Compact => return maintenance::compact(ctx),

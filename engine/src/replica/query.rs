@@ -24,6 +24,9 @@
 //! module is the API; `projection` keeps the rows right on open and on
 //! request, and `live` re-runs queries as changes commit.
 
+use std::ops::ControlFlow;
+use std::time::Duration;
+
 use automerge::Automerge;
 
 use super::live::LiveQuery;
@@ -55,22 +58,87 @@ impl Replica {
     /// [`QueryError::ReadOnly`](crate::QueryError::ReadOnly), several
     /// statements with `MultipleStatements`, bad SQL with `Invalid`; nothing
     /// is changed in any case.
+    ///
+    /// Every row is kept in memory until the statement ends; for a result
+    /// whose size is not known (SQL typed by a person, a recursive CTE),
+    /// use [`Replica::query_each`] or [`Replica::query_each_within`].
     pub fn query(&self, sql: &str, params: &[SqlValue]) -> Result<QueryRows> {
+        QueryRows::collect(|on_row| self.stream(sql, params, None, on_row))
+    }
+
+    /// Runs one read-only SQL statement, refused and checked exactly as
+    /// [`Replica::query`] does, and hands each row to `on_row` as SQLite
+    /// produces it, with the result's column names; returning
+    /// `ControlFlow::Break(())` stops the statement there. Only the row in
+    /// hand is in memory, so a result of any size (an endless recursive
+    /// CTE included) can be read, printed or cut short. Returns the column
+    /// names, also when there were no rows.
+    ///
+    /// `on_row` runs on the calling thread while the statement is open:
+    /// on a file replica nothing of the replica is locked meanwhile (the
+    /// statement has a read-only connection of its own, and commits go on),
+    /// but the statement's read snapshot keeps the WAL from being
+    /// checkpointed past it, so do not keep it open for ever. An in-memory
+    /// replica runs the statement on its only connection, so `on_row` must
+    /// not call that replica (it would wait for itself).
+    pub fn query_each<F>(&self, sql: &str, params: &[SqlValue], on_row: F) -> Result<Vec<String>>
+    where
+        F: FnMut(&[String], Vec<SqlValue>) -> ControlFlow<()>,
+    {
+        self.stream(sql, params, None, on_row)
+    }
+
+    /// [`Replica::query_each`] with a time limit: once the statement has
+    /// spent `time_limit` inside SQLite it is interrupted and the call
+    /// returns [`QueryError::TimedOut`](crate::QueryError::TimedOut) (rows
+    /// handed out before stay handed out). Only SQLite's own time counts,
+    /// not the time `on_row` takes, so a slow reader is not cut off.
+    pub fn query_each_within<F>(
+        &self,
+        time_limit: Duration,
+        sql: &str,
+        params: &[SqlValue],
+        on_row: F,
+    ) -> Result<Vec<String>>
+    where
+        F: FnMut(&[String], Vec<SqlValue>) -> ControlFlow<()>,
+    {
+        self.stream(sql, params, Some(time_limit), on_row)
+    }
+
+    fn stream<F>(
+        &self,
+        sql: &str,
+        params: &[SqlValue],
+        time_limit: Option<Duration>,
+        on_row: F,
+    ) -> Result<Vec<String>>
+    where
+        F: FnMut(&[String], Vec<SqlValue>) -> ControlFlow<()>,
+    {
         let Some(path) = &self.inner.path else {
             // In memory: no second connection can see the database, so the
             // query runs on the writer, switched to read-only for its length.
-            let rows = self
+            let columns = self
                 .inner
                 .committer
-                .with_store_mut(|s| s.query_guarded(sql, params))?;
-            return Ok(rows);
+                .with_store_mut(|s| s.query_guarded(sql, params, time_limit, on_row))?;
+            return Ok(columns);
         };
-        let mut slot = self.inner.queries.lock();
-        let conn = match slot.as_mut() {
+        // The query connection leaves its slot for the statement's length,
+        // so `on_row` holds no lock: a query started from it (or from
+        // another thread meanwhile) opens a connection of its own.
+        let idle = self.inner.queries.lock().take();
+        let mut conn = match idle {
             Some(conn) => conn,
-            None => slot.insert(Store::open_query(path)?),
+            None => Store::open_query(path)?,
         };
-        Ok(conn.run(sql, params)?)
+        let result = conn.each(sql, params, time_limit, on_row);
+        let mut slot = self.inner.queries.lock();
+        if slot.is_none() {
+            *slot = Some(conn);
+        }
+        Ok(result?)
     }
 
     /// Creates an index on a JSON path (such as `$.name`) of the records of

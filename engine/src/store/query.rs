@@ -10,10 +10,17 @@
 //! the authorizer and `query_only` switched on for the one statement
 //! ([`Store::query_guarded`]). Any one of these layers refuses writes on
 //! its own; the authorizer is there to name the problem.
+//!
+//! Rows are handed to a callback one at a time as SQLite produces them
+//! ([`QueryConn::each`]), so a result of any size passes through a bounded
+//! amount of memory, and the callback can stop the statement early. With a
+//! time limit, a progress handler interrupts the statement once it has
+//! spent that long inside SQLite ([`StepClock`]).
 
+use std::ops::ControlFlow;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use rusqlite::fallible_iterator::FallibleIterator;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
@@ -48,29 +55,54 @@ impl QueryConn {
         Ok(QueryConn { conn, denied })
     }
 
-    /// Runs one read-only statement with positional parameters.
-    pub fn run(&self, sql: &str, params: &[SqlValue]) -> Result<QueryRows, QueryError> {
-        run(&self.conn, &self.denied, sql, params)
+    /// Runs one read-only statement with positional parameters and
+    /// returns every row.
+    pub fn run(&mut self, sql: &str, params: &[SqlValue]) -> Result<QueryRows, QueryError> {
+        QueryRows::collect(|on_row| self.each(sql, params, None, on_row))
+    }
+
+    /// Runs one read-only statement and hands each row to `on_row` as it
+    /// comes; `Break` stops the statement. With a `time_limit`, the
+    /// statement is interrupted with [`QueryError::TimedOut`] once it has
+    /// spent that long inside SQLite. Returns the result's column names.
+    pub fn each<F>(
+        &mut self,
+        sql: &str,
+        params: &[SqlValue],
+        time_limit: Option<Duration>,
+        on_row: F,
+    ) -> Result<Vec<String>, QueryError>
+    where
+        F: FnMut(&[String], Vec<SqlValue>) -> ControlFlow<()>,
+    {
+        timed(&mut self.conn, time_limit, |conn, clock| {
+            stream(conn, &self.denied, sql, params, clock, on_row)
+        })
     }
 }
 
 impl Store {
     /// Runs one read-only statement on this (in-memory) store's own
-    /// connection, with the authorizer and `query_only` on for its length.
-    pub fn query_guarded(
+    /// connection, with the authorizer and `query_only` on for its length,
+    /// handing each row to `on_row` as [`QueryConn::each`] does.
+    pub fn query_guarded<F>(
         &mut self,
         sql: &str,
         params: &[SqlValue],
-    ) -> Result<QueryRows, QueryError> {
+        time_limit: Option<Duration>,
+        on_row: F,
+    ) -> Result<Vec<String>, QueryError>
+    where
+        F: FnMut(&[String], Vec<SqlValue>) -> ControlFlow<()>,
+    {
         let denied = Denied::default();
-        let failed = |e: rusqlite::Error| QueryError::Failed {
-            message: e.to_string(),
-        };
         self.conn
             .execute_batch("PRAGMA query_only = 1;")
             .map_err(failed)?;
         let result = match install(&mut self.conn, &denied) {
-            Ok(()) => run(&self.conn, &denied, sql, params),
+            Ok(()) => timed(&mut self.conn, time_limit, |conn, clock| {
+                stream(conn, &denied, sql, params, clock, on_row)
+            }),
             Err(e) => Err(failed(e)),
         };
         let restored = self
@@ -84,15 +116,120 @@ impl Store {
     }
 }
 
+fn failed(e: rusqlite::Error) -> QueryError {
+    QueryError::Failed {
+        message: e.to_string(),
+    }
+}
+
+/// How many SQLite virtual-machine instructions pass between two looks at
+/// the clock: often enough to stop within a millisecond or so, rarely
+/// enough to cost nothing measurable.
+const PROGRESS_OPS: std::os::raw::c_int = 1000;
+
+/// Runs `f` with a progress handler that interrupts the statement once it
+/// has spent `time_limit` inside SQLite, and removes the handler after.
+fn timed<T>(
+    conn: &mut Connection,
+    time_limit: Option<Duration>,
+    f: impl FnOnce(&Connection, Option<&mut StepClock>) -> Result<T, QueryError>,
+) -> Result<T, QueryError> {
+    let Some(limit) = time_limit else {
+        return f(conn, None);
+    };
+    let mut clock = StepClock::new(limit);
+    conn.progress_handler(PROGRESS_OPS, Some(clock.handler()))
+        .map_err(failed)?;
+    let result = f(conn, Some(&mut clock));
+    let removed = conn.progress_handler(0, None::<fn() -> bool>);
+    match (result, removed) {
+        (Ok(_), Err(e)) => Err(failed(e)),
+        (result, _) => result,
+    }
+}
+
+/// The time a statement may spend inside SQLite. The clock runs only
+/// while SQLite works on the next row, not while the caller handles one
+/// (writes it to a slow pipe, say), so a slow reader is never mistaken
+/// for a slow query.
+#[derive(Debug)]
+struct StepClock {
+    /// The limit the caller gave.
+    limit: Duration,
+    /// Time spent inside SQLite by the steps that finished.
+    spent: Duration,
+    /// Shared with the progress handler, which runs inside SQLite.
+    watch: Arc<Mutex<Watch>>,
+}
+
+/// What the progress handler looks at and leaves behind.
+#[derive(Debug, Default)]
+struct Watch {
+    /// When the current step must end; `None` between steps.
+    deadline: Option<Instant>,
+    /// Whether the handler interrupted the statement.
+    expired: bool,
+}
+
+impl StepClock {
+    fn new(limit: Duration) -> Self {
+        StepClock {
+            limit,
+            spent: Duration::ZERO,
+            watch: Arc::default(),
+        }
+    }
+
+    /// The progress handler: interrupts (returns true) past the deadline.
+    fn handler(&self) -> impl FnMut() -> bool + Send + 'static {
+        let watch = Arc::clone(&self.watch);
+        move || {
+            let mut watch = watch.lock().unwrap_or_else(PoisonError::into_inner);
+            let late = watch.deadline.is_some_and(|d| Instant::now() >= d);
+            watch.expired |= late;
+            late
+        }
+    }
+
+    /// Runs one step of the statement on the clock.
+    fn step<T>(&mut self, step: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        self.set_deadline(Some(start + self.limit.saturating_sub(self.spent)));
+        let out = step();
+        self.set_deadline(None);
+        self.spent += start.elapsed();
+        out
+    }
+
+    fn set_deadline(&self, deadline: Option<Instant>) {
+        self.watch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .deadline = deadline;
+    }
+
+    /// The error for a failed step: `TimedOut` if the handler stopped it.
+    fn error(&self, e: rusqlite::Error) -> QueryError {
+        let expired = self
+            .watch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .expired;
+        if expired {
+            QueryError::TimedOut { limit: self.limit }
+        } else {
+            failed(e)
+        }
+    }
+}
+
 fn install(conn: &mut Connection, denied: &Denied) -> Result<(), rusqlite::Error> {
     let denied = Arc::clone(denied);
     conn.authorizer(Some(move |ctx: AuthContext<'_>| {
         match refusal(&ctx.action) {
             None => Authorization::Allow,
             Some(what) => {
-                let mut slot = denied
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut slot = denied.lock().unwrap_or_else(PoisonError::into_inner);
                 slot.get_or_insert(what);
                 Authorization::Deny
             }
@@ -213,16 +350,19 @@ fn pragma_reads(name: &str, value: Option<&str>) -> bool {
 }
 
 /// Prepares exactly one statement, refuses it unless it reads only, binds
-/// the parameters and collects every row.
-fn run(
+/// the parameters and hands the rows to `on_row` one at a time.
+fn stream<F>(
     conn: &Connection,
     denied: &Denied,
     sql: &str,
     params: &[SqlValue],
-) -> Result<QueryRows, QueryError> {
-    *denied
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    mut clock: Option<&mut StepClock>,
+    mut on_row: F,
+) -> Result<Vec<String>, QueryError>
+where
+    F: FnMut(&[String], Vec<SqlValue>) -> ControlFlow<()>,
+{
+    *denied.lock().unwrap_or_else(PoisonError::into_inner) = None;
     let mut batch = Batch::new(conn, sql);
     let mut stmt = match batch.next() {
         Ok(Some(stmt)) => stmt,
@@ -246,29 +386,43 @@ fn run(
         });
     }
     let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
-    let failed = |e: rusqlite::Error| QueryError::Failed {
-        message: e.to_string(),
-    };
     let mut rows = stmt
         .query(rusqlite::params_from_iter(params))
         .map_err(failed)?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next().map_err(failed)? {
-        let values = (0..columns.len())
-            .map(|i| row.get_ref(i).map(SqlValue::from_ref))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(failed)?;
-        out.push(values);
+    loop {
+        let next = match clock.as_deref_mut() {
+            Some(clock) => {
+                clock.step(|| rows.next().map(|row| row.map(|r| values(r, columns.len()))))
+            }
+            None => rows.next().map(|row| row.map(|r| values(r, columns.len()))),
+        };
+        let row = match next {
+            Ok(Some(row)) => row.map_err(failed)?,
+            Ok(None) => break,
+            Err(e) => {
+                return Err(match clock {
+                    Some(clock) => clock.error(e),
+                    None => failed(e),
+                })
+            }
+        };
+        if on_row(&columns, row).is_break() {
+            break;
+        }
     }
-    Ok(QueryRows { columns, rows: out })
+    Ok(columns)
+}
+
+/// One row's values, column by column.
+fn values(row: &rusqlite::Row<'_>, columns: usize) -> Result<Vec<SqlValue>, rusqlite::Error> {
+    (0..columns)
+        .map(|i| row.get_ref(i).map(SqlValue::from_ref))
+        .collect()
 }
 
 /// The error of a statement that did not prepare.
 fn prepare_error(e: rusqlite::Error, denied: &Denied) -> QueryError {
-    let refused = denied
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take();
+    let refused = denied.lock().unwrap_or_else(PoisonError::into_inner).take();
     match (e.sqlite_error_code(), refused) {
         (Some(rusqlite::ErrorCode::AuthorizationForStatementDenied), Some(what)) => {
             QueryError::ReadOnly { what }

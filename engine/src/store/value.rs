@@ -7,6 +7,8 @@
 //! serializes as a list of objects, one per row, keyed by column name in
 //! column order.
 
+use std::ops::ControlFlow;
+
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::ToSql;
 use serde::ser::{SerializeMap, SerializeSeq};
@@ -95,6 +97,21 @@ impl SqlValue {
 }
 
 impl QueryRows {
+    /// Runs a streaming query (`each` hands its callback to the query) and
+    /// keeps every row: what `Replica::query` returns.
+    pub(crate) fn collect<E>(
+        each: impl FnOnce(
+            &mut dyn FnMut(&[String], Vec<SqlValue>) -> ControlFlow<()>,
+        ) -> Result<Vec<String>, E>,
+    ) -> Result<QueryRows, E> {
+        let mut rows = Vec::new();
+        let columns = each(&mut |_, row| {
+            rows.push(row);
+            ControlFlow::Continue(())
+        })?;
+        Ok(QueryRows { columns, rows })
+    }
+
     /// How many rows there are.
     pub fn len(&self) -> usize {
         self.rows.len()

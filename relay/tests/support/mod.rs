@@ -17,11 +17,13 @@ impl Drop for RelayProcess {
     }
 }
 
-/// Starts `accord-relay` on a free loopback port and reads the port from its
-/// startup line (which also proves it opened `db`).
+/// Starts `accord-relay` in open mode (no tokens; these tests are about
+/// storage and crashes, not access) on a free loopback port and reads the
+/// port from its startup line (which also proves it opened `db`).
 pub fn spawn_relay(db: &Path) -> RelayProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
         .args([
+            "--open",
             "--listen",
             "127.0.0.1:0",
             "--metrics-listen",

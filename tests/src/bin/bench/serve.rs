@@ -1,9 +1,9 @@
 //! The child side of `process.rs`: `bench serve --system S --db PATH`.
 //!
 //! Accord runs `accord_relay::server` with its default configuration (what
-//! the `accord-relay` binary runs). samod runs a `Repo` on its tokio
-//! filesystem storage and hands every accepted WebSocket to an acceptor,
-//! the way samod's own examples serve. Both listen on `127.0.0.1:0`, print
+//! `accord-relay --open` runs: open access, no tokens to check). samod runs
+//! a `Repo` on its tokio filesystem storage and hands every accepted
+//! WebSocket to an acceptor, the way samod's own examples serve. Both listen on `127.0.0.1:0`, print
 //! `listening on ADDR`, and shut down gracefully when standard input closes.
 
 use std::io::{Read, Write};
