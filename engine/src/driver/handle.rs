@@ -29,20 +29,38 @@ pub struct SyncHandle {
 
 impl Replica {
     /// Starts syncing with the relay at `url` (`ws://host:port`) in the
-    /// background. Must be called inside a tokio runtime.
+    /// background. Must be called inside a tokio runtime. The returned
+    /// handle reports the connection's state; dropping it stops syncing.
     ///
     /// ```
-    /// # use accord_engine::{ConnectOptions, Replica};
-    /// # #[tokio::main(flavor = "current_thread")]
+    /// use std::time::Duration;
+    /// use accord_engine::{ConnectOptions, Replica};
+    /// use serde_json::json;
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let replica = Replica::open_in_memory()?;
-    /// let sync = replica.connect("ws://127.0.0.1:9", ConnectOptions {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// # let url = format!("ws://{}", listener.local_addr()?);
+    /// # let config = accord_relay::Config { db: dir.path().join("relay.db"), ..Default::default() };
+    /// # let stop = tokio_util::sync::CancellationToken::new();
+    /// # let relay = tokio::spawn(accord_relay::run(listener, config, stop.clone()));
+    /// let phone = Replica::open(dir.path().join("phone.db"))?;
+    /// let laptop = Replica::open(dir.path().join("laptop.db"))?;
+    /// let ada = phone.create("contacts", &json!({"name": "Ada"}))?; // offline
+    ///
+    /// let options = ConnectOptions {
     ///     collections: vec!["contacts".into()],
-    ///     reconnect: false,
     ///     ..ConnectOptions::default()
-    /// });
-    /// // Nothing listens on port 9: the wait reports why it failed.
-    /// assert!(sync.status().last_error.is_none() || !sync.status().synced);
+    /// };
+    /// let mut from_phone = phone.connect(&url, options.clone());
+    /// from_phone.wait_synced(Duration::from_secs(10)).await?; // the relay holds Ada
+    /// let mut to_laptop = laptop.connect(&url, options);
+    /// to_laptop.wait_agreed(Duration::from_secs(10)).await?; // the laptop holds her too
+    /// assert_eq!(laptop.get(&ada)?.value, json!({"name": "Ada"}));
+    /// # from_phone.close().await;
+    /// # to_laptop.close().await;
+    /// # stop.cancel();
+    /// # relay.await??;
     /// # Ok(())
     /// # }
     /// ```
@@ -111,7 +129,38 @@ impl SyncHandle {
     }
 
     /// Waits until the relay holds every local change made before this call
-    /// (and every local tombstone) in the subscribed collections.
+    /// (and every local tombstone) in the subscribed collections. Changes
+    /// made after the call never delay it. Fails with the relay's refusal
+    /// if the token forbids it, and with [`SyncError::Timeout`] otherwise.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use accord_engine::{ConnectOptions, Replica};
+    /// use serde_json::json;
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// # let url = format!("ws://{}", listener.local_addr()?);
+    /// # let config = accord_relay::Config { db: dir.path().join("relay.db"), ..Default::default() };
+    /// # let stop = tokio_util::sync::CancellationToken::new();
+    /// # let relay = tokio::spawn(accord_relay::run(listener, config, stop.clone()));
+    /// let replica = Replica::open(dir.path().join("notes.db"))?;
+    /// let mut sync = replica.connect(&url, ConnectOptions {
+    ///     collections: vec!["notes".into()],
+    ///     ..ConnectOptions::default()
+    /// });
+    /// let id = replica.create("notes", &json!({"text": "buy milk"}))?;
+    /// sync.wait_synced(Duration::from_secs(10)).await?;
+    /// // Safe: the relay committed the note; another device will get it.
+    /// assert_eq!(sync.status().connects, 1);
+    /// # sync.close().await;
+    /// # stop.cancel();
+    /// # relay.await??;
+    /// # let _ = id;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn wait_synced(&mut self, timeout: Duration) -> Result<(), SyncError> {
         let ticket = self.check(false).await?;
         self.wait(timeout, |s| s.checked >= ticket && s.synced)

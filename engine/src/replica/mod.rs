@@ -164,6 +164,16 @@ struct Inner {
 
 impl Replica {
     /// Opens (or creates) a replica on a SQLite file with default options.
+    /// The schema is created or migrated on open; a file written by an
+    /// older Accord keeps opening.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use accord_engine::Replica;
+    /// let replica = Replica::open(dir.path().join("contacts.db"))?;
+    /// assert!(replica.list("contacts")?.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::open_with(path, ReplicaOptions::default())
     }
@@ -241,6 +251,16 @@ impl Replica {
 
     /// Creates a record in `collection` whose content is the given JSON
     /// object, and returns its id once it is committed.
+    ///
+    /// ```
+    /// use accord_engine::Replica;
+    /// use serde_json::json;
+    /// let replica = Replica::open_in_memory()?;
+    /// let id = replica.create("contacts", &json!({"name": "Ada"}))?;
+    /// assert_eq!(replica.get(&id)?.collection, "contacts");
+    /// assert!(replica.create("no spaces allowed", &json!({})).is_err());
+    /// # Ok::<(), accord_engine::Error>(())
+    /// ```
     pub fn create(&self, collection: &str, content: &serde_json::Value) -> Result<DocId> {
         self.create_with(collection, None, |tx| JsonPath::root().set(tx, content))
     }
@@ -366,6 +386,18 @@ impl Replica {
     }
 
     /// The record's current content.
+    ///
+    /// ```
+    /// use accord_engine::{Error, Replica};
+    /// use serde_json::json;
+    /// let replica = Replica::open_in_memory()?;
+    /// let id = replica.create("contacts", &json!({"name": "Ada"}))?;
+    /// let record = replica.get(&id)?;
+    /// assert_eq!(record.get("name")?, &json!("Ada"));
+    /// replica.delete(&id)?;
+    /// assert!(matches!(replica.get(&id), Err(Error::Deleted(_))));
+    /// # Ok::<(), accord_engine::Error>(())
+    /// ```
     pub fn get(&self, id: &DocId) -> Result<Record> {
         self.read(id, |doc, collection| Record {
             id: *id,

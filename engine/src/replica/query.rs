@@ -125,7 +125,7 @@ impl Replica {
                 .with_store_mut(|s| s.query_guarded(sql, params, time_limit, on_row))?;
             return Ok(columns);
         };
-        // The query connection leaves its slot for the statement's length,
+        // The query connection leaves its place for the statement's length,
         // so `on_row` holds no lock: a query started from it (or from
         // another thread meanwhile) opens a connection of its own.
         let idle = self.inner.queries.lock().take();
@@ -134,9 +134,9 @@ impl Replica {
             None => Store::open_query(path)?,
         };
         let result = conn.each(sql, params, time_limit, on_row);
-        let mut slot = self.inner.queries.lock();
-        if slot.is_none() {
-            *slot = Some(conn);
+        let mut idle = self.inner.queries.lock();
+        if idle.is_none() {
+            *idle = Some(conn);
         }
         Ok(result?)
     }

@@ -328,16 +328,16 @@ fn a_write_racing_another_writer_is_merged_not_lost() {
     // Make the change on A's copy, then let B write before A persists: the
     // store refuses A's stale append, A merges B's change and retries.
     let entry = a.entry(&id).expect("entry");
-    let mut slot = entry.lock();
-    let state = slot.as_mut().expect("loaded");
+    let mut cached = entry.lock();
+    let state = cached.as_mut().expect("loaded");
     let before = state.doc.get_heads();
     let mut tx = state.doc.transaction();
     tx.put(ROOT, "a", 1).expect("put");
     tx.commit();
     b.put(&id, "b", &json!(1), None).expect("b writes first");
-    a.persist_since(&id, &mut slot, &before, Origin::Local)
+    a.persist_since(&id, &mut cached, &before, Origin::Local)
         .expect("a persists after merging");
-    drop(slot);
+    drop(cached);
     let fresh = Replica::open(&path).expect("reopen");
     assert_eq!(fresh.get(&id).expect("get").value, json!({"a": 1, "b": 1}));
 }

@@ -4,6 +4,25 @@
 //! Reconciling diffs the struct against the document, so an update writes
 //! only the fields that changed and merges with concurrent edits field by
 //! field.
+//!
+//! ```
+//! use accord_engine::autosurgeon::{Hydrate, Reconcile};
+//! use accord_engine::Replica;
+//!
+//! #[derive(Debug, Clone, PartialEq, Reconcile, Hydrate)]
+//! struct Contact {
+//!     name: String,
+//!     email: Option<String>,
+//! }
+//!
+//! let replica = Replica::open_in_memory()?;
+//! let mut ada = Contact { name: "Ada".into(), email: None };
+//! let id = replica.create_typed("contacts", &ada)?;
+//! ada.email = Some("ada@example.org".into());
+//! replica.update_typed(&id, &ada, Some("add email"))?; // writes only the email
+//! assert_eq!(replica.get_typed::<Contact>(&id)?, ada);
+//! # Ok::<(), accord_engine::Error>(())
+//! ```
 
 use autosurgeon::{Hydrate, Reconcile};
 

@@ -19,7 +19,9 @@
 
 use std::ops::ControlFlow;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use rusqlite::fallible_iterator::FallibleIterator;
@@ -184,7 +186,7 @@ impl StepClock {
     fn handler(&self) -> impl FnMut() -> bool + Send + 'static {
         let watch = Arc::clone(&self.watch);
         move || {
-            let mut watch = watch.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut watch = watch.lock();
             let late = watch.deadline.is_some_and(|d| Instant::now() >= d);
             watch.expired |= late;
             late
@@ -202,19 +204,12 @@ impl StepClock {
     }
 
     fn set_deadline(&self, deadline: Option<Instant>) {
-        self.watch
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .deadline = deadline;
+        self.watch.lock().deadline = deadline;
     }
 
     /// The error for a failed step: `TimedOut` if the handler stopped it.
     fn error(&self, e: rusqlite::Error) -> QueryError {
-        let expired = self
-            .watch
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .expired;
+        let expired = self.watch.lock().expired;
         if expired {
             QueryError::TimedOut { limit: self.limit }
         } else {
@@ -229,8 +224,7 @@ fn install(conn: &mut Connection, denied: &Denied) -> Result<(), rusqlite::Error
         match refusal(&ctx.action) {
             None => Authorization::Allow,
             Some(what) => {
-                let mut slot = denied.lock().unwrap_or_else(PoisonError::into_inner);
-                slot.get_or_insert(what);
+                denied.lock().get_or_insert(what);
                 Authorization::Deny
             }
         }
@@ -362,7 +356,7 @@ fn stream<F>(
 where
     F: FnMut(&[String], Vec<SqlValue>) -> ControlFlow<()>,
 {
-    *denied.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    *denied.lock() = None;
     let mut batch = Batch::new(conn, sql);
     let mut stmt = match batch.next() {
         Ok(Some(stmt)) => stmt,
@@ -422,7 +416,7 @@ fn values(row: &rusqlite::Row<'_>, columns: usize) -> Result<Vec<SqlValue>, rusq
 
 /// The error of a statement that did not prepare.
 fn prepare_error(e: rusqlite::Error, denied: &Denied) -> QueryError {
-    let refused = denied.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let refused = denied.lock().take();
     match (e.sqlite_error_code(), refused) {
         (Some(rusqlite::ErrorCode::AuthorizationForStatementDenied), Some(what)) => {
             QueryError::ReadOnly { what }

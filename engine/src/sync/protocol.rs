@@ -77,12 +77,6 @@ pub enum Frame {
         /// Its collection.
         collection: String,
     },
-    /// Relay → replica: the relay committed the tombstone of a `Delete`
-    /// this connection sent (or held it already).
-    DeleteAck {
-        /// The document.
-        doc: DocId,
-    },
     /// Both ways: something went wrong. Fatal codes are followed by a close.
     Error {
         /// Machine-readable code.
@@ -91,6 +85,14 @@ pub enum Frame {
         message: String,
         /// The document concerned, if any.
         doc: Option<DocId>,
+    },
+    /// Relay → replica (since version 2): the relay committed the
+    /// tombstone of a `Delete` this connection sent (or held it already).
+    /// Placed after `Error` so that `Error` keeps its index in every
+    /// version.
+    DeleteAck {
+        /// The document.
+        doc: DocId,
     },
 }
 
@@ -310,6 +312,14 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn error_keeps_its_variant_index_across_versions() {
+        // A relay refuses a future or past version with an `Error` frame
+        // the other side must be able to read: variant 7, always.
+        let bytes = Frame::error(ErrorCode::VERSION, "", None).encode();
+        assert_eq!(bytes[0], 7);
     }
 
     #[test]
