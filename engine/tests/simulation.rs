@@ -21,8 +21,8 @@ use accord_engine::automerge::transaction::Transactable;
 use accord_engine::automerge::{ObjType, ReadDoc, ROOT};
 use accord_engine::sync::client::LocalChange;
 use accord_engine::sync::{
-    ClientConfig, ClientOutput, ClientSession, ConnId, DocHub, Frame, HubInput, HubOutput,
-    OpenAccess, RelayOutput, RelaySession, Subscribers, SyncDocs,
+    Announcing, ClientConfig, ClientOutput, ClientSession, ConnId, DocHub, Frame, HubInput,
+    HubOutput, OpenAccess, RelayOutput, RelaySession, Subscribers, SyncDocs,
 };
 use accord_engine::{
     ChangeKind, Collection, DocId, Filter, ListOptions, Origin, Replica, ReplicaOptions,
@@ -439,20 +439,59 @@ impl Sim {
         self.tick_actors();
     }
 
-    /// One step of progress: a frame delivered or an actor run, chosen at
-    /// random; `false` when nothing is left to do.
+    /// One step of progress: a frame delivered, an actor run or a page of
+    /// a listing announced, chosen at random; `false` when nothing is left
+    /// to do.
     fn progress(&mut self) -> bool {
-        let frames = self
+        let mut options = Vec::new();
+        if self
             .links
             .values()
-            .any(|l| !l.to_relay.is_empty() || !l.to_client.is_empty());
-        let work = self.relay.actors.values().any(|a| !a.inbox.is_empty());
-        match (frames, work) {
-            (false, false) => false,
-            (true, false) => self.deliver_one(),
-            (false, true) => self.run_actor(),
-            (true, true) if self.rng.random_range(0..3) == 0 => self.run_actor(),
-            (true, true) => self.deliver_one(),
+            .any(|l| !l.to_relay.is_empty() || !l.to_client.is_empty())
+        {
+            options.push(0);
+        }
+        if self.relay.actors.values().any(|a| !a.inbox.is_empty()) {
+            options.push(1);
+        }
+        if self.relay.sessions.values().any(RelaySession::announcing) {
+            options.push(2);
+        }
+        if options.is_empty() {
+            return false;
+        }
+        match options[self.rng.random_range(0..options.len())] {
+            0 => self.deliver_one(),
+            1 => self.run_actor(),
+            _ => self.announce_one(),
+        }
+    }
+
+    /// A connection task sends the next page of a listing it owes, as the
+    /// relay's connection task does when it has nothing else to do.
+    fn announce_one(&mut self) -> bool {
+        let mut owing: Vec<ConnId> = self
+            .relay
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.announcing())
+            .map(|(c, _)| *c)
+            .collect();
+        if owing.is_empty() {
+            return false;
+        }
+        owing.sort();
+        let conn = owing[self.rng.random_range(0..owing.len())];
+        let relay = &mut self.relay;
+        let Some(session) = relay.sessions.get_mut(&conn) else {
+            return false;
+        };
+        match session.next_announcement(self.now, &relay.replica) {
+            Announcing::Page(outputs) => {
+                self.relay_outputs(conn, outputs);
+                true
+            }
+            Announcing::NotBefore(_) | Announcing::Idle => false,
         }
     }
 
@@ -543,6 +582,9 @@ impl Sim {
             35..=44 => self.tick(delay),
             45..=59 => {
                 self.run_actor();
+            }
+            60..=69 => {
+                self.announce_one();
             }
             _ => {
                 self.deliver_one();

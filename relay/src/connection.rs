@@ -11,7 +11,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use accord_engine::sync::{ConnId, ErrorCode, Frame, HubInput, RelayOutput, RelaySession};
+use accord_engine::sync::{
+    Announcing, ConnId, ErrorCode, Frame, HubInput, RelayOutput, RelaySession,
+};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -68,6 +70,7 @@ pub async fn serve(
         tx,
         kick,
         registered: false,
+        announce_not_before: None,
         permit: Some(permit),
     };
     let end = c.run(rx).await;
@@ -93,6 +96,8 @@ struct Connection {
     kick: CancellationToken,
     /// Whether we are in the peer registry.
     registered: bool,
+    /// The announcement budget is spent until then.
+    announce_not_before: Option<TokioInstant>,
 }
 
 impl Connection {
@@ -104,6 +109,7 @@ impl Connection {
         let mut heard = TokioInstant::now();
         loop {
             let idle_deadline = heard + self.shared.config.idle_timeout;
+            let announce_at = self.announce_at();
             tokio::select! {
                 biased;
                 () = self.kick.cancelled() => return self.kicked(),
@@ -130,6 +136,80 @@ impl Connection {
                         return end;
                     }
                 }
+                // Listings go out when nothing else is waiting, one page at
+                // a time, at the pace the peer reads.
+                () = sleep_until(announce_at), if announce_at.is_some() => {
+                    if let Some(end) = self.announce().await {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    /// When the next page of an owed listing may go out, if one is owed.
+    fn announce_at(&self) -> Option<TokioInstant> {
+        let session = self.session.as_ref()?;
+        session
+            .announcing()
+            .then(|| self.announce_not_before.unwrap_or_else(TokioInstant::now))
+    }
+
+    /// Sends the next page of an owed listing, or notes when it may go.
+    async fn announce(&mut self) -> Option<End> {
+        let shared = Arc::clone(&self.shared);
+        let now = shared.now_ms();
+        let next = self
+            .with_session(move |s| s.next_announcement(now, shared.store.as_ref()))
+            .await;
+        match next {
+            Ok(Announcing::Page(outputs)) => {
+                self.announce_not_before = None;
+                for output in outputs {
+                    if let Some(end) = self.carry_out(output).await {
+                        return Some(end);
+                    }
+                }
+                None
+            }
+            Ok(Announcing::NotBefore(at)) => {
+                let wait = std::time::Duration::from_millis(at.saturating_sub(now));
+                self.announce_not_before = Some(TokioInstant::now() + wait);
+                None
+            }
+            Ok(Announcing::Idle) => None,
+            Err(end) => Some(end),
+        }
+    }
+
+    /// Runs `f` with the session on the blocking pool (the session reads
+    /// SQLite). A panic there ends this connection cleanly: the session
+    /// is gone with it; the peer reconnects and resyncs.
+    async fn with_session<T, F>(&mut self, f: F) -> Result<T, End>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut RelaySession) -> T + Send + 'static,
+    {
+        let internal = |text: &str| End::Error(ErrorCode::INTERNAL, text.to_owned());
+        let Some(mut session) = self.session.take() else {
+            return Err(internal("the connection lost its session"));
+        };
+        let joined = tokio::task::spawn_blocking(move || {
+            let value = f(&mut session);
+            (session, value)
+        })
+        .await;
+        match joined {
+            Ok((session, value)) => {
+                self.session = Some(session);
+                Ok(value)
+            }
+            Err(e) => {
+                tracing::error!(conn = %self.conn, error = %e, "connection session panicked");
+                self.shared.metrics.panicked("connection");
+                Err(internal(
+                    "the relay failed while handling a frame; reconnect",
+                ))
             }
         }
     }
@@ -186,33 +266,29 @@ impl Connection {
 
     /// Runs one frame through the session and carries out the outputs.
     async fn on_frame(&mut self, bytes: Vec<u8>) -> Option<End> {
-        let mut session = self.session.take()?;
         let shared = Arc::clone(&self.shared);
         let now = shared.now_ms();
-        let joined = tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let kind = Frame::decode(&bytes)
-                .map(|f| f.kind())
-                .unwrap_or("undecodable");
-            shared.metrics.received(kind, bytes.len());
-            let out =
-                session.handle_bytes(&bytes, now, shared.access.as_ref(), shared.store.as_ref());
-            shared.metrics.store_time(started.elapsed());
-            (session, out)
-        })
-        .await;
-        let (session, outputs) = match joined {
-            Ok(done) => done,
-            Err(e) => {
-                // The session is gone with the panic: end this connection
-                // cleanly; the peer reconnects and resyncs.
-                tracing::error!(conn = %self.conn, error = %e, "connection session panicked");
-                self.shared.metrics.panicked("connection");
-                let text = "the relay failed while handling a frame; reconnect".into();
-                return Some(End::Error(ErrorCode::INTERNAL, text));
-            }
+        let handled = self
+            .with_session(move |session| {
+                let started = Instant::now();
+                let kind = Frame::decode(&bytes)
+                    .map(|f| f.kind())
+                    .unwrap_or("undecodable");
+                shared.metrics.received(kind, bytes.len());
+                let out = session.handle_bytes(
+                    &bytes,
+                    now,
+                    shared.access.as_ref(),
+                    shared.store.as_ref(),
+                );
+                shared.metrics.store_time(started.elapsed());
+                out
+            })
+            .await;
+        let outputs = match handled {
+            Ok(outputs) => outputs,
+            Err(end) => return Some(end),
         };
-        self.session = Some(session);
         for output in outputs {
             if let Some(end) = self.carry_out(output).await {
                 return Some(end);
@@ -316,6 +392,13 @@ impl Connection {
             drain_until_closed(&mut self.ws).await
         };
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), goodbye).await;
+    }
+}
+
+async fn sleep_until(at: Option<TokioInstant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

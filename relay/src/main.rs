@@ -233,6 +233,7 @@ fn checked_limits(args: &ServeArgs) -> anyhow::Result<Limits> {
         max_docs: args.max_docs_per_connection,
         rate_per_sec: args.rate,
         burst: args.burst,
+        ..Limits::default()
     })
 }
 

@@ -8,56 +8,15 @@ use std::time::Duration;
 
 use accord_engine::sync::{ErrorCode, Frame, PROTOCOL_VERSION};
 use accord_engine::{ConnectOptions, Replica};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 mod support;
+use support::wire::{expect_error, next_frame, raw, send};
 use support::{spawn_relay, RelayProcess};
 
 const T: Duration = Duration::from_secs(20);
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn raw(url: &str) -> Ws {
-    tokio_tungstenite::connect_async(url)
-        .await
-        .expect("connect")
-        .0
-}
-
-async fn send(ws: &mut Ws, frame: &Frame) {
-    ws.send(Message::Binary(frame.encode().into()))
-        .await
-        .expect("send");
-}
-
-/// The next protocol frame, skipping pings; `None` when the socket closes.
-async fn next_frame(ws: &mut Ws) -> Option<Frame> {
-    loop {
-        match tokio::time::timeout(T, ws.next())
-            .await
-            .expect("frame within timeout")
-        {
-            Some(Ok(Message::Binary(b))) => return Some(Frame::decode(&b).expect("valid frame")),
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
-            Some(Ok(_)) => {}
-        }
-    }
-}
-
-async fn expect_error(ws: &mut Ws, code: ErrorCode) {
-    match next_frame(ws).await {
-        Some(Frame::Error {
-            code: got, message, ..
-        }) => {
-            assert_eq!(got, code, "error message: {message}");
-            assert!(!message.is_empty());
-        }
-        other => panic!("expected error {code}, got {other:?}"),
-    }
-}
 
 fn hello(version: u32) -> Frame {
     Frame::Hello {

@@ -202,6 +202,94 @@ async fn rights_decide_what_a_connection_sees_and_may_change() {
     relay.stop().await.expect("stop");
 }
 
+/// A document's collection is decided by the write that creates it. A
+/// read-only client that knows the id of a document another replica has
+/// not pushed yet names it under its own collection first: that must not
+/// make the document exist there, capture the writer's push, or leak its
+/// content (ids travel in `automerge:` URLs, so knowing one is no defence).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn naming_a_document_under_another_collection_never_captures_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = secured(dir.path(), |_| {}).await;
+    let y = Replica::open(dir.path().join("y.db")).expect("y");
+    let secret = y
+        .create("a", &json!({"secret": "only for collection a"}))
+        .expect("create offline");
+
+    // X, read-only on `b`, gets there first with a heads-only message.
+    let mut x = raw(&relay.url).await;
+    let ro_b = token(&[("b", Right::Read)]);
+    assert!(matches!(
+        hello(&mut x, "x", &ro_b).await,
+        Some(Frame::Welcome { .. })
+    ));
+    send(
+        &mut x,
+        &Frame::Subscribe {
+            collections: vec!["b".into()],
+        },
+    )
+    .await;
+    let claim = Frame::Sync {
+        doc: secret,
+        collection: "b".into(),
+        message: empty_sync(),
+        want_reply: true,
+    };
+    send(&mut x, &claim).await;
+    loop {
+        match next_frame(&mut x).await {
+            Some(Frame::Sync { doc, .. }) if doc == secret => break, // the relay's empty answer
+            Some(_) => {}
+            None => panic!("x was disconnected"),
+        }
+    }
+    assert!(
+        relay.relay.replica().meta(&secret).is_err(),
+        "a read-only message created nothing"
+    );
+
+    // Y pushes the document under `a`: it syncs, and lands in `a`.
+    let rw_a = token(&[("a", Right::ReadWrite)]);
+    let mut hy = y.connect(&relay.url, opts(rw_a, &["a"]));
+    hy.wait_synced(T).await.expect("y's own sync completes");
+    let stored = relay.relay.replica().meta(&secret).expect("stored");
+    assert_eq!(stored.collection, "a");
+
+    // X asks again under `b`: refused, and no content ever reached it.
+    send(&mut x, &claim).await;
+    let mut refused = false;
+    while !refused {
+        match next_frame(&mut x).await {
+            Some(Frame::Sync { doc, message, .. }) => {
+                let m = accord_engine::automerge::sync::Message::decode(&message)
+                    .expect("valid message");
+                assert!(
+                    doc != secret || m.changes.is_empty(),
+                    "content of a collection x may not read reached it"
+                );
+            }
+            Some(Frame::Error { code, doc, .. }) => {
+                assert_eq!(code, ErrorCode::WRONG_COLLECTION);
+                assert_eq!(doc, Some(secret));
+                refused = true;
+            }
+            Some(_) => {}
+            None => panic!("x was disconnected"),
+        }
+    }
+    assert_eq!(
+        relay
+            .relay
+            .replica()
+            .get(&secret)
+            .expect("relay copy")
+            .value,
+        json!({"secret": "only for collection a"})
+    );
+    relay.stop().await.expect("stop");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_connection_is_cut_off_while_another_keeps_syncing() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -154,6 +154,14 @@ impl SyncDocs for PanicOnce {
     ) -> accord_engine::Result<Vec<accord_engine::sync::DocSummary>> {
         self.replica.summaries(c)
     }
+    fn summaries_page(
+        &self,
+        c: &Collection,
+        after: Option<&DocId>,
+        limit: usize,
+    ) -> accord_engine::Result<Vec<accord_engine::sync::DocSummary>> {
+        self.replica.summaries_page(c, after, limit)
+    }
     fn local_state(&self, doc: &DocId) -> accord_engine::Result<Option<LocalState>> {
         self.replica.local_state(doc)
     }

@@ -21,14 +21,17 @@ use crate::sync::{DocSummary, EncodedState, LocalState, SyncDocs};
 impl SyncDocs for Replica {
     fn summaries(&self, collection: &Collection) -> Result<Vec<DocSummary>> {
         let metas = self.read_store(|s| s.list(Some(collection), true))?;
-        Ok(metas
-            .into_iter()
-            .map(|m| DocSummary {
-                doc: m.id,
-                heads: m.heads,
-                deleted: m.deleted,
-            })
-            .collect())
+        Ok(metas.into_iter().map(summary).collect())
+    }
+
+    fn summaries_page(
+        &self,
+        collection: &Collection,
+        after: Option<&DocId>,
+        limit: usize,
+    ) -> Result<Vec<DocSummary>> {
+        let metas = self.read_store(|s| s.list_page(collection, after, limit))?;
+        Ok(metas.into_iter().map(summary).collect())
     }
 
     fn local_state(&self, doc: &DocId) -> Result<Option<LocalState>> {
@@ -128,5 +131,14 @@ impl SyncDocs for Replica {
             })
             .collect();
         Ok(self.inner.committer.submit(ops)?)
+    }
+}
+
+/// What a listing tells a peer about a document.
+fn summary(meta: crate::store::DocMeta) -> DocSummary {
+    DocSummary {
+        doc: meta.id,
+        heads: meta.heads,
+        deleted: meta.deleted,
     }
 }

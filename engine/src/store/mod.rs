@@ -371,6 +371,27 @@ impl Store {
             .collect()
     }
 
+    /// One page of a collection's documents (deleted ones included), in
+    /// id order, starting after `after`: at most `limit` rows, read through
+    /// the `(collection, id)` index, so a listing of any size costs one
+    /// page of memory at a time.
+    pub fn list_page(
+        &self,
+        collection: &str,
+        after: Option<&DocId>,
+        limit: usize,
+    ) -> Result<Vec<DocMeta>, StoreError> {
+        let sql = format!(
+            "SELECT {META_COLUMNS} FROM docs WHERE collection = ?1 AND (?2 IS NULL OR id > ?2) ORDER BY id LIMIT ?3"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let after = after.map(|d| d.as_bytes().to_vec());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![collection, after, limit], |r| Ok(read_meta(r)))?;
+        rows.map(|r| r.map_err(StoreError::from).and_then(|m| m))
+            .collect()
+    }
+
     /// The collections and how many live documents each holds.
     pub fn collections(&self) -> Result<Vec<(String, u64)>, StoreError> {
         let mut stmt = self.conn.prepare_cached(

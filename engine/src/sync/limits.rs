@@ -1,7 +1,10 @@
 //! Per-connection limits the relay enforces, without I/O: a message rate
-//! (a token bucket on the caller's clock) and a cap on how many distinct
-//! documents one connection may sync. Exceeding either is fatal for that
-//! connection only.
+//! (a token bucket on the caller's clock), a cap on how many distinct
+//! documents one connection may sync, a cap on its subscriptions, and a
+//! budget of announced documents (a second token bucket: announcing is the
+//! work a cheap `Subscribe` asks for, so it is paced, not refused).
+//! Exceeding the rate or the document cap is fatal for that connection
+//! only.
 
 use std::collections::HashSet;
 
@@ -17,6 +20,14 @@ pub struct Limits {
     pub rate_per_sec: f64,
     /// Frames that may arrive at once above the sustained rate.
     pub burst: f64,
+    /// Most collections one connection may subscribe to.
+    pub max_subscriptions: usize,
+    /// Documents per second the relay announces to one connection,
+    /// sustained; a listing beyond the budget waits for it.
+    pub announce_per_sec: f64,
+    /// Documents that may be announced at once above the sustained rate
+    /// (a first sync of a large collection).
+    pub announce_burst: f64,
 }
 
 impl Default for Limits {
@@ -25,6 +36,9 @@ impl Default for Limits {
             max_docs: 100_000,
             rate_per_sec: 5_000.0,
             burst: 20_000.0,
+            max_subscriptions: 1_024,
+            announce_per_sec: 50_000.0,
+            announce_burst: 500_000.0,
         }
     }
 }
@@ -36,6 +50,9 @@ impl Limits {
             max_docs: usize::MAX,
             rate_per_sec: f64::INFINITY,
             burst: f64::INFINITY,
+            max_subscriptions: usize::MAX,
+            announce_per_sec: f64::INFINITY,
+            announce_burst: f64::INFINITY,
         }
     }
 }
@@ -47,10 +64,54 @@ pub(crate) struct Usage {
     limits: Limits,
     /// Documents synced so far.
     docs: HashSet<DocId>,
-    /// Frames that may still arrive now.
+    /// Frames that may arrive.
+    frames: Bucket,
+    /// Documents that may be announced.
+    announced: Bucket,
+}
+
+/// A token bucket on the caller's clock.
+#[derive(Debug, Clone)]
+struct Bucket {
+    /// Tokens added per second.
+    rate: f64,
+    /// Most tokens held.
+    burst: f64,
+    /// Tokens held now.
     tokens: f64,
     /// When `tokens` was last refilled (ms).
     last_ms: Option<u64>,
+}
+
+impl Bucket {
+    fn new(rate: f64, burst: f64) -> Self {
+        Bucket {
+            rate,
+            burst,
+            tokens: burst,
+            last_ms: None,
+        }
+    }
+
+    /// The tokens available at `now_ms`.
+    fn refill(&mut self, now_ms: u64) -> f64 {
+        let elapsed = self.last_ms.map_or(0, |t| now_ms.saturating_sub(t));
+        self.last_ms = Some(now_ms);
+        self.tokens = (self.tokens + elapsed as f64 / 1000.0 * self.rate).min(self.burst);
+        self.tokens
+    }
+
+    /// When at least one token will be available (ms), if it ever will.
+    fn ready_at(&self, now_ms: u64) -> Option<u64> {
+        if self.tokens >= 1.0 {
+            return Some(now_ms);
+        }
+        if self.rate <= 0.0 {
+            return None;
+        }
+        let wait = ((1.0 - self.tokens) / self.rate * 1000.0).ceil();
+        Some(now_ms.saturating_add(wait as u64))
+    }
 }
 
 impl Usage {
@@ -58,26 +119,42 @@ impl Usage {
         Usage {
             limits,
             docs: HashSet::new(),
-            tokens: limits.burst,
-            last_ms: None,
+            frames: Bucket::new(limits.rate_per_sec, limits.burst),
+            announced: Bucket::new(limits.announce_per_sec, limits.announce_burst),
         }
+    }
+
+    /// The limits.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Counts one frame arriving at `now_ms`.
     pub(crate) fn frame(&mut self, now_ms: u64) -> Result<(), (ErrorCode, String)> {
-        let elapsed = self.last_ms.map_or(0, |t| now_ms.saturating_sub(t));
-        self.last_ms = Some(now_ms);
-        let refill = elapsed as f64 / 1000.0 * self.limits.rate_per_sec;
-        self.tokens = (self.tokens + refill).min(self.limits.burst);
-        if self.tokens < 1.0 {
+        if self.frames.refill(now_ms) < 1.0 {
             let text = format!(
                 "more than {} frames per second (burst {}); slow down and reconnect",
                 self.limits.rate_per_sec, self.limits.burst
             );
             return Err((ErrorCode::RATE_LIMITED, text));
         }
-        self.tokens -= 1.0;
+        self.frames.tokens -= 1.0;
         Ok(())
+    }
+
+    /// How many documents may be announced at `now_ms` (up to `want`);
+    /// when none may, the time at which one may.
+    pub(crate) fn announce_allowance(&mut self, now_ms: u64, want: usize) -> Result<usize, u64> {
+        let available = self.announced.refill(now_ms);
+        if available < 1.0 {
+            return Err(self.announced.ready_at(now_ms).unwrap_or(u64::MAX));
+        }
+        Ok(want.min(available as usize))
+    }
+
+    /// Counts documents announced.
+    pub(crate) fn announced(&mut self, docs: usize) {
+        self.announced.tokens -= docs as f64;
     }
 
     /// Counts a document this connection syncs.
@@ -102,11 +179,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn announcing_is_paced_not_refused() {
+        let mut u = Usage::new(Limits {
+            announce_per_sec: 1_000.0,
+            announce_burst: 500.0,
+            ..Limits::unlimited()
+        });
+        assert_eq!(u.announce_allowance(0, 800), Ok(500));
+        u.announced(500);
+        assert_eq!(u.announce_allowance(0, 10), Err(1), "one token after 1 ms");
+        assert_eq!(u.announce_allowance(100, 800), Ok(100));
+    }
+
+    #[test]
     fn the_bucket_refills_at_the_rate() {
         let mut u = Usage::new(Limits {
             max_docs: 2,
             rate_per_sec: 10.0,
             burst: 3.0,
+            ..Limits::unlimited()
         });
         for _ in 0..3 {
             u.frame(0).expect("burst");

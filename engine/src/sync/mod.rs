@@ -47,7 +47,7 @@ pub use hub::{DocHub, HubInput, HubOutput};
 pub use limits::Limits;
 pub use protocol::{DocSummary, ErrorCode, Frame, PROTOCOL_VERSION};
 pub use registry::{ConnId, Subscriber, Subscribers};
-pub use session::{RelayOutput, RelaySession};
+pub use session::{Announcing, RelayOutput, RelaySession};
 
 /// How long a sync message may wait for its answer before the exchange is
 /// restarted from the shared heads (ms). Over a live WebSocket answers do
@@ -82,6 +82,14 @@ pub struct EncodedState {
 pub trait SyncDocs: std::fmt::Debug {
     /// Every document of a collection (deleted ones included), with heads.
     fn summaries(&self, collection: &Collection) -> Result<Vec<DocSummary>>;
+    /// At most `limit` documents of a collection (deleted ones included)
+    /// whose ids come after `after`, in id order: one page of a listing.
+    fn summaries_page(
+        &self,
+        collection: &Collection,
+        after: Option<&DocId>,
+        limit: usize,
+    ) -> Result<Vec<DocSummary>>;
     /// A document's collection, heads and tombstone, if it is known.
     fn local_state(&self, doc: &DocId) -> Result<Option<LocalState>>;
     /// The document's current heads (empty if unknown).

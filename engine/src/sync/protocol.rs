@@ -188,6 +188,10 @@ codes! {
     /// locked or damaged database); the frame was not applied. Nothing is
     /// wrong with the peer's data: it retries later.
     STORAGE_UNAVAILABLE = 18, "storage_unavailable", false, false;
+    /// A frame asks for more than a budget allows (too many names in one
+    /// `Subscribe`, too many subscriptions, a document or message larger
+    /// than the relay accepts); it was not applied.
+    TOO_LARGE = 19, "too_large", false, false;
 }
 
 impl std::fmt::Display for ErrorCode {

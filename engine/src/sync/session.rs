@@ -7,13 +7,13 @@
 //! write for changes and deletions. A refused frame is answered with an
 //! error frame and never reaches a hub or the store.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet, VecDeque};
 
 use automerge::sync::Message;
 
 use super::access::{Access, Grant};
 use super::limits::{Limits, Usage};
-use super::protocol::{DocSummary, ErrorCode, Frame, PROTOCOL_VERSION};
+use super::protocol::{ErrorCode, Frame, PROTOCOL_VERSION};
 use super::{error_code, error_text, SyncDocs};
 use crate::id::{Collection, DocId, PeerId};
 
@@ -72,6 +72,39 @@ enum Phase {
 /// How many documents one `Announce` frame lists.
 pub const ANNOUNCE_BATCH: usize = 500;
 
+/// Most collections one `Subscribe` may name.
+pub const MAX_SUBSCRIBE_NAMES: usize = 64;
+
+/// A listing of one collection owed to the connection: announced one page
+/// at a time, so it costs one page of memory whatever the collection's size.
+#[derive(Debug)]
+struct Listing {
+    /// The collection.
+    collection: Collection,
+    /// The last document announced; `None` before the first page.
+    after: Option<DocId>,
+    /// Whether a page went out (a later `Subscribe` then needs a listing
+    /// of its own, which sees what changed meanwhile).
+    started: bool,
+    /// `Subscribe`s of the same collection that arrived before this
+    /// listing started: each is answered by this listing (which is newer
+    /// than all of them) plus one empty complete frame, so a client that
+    /// counts complete announcements per `Subscribe` still counts right.
+    repeats: u32,
+}
+
+/// What [`RelaySession::next_announcement`] has to say.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Announcing {
+    /// Send these outputs, then ask again.
+    Page(Vec<RelayOutput>),
+    /// The connection's announcement budget is spent: ask again at this
+    /// time (ms).
+    NotBefore(u64),
+    /// Nothing is owed.
+    Idle,
+}
+
 /// The relay's side of one connection.
 #[derive(Debug)]
 pub struct RelaySession {
@@ -81,6 +114,8 @@ pub struct RelaySession {
     phase: Phase,
     /// Subscribed collections.
     subscriptions: BTreeSet<Collection>,
+    /// Listings owed, oldest first.
+    listings: VecDeque<Listing>,
     /// What the connection used of its limits.
     usage: Usage,
     /// Outputs of the current call.
@@ -99,6 +134,7 @@ impl RelaySession {
             relay_id: relay_id.into(),
             phase: Phase::Handshake,
             subscriptions: BTreeSet::new(),
+            listings: VecDeque::new(),
             usage: Usage::new(limits),
             out: Vec::new(),
         }
@@ -195,7 +231,7 @@ impl RelaySession {
                 self.fail(ErrorCode::NOT_HANDSHAKEN, text, None);
             }
             (Phase::Ready { .. }, Frame::Subscribe { collections }) => {
-                self.on_subscribe(collections, docs)
+                self.on_subscribe(collections)
             }
             (Phase::Ready { .. }, Frame::Unsubscribe { collections }) => {
                 self.on_unsubscribe(collections)
@@ -274,8 +310,23 @@ impl RelaySession {
         }
     }
 
-    fn on_subscribe(&mut self, names: Vec<String>, docs: &dyn SyncDocs) {
+    /// Subscribes to each name once (repeats within a frame count once),
+    /// and owes each a listing; the listings are sent by
+    /// [`RelaySession::next_announcement`], paced by the connection's
+    /// announcement budget.
+    fn on_subscribe(&mut self, names: Vec<String>) {
+        if names.len() > MAX_SUBSCRIBE_NAMES {
+            let text = format!(
+                "a Subscribe may name at most {MAX_SUBSCRIBE_NAMES} collections; this one names {}",
+                names.len()
+            );
+            return self.fail(ErrorCode::TOO_LARGE, text, None);
+        }
+        let mut seen = HashSet::new();
         for name in names {
+            if !seen.insert(name.clone()) {
+                continue;
+            }
             let Some(collection) = self.collection(&name, None) else {
                 continue;
             };
@@ -284,40 +335,94 @@ impl RelaySession {
                 self.fail(ErrorCode::FORBIDDEN, text, None);
                 continue;
             }
-            if self.subscriptions.insert(collection.clone()) {
+            if !self.subscriptions.contains(&collection) {
+                let max = self.usage.limits().max_subscriptions;
+                if self.subscriptions.len() >= max {
+                    let text = format!("a connection may subscribe to at most {max} collections");
+                    self.fail(ErrorCode::TOO_LARGE, text, None);
+                    continue;
+                }
+                self.subscriptions.insert(collection.clone());
                 self.out.push(RelayOutput::Subscribed(collection.clone()));
             }
-            self.announce(&collection, docs);
+            self.owe_listing(collection);
+        }
+    }
+
+    /// Owes a listing of `collection`; one not started yet answers this
+    /// request too.
+    fn owe_listing(&mut self, collection: Collection) {
+        let waiting = self
+            .listings
+            .iter_mut()
+            .find(|l| l.collection == collection && !l.started);
+        match waiting {
+            Some(listing) => listing.repeats += 1,
+            None => self.listings.push_back(Listing {
+                collection,
+                after: None,
+                started: false,
+                repeats: 0,
+            }),
         }
     }
 
     fn on_unsubscribe(&mut self, names: Vec<String>) {
         for name in names {
             if let Some(c) = self.subscriptions.take(name.as_str()) {
+                self.listings.retain(|l| l.collection != c);
                 self.out.push(RelayOutput::Unsubscribed(c));
             }
         }
     }
 
-    /// Lists a collection's documents in batches.
-    fn announce(&mut self, collection: &Collection, docs: &dyn SyncDocs) {
-        let list = match docs.summaries(collection) {
-            Ok(list) => list,
-            Err(e) => return self.fail(error_code(&e), error_text(&e), None),
+    /// Whether listings are owed.
+    pub fn announcing(&self) -> bool {
+        !self.listings.is_empty()
+    }
+
+    /// The next page of the oldest listing owed, within the connection's
+    /// announcement budget. The caller sends it and asks again (when the
+    /// connection has room), so a listing of any size costs one page of
+    /// memory and proceeds at the pace the peer reads.
+    pub fn next_announcement(&mut self, now_ms: u64, docs: &dyn SyncDocs) -> Announcing {
+        let Some(listing) = self.listings.front_mut() else {
+            return Announcing::Idle;
         };
-        let mut batches: Vec<Vec<DocSummary>> =
-            list.chunks(ANNOUNCE_BATCH).map(<[_]>::to_vec).collect();
-        if batches.is_empty() {
-            batches.push(Vec::new());
+        let allowed = match self.usage.announce_allowance(now_ms, ANNOUNCE_BATCH) {
+            Ok(n) => n,
+            Err(at) => return Announcing::NotBefore(at),
+        };
+        let page = match docs.summaries_page(&listing.collection, listing.after.as_ref(), allowed) {
+            Ok(page) => page,
+            Err(e) => {
+                self.listings.pop_front();
+                self.fail(error_code(&e), error_text(&e), None);
+                return Announcing::Page(std::mem::take(&mut self.out));
+            }
+        };
+        self.usage.announced(page.len().max(1));
+        listing.started = true;
+        listing.after = page.last().map(|s| s.doc).or(listing.after);
+        let complete = page.len() < allowed;
+        let collection = listing.collection.to_string();
+        self.out.push(RelayOutput::Send(Frame::Announce {
+            collection: collection.clone(),
+            docs: page,
+            complete,
+        }));
+        if complete {
+            let repeats = listing.repeats;
+            self.listings.pop_front();
+            for _ in 0..repeats {
+                self.out.push(RelayOutput::Send(Frame::Announce {
+                    collection: collection.clone(),
+                    docs: Vec::new(),
+                    complete: true,
+                }));
+            }
         }
-        let last = batches.len() - 1;
-        for (i, docs) in batches.into_iter().enumerate() {
-            self.out.push(RelayOutput::Send(Frame::Announce {
-                collection: collection.to_string(),
-                docs,
-                complete: i == last,
-            }));
-        }
+        Announcing::Page(std::mem::take(&mut self.out))
     }
 
     /// Checks that a document frame may be applied: a valid collection,

@@ -1,4 +1,7 @@
-//! Running the real `accord-relay` binary from the relay's tests.
+//! Running the real `accord-relay` binary from the relay's tests, and a
+//! raw protocol client to talk to it ([`wire`]).
+
+pub mod wire;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -28,6 +28,7 @@ pub use check::{CheckOutcome, SyncCheck};
 
 use super::exchange::{heads_only, Exchange};
 use super::protocol::{DocSummary, ErrorCode, Frame, PROTOCOL_VERSION};
+use super::session::MAX_SUBSCRIBE_NAMES;
 use super::{error_code, EncodedState, LocalState, SyncDocs, STORAGE_RETRY_MS};
 use crate::error::{Error, Result};
 use crate::id::{Collection, DocId, Heads, PeerId};
@@ -279,9 +280,12 @@ impl ClientSession {
         for c in &collections {
             *self.subscribes_sent.entry(c.clone()).or_default() += 1;
         }
-        let collections = collections.iter().map(ToString::to_string).collect();
-        self.out
-            .push(ClientOutput::Send(Frame::Subscribe { collections }));
+        // A relay accepts a bounded number of names per frame.
+        for names in collections.chunks(MAX_SUBSCRIBE_NAMES) {
+            let collections = names.iter().map(ToString::to_string).collect();
+            self.out
+                .push(ClientOutput::Send(Frame::Subscribe { collections }));
+        }
     }
 
     /// The connection closed: persist what was learnt and forget the rest.
@@ -487,12 +491,18 @@ impl ClientSession {
             return;
         };
         for summary in list {
-            self.announcing
-                .entry(collection.clone())
-                .or_default()
-                .insert(summary.doc);
-            if let Err(e) = self.compare(&collection, &summary, docs) {
-                self.local_failure(Some(summary.doc), &e);
+            // Only ids held here are remembered (to find the local ones
+            // the listing did not name): a listing of any length costs
+            // this replica no more than its own documents.
+            match self.compare(&collection, &summary, docs) {
+                Ok(true) => {
+                    self.announcing
+                        .entry(collection.clone())
+                        .or_default()
+                        .insert(summary.doc);
+                }
+                Ok(false) => {}
+                Err(e) => self.local_failure(Some(summary.doc), &e),
             }
         }
         if complete {
@@ -509,14 +519,27 @@ impl ClientSession {
         }
     }
 
-    /// Decides what to do about one document the relay announced.
+    /// Decides what to do about one document the relay announced;
+    /// returns whether this replica holds it.
     fn compare(
         &mut self,
         collection: &Collection,
         relay: &DocSummary,
         docs: &dyn SyncDocs,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let local = docs.local_state(&relay.doc)?;
+        let held = local.is_some();
+        self.act_on_announced(collection, relay, local, docs)?;
+        Ok(held)
+    }
+
+    fn act_on_announced(
+        &mut self,
+        collection: &Collection,
+        relay: &DocSummary,
+        local: Option<LocalState>,
+        docs: &dyn SyncDocs,
+    ) -> Result<()> {
         let Some(d) = self.doc_sync(relay.doc, collection, docs) else {
             return Ok(());
         };
