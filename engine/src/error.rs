@@ -252,6 +252,18 @@ pub enum Error {
         /// What was wrong.
         reason: String,
     },
+    /// Content from a peer would take a record past the replica's size
+    /// limit ([`crate::ReplicaOptions::max_document_bytes`]); nothing was
+    /// applied.
+    #[error("record {doc} would grow to {size} bytes, more than the {limit} this replica accepts")]
+    TooLarge {
+        /// The record.
+        doc: DocId,
+        /// Its stored size plus what the peer sent.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// The record id is taken (on import).
     #[error("a record with id {0} already exists")]
     Exists(DocId),

@@ -97,6 +97,7 @@ fn open_client(path: PathBuf, seed: u64) -> Client {
             .map(|c| c.parse().expect("valid collection"))
             .collect(),
         max_in_flight: 4,
+        max_frame_bytes: usize::MAX,
     });
     Client {
         path,

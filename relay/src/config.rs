@@ -44,6 +44,10 @@ pub struct Config {
     /// How many documents the relay's store keeps loaded in memory (live
     /// documents beyond this are reloaded from SQLite when touched).
     pub cache_docs: usize,
+    /// The largest document the relay stores, in bytes: changes that would
+    /// take a document past it are refused with `too_large` (the client
+    /// stops offering it).
+    pub max_document_bytes: u64,
     /// How long a new connection may take to say hello.
     pub handshake_timeout: Duration,
     /// How often the relay pings each connection.
@@ -71,6 +75,7 @@ impl Default for Config {
             doc_queue: 256,
             doc_idle: Duration::from_secs(30),
             cache_docs: ReplicaOptions::default().cache_capacity,
+            max_document_bytes: 256 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),

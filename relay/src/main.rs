@@ -113,6 +113,9 @@ struct ServeArgs {
     /// Documents kept loaded in memory; bounds the relay's memory.
     #[arg(long, env = "ACCORD_RELAY_CACHE_DOCS", default_value_t = Config::default().cache_docs)]
     cache_docs: usize,
+    /// Largest document stored, in bytes; larger ones are refused with `too_large`.
+    #[arg(long, env = "ACCORD_RELAY_MAX_DOCUMENT_BYTES", default_value_t = Config::default().max_document_bytes)]
+    max_document_bytes: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -246,6 +249,7 @@ fn config(args: &ServeArgs, limits: Limits, access: Arc<dyn Access>) -> Config {
         max_connections_per_ip: args.max_connections_per_ip,
         doc_idle: Duration::from_secs(args.doc_idle_secs),
         cache_docs: args.cache_docs,
+        max_document_bytes: args.max_document_bytes,
         handshake_timeout: Duration::from_secs(args.handshake_timeout_secs),
         ping_interval: Duration::from_secs(args.ping_secs.max(1)),
         idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),

@@ -128,6 +128,7 @@ pub async fn start_with(
     let db = config.db.clone();
     let options = ReplicaOptions {
         cache_capacity: config.cache_docs,
+        max_document_bytes: Some(config.max_document_bytes),
         ..ReplicaOptions::default()
     };
     let replica = tokio::task::spawn_blocking(move || Replica::open_with(&db, options))

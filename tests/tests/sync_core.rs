@@ -265,3 +265,104 @@ async fn a_panicking_document_actor_ends_and_the_document_still_syncs() {
     );
     relay.stop().await.expect("stop");
 }
+
+/// Text that compression cannot shrink much (hex digits of noise).
+fn noise_text(len: usize) -> String {
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            char::from(b"0123456789abcdef"[(seed & 15) as usize])
+        })
+        .collect()
+}
+
+/// A record with 40 MiB of incompressible history, more than the relay
+/// accepts in one frame (16 MiB by default): it goes in batches, both ways
+/// through the relay, and arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forty_mib_document_syncs_in_batches_under_the_frame_limit() {
+    use accord_engine::automerge::transaction::Transactable;
+    use accord_engine::automerge::{ScalarValue, ROOT};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = TestRelay::start(&dir.path().join("relay.db"))
+        .await
+        .expect("relay");
+    let a = fast(&dir.path().join("a.db"));
+    let id = a.create("c", &json!({})).expect("create");
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for i in 0..40 {
+        // One MiB of noise per change (xorshift; deflate cannot shrink it).
+        let noise: Vec<u8> = (0..1024 * 1024)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        a.change(&id, None, |tx| {
+            tx.put(ROOT, format!("k{i}"), ScalarValue::Bytes(noise))
+        })
+        .expect("change");
+    }
+    assert!(a.meta(&id).expect("meta").size_bytes > 40 * 1024 * 1024);
+    let mut ha = a.connect(&relay.url, options(&["c"]));
+    ha.wait_synced(T * 4).await.expect("the relay holds it");
+    let b = fast(&dir.path().join("b.db"));
+    let mut hb = b.connect(&relay.url, options(&["c"]));
+    hb.wait_agreed(T * 4)
+        .await
+        .expect("a second replica holds it");
+    assert_eq!(b.heads(&id).expect("heads"), a.heads(&id).expect("heads"));
+    assert!(
+        ha.status().stats.messages_sent >= 4,
+        "sent in several batches: {:?}",
+        ha.status().stats
+    );
+    assert_eq!(ha.status().connects, 1, "never refused for size");
+    relay.stop().await.expect("stop");
+}
+
+/// A relay with a document quota refuses a record past it with
+/// `too_large`, once: the client stops offering it on that connection and
+/// reports it, and other records keep syncing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_over_the_relay_quota_is_refused_once_and_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config {
+        db: dir.path().join("relay.db"),
+        max_document_bytes: 64 * 1024,
+        ..Config::default()
+    };
+    let relay = TestRelay::start_with(config).await.expect("relay");
+    let a = fast(&dir.path().join("a.db"));
+    let big = a
+        .create("c", &json!({ "text": noise_text(200_000) }))
+        .expect("create");
+    let small = a.create("c", &json!({"n": 1})).expect("create");
+    let mut ha = a.connect(&relay.url, options(&["c"]));
+    let outcome = ha.wait_synced(Duration::from_secs(5)).await;
+    assert!(
+        outcome.is_err(),
+        "the big record cannot be held: {outcome:?}"
+    );
+    assert!(
+        matches!(
+            &ha.status().last_error,
+            Some(SyncError::Refused { code, .. }) if *code == ErrorCode::TOO_LARGE
+        ),
+        "{:?}",
+        ha.status().last_error
+    );
+    assert!(relay.relay.replica().get(&small).is_ok(), "others sync");
+    assert!(relay.relay.replica().get(&big).is_err(), "nothing stored");
+    let metrics = relay.relay.metrics().encode();
+    assert!(
+        metrics.contains("accord_relay_sync_errors_total 1\n"),
+        "refused once, not in a loop: {metrics}"
+    );
+    relay.stop().await.expect("stop");
+}

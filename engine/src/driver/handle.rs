@@ -77,6 +77,7 @@ impl Replica {
                     token: options.token.clone(),
                     collections,
                     max_in_flight: options.max_in_flight,
+                    max_frame_bytes: options.relay_max_frame_bytes,
                 };
                 let driver = Driver::new(
                     self.clone(),

@@ -42,6 +42,11 @@ pub struct ConnectOptions {
     pub reconnect: bool,
     /// Largest accepted message from the relay, in bytes.
     pub max_frame_bytes: usize,
+    /// Largest message the relay accepts (its `--max-frame-bytes`): the
+    /// driver never sends a larger one. A record holding a single change
+    /// larger than this cannot sync and is reported (`too_large`) instead;
+    /// longer histories are sent in batches well below it.
+    pub relay_max_frame_bytes: usize,
     /// Reconnect when nothing (not even a ping) arrived for this long; the
     /// relay pings every 20 s by default.
     pub idle_timeout: Duration,
@@ -57,6 +62,7 @@ impl Default for ConnectOptions {
             backoff_max: Duration::from_secs(30),
             reconnect: true,
             max_frame_bytes: 64 * 1024 * 1024,
+            relay_max_frame_bytes: 16 * 1024 * 1024,
             idle_timeout: Duration::from_secs(60),
         }
     }

@@ -15,6 +15,7 @@
 
 mod access;
 mod asynch;
+mod batches;
 mod cache;
 mod commit;
 mod events;
@@ -48,6 +49,12 @@ pub use history::{describe_patch, ChangeInfo};
 pub use live::LiveQuery;
 pub use projection::{ProjectionIssue, ProjectionProblem, ReindexReport};
 
+/// The default of [`ReplicaOptions::max_sync_message_bytes`]: 4 MiB.
+pub const DEFAULT_SYNC_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The default of [`ReplicaOptions::max_sync_message_ops`].
+pub const DEFAULT_SYNC_MESSAGE_OPS: usize = 100_000;
+
 /// How a replica is opened.
 #[derive(Debug, Clone)]
 pub struct ReplicaOptions {
@@ -64,6 +71,20 @@ pub struct ReplicaOptions {
     /// writing it; its writes then drop the rows they touch and flag the
     /// projection, and the next replica opened with it on fills them in.
     pub projection: bool,
+    /// Largest batch of changes one sync message to a peer carries, in
+    /// bytes: a longer history goes in several rounds (a single change
+    /// larger than this still goes alone). Keep it well under the frame
+    /// limit of the peers (the relay's default is 16 MiB).
+    pub max_sync_message_bytes: usize,
+    /// Largest number of ops one sync message to a peer carries (peers
+    /// refuse messages that would cost them too much memory to apply; see
+    /// [`crate::guard`]).
+    pub max_sync_message_ops: usize,
+    /// Largest document, in stored bytes, this replica accepts from peers
+    /// (`None`: no limit). Changes that would take a document past it are
+    /// refused with [`Error::TooLarge`] and nothing is applied. The relay
+    /// sets it (`--max-document-bytes`); apps usually leave it unset.
+    pub max_document_bytes: Option<u64>,
     /// For simulations: draw ids from a generator seeded with this value
     /// and record every change at time 0, so a run can be replayed exactly.
     #[doc(hidden)]
@@ -78,6 +99,9 @@ impl Default for ReplicaOptions {
             cache_capacity: 1024,
             must_exist: false,
             projection: true,
+            max_sync_message_bytes: DEFAULT_SYNC_MESSAGE_BYTES,
+            max_sync_message_ops: DEFAULT_SYNC_MESSAGE_OPS,
+            max_document_bytes: None,
             deterministic: None,
         }
     }
@@ -484,7 +508,7 @@ impl Replica {
         origin: Origin,
     ) -> Result<bool> {
         let collection: Collection = collection.parse()?;
-        self.absorb(id, &collection, origin, |doc| {
+        self.absorb(id, &collection, origin, bytes.len() as u64, |doc| {
             doc.load_incremental(bytes).map(|_| ())
         })
     }

@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use automerge::sync::{Message, State, SyncDoc};
 use automerge::{Automerge, ChangeHash};
 
+use super::batches::{self, Batch};
 use super::write::{same_collection, IfUnknown};
 use super::{Origin, Replica};
 use crate::error::{Error, Result};
@@ -82,7 +83,12 @@ impl SyncDocs for Replica {
         match self.current(doc, &mut cached)? {
             Some(current) => {
                 same_collection(doc, current, collection)?;
-                Ok(current.doc.generate_sync_message(state))
+                let batch = Batch {
+                    bytes: self.inner.options.max_sync_message_bytes,
+                    ops: self.inner.options.max_sync_message_ops,
+                };
+                let stored = current.snapshot_bytes + current.incremental_bytes;
+                Ok(batches::generate(&current.doc, state, stored, batch))
             }
             None => Ok(Automerge::new().generate_sync_message(state)),
         }
@@ -96,9 +102,14 @@ impl SyncDocs for Replica {
         message: Message,
         from: &PeerId,
     ) -> Result<bool> {
-        self.absorb(doc, collection, Origin::Remote(from.clone()), |d| {
-            d.receive_sync_message(state, message)
-        })
+        let incoming: usize = message.changes.iter().map(<[u8]>::len).sum();
+        self.absorb(
+            doc,
+            collection,
+            Origin::Remote(from.clone()),
+            incoming as u64,
+            |d| d.receive_sync_message(state, message),
+        )
     }
 
     fn delete(&self, doc: &DocId, collection: &Collection, from: &PeerId) -> Result<bool> {

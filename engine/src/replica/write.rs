@@ -111,13 +111,16 @@ impl Replica {
     /// the current document (an empty one if the store does not have it)
     /// and merges the content in; what it added is persisted before this
     /// returns. Returns whether the document changed. A document stored in
-    /// another collection is refused with [`Error::WrongCollection`], and
-    /// bytes Automerge refuses leave nothing behind.
+    /// another collection is refused with [`Error::WrongCollection`], one
+    /// that `incoming` more bytes would take past the replica's size limit
+    /// with [`Error::TooLarge`], and bytes Automerge refuses leave nothing
+    /// behind.
     pub(crate) fn absorb(
         &self,
         id: &DocId,
         collection: &Collection,
         origin: Origin,
+        incoming: u64,
         apply: impl FnOnce(&mut Automerge) -> Result<(), AutomergeError>,
     ) -> Result<bool> {
         let entry = self.inner.cache.entry(id);
@@ -126,6 +129,8 @@ impl Replica {
             doc: *id,
             source: Box::new(source),
         };
+        let stored = cached_bytes(self.current(id, &mut cached)?.as_deref());
+        self.within_size(id, stored, incoming)?;
         let Some(current) = self.current(id, &mut cached)? else {
             let mut fresh = Automerge::new();
             apply(&mut fresh).map_err(automerge_error)?;
@@ -146,6 +151,25 @@ impl Replica {
         }
         self.persist_since(id, &mut cached, &before, origin)?;
         Ok(true)
+    }
+
+    /// Refuses content that would take a document past the size limit.
+    fn within_size(&self, id: &DocId, stored: u64, incoming: u64) -> Result<()> {
+        let Some(limit) = self.inner.options.max_document_bytes else {
+            return Ok(());
+        };
+        if incoming == 0 {
+            return Ok(()); // a message without changes never grows anything
+        }
+        let size = stored.saturating_add(incoming);
+        if size > limit {
+            return Err(Error::TooLarge {
+                doc: *id,
+                size,
+                limit,
+            });
+        }
+        Ok(())
     }
 
     /// Sets a document's tombstone; returns whether it was not deleted yet.
@@ -259,6 +283,11 @@ pub(crate) fn same_collection(doc: &DocId, current: &DocState, given: &Collectio
         actual: current.collection.clone(),
         given: given.clone(),
     })
+}
+
+/// The bytes a cached document's chunks take in the store.
+fn cached_bytes(state: Option<&DocState>) -> u64 {
+    state.map_or(0, |s| s.snapshot_bytes + s.incremental_bytes)
 }
 
 fn op_len(op: &WriteOp) -> u64 {

@@ -133,6 +133,7 @@ pub trait SyncDocs: std::fmt::Debug {
 pub fn error_code(error: &Error) -> ErrorCode {
     match error {
         Error::WrongCollection { .. } => ErrorCode::WRONG_COLLECTION,
+        Error::TooLarge { .. } => ErrorCode::TOO_LARGE,
         Error::BadCollection(_) => ErrorCode::BAD_NAME,
         Error::Automerge { .. } | Error::NotAutomerge(_) | Error::BadSyncData { .. } => {
             ErrorCode::BAD_DOCUMENT

@@ -44,6 +44,10 @@ pub struct ClientConfig {
     pub collections: BTreeSet<Collection>,
     /// How many documents may be mid-exchange at once.
     pub max_in_flight: usize,
+    /// The largest frame the relay accepts: a sync message that would not
+    /// fit (one change larger than this) is not sent; the document is
+    /// reported as `too_large` instead of being refused again and again.
+    pub max_frame_bytes: usize,
 }
 
 /// Something the driver must do.
@@ -819,6 +823,21 @@ impl ClientSession {
             self.in_flight += 1;
         }
         let bytes = outgoing.message.encode();
+        if bytes.len() > self.config.max_frame_bytes {
+            self.hold(doc, Hold::Refused);
+            let message = format!(
+                "record {doc} holds a change of about {} bytes; the relay accepts {} at most, so it cannot sync",
+                bytes.len(),
+                self.config.max_frame_bytes
+            );
+            self.out
+                .push(ClientOutput::Event(SessionEvent::LocalFailure {
+                    code: ErrorCode::TOO_LARGE,
+                    message,
+                    doc: Some(doc),
+                }));
+            return Ok(false);
+        }
         self.count_sent(bytes.len());
         self.stats.docs_sent += u64::from(first);
         self.out.push(ClientOutput::Send(Frame::Sync {
