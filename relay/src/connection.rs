@@ -7,9 +7,12 @@
 //! bounded outbound queue. The task pings the peer and closes a connection
 //! that stays silent. Bad input closes this connection only, after an
 //! error frame that names the problem.
+//!
+//! The task also wakes at the session's deadline (a token's expiry) and
+//! carries out what `RelaySession::tick` decides.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use accord_engine::sync::{ConnId, ErrorCode, Frame, HubInput, RelayOutput, RelaySession};
 use futures_util::{SinkExt, StreamExt};
@@ -104,9 +107,15 @@ impl Connection {
         let mut heard = TokioInstant::now();
         loop {
             let idle_deadline = heard + self.shared.config.idle_timeout;
+            let session_deadline = self.session_deadline();
             tokio::select! {
                 biased;
                 () = self.kick.cancelled() => return self.kicked(),
+                () = sleep_until_some(session_deadline), if session_deadline.is_some() => {
+                    if let Some(end) = self.on_tick().await {
+                        return end;
+                    }
+                }
                 () = tokio::time::sleep_until(handshake_deadline), if !self.registered => {
                     return End::Error(ErrorCode::TIMEOUT, "no hello within the handshake timeout".into());
                 }
@@ -268,6 +277,26 @@ impl Connection {
         self.write(frame.kind(), frame.encode()).await
     }
 
+    /// When the session next needs a tick, on the runtime's clock.
+    fn session_deadline(&self) -> Option<TokioInstant> {
+        let deadline_ms = self.session.as_ref()?.deadline()?;
+        let wait = deadline_ms.saturating_sub(self.shared.now_ms());
+        Some(TokioInstant::now() + Duration::from_millis(wait))
+    }
+
+    /// The session's deadline came: carry out what it decides (a token's
+    /// expiry closes the connection).
+    async fn on_tick(&mut self) -> Option<End> {
+        let now = self.shared.now_ms();
+        let outputs = self.session.as_mut()?.tick(now);
+        for output in outputs {
+            if let Some(end) = self.carry_out(output).await {
+                return Some(end);
+            }
+        }
+        None
+    }
+
     fn register(&mut self) {
         let Some(peer) = self.session.as_ref().and_then(|s| s.peer()).cloned() else {
             return;
@@ -316,6 +345,15 @@ impl Connection {
             drain_until_closed(&mut self.ws).await
         };
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), goodbye).await;
+    }
+}
+
+/// Sleeps until `deadline`; never wakes without one (the `select!` branch
+/// using it is disabled then).
+async fn sleep_until_some(deadline: Option<TokioInstant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

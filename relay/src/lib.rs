@@ -14,7 +14,8 @@
 //!   the only module that spawns connection tasks. [`run`] takes a bound
 //!   listener and a shutdown token so tests can drive it.
 //! - [`connection`]: one WebSocket: decodes frames, runs a `RelaySession`,
-//!   and writes frames from its bounded outbound queue.
+//!   and writes frames from its bounded outbound queue; wakes at the
+//!   session's deadline (token expiry).
 //! - [`peers`]: the registry of live connections and their subscriptions,
 //!   the fan-out seam ("send to the other peers of a collection").
 //! - [`limits`]: connections per client address, counted with a permit

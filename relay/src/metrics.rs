@@ -47,7 +47,7 @@ pub struct Metrics {
     pub bytes_out: Counter,
     /// Sync messages that could not be applied.
     pub sync_errors: Counter,
-    /// Handshakes refused for their token.
+    /// Handshakes and `Reauth`s refused for their token.
     pub auth_failures: Counter,
     /// Error frames sent, by code.
     pub refusals: Family<KindLabel, Counter>,
@@ -112,7 +112,7 @@ impl Default for Metrics {
         );
         r.register(
             "auth_failures",
-            "Handshakes refused for their token",
+            "Handshakes and Reauths refused for their token",
             m.auth_failures.clone(),
         );
         r.register("refusals", "Error frames sent, by code", m.refusals.clone());
