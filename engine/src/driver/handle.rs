@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::task::{Control, Driver};
@@ -233,7 +233,9 @@ impl SyncHandle {
     /// again with this one. The relay checks the token like the first: a
     /// refused one closes the connection with `unauthorized`; collections
     /// it may not read are unsubscribed (`forbidden`, in
-    /// [`SyncStatus::last_error`]). Fails only if the driver has ended.
+    /// [`SyncStatus::last_error`]). Returns once the driver uses the token
+    /// (a stopped driver is connecting again by then, so a wait that
+    /// follows sees it); fails only if the driver has ended.
     ///
     /// ```
     /// use std::time::Duration;
@@ -275,10 +277,12 @@ impl SyncHandle {
     /// # }
     /// ```
     pub async fn set_token(&self, token: impl Into<String>) -> Result<(), SyncError> {
+        let (in_use, answer) = oneshot::channel();
         self.control
-            .send(Control::SetToken(token.into()))
+            .send(Control::SetToken(token.into(), in_use))
             .await
-            .map_err(|_| SyncError::Stopped)
+            .map_err(|_| SyncError::Stopped)?;
+        answer.await.map_err(|_| SyncError::Stopped)
     }
 
     /// Closes the connection cleanly and waits for the driver to stop

@@ -11,7 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -31,8 +31,8 @@ pub(super) enum Control {
     Check(u64, bool),
     /// Add collections.
     Subscribe(Vec<Collection>),
-    /// Use this token from now on.
-    SetToken(String),
+    /// Use this token from now on; answered once it is in use.
+    SetToken(String, oneshot::Sender<()>),
 }
 
 type Ws =
@@ -184,8 +184,11 @@ impl Driver {
             match control {
                 None => return false,
                 Some(Control::Check(..)) => {}
-                Some(Control::SetToken(token)) => {
+                Some(Control::SetToken(token, in_use)) => {
                     let _reported = self.new_token(token).await;
+                    self.set(|s| s.state = ConnectionState::Connecting);
+                    // The app may have stopped waiting; the token is in use.
+                    let _ = in_use.send(());
                     return true;
                 }
                 Some(Control::Subscribe(c)) => {
@@ -415,7 +418,12 @@ impl Driver {
                 }
             }
             Some(Control::Subscribe(c)) => self.outputs(move |s, _| s.subscribe(&c)).await,
-            Some(Control::SetToken(token)) => self.new_token(token).await,
+            Some(Control::SetToken(token, in_use)) => {
+                let outputs = self.new_token(token).await;
+                // The app may have stopped waiting; the token is in use.
+                let _ = in_use.send(());
+                outputs
+            }
             None => Ok(Vec::new()),
         }
     }
