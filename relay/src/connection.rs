@@ -8,6 +8,8 @@
 //! that stays silent. Bad input closes this connection only, after an
 //! error frame that names the problem.
 //!
+//! Until the session welcomes the peer, messages are held to the small
+//! handshake limit (see `gate` for how the limit is raised afterwards).
 //! The task also wakes at the session's deadline (a token's expiry) and
 //! carries out what `RelaySession::tick` decides.
 
@@ -20,16 +22,17 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant as TokioInstant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::docs::HubKey;
+use crate::gate::Gate;
 use crate::peers::PeerHandle;
 use crate::server::Shared;
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Gate<TcpStream>>;
 
 /// Why the connection ends.
 enum End {
@@ -47,14 +50,9 @@ pub async fn serve(
     shared: Arc<Shared>,
     permit: OwnedSemaphorePermit,
 ) {
-    // Small buffers: tungstenite's 128 KiB defaults made up most of an idle
-    // connection's memory; frames are mostly small and written one at a time.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(16 * 1024)
-        .write_buffer_size(0)
-        .max_message_size(Some(shared.config.max_frame_bytes))
-        .max_frame_size(Some(shared.config.max_frame_bytes));
-    let accept = tokio_tungstenite::accept_async_with_config(stream, Some(config));
+    let limit = shared.config.handshake_frame_limit();
+    let accept =
+        tokio_tungstenite::accept_async_with_config(Gate::new(stream), Some(ws_config(limit)));
     let ws = match tokio::time::timeout(shared.config.handshake_timeout, accept).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => return tracing::debug!(%conn, error = %e, "websocket handshake failed"),
@@ -75,6 +73,17 @@ pub async fn serve(
     };
     let end = c.run(rx).await;
     c.finish(end).await;
+}
+
+/// A WebSocket's settings with messages limited to `max_bytes`. Small
+/// buffers: tungstenite's 128 KiB defaults made up most of an idle
+/// connection's memory; frames are mostly small and written one at a time.
+pub(crate) fn ws_config(max_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(max_bytes))
+        .max_frame_size(Some(max_bytes))
 }
 
 /// The state of one connection task.
@@ -169,7 +178,7 @@ impl Connection {
     }
 
     async fn on_message(&mut self, msg: Option<Result<Message, WsError>>) -> Option<End> {
-        let limit = self.shared.config.max_frame_bytes;
+        let limit = self.ws.get_config().max_message_size.unwrap_or(usize::MAX);
         match msg {
             None | Some(Ok(Message::Close(_))) => Some(End::Peer),
             Some(Ok(Message::Binary(bytes))) => self.on_frame(bytes.to_vec()).await,
@@ -180,7 +189,10 @@ impl Connection {
             Some(Ok(_)) => None, // pings are answered by tungstenite; pongs only count as heard
             Some(Err(WsError::Capacity(e))) => Some(End::Error(
                 ErrorCode::FRAME_TOO_LARGE,
-                format!("{e}; the limit is {limit} bytes"),
+                match self.registered {
+                    true => format!("{e}; the limit is {limit} bytes"),
+                    false => format!("{e}; the limit before Welcome is {limit} bytes"),
+                },
             )),
             Some(Err(WsError::Protocol(e))) => Some(End::Error(
                 ErrorCode::MALFORMED,
@@ -266,6 +278,7 @@ impl Connection {
     }
 
     async fn send(&mut self, frame: Frame) -> Option<End> {
+        let welcome = matches!(frame, Frame::Welcome { .. });
         match &frame {
             Frame::Welcome { .. } => self.register(),
             Frame::Error { code, .. } if code.closes_connection() => {
@@ -274,7 +287,21 @@ impl Connection {
             Frame::Error { code, .. } => self.shared.metrics.refused(code.name()),
             _ => {}
         }
-        self.write(frame.kind(), frame.encode()).await
+        let end = self.write(frame.kind(), frame.encode()).await;
+        if welcome && end.is_none() {
+            self.raise_limits().await;
+        }
+        end
+    }
+
+    /// Welcomed: from the next message on, the full frame limit. The
+    /// WebSocket's limits are fixed at its creation, so the socket moves to
+    /// a new one; nothing is lost, since the gate handed the old one no
+    /// byte past the `Hello` (and the `Welcome` was flushed).
+    async fn raise_limits(&mut self) {
+        let gate = self.ws.get_mut().take();
+        let config = ws_config(self.shared.config.max_frame_bytes);
+        self.ws = WebSocketStream::from_raw_socket(gate, Role::Server, Some(config)).await;
     }
 
     /// When the session next needs a tick, on the runtime's clock.

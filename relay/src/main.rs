@@ -16,6 +16,10 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+/// The smallest `--max-handshake-frame-bytes` accepted: a `Hello` with a
+/// token of a few collections fits easily.
+const MIN_HANDSHAKE_FRAME_BYTES: usize = 1024;
+
 /// Accord's relay: stores every document it relays and forwards changes
 /// live between replicas.
 #[derive(Debug, Parser)]
@@ -84,6 +88,10 @@ struct ServeArgs {
     /// Largest accepted WebSocket message, in bytes.
     #[arg(long, env = "ACCORD_RELAY_MAX_FRAME_BYTES", default_value_t = Config::default().max_frame_bytes)]
     max_frame_bytes: usize,
+    /// Largest accepted WebSocket message before the connection is
+    /// welcomed (the Hello with its token), in bytes.
+    #[arg(long, env = "ACCORD_RELAY_MAX_HANDSHAKE_FRAME_BYTES", default_value_t = Config::default().max_handshake_frame_bytes)]
+    max_handshake_frame_bytes: usize,
     /// Most connections open at once.
     #[arg(long, env = "ACCORD_RELAY_MAX_CONNECTIONS", default_value_t = Config::default().max_connections)]
     max_connections: usize,
@@ -271,6 +279,12 @@ fn checked_limits(args: &ServeArgs) -> anyhow::Result<Limits> {
     if args.rate <= 0.0 || args.burst < 1.0 {
         bail!("--rate must be positive and --burst at least 1");
     }
+    if args.max_handshake_frame_bytes < MIN_HANDSHAKE_FRAME_BYTES {
+        bail!(
+            "--max-handshake-frame-bytes must be at least {MIN_HANDSHAKE_FRAME_BYTES}: a Hello \
+             with its token has to fit"
+        );
+    }
     if args.cache_docs == 0 {
         bail!("--cache-docs must be at least 1 (documents kept loaded in memory)");
     }
@@ -286,6 +300,7 @@ fn config(args: &ServeArgs, limits: Limits, access: Arc<dyn Access>) -> Config {
         listen: args.listen,
         db: args.db.clone(),
         max_frame_bytes: args.max_frame_bytes,
+        max_handshake_frame_bytes: args.max_handshake_frame_bytes,
         max_connections: args.max_connections,
         max_connections_per_ip: args.max_connections_per_ip,
         doc_idle: Duration::from_secs(args.doc_idle_secs),

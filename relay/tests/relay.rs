@@ -513,7 +513,11 @@ fn the_open_file_limit_is_raised_at_start_and_must_fit_max_connections() {
 #[test]
 fn bad_settings_are_refused_by_name_before_anything_starts() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for (flag, value) in [("--cache-docs", "0"), ("--rate", "0")] {
+    for (flag, value) in [
+        ("--cache-docs", "0"),
+        ("--rate", "0"),
+        ("--max-handshake-frame-bytes", "100"),
+    ] {
         let out = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
             .args([
                 "--open",
