@@ -23,6 +23,11 @@ pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:7421";
 /// token (a token naming many collections) and a `Subscribe` behind it.
 pub const DEFAULT_MAX_HANDSHAKE_FRAME_BYTES: usize = 64 * 1024;
 
+/// How many connections over a limit are answered at once by default:
+/// well inside the open-file margin the binary keeps beyond
+/// `max_connections`.
+pub const DEFAULT_MAX_REFUSING_CONNECTIONS: usize = 32;
+
 /// Everything the relay can be told.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -39,6 +44,10 @@ pub struct Config {
     pub max_handshake_frame_bytes: usize,
     /// How many connections may be open at once.
     pub max_connections: usize,
+    /// How many connections over a limit may be answered at once (an
+    /// upgrade, `too_many_connections`, a close); beyond that they are
+    /// dropped at once, so a flood cannot pile up refusal tasks.
+    pub max_refusing_connections: usize,
     /// How many connections one client (an IPv4 address, an IPv6 /64) may
     /// have open at once, so one client cannot take every connection;
     /// loopback is not counted, 0 turns the limit off (see `limits`).
@@ -76,6 +85,7 @@ impl Default for Config {
             max_frame_bytes: 16 * 1024 * 1024,
             max_handshake_frame_bytes: DEFAULT_MAX_HANDSHAKE_FRAME_BYTES,
             max_connections: 10_000,
+            max_refusing_connections: DEFAULT_MAX_REFUSING_CONNECTIONS,
             max_connections_per_ip: crate::limits::DEFAULT_MAX_PER_IP,
             outbound_queue: 1024,
             doc_queue: 256,

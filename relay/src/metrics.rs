@@ -61,6 +61,12 @@ pub struct Metrics {
     pub storage_failures: Counter,
     /// Time spent in storage work per batch or frame (seconds).
     pub store_seconds: Histogram,
+    /// Connections over a limit being answered with `too_many_connections`
+    /// now (at most `Config::max_refusing_connections`).
+    pub refusing_connections: Gauge,
+    /// Connections over a limit dropped unanswered because as many were
+    /// being refused already.
+    pub dropped_connections: Counter,
 }
 
 impl Default for Metrics {
@@ -81,6 +87,8 @@ impl Default for Metrics {
             storage_failures: Counter::default(),
             // 50 µs to ~1.6 s.
             store_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            refusing_connections: Gauge::default(),
+            dropped_connections: Counter::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -135,6 +143,16 @@ impl Default for Metrics {
             "store_seconds",
             "Storage time per batch or frame",
             m.store_seconds.clone(),
+        );
+        r.register(
+            "refusing_connections",
+            "Connections over a limit being answered with too_many_connections now",
+            m.refusing_connections.clone(),
+        );
+        r.register(
+            "dropped_connections",
+            "Connections over a limit dropped unanswered: as many were being refused already",
+            m.dropped_connections.clone(),
         );
         m
     }
