@@ -7,6 +7,12 @@
 //! MAC and compares in constant time (the `hmac` crate's `verify_slice`)
 //! before reading the claims, then checks the expiry. The relay mints
 //! tokens with the same secret (`accord-relay token`).
+//!
+//! Secrets rotate: [`Tokens`] holds the current secret, which alone signs,
+//! and any number of previous ones that still verify during an overlap
+//! window (`--previous-secret-file`). A token is checked against every
+//! secret, always all of them, each comparison in constant time, so
+//! neither the result nor the time taken says which secret signed it.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -68,16 +74,24 @@ impl TokenError {
 #[error("the relay secret must be at least {MIN_SECRET_BYTES} bytes (got {0})")]
 pub struct WeakSecret(usize);
 
-/// Signs and verifies tokens with one secret.
+/// Signs tokens with the current secret; verifies them with it and with
+/// the previous secrets still accepted.
 #[derive(Clone)]
 pub struct Tokens {
-    /// The HMAC key.
+    /// The HMAC key that signs new tokens (and verifies).
     key: Vec<u8>,
+    /// Keys of earlier secrets: they verify tokens minted before a
+    /// rotation, and sign nothing.
+    previous: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Tokens { key: <redacted> }")
+        write!(
+            f,
+            "Tokens {{ key: <redacted>, previous: {} <redacted> }}",
+            self.previous.len()
+        )
     }
 }
 
@@ -92,17 +106,34 @@ impl Tokens {
     /// A signer for this secret (surrounding whitespace is ignored, so a
     /// secret file may end with a newline).
     pub fn new(secret: &[u8]) -> Result<Self, WeakSecret> {
-        let key = secret.trim_ascii().to_vec();
-        if key.len() < MIN_SECRET_BYTES {
-            return Err(WeakSecret(key.len()));
-        }
-        Ok(Tokens { key })
+        Ok(Tokens {
+            key: key_of(secret)?,
+            previous: Vec::new(),
+        })
     }
 
-    fn mac(&self) -> Hmac<Sha256> {
-        // HMAC accepts keys of any length; this cannot fail.
-        <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
+    /// Also accepts tokens signed with `secret`, an earlier secret, until
+    /// it is dropped from the configuration (it never signs).
+    pub fn with_previous(mut self, secret: &[u8]) -> Result<Self, WeakSecret> {
+        self.previous.push(key_of(secret)?);
+        Ok(self)
+    }
+
+    /// How many previous secrets still verify.
+    pub fn previous_secrets(&self) -> usize {
+        self.previous.len()
+    }
+
+    /// Whether `signature` is the MAC of `body` under any accepted secret.
+    /// Every secret is tried, each in constant time, whatever matched.
+    fn genuine(&self, body: &str, signature: &[u8]) -> bool {
+        std::iter::once(&self.key)
+            .chain(&self.previous)
+            .fold(false, |found, key| {
+                let mut mac = mac(key);
+                mac.update(body.as_bytes());
+                found | mac.verify_slice(signature).is_ok()
+            })
     }
 
     /// A token granting `rights` for `ttl` from now.
@@ -118,7 +149,7 @@ impl Tokens {
     pub fn sign(&self, claims: &Claims) -> String {
         let json = serde_json::to_vec(claims).unwrap_or_default();
         let body = format!("{PREFIX}.{}", URL_SAFE_NO_PAD.encode(json));
-        let mut mac = self.mac();
+        let mut mac = mac(&self.key);
         mac.update(body.as_bytes());
         format!(
             "{body}.{}",
@@ -144,10 +175,9 @@ impl Tokens {
         let signature = URL_SAFE_NO_PAD
             .decode(signature)
             .map_err(|_| TokenError::Malformed("signature is not base64url"))?;
-        let mut mac = self.mac();
-        mac.update(body.as_bytes());
-        mac.verify_slice(&signature)
-            .map_err(|_| TokenError::BadSignature)?;
+        if !self.genuine(body, &signature) {
+            return Err(TokenError::BadSignature);
+        }
         let json = URL_SAFE_NO_PAD
             .decode(claims)
             .map_err(|_| TokenError::Malformed("claims are not base64url"))?;
@@ -158,6 +188,22 @@ impl Tokens {
         }
         Ok(claims)
     }
+}
+
+/// The HMAC key of a secret: surrounding whitespace is ignored, so a
+/// secret file may end with a newline.
+fn key_of(secret: &[u8]) -> Result<Vec<u8>, WeakSecret> {
+    let key = secret.trim_ascii().to_vec();
+    if key.len() < MIN_SECRET_BYTES {
+        return Err(WeakSecret(key.len()));
+    }
+    Ok(key)
+}
+
+fn mac(key: &[u8]) -> Hmac<Sha256> {
+    // HMAC accepts keys of any length; this cannot fail.
+    <Hmac<Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
 }
 
 impl Access for Tokens {
@@ -230,6 +276,38 @@ mod tests {
             c: rights(&[("c", Right::Read)]),
         });
         assert_eq!(t.verify(&expired, now), Err(TokenError::Expired(10)));
+    }
+
+    #[test]
+    fn previous_secrets_verify_but_never_sign() {
+        let old = Tokens::new(b"the secret of last quarter, long").expect("secret");
+        let new = Tokens::new(b"the secret of this quarter, long").expect("secret");
+        let rotating = new
+            .clone()
+            .with_previous(b"the secret of last quarter, long")
+            .expect("secret");
+        assert_eq!(rotating.previous_secrets(), 1);
+        let now = unix_now();
+        let c = rights(&[("c", Right::Read)]);
+        let minted_before = old.mint(c.clone(), Duration::from_secs(60));
+        let minted_after = rotating.mint(c, Duration::from_secs(60));
+        assert!(rotating.verify(&minted_before, now).is_ok());
+        assert!(rotating.verify(&minted_after, now).is_ok());
+        assert_eq!(
+            new.verify(&minted_before, now),
+            Err(TokenError::BadSignature),
+            "without the previous secret, old tokens are refused"
+        );
+        assert!(
+            new.verify(&minted_after, now).is_ok(),
+            "minted with the new one"
+        );
+        assert_eq!(
+            old.verify(&minted_after, now),
+            Err(TokenError::BadSignature)
+        );
+        assert!(rotating.clone().with_previous(b"short").is_err());
+        assert!(!format!("{rotating:?}").contains("quarter"), "redacted");
     }
 
     #[test]

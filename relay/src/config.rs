@@ -19,6 +19,15 @@ pub const DEFAULT_DB: &str = "accord-relay.db";
 /// Where `/health` and `/metrics` are served when nothing else is given.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:7421";
 
+/// The largest message before `Welcome`: room for a `Hello` with a long
+/// token (a token naming many collections) and a `Subscribe` behind it.
+pub const DEFAULT_MAX_HANDSHAKE_FRAME_BYTES: usize = 64 * 1024;
+
+/// How many connections over a limit are answered at once by default:
+/// well inside the open-file margin the binary keeps beyond
+/// `max_connections`.
+pub const DEFAULT_MAX_REFUSING_CONNECTIONS: usize = 32;
+
 /// Everything the relay can be told.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -28,8 +37,17 @@ pub struct Config {
     pub db: PathBuf,
     /// The largest WebSocket message accepted, in bytes.
     pub max_frame_bytes: usize,
+    /// The largest WebSocket message accepted before the connection is
+    /// welcomed (its `Hello`, and anything sent with it), in bytes; never
+    /// more than `max_frame_bytes`. Keeps a peer that has not authenticated
+    /// from making the relay reserve `max_frame_bytes` of memory.
+    pub max_handshake_frame_bytes: usize,
     /// How many connections may be open at once.
     pub max_connections: usize,
+    /// How many connections over a limit may be answered at once (an
+    /// upgrade, `too_many_connections`, a close); beyond that they are
+    /// dropped at once, so a flood cannot pile up refusal tasks.
+    pub max_refusing_connections: usize,
     /// How many connections one client (an IPv4 address, an IPv6 /64) may
     /// have open at once, so one client cannot take every connection;
     /// loopback is not counted, 0 turns the limit off (see `limits`).
@@ -69,7 +87,9 @@ impl Default for Config {
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7420))),
             db: PathBuf::from(DEFAULT_DB),
             max_frame_bytes: 16 * 1024 * 1024,
+            max_handshake_frame_bytes: DEFAULT_MAX_HANDSHAKE_FRAME_BYTES,
             max_connections: 10_000,
+            max_refusing_connections: DEFAULT_MAX_REFUSING_CONNECTIONS,
             max_connections_per_ip: crate::limits::DEFAULT_MAX_PER_IP,
             outbound_queue: 1024,
             doc_queue: 256,
@@ -82,5 +102,12 @@ impl Default for Config {
             limits: Limits::default(),
             access: Arc::new(OpenAccess),
         }
+    }
+}
+
+impl Config {
+    /// The message limit until a connection is welcomed.
+    pub fn handshake_frame_limit(&self) -> usize {
+        self.max_handshake_frame_bytes.min(self.max_frame_bytes)
     }
 }

@@ -7,9 +7,14 @@
 //! bounded outbound queue. The task pings the peer and closes a connection
 //! that stays silent. Bad input closes this connection only, after an
 //! error frame that names the problem.
+//!
+//! Until the session welcomes the peer, messages are held to the small
+//! handshake limit (see `gate` for how the limit is raised afterwards).
+//! The task also wakes at the session's deadline (a token's expiry) and
+//! carries out what `RelaySession::tick` decides.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use accord_engine::sync::{
     Announcing, ConnId, ErrorCode, Frame, HubInput, RelayOutput, RelaySession,
@@ -19,16 +24,17 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant as TokioInstant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::docs::HubKey;
+use crate::gate::Gate;
 use crate::peers::PeerHandle;
 use crate::server::Shared;
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Gate<TcpStream>>;
 
 /// Why the connection ends.
 enum End {
@@ -46,14 +52,9 @@ pub async fn serve(
     shared: Arc<Shared>,
     permit: OwnedSemaphorePermit,
 ) {
-    // Small buffers: tungstenite's 128 KiB defaults made up most of an idle
-    // connection's memory; frames are mostly small and written one at a time.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(16 * 1024)
-        .write_buffer_size(0)
-        .max_message_size(Some(shared.config.max_frame_bytes))
-        .max_frame_size(Some(shared.config.max_frame_bytes));
-    let accept = tokio_tungstenite::accept_async_with_config(stream, Some(config));
+    let limit = shared.config.handshake_frame_limit();
+    let accept =
+        tokio_tungstenite::accept_async_with_config(Gate::new(stream), Some(ws_config(limit)));
     let ws = match tokio::time::timeout(shared.config.handshake_timeout, accept).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => return tracing::debug!(%conn, error = %e, "websocket handshake failed"),
@@ -75,6 +76,17 @@ pub async fn serve(
     };
     let end = c.run(rx).await;
     c.finish(end).await;
+}
+
+/// A WebSocket's settings with messages limited to `max_bytes`. Small
+/// buffers: tungstenite's 128 KiB defaults made up most of an idle
+/// connection's memory; frames are mostly small and written one at a time.
+pub(crate) fn ws_config(max_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(max_bytes))
+        .max_frame_size(Some(max_bytes))
 }
 
 /// The state of one connection task.
@@ -110,9 +122,15 @@ impl Connection {
         loop {
             let idle_deadline = heard + self.shared.config.idle_timeout;
             let announce_at = self.announce_at();
+            let session_deadline = self.session_deadline();
             tokio::select! {
                 biased;
                 () = self.kick.cancelled() => return self.kicked(),
+                () = sleep_until_some(session_deadline), if session_deadline.is_some() => {
+                    if let Some(end) = self.on_tick().await {
+                        return end;
+                    }
+                }
                 () = tokio::time::sleep_until(handshake_deadline), if !self.registered => {
                     return End::Error(ErrorCode::TIMEOUT, "no hello within the handshake timeout".into());
                 }
@@ -138,7 +156,7 @@ impl Connection {
                 }
                 // Listings go out when nothing else is waiting, one page at
                 // a time, at the pace the peer reads.
-                () = sleep_until(announce_at), if announce_at.is_some() => {
+                () = sleep_until_some(announce_at), if announce_at.is_some() => {
                     if let Some(end) = self.announce().await {
                         return end;
                     }
@@ -240,7 +258,7 @@ impl Connection {
     }
 
     async fn on_message(&mut self, msg: Option<Result<Message, WsError>>) -> Option<End> {
-        let limit = self.shared.config.max_frame_bytes;
+        let limit = self.ws.get_config().max_message_size.unwrap_or(usize::MAX);
         match msg {
             None | Some(Ok(Message::Close(_))) => Some(End::Peer),
             Some(Ok(Message::Binary(bytes))) => self.on_frame(bytes.to_vec()).await,
@@ -251,7 +269,10 @@ impl Connection {
             Some(Ok(_)) => None, // pings are answered by tungstenite; pongs only count as heard
             Some(Err(WsError::Capacity(e))) => Some(End::Error(
                 ErrorCode::FRAME_TOO_LARGE,
-                format!("{e}; the limit is {limit} bytes"),
+                match self.registered {
+                    true => format!("{e}; the limit is {limit} bytes"),
+                    false => format!("{e}; the limit before Welcome is {limit} bytes"),
+                },
             )),
             Some(Err(WsError::Protocol(e))) => Some(End::Error(
                 ErrorCode::MALFORMED,
@@ -333,6 +354,7 @@ impl Connection {
     }
 
     async fn send(&mut self, frame: Frame) -> Option<End> {
+        let welcome = matches!(frame, Frame::Welcome { .. });
         match &frame {
             Frame::Welcome { .. } => self.register(),
             Frame::Error { code, .. } if code.closes_connection() => {
@@ -341,7 +363,41 @@ impl Connection {
             Frame::Error { code, .. } => self.shared.metrics.refused(code.name()),
             _ => {}
         }
-        self.write(frame.kind(), frame.encode()).await
+        let end = self.write(frame.kind(), frame.encode()).await;
+        if welcome && end.is_none() {
+            self.raise_limits().await;
+        }
+        end
+    }
+
+    /// Welcomed: from the next message on, the full frame limit. The
+    /// WebSocket's limits are fixed at its creation, so the socket moves to
+    /// a new one; nothing is lost, since the gate handed the old one no
+    /// byte past the `Hello` (and the `Welcome` was flushed).
+    async fn raise_limits(&mut self) {
+        let gate = self.ws.get_mut().take();
+        let config = ws_config(self.shared.config.max_frame_bytes);
+        self.ws = WebSocketStream::from_raw_socket(gate, Role::Server, Some(config)).await;
+    }
+
+    /// When the session next needs a tick, on the runtime's clock.
+    fn session_deadline(&self) -> Option<TokioInstant> {
+        let deadline_ms = self.session.as_ref()?.deadline()?;
+        let wait = deadline_ms.saturating_sub(self.shared.now_ms());
+        Some(TokioInstant::now() + Duration::from_millis(wait))
+    }
+
+    /// The session's deadline came: carry out what it decides (a token's
+    /// expiry closes the connection).
+    async fn on_tick(&mut self) -> Option<End> {
+        let now = self.shared.now_ms();
+        let outputs = self.session.as_mut()?.tick(now);
+        for output in outputs {
+            if let Some(end) = self.carry_out(output).await {
+                return Some(end);
+            }
+        }
+        None
     }
 
     fn register(&mut self) {
@@ -395,9 +451,11 @@ impl Connection {
     }
 }
 
-async fn sleep_until(at: Option<TokioInstant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+/// Sleeps until `deadline`; never wakes without one (the `select!` branch
+/// using it is disabled then).
+async fn sleep_until_some(deadline: Option<TokioInstant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }

@@ -14,7 +14,11 @@
 //!   the only module that spawns connection tasks. [`run`] takes a bound
 //!   listener and a shutdown token so tests can drive it.
 //! - [`connection`]: one WebSocket: decodes frames, runs a `RelaySession`,
-//!   and writes frames from its bounded outbound queue.
+//!   and writes frames from its bounded outbound queue; wakes at the
+//!   session's deadline (token expiry).
+//! - `gate`: keeps the small handshake message limit until a connection
+//!   is welcomed, then lets the connection move to the full limit without
+//!   losing a byte.
 //! - [`peers`]: the registry of live connections and their subscriptions,
 //!   the fan-out seam ("send to the other peers of a collection").
 //! - [`limits`]: connections per client address, counted with a permit
@@ -29,6 +33,7 @@ pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod docs;
+mod gate;
 pub mod limits;
 pub mod metrics;
 pub mod open_files;

@@ -16,6 +16,10 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+/// The smallest `--max-handshake-frame-bytes` accepted: a `Hello` with a
+/// token of a few collections fits easily.
+const MIN_HANDSHAKE_FRAME_BYTES: usize = 1024;
+
 /// Accord's relay: stores every document it relays and forwards changes
 /// live between replicas.
 #[derive(Debug, Parser)]
@@ -75,9 +79,19 @@ struct ServeArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     open: bool,
+    /// A file holding an earlier secret (at least 16 bytes) whose tokens
+    /// are still accepted, for the overlap of a secret rotation; it signs
+    /// nothing. Repeatable. `ACCORD_RELAY_PREVIOUS_SECRET` gives one such
+    /// secret itself.
+    #[arg(long = "previous-secret-file", value_name = "PATH")]
+    previous_secret_files: Vec<PathBuf>,
     /// Largest accepted WebSocket message, in bytes.
     #[arg(long, env = "ACCORD_RELAY_MAX_FRAME_BYTES", default_value_t = Config::default().max_frame_bytes)]
     max_frame_bytes: usize,
+    /// Largest accepted WebSocket message before the connection is
+    /// welcomed (the Hello with its token), in bytes.
+    #[arg(long, env = "ACCORD_RELAY_MAX_HANDSHAKE_FRAME_BYTES", default_value_t = Config::default().max_handshake_frame_bytes)]
+    max_handshake_frame_bytes: usize,
     /// Most connections open at once.
     #[arg(long, env = "ACCORD_RELAY_MAX_CONNECTIONS", default_value_t = Config::default().max_connections)]
     max_connections: usize,
@@ -194,12 +208,51 @@ fn serve(args: ServeArgs, secret_args: &SecretArgs) -> anyhow::Result<()> {
     runtime.block_on(run(config, &args.metrics_listen))
 }
 
+/// The previous secrets from `--previous-secret-file` and
+/// `ACCORD_RELAY_PREVIOUS_SECRET`, in that order.
+fn previous_secrets(args: &ServeArgs) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut secrets = Vec::new();
+    for path in &args.previous_secret_files {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read previous secret file {}", path.display()))?;
+        secrets.push(bytes);
+    }
+    if let Ok(text) = std::env::var("ACCORD_RELAY_PREVIOUS_SECRET") {
+        secrets.push(text.into_bytes());
+    }
+    Ok(secrets)
+}
+
+/// The current secret's tokens plus the previous secrets that still verify.
+fn rotating(tokens: Tokens, previous: Vec<Vec<u8>>) -> anyhow::Result<Tokens> {
+    let mut tokens = tokens;
+    for (i, secret) in previous.iter().enumerate() {
+        tokens = tokens
+            .with_previous(secret)
+            .with_context(|| format!("previous secret {} of {}", i + 1, previous.len()))?;
+    }
+    if tokens.previous_secrets() > 0 {
+        tracing::info!(
+            previous = tokens.previous_secrets(),
+            "tokens signed with previous secrets are still accepted; new tokens use the current one"
+        );
+    }
+    Ok(tokens)
+}
+
 /// Who may do what: signed tokens with a secret, everyone with `--open`.
 /// Having neither is an error, whatever the address: a relay on loopback
 /// behind a public TLS proxy is as public as the proxy.
 fn access(args: &ServeArgs, secret_args: &SecretArgs) -> anyhow::Result<Arc<dyn Access>> {
+    let previous = previous_secrets(args)?;
+    if !previous.is_empty() && secret(secret_args)?.is_none() {
+        bail!(
+            "previous secrets (--previous-secret-file, ACCORD_RELAY_PREVIOUS_SECRET) only \
+             extend a current secret: set ACCORD_RELAY_SECRET or --secret-file too"
+        );
+    }
     match (secret(secret_args)?, args.open) {
-        (Some(tokens), false) => Ok(Arc::new(tokens)),
+        (Some(tokens), false) => Ok(Arc::new(rotating(tokens, previous)?)),
         (Some(_), true) => bail!(
             "both a secret and --open (or ACCORD_RELAY_OPEN) were given: \
              drop --open to require tokens, or drop the secret to run open"
@@ -229,6 +282,12 @@ fn checked_limits(args: &ServeArgs) -> anyhow::Result<Limits> {
     if args.rate <= 0.0 || args.burst < 1.0 {
         bail!("--rate must be positive and --burst at least 1");
     }
+    if args.max_handshake_frame_bytes < MIN_HANDSHAKE_FRAME_BYTES {
+        bail!(
+            "--max-handshake-frame-bytes must be at least {MIN_HANDSHAKE_FRAME_BYTES}: a Hello \
+             with its token has to fit"
+        );
+    }
     if args.cache_docs == 0 {
         bail!("--cache-docs must be at least 1 (documents kept loaded in memory)");
     }
@@ -245,6 +304,7 @@ fn config(args: &ServeArgs, limits: Limits, access: Arc<dyn Access>) -> Config {
         listen: args.listen,
         db: args.db.clone(),
         max_frame_bytes: args.max_frame_bytes,
+        max_handshake_frame_bytes: args.max_handshake_frame_bytes,
         max_connections: args.max_connections,
         max_connections_per_ip: args.max_connections_per_ip,
         doc_idle: Duration::from_secs(args.doc_idle_secs),

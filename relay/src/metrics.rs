@@ -47,7 +47,7 @@ pub struct Metrics {
     pub bytes_out: Counter,
     /// Sync messages that could not be applied.
     pub sync_errors: Counter,
-    /// Handshakes refused for their token.
+    /// Handshakes and `Reauth`s refused for their token.
     pub auth_failures: Counter,
     /// Error frames sent, by code.
     pub refusals: Family<KindLabel, Counter>,
@@ -61,6 +61,12 @@ pub struct Metrics {
     pub storage_failures: Counter,
     /// Time spent in storage work per batch or frame (seconds).
     pub store_seconds: Histogram,
+    /// Connections over a limit being answered with `too_many_connections`
+    /// now (at most `Config::max_refusing_connections`).
+    pub refusing_connections: Gauge,
+    /// Connections over a limit dropped unanswered because as many were
+    /// being refused already.
+    pub dropped_connections: Counter,
 }
 
 impl Default for Metrics {
@@ -81,6 +87,8 @@ impl Default for Metrics {
             storage_failures: Counter::default(),
             // 50 µs to ~1.6 s.
             store_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            refusing_connections: Gauge::default(),
+            dropped_connections: Counter::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -112,7 +120,7 @@ impl Default for Metrics {
         );
         r.register(
             "auth_failures",
-            "Handshakes refused for their token",
+            "Handshakes and Reauths refused for their token",
             m.auth_failures.clone(),
         );
         r.register("refusals", "Error frames sent, by code", m.refusals.clone());
@@ -135,6 +143,16 @@ impl Default for Metrics {
             "store_seconds",
             "Storage time per batch or frame",
             m.store_seconds.clone(),
+        );
+        r.register(
+            "refusing_connections",
+            "Connections over a limit being answered with too_many_connections now",
+            m.refusing_connections.clone(),
+        );
+        r.register(
+            "dropped_connections",
+            "Connections over a limit dropped unanswered: as many were being refused already",
+            m.dropped_connections.clone(),
         );
         m
     }

@@ -4,6 +4,12 @@
 //! cancels it on SIGINT/SIGTERM; tests cancel it directly). It stops
 //! accepting when cancelled, tells every connection to close, lets document
 //! actors persist their sync states, and returns once every task ended.
+//!
+//! Connections over a limit are answered with `too_many_connections` by a
+//! short task with the handshake's small message limit; at most
+//! `Config::max_refusing_connections` such tasks exist at once, and
+//! connections beyond are dropped unanswered (counted in
+//! `accord_relay_dropped_connections_total`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,7 +20,7 @@ use accord_engine::{Replica, ReplicaOptions};
 use anyhow::Context;
 use futures_util::SinkExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
@@ -171,6 +177,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let shared = relay.shared;
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+    let refusing = Arc::new(Semaphore::new(shared.config.max_refusing_connections));
     let per_ip = crate::limits::ConnectionsPerIp::new(shared.config.max_connections_per_ip);
     let tasks = TaskTracker::new();
     let next_conn = AtomicU64::new(1);
@@ -195,7 +202,14 @@ pub async fn serve(
         let ip_permit = match per_ip.try_acquire(addr.ip()) {
             Ok(ip_permit) => ip_permit,
             Err(refused) => {
-                tasks.spawn(refuse(stream, Arc::clone(&shared), refused.to_string()));
+                if let Some(permit) = refusal_permit(&refusing, &shared) {
+                    tasks.spawn(refuse(
+                        stream,
+                        Arc::clone(&shared),
+                        refused.to_string(),
+                        permit,
+                    ));
+                }
                 continue;
             }
         };
@@ -204,7 +218,9 @@ pub async fn serve(
                 "the relay is at its limit of {} connections",
                 shared.config.max_connections
             );
-            tasks.spawn(refuse(stream, Arc::clone(&shared), text));
+            if let Some(permit) = refusal_permit(&refusing, &shared) {
+                tasks.spawn(refuse(stream, Arc::clone(&shared), text, permit));
+            }
             continue;
         };
         tracing::debug!(%conn, %addr, "accepted connection");
@@ -226,15 +242,32 @@ pub async fn serve(
     Ok(())
 }
 
+/// A place among the connections being refused, or `None` (counted) if
+/// they are all taken: the connection is then dropped unanswered.
+fn refusal_permit(refusing: &Arc<Semaphore>, shared: &Shared) -> Option<OwnedSemaphorePermit> {
+    match Arc::clone(refusing).try_acquire_owned() {
+        Ok(permit) => Some(permit),
+        Err(_) => {
+            shared.metrics.dropped_connections.inc();
+            None
+        }
+    }
+}
+
 /// Answers a connection over a limit with an error frame saying which
-/// (`text`) and closes it.
-async fn refuse(stream: TcpStream, shared: Arc<Shared>, text: String) {
-    let Ok(Ok(mut ws)) = tokio::time::timeout(
-        shared.config.handshake_timeout,
-        tokio_tungstenite::accept_async(stream),
-    )
-    .await
-    else {
+/// (`text`) and closes it. `permit` is its place among the connections
+/// being refused, held until it is done.
+async fn refuse(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    text: String,
+    permit: OwnedSemaphorePermit,
+) {
+    let _refusing = Refusing::new(&shared.metrics, permit);
+    // The handshake's small limits: a refused peer gets no large buffers.
+    let config = crate::connection::ws_config(shared.config.handshake_frame_limit());
+    let accept = tokio_tungstenite::accept_async_with_config(stream, Some(config));
+    let Ok(Ok(mut ws)) = tokio::time::timeout(shared.config.handshake_timeout, accept).await else {
         return;
     };
     shared
@@ -251,4 +284,29 @@ async fn refuse(stream: TcpStream, shared: Arc<Shared>, text: String) {
         crate::connection::drain_until_closed(&mut ws).await
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), goodbye).await;
+}
+
+/// One connection being refused: counted in the `refusing_connections`
+/// gauge, its place given back when dropped.
+struct Refusing {
+    /// The gauge to decrement.
+    gauge: prometheus_client::metrics::gauge::Gauge,
+    /// The place among the connections being refused.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Refusing {
+    fn new(metrics: &Metrics, permit: OwnedSemaphorePermit) -> Self {
+        metrics.refusing_connections.inc();
+        Refusing {
+            gauge: metrics.refusing_connections.clone(),
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for Refusing {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }

@@ -283,8 +283,8 @@ fn token_subcommand_mints_verifiable_tokens_with_the_relays_secret() {
     );
 }
 
-/// `accord-relay ARGS` in `dir` with no secret and no open mode from the
-/// environment, so only the arguments decide.
+/// `accord-relay ARGS` in `dir` with no secret (current or previous) and
+/// no open mode from the environment, so only the arguments decide.
 fn relay_without_secret(dir: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_accord-relay"));
     cmd.args(["--metrics-listen", "off", "--db"])
@@ -294,6 +294,7 @@ fn relay_without_secret(dir: &Path, args: &[&str]) -> Command {
         .env_remove("ACCORD_RELAY_SECRET")
         .env_remove("ACCORD_RELAY_SECRET_FILE")
         .env_remove("ACCORD_RELAY_OPEN")
+        .env_remove("ACCORD_RELAY_PREVIOUS_SECRET")
         .stdin(Stdio::null());
     cmd
 }
@@ -471,7 +472,11 @@ fn the_open_file_limit_is_raised_at_start_and_must_fit_max_connections() {
 #[test]
 fn bad_settings_are_refused_by_name_before_anything_starts() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for (flag, value) in [("--cache-docs", "0"), ("--rate", "0")] {
+    for (flag, value) in [
+        ("--cache-docs", "0"),
+        ("--rate", "0"),
+        ("--max-handshake-frame-bytes", "100"),
+    ] {
         let out = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
             .args([
                 "--open",
@@ -494,4 +499,123 @@ fn bad_settings_are_refused_by_name_before_anything_starts() {
             "{flag} {value}: the database was created anyway"
         );
     }
+}
+
+/// `accord-relay` on a free loopback port with `secret` as its current
+/// secret and `args`, in `dir`; killed when dropped.
+fn relay_with_secret(dir: &Path, secret: &str, args: &[&str]) -> RelayProcess {
+    let mut child = relay_without_secret(dir, &["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("ACCORD_RELAY_SECRET", secret)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn accord-relay");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("startup line");
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .trim()
+        .to_owned();
+    RelayProcess {
+        child,
+        url: format!("ws://{addr}"),
+    }
+}
+
+/// The relay's answer to a `Hello` carrying `token`.
+async fn answer_to(url: &str, token: &str) -> Option<Frame> {
+    let mut ws = raw(url).await;
+    let hello = Frame::Hello {
+        version: PROTOCOL_VERSION,
+        peer_id: "rotation".into(),
+        token: token.into(),
+    };
+    send(&mut ws, &hello).await;
+    next_frame(&mut ws).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_previous_secret_verifies_tokens_only_while_it_is_configured() {
+    use accord_relay::auth::{Right, Tokens};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old_secret = "the secret before the rotation, long";
+    let new_secret = "the secret after the rotation, long";
+    let old_file = dir.path().join("old-secret");
+    std::fs::write(&old_file, format!("{old_secret}\n")).expect("write");
+    let old_file = old_file.to_str().expect("utf-8 path");
+    let rights = || [("c".to_owned(), Right::ReadWrite)].into();
+    let ttl = Duration::from_secs(600);
+    let old_token = Tokens::new(old_secret.as_bytes())
+        .expect("secret")
+        .mint(rights(), ttl);
+    let new_token = Tokens::new(new_secret.as_bytes())
+        .expect("secret")
+        .mint(rights(), ttl);
+    let welcomed = |answer: Option<Frame>| matches!(answer, Some(Frame::Welcome { .. }));
+
+    // The overlap: both generations of tokens are accepted.
+    let overlap = relay_with_secret(
+        dir.path(),
+        new_secret,
+        &["--previous-secret-file", old_file],
+    );
+    assert!(
+        welcomed(answer_to(&overlap.url, &old_token).await),
+        "old token"
+    );
+    assert!(
+        welcomed(answer_to(&overlap.url, &new_token).await),
+        "new token"
+    );
+    drop(overlap);
+
+    // The previous secret from the environment works the same.
+    let mut cmd = relay_without_secret(dir.path(), &["--listen", "127.0.0.1:0"]);
+    cmd.env("ACCORD_RELAY_SECRET", new_secret)
+        .env("ACCORD_RELAY_PREVIOUS_SECRET", old_secret);
+    let started = starts(cmd);
+    assert!(
+        started.line.starts_with("accord-relay listening on"),
+        "{started:?}"
+    );
+    assert!(
+        started
+            .logged
+            .contains("previous secrets are still accepted"),
+        "{started:?}"
+    );
+
+    // After the overlap: old tokens are refused, new ones still welcome.
+    let rotated = relay_with_secret(dir.path(), new_secret, &[]);
+    match answer_to(&rotated.url, &old_token).await {
+        Some(Frame::Error { code, message, .. }) => {
+            assert_eq!(code, ErrorCode::UNAUTHORIZED, "{message}");
+            assert!(message.contains("bad token signature"), "{message}");
+        }
+        other => panic!("expected the old token refused, got {other:?}"),
+    }
+    assert!(welcomed(answer_to(&rotated.url, &new_token).await));
+    drop(rotated);
+
+    // A previous secret without a current one is refused by name.
+    let out = relay_without_secret(
+        dir.path(),
+        &[
+            "--open",
+            "--listen",
+            "127.0.0.1:0",
+            "--previous-secret-file",
+            old_file,
+        ],
+    )
+    .output()
+    .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("only extend a current secret"), "{stderr}");
 }

@@ -4,11 +4,10 @@
 
 use std::time::Duration;
 
-use accord_engine::automerge::sync::{State, SyncDoc};
 use accord_engine::automerge::Automerge;
 use accord_engine::sync::{ErrorCode, Frame, PROTOCOL_VERSION};
 use accord_engine::{ConnectOptions, DocId, ListOptions, Replica};
-use accord_tests::wire::{empty_sync, hello, next_error, next_frame, raw, send_bytes, Ws};
+use accord_tests::wire::{self, empty_sync, hello, next_error, next_frame, raw, send_bytes, Ws};
 use accord_tests::TestRelay;
 use serde_json::json;
 
@@ -185,26 +184,5 @@ async fn every_bad_input_is_refused_and_changes_nothing() {
 /// A sync message carrying the whole document, as a peer that has nothing
 /// would receive it; replayed by someone else, it must change nothing.
 fn full_sync_of(replica: &Replica, id: &DocId) -> Vec<u8> {
-    let doc = Automerge::load(&replica.save(id).expect("save")).expect("load");
-    let mut ours = State::new();
-    let empty = Automerge::new();
-    let mut theirs = State::new();
-    // Run the exchange an empty peer would have until the doc is offered.
-    let mut to_full = empty
-        .generate_sync_message(&mut theirs)
-        .expect("hello from empty");
-    let mut doc = doc;
-    loop {
-        doc.receive_sync_message(&mut ours, to_full)
-            .expect("receive");
-        let offer = doc.generate_sync_message(&mut ours).expect("offer");
-        if !offer.changes.is_empty() {
-            return offer.encode();
-        }
-        let mut scratch = Automerge::new();
-        scratch
-            .receive_sync_message(&mut theirs, offer)
-            .expect("receive offer");
-        to_full = scratch.generate_sync_message(&mut theirs).expect("reply");
-    }
+    wire::full_sync(Automerge::load(&replica.save(id).expect("save")).expect("load"))
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::task::{Control, Driver};
@@ -223,6 +223,67 @@ impl SyncHandle {
             .send(Control::Subscribe(collections))
             .await
             .map_err(|_| SyncError::Stopped)
+    }
+
+    /// Replaces the token: the driver presents it at once on the open
+    /// connection (`Reauth`, which keeps the connection and its sync state)
+    /// and in every later `Hello`. Call it before
+    /// [`SyncStatus::token_expires`]: at that time the relay closes the
+    /// connection with `token_expired`, and a driver without a newer token
+    /// stops. A stopped driver whose token was refused or expired connects
+    /// again with this one. The relay checks the token like the first: a
+    /// refused one closes the connection with `unauthorized`; collections
+    /// it may not read are unsubscribed (`forbidden`, in
+    /// [`SyncStatus::last_error`]). Returns once the driver uses the token
+    /// (a stopped driver is connecting again by then, so a wait that
+    /// follows sees it); fails only if the driver has ended.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use accord_engine::{ConnectOptions, Replica};
+    /// # use accord_relay::auth::{Right, Tokens};
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// # let url = format!("ws://{}", listener.local_addr()?);
+    /// # let tokens = Tokens::new(b"the relay's secret, long enough")?;
+    /// # let config = accord_relay::Config {
+    /// #     db: dir.path().join("relay.db"),
+    /// #     access: std::sync::Arc::new(tokens.clone()),
+    /// #     ..Default::default()
+    /// # };
+    /// # let stop = tokio_util::sync::CancellationToken::new();
+    /// # let relay = tokio::spawn(accord_relay::run(listener, config, stop.clone()));
+    /// # let token_for = |ttl| tokens.mint([("notes".to_owned(), Right::ReadWrite)].into(), ttl);
+    /// let replica = Replica::open(dir.path().join("notes.db"))?;
+    /// let mut sync = replica.connect(&url, ConnectOptions {
+    ///     token: token_for(Duration::from_secs(600)), // from the app's server
+    ///     collections: vec!["notes".into()],
+    ///     ..ConnectOptions::default()
+    /// });
+    /// sync.wait_connected(Duration::from_secs(10)).await?;
+    /// let expires = sync.status().token_expires.expect("the relay said when");
+    ///
+    /// // Before then, a fresh token from the app's server:
+    /// sync.set_token(token_for(Duration::from_secs(3600))).await?;
+    /// let mut status = sync.watch();
+    /// let later = status.wait_for(|s| s.token_expires > Some(expires));
+    /// tokio::time::timeout(Duration::from_secs(10), later).await??;
+    /// assert_eq!(sync.status().connects, 1); // the same connection goes on
+    /// # sync.close().await;
+    /// # stop.cancel();
+    /// # relay.await??;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn set_token(&self, token: impl Into<String>) -> Result<(), SyncError> {
+        let (in_use, answer) = oneshot::channel();
+        self.control
+            .send(Control::SetToken(token.into(), in_use))
+            .await
+            .map_err(|_| SyncError::Stopped)?;
+        answer.await.map_err(|_| SyncError::Stopped)
     }
 
     /// Closes the connection cleanly and waits for the driver to stop

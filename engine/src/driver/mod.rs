@@ -8,6 +8,13 @@
 //! retrying cannot fix (bad token, unsupported version). [`SyncHandle`]
 //! exposes the connection state and [`SyncHandle::wait_synced`].
 //!
+//! Tokens expire. [`SyncHandle::set_token`] hands the driver a fresh one:
+//! it goes out at once on the open connection (`Reauth`) and in every
+//! later `Hello`. A driver whose token was refused or expired has no way
+//! to get another by itself: it stops ([`ConnectionState::Stopped`], the
+//! reason in [`SyncStatus::last_error`]) and resumes when `set_token`
+//! gives it one.
+//!
 //! Layout: this module holds the public types (options, state, status,
 //! errors), `handle` the app's [`SyncHandle`], `task` the background task.
 //!
@@ -19,7 +26,7 @@
 mod handle;
 mod task;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 pub use handle::SyncHandle;
 
@@ -28,7 +35,8 @@ use crate::sync::{ErrorCode, SessionStats};
 /// How to connect.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
-    /// The token presented in `Hello` (empty for an open relay).
+    /// The token presented in `Hello` (empty for an open relay); replaced
+    /// by [`SyncHandle::set_token`].
     pub token: String,
     /// Collections to sync.
     pub collections: Vec<String>,
@@ -76,6 +84,8 @@ pub enum ConnectionState {
     /// Welcomed by the relay.
     Connected,
     /// Stopped: closed by the app, or refused in a way retrying cannot fix.
+    /// After a refused or expired token the driver waits here for
+    /// [`SyncHandle::set_token`], and connects again with the new token.
     Stopped,
 }
 
@@ -147,6 +157,12 @@ pub struct SyncStatus {
     /// A refusal of this connection's rights (`forbidden`): waiting for
     /// sync fails with it instead of timing out.
     pub refused: Option<SyncError>,
+    /// When the token the relay accepted last expires, if it said so (an
+    /// open relay's grant never does). The relay closes the connection
+    /// with `token_expired` at that time: call [`SyncHandle::set_token`]
+    /// with a fresh token before. A token given by `set_token` counts
+    /// once the relay accepted it.
+    pub token_expires: Option<SystemTime>,
 }
 
 impl SyncStatus {
@@ -161,6 +177,7 @@ impl SyncStatus {
             connects: 0,
             last_error: None,
             refused: None,
+            token_expires: None,
         }
     }
 }

@@ -7,11 +7,11 @@
 //! configuration, resuming from the persisted sync states) takes over on
 //! the next connection.
 
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +31,8 @@ pub(super) enum Control {
     Check(u64, bool),
     /// Add collections.
     Subscribe(Vec<Collection>),
+    /// Use this token from now on; answered once it is in use.
+    SetToken(String, oneshot::Sender<()>),
 }
 
 type Ws =
@@ -132,7 +134,16 @@ impl Driver {
             match ended {
                 Ended::Cancelled => break,
                 Ended::Fatal(e) => {
-                    self.set(|s| s.last_error = Some(e));
+                    let waits_for_token = refuses_token(&e);
+                    self.set(|s| {
+                        s.last_error = Some(e);
+                        s.state = ConnectionState::Stopped;
+                        s.synced = false;
+                    });
+                    if waits_for_token && self.wait_for_token().await {
+                        backoff = self.options.backoff_min;
+                        continue;
+                    }
                     break;
                 }
                 Ended::Retry(e) => {
@@ -155,6 +166,46 @@ impl Driver {
             s.state = ConnectionState::Stopped;
             s.synced = false;
         });
+    }
+
+    /// Stopped by a refused or expired token: waits for the app to give
+    /// another through `set_token` (true) or to close (false). Collections
+    /// added meanwhile are kept for the next connection; checks are
+    /// answered by the stopped status.
+    async fn wait_for_token(&mut self) -> bool {
+        loop {
+            let control = tokio::select! {
+                () = self.cancel.cancelled() => return false,
+                control = self.control.recv() => control,
+            };
+            // No connection is open, so these calls send nothing. A panic
+            // in them is reported by `blocking`, and the fresh session that
+            // replaces the broken one is built from `config`.
+            match control {
+                None => return false,
+                Some(Control::Check(..)) => {}
+                Some(Control::SetToken(token, in_use)) => {
+                    let _reported = self.new_token(token).await;
+                    self.set(|s| s.state = ConnectionState::Connecting);
+                    // The app may have stopped waiting; the token is in use.
+                    let _ = in_use.send(());
+                    return true;
+                }
+                Some(Control::Subscribe(c)) => {
+                    let _reported = self.outputs(move |s, _| s.subscribe(&c)).await;
+                }
+            }
+        }
+    }
+
+    /// The app's fresh token: kept for every later session and `Hello`,
+    /// sent at once on an open connection. A refusal under the old token's
+    /// rights is forgotten: the relay refuses again what the new one does
+    /// not allow.
+    async fn new_token(&mut self, token: String) -> Result<Vec<ClientOutput>, Ended> {
+        self.config.token = token.clone();
+        self.set(|s| s.refused = None);
+        self.outputs(move |s, _| s.reauth(token)).await
     }
 
     async fn open(&self) -> Result<Ws, SyncError> {
@@ -367,6 +418,12 @@ impl Driver {
                 }
             }
             Some(Control::Subscribe(c)) => self.outputs(move |s, _| s.subscribe(&c)).await,
+            Some(Control::SetToken(token, in_use)) => {
+                let outputs = self.new_token(token).await;
+                // The app may have stopped waiting; the token is in use.
+                let _ = in_use.send(());
+                outputs
+            }
             None => Ok(Vec::new()),
         }
     }
@@ -387,14 +444,18 @@ impl Driver {
                 ClientOutput::Event(event) => self.on_event(event),
                 ClientOutput::Close { code, reason } => {
                     let _ = ws.close(None).await;
+                    let retry = match &self.session {
+                        Some(session) => session.retries_after(code),
+                        None => !code.is_final(),
+                    };
                     let error = SyncError::Refused {
                         code,
                         message: reason,
                     };
-                    return Some(if code.is_final() {
-                        Ended::Fatal(error)
-                    } else {
+                    return Some(if retry {
                         Ended::Retry(error)
+                    } else {
+                        Ended::Fatal(error)
                     });
                 }
                 ClientOutput::SaveStates { .. } => {} // done by `persist`
@@ -405,6 +466,10 @@ impl Driver {
 
     fn on_event(&mut self, event: SessionEvent) {
         match event {
+            SessionEvent::Authorized { expires_at_ms } => {
+                let expires = expires_at_ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+                self.set(|s| s.token_expires = expires);
+            }
             SessionEvent::Welcomed { relay_id } => {
                 tracing::debug!(%relay_id, "connected to relay");
                 self.set(|s| {
@@ -469,6 +534,16 @@ impl Driver {
         });
         Ok(())
     }
+}
+
+/// Whether the relay refused the token itself (bad, or expired): the
+/// driver cannot get another by itself, so it waits for the app's.
+fn refuses_token(error: &SyncError) -> bool {
+    matches!(
+        error,
+        SyncError::Refused { code, .. }
+            if *code == ErrorCode::UNAUTHORIZED || *code == ErrorCode::TOKEN_EXPIRED
+    )
 }
 
 /// Persists the sync states among `outputs` and returns the rest; a

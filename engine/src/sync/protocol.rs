@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::id::{DocId, Heads};
 
-/// The protocol version this build speaks. Version 2 added `DeleteAck`
-/// and the `storage_unavailable` code; a relay refuses other versions with
-/// `unsupported_version` before anything else happens.
+/// The protocol version this build speaks. Version 2 added `DeleteAck`,
+/// the token's expiry in `Welcome`, `Reauth`/`Reauthorized`, and the
+/// `storage_unavailable` and `token_expired` codes; a relay refuses other
+/// versions with `unsupported_version` before anything else happens.
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// One message on the wire.
@@ -35,6 +36,10 @@ pub enum Frame {
         version: u32,
         /// The relay's stable id (the replica keeps sync states under it).
         relay_id: String,
+        /// When the token's grant ends (ms since the Unix epoch), if ever:
+        /// the relay closes the connection with `token_expired` then, so a
+        /// long-lived replica presents a fresh token (`Reauth`) before.
+        expires_at_ms: Option<u64>,
     },
     /// Replica → relay: start receiving these collections.
     Subscribe {
@@ -93,6 +98,22 @@ pub enum Frame {
     DeleteAck {
         /// The document.
         doc: DocId,
+    },
+    /// Replica → relay: a fresh token for the open connection. The relay
+    /// checks it like the one in `Hello`; a refused one closes the
+    /// connection with `unauthorized`, an accepted one replaces the
+    /// connection's rights from the next frame on. Appended after every
+    /// older frame: variant indices never move.
+    Reauth {
+        /// The new credential.
+        token: String,
+    },
+    /// Relay → replica: the token of a `Reauth` was accepted; subscriptions
+    /// it no longer allows to read were dropped (each with a `forbidden`
+    /// error before this frame).
+    Reauthorized {
+        /// When the new grant ends (ms since the Unix epoch), if ever.
+        expires_at_ms: Option<u64>,
     },
 }
 
@@ -192,6 +213,10 @@ codes! {
     /// `Subscribe`, too many subscriptions, a document or message larger
     /// than the relay accepts); it was not applied.
     TOO_LARGE = 19, "too_large", false, false;
+    /// The connection's token expired while it was open. Not final: the
+    /// same connection would be refused again with the same token, but a
+    /// fresh one (in `Hello` or `Reauth`) is welcome.
+    TOKEN_EXPIRED = 20, "token_expired", true, false;
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -242,6 +267,8 @@ impl Frame {
             Frame::Delete { .. } => "delete",
             Frame::DeleteAck { .. } => "delete_ack",
             Frame::Error { .. } => "error",
+            Frame::Reauth { .. } => "reauth",
+            Frame::Reauthorized { .. } => "reauthorized",
         }
     }
 }
@@ -277,6 +304,17 @@ mod tests {
                 doc: DocId::random(),
             },
             Frame::error(ErrorCode::FORBIDDEN, "no", None),
+            Frame::Welcome {
+                version: PROTOCOL_VERSION,
+                relay_id: "r".into(),
+                expires_at_ms: Some(1_700_000_000_000),
+            },
+            Frame::Reauth {
+                token: "fresh".into(),
+            },
+            Frame::Reauthorized {
+                expires_at_ms: None,
+            },
         ];
         for f in frames {
             assert_eq!(Frame::decode(&f.encode()).ok(), Some(f));
@@ -324,6 +362,39 @@ mod tests {
         // the other side must be able to read: variant 7, always.
         let bytes = Frame::error(ErrorCode::VERSION, "", None).encode();
         assert_eq!(bytes[0], 7);
+    }
+
+    #[test]
+    fn new_frames_are_appended_after_every_older_one() {
+        // Older frames keep their indices; the two reauthentication frames
+        // come last.
+        let reauth = Frame::Reauth {
+            token: String::new(),
+        };
+        assert_eq!(reauth.encode(), vec![9, 0]);
+        let reauthorized = Frame::Reauthorized {
+            expires_at_ms: Some(1),
+        };
+        assert_eq!(reauthorized.encode(), vec![10, 1, 1]);
+        assert!(Frame::decode(&[11]).is_err(), "no index after Reauthorized");
+        // The worked example of docs/protocol.md, section 3.
+        let welcome = Frame::Welcome {
+            version: PROTOCOL_VERSION,
+            relay_id: "r".into(),
+            expires_at_ms: Some(1_700_000_000_000),
+        };
+        let expected = [
+            1, 2, 1, b'r', 1, 0xfd, 0x00, 0x68, 0xe5, 0xcf, 0x8b, 0x01, 0, 0,
+        ];
+        assert_eq!(welcome.encode(), expected);
+    }
+
+    #[test]
+    fn token_expired_closes_but_is_not_final() {
+        assert_eq!(ErrorCode::TOKEN_EXPIRED.0, 20);
+        assert_eq!(ErrorCode::TOKEN_EXPIRED.name(), "token_expired");
+        assert!(ErrorCode::TOKEN_EXPIRED.closes_connection());
+        assert!(!ErrorCode::TOKEN_EXPIRED.is_final());
     }
 
     #[test]

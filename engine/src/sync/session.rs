@@ -6,6 +6,12 @@
 //! the document's own collection, the right to read, and the right to
 //! write for changes and deletions. A refused frame is answered with an
 //! error frame and never reaches a hub or the store.
+//!
+//! A grant may end: from its expiry on, every frame is refused and the
+//! connection closed with `token_expired`, and [`RelaySession::deadline`]
+//! tells the runtime when to call [`RelaySession::tick`] so a silent
+//! connection is closed on time too. `Reauth` replaces the grant on the
+//! open connection (the `auth` part of this module, at its end).
 
 use std::collections::{BTreeSet, HashSet, VecDeque};
 
@@ -190,6 +196,9 @@ impl RelaySession {
         access: &dyn Access,
         docs: &dyn SyncDocs,
     ) -> Vec<RelayOutput> {
+        if self.expired(now_ms) {
+            return std::mem::take(&mut self.out);
+        }
         let counted = self.usage.frame(now_ms);
         if !matches!(self.phase, Phase::Closed) && !self.within(counted, None) {
             return std::mem::take(&mut self.out);
@@ -216,6 +225,9 @@ impl RelaySession {
         access: &dyn Access,
         docs: &dyn SyncDocs,
     ) -> Vec<RelayOutput> {
+        if self.expired(now_ms) {
+            return std::mem::take(&mut self.out);
+        }
         match (&self.phase, frame) {
             (Phase::Closed, _) => {}
             (
@@ -247,6 +259,9 @@ impl RelaySession {
             ) => self.on_sync(doc, &collection, &message, want_reply, docs),
             (Phase::Ready { .. }, Frame::Delete { doc, collection }) => {
                 self.on_delete(doc, &collection, docs)
+            }
+            (Phase::Ready { .. }, Frame::Reauth { token }) => {
+                self.on_reauth(&token, now_ms, access)
             }
             (Phase::Ready { .. }, Frame::Error { code, message, doc }) => {
                 tracing::debug!(%code, message, ?doc, "peer reported an error");
@@ -289,10 +304,12 @@ impl RelaySession {
         };
         match access.check(token, now_ms) {
             Ok(grant) => {
+                let expires_at_ms = grant.expires_at_ms();
                 self.phase = Phase::Ready { peer, grant };
                 self.out.push(RelayOutput::Send(Frame::Welcome {
                     version: PROTOCOL_VERSION,
                     relay_id: self.relay_id.clone(),
+                    expires_at_ms,
                 }));
             }
             Err(reason) => self.fail(ErrorCode::UNAUTHORIZED, reason, None),
@@ -515,6 +532,76 @@ impl RelaySession {
             }
             Err(e) => self.fail(error_code(&e), error_text(&e), Some(doc)),
         }
+    }
+}
+
+// Grants that end, and grants replaced on the open connection.
+impl RelaySession {
+    /// When the session next needs [`RelaySession::tick`], in the clock of
+    /// `now_ms` (ms since the Unix epoch): the end of the connection's
+    /// grant, if it has one. The runtime wakes then even if the peer stays
+    /// silent.
+    pub fn deadline(&self) -> Option<u64> {
+        self.grant().and_then(Grant::expires_at_ms)
+    }
+
+    /// Time passed: once the grant has ended, closes the connection with
+    /// [`ErrorCode::TOKEN_EXPIRED`]. Nothing happens before that.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<RelayOutput> {
+        self.expired(now_ms);
+        std::mem::take(&mut self.out)
+    }
+
+    /// From the grant's end on, refuses everything: closes the connection
+    /// with `token_expired`. Returns whether it did.
+    fn expired(&mut self, now_ms: u64) -> bool {
+        let Some(end) = self.deadline() else {
+            return false;
+        };
+        if now_ms < end {
+            return false;
+        }
+        let text = format!(
+            "the connection's token expired {} s ago; connect again with a fresh token \
+             (or send Reauth with one before the current one expires)",
+            (now_ms - end) / 1000
+        );
+        self.fail(ErrorCode::TOKEN_EXPIRED, text, None);
+        true
+    }
+
+    /// A fresh token on the open connection: checked like the one of
+    /// `Hello`. Refused, it closes the connection with `unauthorized`;
+    /// accepted, it replaces the grant (writes are checked against it from
+    /// the next frame on) and drops the subscriptions it cannot read, each
+    /// with a non-fatal `forbidden` naming the collection.
+    fn on_reauth(&mut self, token: &str, now_ms: u64, access: &dyn Access) {
+        let grant = match access.check(token, now_ms) {
+            Ok(grant) => grant,
+            Err(reason) => {
+                return self.fail(ErrorCode::UNAUTHORIZED, format!("reauth: {reason}"), None)
+            }
+        };
+        let unreadable: Vec<Collection> = self
+            .subscriptions
+            .iter()
+            .filter(|c| !grant.can_read(c))
+            .cloned()
+            .collect();
+        for collection in unreadable {
+            self.subscriptions.remove(&collection);
+            self.out.push(RelayOutput::Unsubscribed(collection.clone()));
+            let text = format!(
+                "the new token grants no right to read collection '{collection}'; unsubscribed"
+            );
+            self.fail(ErrorCode::FORBIDDEN, text, None);
+        }
+        let expires_at_ms = grant.expires_at_ms();
+        if let Phase::Ready { grant: current, .. } = &mut self.phase {
+            *current = grant;
+        }
+        self.out
+            .push(RelayOutput::Send(Frame::Reauthorized { expires_at_ms }));
     }
 }
 

@@ -16,6 +16,13 @@
 //! [`super::STORAGE_RETRY_MS`]; one it refused for good (no right, bad
 //! data, wrong collection) waits for the next connection.
 //!
+//! Tokens: the one in [`ClientConfig::token`] goes in every `Hello`;
+//! [`ClientSession::reauth`] replaces it and, on an open connection, sends
+//! it at once (`Reauth`). The relay's answers (`Welcome`, `Reauthorized`)
+//! say when the accepted token expires ([`SessionEvent::Authorized`]);
+//! after `token_expired`, [`ClientSession::retries_after`] tells the
+//! driver whether a newer token is at hand or retrying is pointless.
+//!
 //! [`check`] holds what `wait_synced` and `wait_agreed` wait for.
 
 mod check;
@@ -76,6 +83,13 @@ pub enum ClientOutput {
 /// What happened on the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEvent {
+    /// The relay accepted a token (in `Hello`, or in `Reauth`); comes
+    /// before [`SessionEvent::Welcomed`] on a new connection.
+    Authorized {
+        /// When the token's grant ends (ms since the Unix epoch), if ever;
+        /// the relay closes the connection with `token_expired` then.
+        expires_at_ms: Option<u64>,
+    },
     /// The relay accepted the handshake.
     Welcomed {
         /// Its id.
@@ -195,6 +209,12 @@ pub struct ClientSession {
     /// Whether `Hello` went out on the current connection (later frames
     /// may follow it at once).
     open: bool,
+    /// Tokens sent on this connection (in `Hello`, then in `Reauth`) that
+    /// the relay has not answered yet, oldest first: it answers in order.
+    unanswered_tokens: VecDeque<String>,
+    /// The token the relay accepted last on this connection: the one whose
+    /// expiry a `token_expired` reports.
+    token_in_force: Option<String>,
     /// Documents whose sync state may have moved since it was persisted
     /// (visiting only these keeps a sync of D documents linear in D).
     touched: HashSet<DocId>,
@@ -221,6 +241,8 @@ impl ClientSession {
             queued: HashSet::new(),
             in_flight: 0,
             open: false,
+            unanswered_tokens: VecDeque::new(),
+            token_in_force: None,
             touched: HashSet::new(),
             stats: SessionStats::default(),
             out: Vec::new(),
@@ -264,6 +286,7 @@ impl ClientSession {
     /// earlier than after `Welcome`).
     pub fn connected(&mut self) -> Vec<ClientOutput> {
         self.reset();
+        self.unanswered_tokens.push_back(self.config.token.clone());
         self.out.push(ClientOutput::Send(Frame::Hello {
             version: PROTOCOL_VERSION,
             peer_id: self.config.peer_id.to_string(),
@@ -313,6 +336,39 @@ impl ClientSession {
         self.announces_done.clear();
         self.epoch += 1;
         self.open = false;
+        self.unanswered_tokens.clear();
+        self.token_in_force = None;
+    }
+
+    /// A fresh token from the app: used by every later `Hello`, and sent at
+    /// once in `Reauth` if a connection is open (right behind `Hello` if
+    /// the relay has not answered that yet: it handles frames in order).
+    pub fn reauth(&mut self, token: String) -> Vec<ClientOutput> {
+        self.config.token = token.clone();
+        if self.open {
+            self.unanswered_tokens.push_back(token.clone());
+            self.out.push(ClientOutput::Send(Frame::Reauth { token }));
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// Whether reconnecting may help after the relay closed with `code`.
+    /// After `token_expired` it does only if the app gave a token newer
+    /// than the one that expired (the relay may have closed before it read
+    /// our `Reauth`); otherwise codes that are final never retry.
+    pub fn retries_after(&self, code: ErrorCode) -> bool {
+        if code == ErrorCode::TOKEN_EXPIRED {
+            return self.token_in_force.as_deref() != Some(self.config.token.as_str());
+        }
+        !code.is_final()
+    }
+
+    /// The relay answered the oldest token sent on this connection.
+    fn on_authorized(&mut self, expires_at_ms: Option<u64>) {
+        self.token_in_force = self.unanswered_tokens.pop_front();
+        self.out.push(ClientOutput::Event(SessionEvent::Authorized {
+            expires_at_ms,
+        }));
     }
 
     /// Adds collections; subscribes at once when connected.
@@ -336,7 +392,12 @@ impl ClientSession {
         docs: &dyn SyncDocs,
     ) -> Vec<ClientOutput> {
         match frame {
-            Frame::Welcome { version, relay_id } => self.on_welcome(version, relay_id),
+            Frame::Welcome {
+                version,
+                relay_id,
+                expires_at_ms,
+            } => self.on_welcome(version, relay_id, expires_at_ms),
+            Frame::Reauthorized { expires_at_ms } => self.on_authorized(expires_at_ms),
             Frame::Announce {
                 collection,
                 docs: list,
@@ -462,7 +523,7 @@ impl ClientSession {
         }
     }
 
-    fn on_welcome(&mut self, version: u32, relay_id: String) {
+    fn on_welcome(&mut self, version: u32, relay_id: String, expires_at_ms: Option<u64>) {
         if version != PROTOCOL_VERSION {
             return self.close(
                 ErrorCode::VERSION,
@@ -472,6 +533,7 @@ impl ClientSession {
         match PeerId::new(relay_id) {
             Ok(relay_id) => {
                 self.relay_id = Some(relay_id.clone());
+                self.on_authorized(expires_at_ms);
                 self.out
                     .push(ClientOutput::Event(SessionEvent::Welcomed { relay_id }));
             }
