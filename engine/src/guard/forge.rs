@@ -159,6 +159,25 @@ pub(super) fn zeros_bomb(len: u64) -> Vec<u8> {
         acc: 0,
         len: 0,
     };
+    bomb_header(&mut bits);
+    let copies = len.saturating_sub(1) / 258;
+    let rest = len.saturating_sub(1) % 258;
+    if len > 0 {
+        bits.code(0b10, 2);
+    }
+    for _ in 0..copies {
+        bits.put(0, 2);
+    }
+    for _ in 0..rest {
+        bits.code(0b10, 2);
+    }
+    bits.code(0b11, 2);
+    bits.put(0, 7);
+    bits.out
+}
+
+/// The block header and code tables of [`zeros_bomb`].
+fn bomb_header(bits: &mut Bits) {
     bits.put(1, 1); // final block
     bits.put(2, 2); // dynamic Huffman
     bits.put(29, 5); // 286 literal/length codes
@@ -179,18 +198,4 @@ pub(super) fn zeros_bomb(len: u64) -> Vec<u8> {
     bits.put(28 - 11, 7);
     bits.code(0b10, 2);
     bits.code(0b10, 2);
-    let copies = len.saturating_sub(1) / 258;
-    let rest = len.saturating_sub(1) % 258;
-    if len > 0 {
-        bits.code(0b10, 2);
-    }
-    for _ in 0..copies {
-        bits.put(0, 2);
-    }
-    for _ in 0..rest {
-        bits.code(0b10, 2);
-    }
-    bits.code(0b11, 2);
-    bits.put(0, 7);
-    bits.out
 }

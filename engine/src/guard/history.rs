@@ -29,15 +29,7 @@ pub(super) fn check(table: &Table<'_>, changes: u64, budget: &Budget) -> Result<
     if changes == 0 {
         return Ok(());
     }
-    for (spec, data) in table.ungrouped() {
-        let rows = columns::count(data, spec.encoding())?.rows;
-        if rows != 0 && rows != changes {
-            return Err(GuardError::invalid(format!(
-                "change column {:#x} holds {rows} rows, the table {changes}",
-                spec.0
-            )));
-        }
-    }
+    same_rows(table, changes)?;
     let max_ops = max_ops(table, changes)?;
     let mut counts = Values::new(table.column(DEPS_COUNT), Encoding::Unsigned);
     let mut deps = Values::new(table.column(DEPS_INDEX), Encoding::Delta);
@@ -62,6 +54,20 @@ pub(super) fn check(table: &Table<'_>, changes: u64, budget: &Budget) -> Result<
                 limit: budget.max_ops_per_change,
                 found: ops,
             });
+        }
+    }
+    Ok(())
+}
+
+/// Checks that every column outside a group holds `changes` rows or none.
+fn same_rows(table: &Table<'_>, changes: u64) -> Result<(), GuardError> {
+    for (spec, data) in table.ungrouped() {
+        let rows = columns::count(data, spec.encoding())?.rows;
+        if rows != 0 && rows != changes {
+            return Err(invalid(&format!(
+                "column {:#x} holds {rows} rows, the table {changes}",
+                spec.0
+            )));
         }
     }
     Ok(())
