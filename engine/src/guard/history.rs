@@ -79,7 +79,10 @@ fn max_ops(table: &Table<'_>, changes: u64) -> Result<Vec<u64>, GuardError> {
         .column(MAX_OP)
         .ok_or_else(|| invalid("document changes without a max-op column"))?;
     let mut values = Values::new(Some(column), Encoding::Delta);
-    let mut max_ops = Vec::with_capacity(usize::try_from(changes).unwrap_or(0));
+    // `changes` has passed the budget; the cap only keeps an unlimited
+    // budget from asking for an impossible capacity up front.
+    let capacity = usize::try_from(changes.min(1 << 20)).unwrap_or(0);
+    let mut max_ops = Vec::with_capacity(capacity);
     while let Some(value) = values.next("max op")? {
         if !(0..=i64::from(u32::MAX)).contains(&value) {
             return Err(invalid("max op outside 0..2^32"));
