@@ -119,7 +119,8 @@ const HEAP_PER_OP: u64 = 768;
 const HEAP_PER_REFERENCE: u64 = 128;
 /// Estimated heap per change, besides its ops (measured ~1 650).
 const HEAP_PER_CHANGE: u64 = 2048;
-/// Estimated heap per actor, besides clocks.
+/// Estimated heap per actor, besides clocks (not measured apart from
+/// changes; generous).
 const HEAP_PER_ACTOR: u64 = 512;
 /// Estimated heap per vector clock entry (measured up to 3.7).
 const HEAP_PER_CLOCK_ENTRY: u64 = 4;
@@ -154,9 +155,9 @@ pub struct Budget {
 
 impl Default for Budget {
     /// 256 MiB of estimated heap. Within it: 24 MiB inflated (~192 MiB
-    /// of heap), 250 000 ops (~190 MiB), 100 000 ops per change (a paste
-    /// of 100 KB of text in one change; far beyond what one user action
-    /// makes), 100 000 changes (~200 MiB), 4 096 actors.
+    /// of heap), 250 000 ops (~190 MiB), 100 000 ops per change (a 100 KB
+    /// paste into a text; a user's edit usually makes a handful),
+    /// 100 000 changes (~200 MiB), 4 096 actors.
     fn default() -> Self {
         Budget {
             max_heap_bytes: 256 * 1024 * 1024,
