@@ -26,6 +26,7 @@
 //!   view and live queries) and group commit.
 //! - [`store`]: SQLite; the only module that knows SQL.
 //! - [`json`]: the Automerge ⇄ JSON mapping and paths.
+//! - [`guard`]: bounds what peer-supplied Automerge bytes expand to (sans-IO).
 //! - [`sync`]: the sans-IO sync core and the wire protocol.
 //! - [`driver`]: the client driver (tokio, WebSocket, reconnect); with the
 //!   relay, the only code that knows about sockets.
@@ -37,6 +38,7 @@ pub mod driver;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod guard;
 pub mod id;
 pub mod json;
 pub mod replica;

@@ -3,8 +3,25 @@
 //! bug fuzzing ever found stays fixed. See `fuzz/README.md`.
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use accord_engine::fuzzing;
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+
+/// Counts allocations, for the guard target's heap check.
+#[global_allocator]
+static HEAP: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
+
+/// Replays run one at a time, so the guard's heap check counts no other
+/// replay's allocations.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Bytes allocated while `work` runs: an upper bound of its peak growth.
+fn allocated(work: &mut dyn FnMut()) -> u64 {
+    let region = Region::new(HEAP);
+    work();
+    region.change().bytes_allocated as u64
+}
 
 fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
@@ -28,6 +45,7 @@ fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
 fn replay(target: &str, run: fn(&[u8])) {
     let files = inputs(target);
     assert!(!files.is_empty(), "no corpus for {target}");
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     for (path, bytes) in files {
         let outcome = std::panic::catch_unwind(|| run(&bytes));
         assert!(outcome.is_ok(), "{target} panics on {}", path.display());
@@ -47,6 +65,11 @@ fn session_corpus() {
 #[test]
 fn chunks_corpus() {
     replay("chunks", fuzzing::chunks);
+}
+
+#[test]
+fn guard_corpus() {
+    replay("guard", |data| fuzzing::guard(data, &mut allocated));
 }
 
 /// Writes the seed corpus (valid frames, a session, real chunks) when
@@ -141,4 +164,71 @@ fn regenerate_seed_corpus() {
     let mut incremental = vec![0x11u8];
     incremental.extend(doc.save_after(&[]));
     write("chunks", "incremental-two-heads-claimed", &incremental);
+}
+
+/// Writes the guard target's seeds (a saved document with compressed
+/// columns, change chunks plain and compressed, a sync message and its
+/// chunks, a DEFLATE bomb) when `ACCORD_REGENERATE_CORPUS=1`.
+#[test]
+fn regenerate_guard_seed_corpus() {
+    if std::env::var_os("ACCORD_REGENERATE_CORPUS").is_none() {
+        return;
+    }
+    use std::io::Write;
+
+    use accord_engine::automerge::sync::{State, SyncDoc};
+    use accord_engine::automerge::transaction::Transactable;
+    use accord_engine::automerge::{AutoCommit, ObjType, ROOT};
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/guard");
+    let write = |name: &str, bytes: &[u8]| {
+        std::fs::write(root.join(name), bytes).expect("write seed");
+    };
+    let mut doc = AutoCommit::new();
+    let list = doc.put_object(ROOT, "list", ObjType::List).expect("list");
+    for i in 0..60i64 {
+        doc.put(ROOT, format!("k{}", i % 5), i).expect("put");
+        let item = format!("item {i}, long enough that save() deflates this column");
+        doc.insert(&list, 0, item).expect("insert");
+        if i % 6 == 0 {
+            doc.commit();
+        }
+    }
+    doc.commit();
+    let doc = doc.document().clone();
+    write("document", &doc.save());
+    write("save-after", &doc.save_after(&[]));
+    let compressed: Vec<u8> = doc
+        .get_changes(&[])
+        .into_iter()
+        .flat_map(|mut c| c.bytes().into_owned())
+        .collect();
+    write("compressed-changes", &compressed);
+    // The first message only announces heads; the reply asks for changes.
+    let (mut ours, mut theirs) = (State::new(), State::new());
+    let mut empty = accord_engine::automerge::Automerge::new();
+    let hello = doc.generate_sync_message(&mut ours).expect("message");
+    empty
+        .receive_sync_message(&mut theirs, hello)
+        .expect("receive");
+    let reply = empty.generate_sync_message(&mut theirs).expect("reply");
+    let mut doc = doc;
+    doc.receive_sync_message(&mut ours, reply).expect("receive");
+    let message = doc.generate_sync_message(&mut ours).expect("changes");
+    let chunks: Vec<u8> = message.changes.iter().flatten().copied().collect();
+    write("sync-message-chunks", &chunks);
+    write("sync-message", &message.encode());
+    let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    for _ in 0..8 {
+        encoder.write_all(&[0u8; 1024 * 1024]).expect("deflate");
+    }
+    let bomb = encoder.finish().expect("deflate");
+    let mut chunk = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 2];
+    let mut len = bomb.len();
+    while len >= 0x80 {
+        chunk.push((len as u8 & 0x7f) | 0x80);
+        len >>= 7;
+    }
+    chunk.push(len as u8);
+    chunk.extend(bomb);
+    write("compressed-change-inflating-to-8-mib", &chunk);
 }
