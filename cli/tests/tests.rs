@@ -459,6 +459,12 @@ fn import_rejects_what_is_not_automerge() {
     assert!(err.contains("cannot read missing.bin"), "{err}");
     let err = env.fails(1, &["import", junk, "-c", "bad name"]);
     assert!(err.contains("bad collection name"), "{err}");
+    // A file that inflates to 4 GiB is measured, not loaded.
+    let bomb = env.path().join("bomb.automerge");
+    std::fs::write(&bomb, accord_engine::fuzzing::bomb_chunk(4 << 30)).expect("write");
+    let bomb = bomb.to_str().expect("utf-8 path");
+    let err = env.fails(1, &["import", bomb, "-c", "archive"]);
+    assert!(err.contains("too large to import"), "{err}");
 }
 
 #[test]

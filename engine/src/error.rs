@@ -264,6 +264,11 @@ pub enum Error {
         /// The limit.
         limit: u64,
     },
+    /// Bytes from outside would cost more to load than the replica allows,
+    /// or are not Automerge data the guard can measure; nothing was loaded
+    /// ([`crate::guard`]).
+    #[error("refused before loading: {0}")]
+    Guard(#[from] crate::guard::GuardError),
     /// The record id is taken (on import).
     #[error("a record with id {0} already exists")]
     Exists(DocId),

@@ -235,3 +235,27 @@ fn chunk_prefix(kind: u8, len: usize) -> Vec<u8> {
     prefix.push(len as u8);
     prefix
 }
+
+/// An encoded sync message whose one change chunk is a DEFLATE bomb that
+/// inflates to `inflated` bytes of zeros (about 1 KiB sent per MiB
+/// inflated): what the guard must refuse before Automerge sees it. For
+/// tests that send it to a real relay or client.
+pub fn bomb_sync_message(inflated: u64) -> Vec<u8> {
+    use automerge::sync::{ChunkList, Message, MessageVersion};
+    let chunk = bomb_chunk(inflated);
+    Message {
+        heads: Vec::new(),
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: ChunkList::from(vec![chunk]),
+        flags: None,
+        version: MessageVersion::V1,
+    }
+    .encode()
+}
+
+/// A compressed change chunk (what a saved file may hold) that inflates to
+/// `inflated` bytes of zeros.
+pub fn bomb_chunk(inflated: u64) -> Vec<u8> {
+    crate::guard::forge::chunk(2, &crate::guard::forge::zeros_bomb(inflated))
+}

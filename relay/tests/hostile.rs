@@ -112,3 +112,64 @@ async fn subscribe_amplification_is_bounded() {
     }
     assert!(listed <= 3 * 300, "listings are not duplicated: {listed}");
 }
+
+/// A 2 MiB `Sync` frame whose change chunk inflates to 6 GiB took the relay
+/// from 8 MB to 6.3 GB of memory. The guard measures it before Automerge
+/// sees it and refuses it with `too_large`; nothing is stored, and the
+/// relay keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decompression_bomb_is_refused_before_it_expands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = populated(dir.path(), 3);
+    let relay = spawn_relay(&db);
+    let mut attacker = welcomed(&relay.url, "attacker").await;
+    send(
+        &mut attacker,
+        &Frame::Subscribe {
+            collections: vec!["c".into()],
+        },
+    )
+    .await;
+    let bomb = accord_engine::fuzzing::bomb_sync_message(6 << 30);
+    assert!(
+        bomb.len() < 16 << 20,
+        "fits the frame limit: {}",
+        bomb.len()
+    );
+    let doc = accord_engine::DocId::random();
+    send(
+        &mut attacker,
+        &Frame::Sync {
+            doc,
+            collection: "c".into(),
+            message: bomb,
+            want_reply: true,
+        },
+    )
+    .await;
+    loop {
+        match next_frame(&mut attacker).await {
+            Some(Frame::Error {
+                code,
+                doc: Some(d),
+                message,
+            }) if d == doc => {
+                assert_eq!(code, ErrorCode::TOO_LARGE, "{message}");
+                break;
+            }
+            Some(_) => {}
+            None => panic!("the attacker was disconnected instead of refused"),
+        }
+    }
+    honest_replica_syncs(dir.path(), &relay.url, 3).await;
+    let peak = peak_rss_bytes(relay.child.id());
+    assert!(
+        peak < RSS_BOUND,
+        "relay peak RSS {} MiB exceeds {} MiB",
+        peak / MIB,
+        RSS_BOUND / MIB
+    );
+    drop(relay);
+    let after = Replica::open(&db).expect("the relay's file opens");
+    assert!(after.meta(&doc).is_err(), "nothing was stored");
+}

@@ -38,6 +38,12 @@ pub fn import(ctx: &mut Ctx, file: &Path, collection: &str) -> Result<()> {
             Error::NotAutomerge(source) => {
                 anyhow!("{} is not an Automerge document: {source}", file.display())
             }
+            Error::Guard(accord_engine::guard::GuardError::Invalid { reason }) => {
+                anyhow!("{} is not an Automerge document: {reason}", file.display())
+            }
+            Error::Guard(too_large) => {
+                anyhow!("{} is too large to import: {too_large}", file.display())
+            }
             other => other.into(),
         })?;
     super::print_new_id(ctx, &id, collection)

@@ -3,10 +3,10 @@
 //! without spending the time to compress a gibibyte.
 
 /// The magic bytes of a chunk.
-pub(super) const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+pub(crate) const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
 
 /// Appends `value` as unsigned LEB128.
-pub(super) fn uleb(out: &mut Vec<u8>, mut value: u64) {
+pub(crate) fn uleb(out: &mut Vec<u8>, mut value: u64) {
     loop {
         let byte = (value & 0x7f) as u8;
         value >>= 7;
@@ -19,7 +19,7 @@ pub(super) fn uleb(out: &mut Vec<u8>, mut value: u64) {
 }
 
 /// Appends `value` as signed LEB128.
-pub(super) fn sleb(out: &mut Vec<u8>, mut value: i64) {
+pub(crate) fn sleb(out: &mut Vec<u8>, mut value: i64) {
     loop {
         let byte = (value & 0x7f) as u8;
         value >>= 7;
@@ -33,7 +33,7 @@ pub(super) fn sleb(out: &mut Vec<u8>, mut value: i64) {
 }
 
 /// An RLE run: `count` copies of the unsigned `value`.
-pub(super) fn run(count: i64, value: u64) -> Vec<u8> {
+pub(crate) fn run(count: i64, value: u64) -> Vec<u8> {
     let mut out = Vec::new();
     sleb(&mut out, count);
     uleb(&mut out, value);
@@ -41,7 +41,7 @@ pub(super) fn run(count: i64, value: u64) -> Vec<u8> {
 }
 
 /// An RLE literal run of unsigned `values`.
-pub(super) fn literals(values: &[u64]) -> Vec<u8> {
+pub(crate) fn literals(values: &[u64]) -> Vec<u8> {
     let mut out = Vec::new();
     sleb(&mut out, -(values.len() as i64));
     for &value in values {
@@ -51,7 +51,7 @@ pub(super) fn literals(values: &[u64]) -> Vec<u8> {
 }
 
 /// A chunk of `kind` around `body` (the checksum is not checked).
-pub(super) fn chunk(kind: u8, body: &[u8]) -> Vec<u8> {
+pub(crate) fn chunk(kind: u8, body: &[u8]) -> Vec<u8> {
     let mut out = MAGIC.to_vec();
     out.extend([0, 0, 0, 0, kind]);
     uleb(&mut out, body.len() as u64);
@@ -60,7 +60,7 @@ pub(super) fn chunk(kind: u8, body: &[u8]) -> Vec<u8> {
 }
 
 /// One column: its spec and data.
-pub(super) struct Col {
+pub(crate) struct Col {
     /// The spec, compression bit included.
     spec: u32,
     /// The stored data.
@@ -69,7 +69,7 @@ pub(super) struct Col {
 
 impl Col {
     /// An uncompressed column.
-    pub(super) fn plain(spec: u32, data: &[u8]) -> Self {
+    pub(crate) fn plain(spec: u32, data: &[u8]) -> Self {
         Col {
             spec,
             data: data.to_vec(),
@@ -77,7 +77,7 @@ impl Col {
     }
 
     /// A column whose `data` is a DEFLATE stream.
-    pub(super) fn deflated(spec: u32, data: &[u8]) -> Self {
+    pub(crate) fn deflated(spec: u32, data: &[u8]) -> Self {
         Col {
             spec: spec | 0b1000,
             data: data.to_vec(),
@@ -96,7 +96,7 @@ fn layout(cols: &[Col], meta: &mut Vec<u8>, data: &mut Vec<u8>) {
 }
 
 /// A change chunk by actor "a" with the op columns `cols`.
-pub(super) fn change(cols: &[Col]) -> Vec<u8> {
+pub(crate) fn change(cols: &[Col]) -> Vec<u8> {
     let mut body = vec![0, 1, b'a', 1, 1, 0, 0, 0];
     let mut data = Vec::new();
     layout(cols, &mut body, &mut data);
@@ -105,7 +105,7 @@ pub(super) fn change(cols: &[Col]) -> Vec<u8> {
 }
 
 /// A document chunk with `actors`, no heads, and the given tables.
-pub(super) fn document(actors: &[&[u8]], changes: &[Col], ops: &[Col]) -> Vec<u8> {
+pub(crate) fn document(actors: &[&[u8]], changes: &[Col], ops: &[Col]) -> Vec<u8> {
     let mut body = Vec::new();
     uleb(&mut body, actors.len() as u64);
     for actor in actors {
@@ -153,7 +153,7 @@ impl Bits {
 /// A raw DEFLATE stream inflating to `len` zero bytes, in one dynamic
 /// block whose codes are: literal/length 285 (a 258-byte copy) `0`, literal
 /// 0 `10`, end of block `11`; distance 1 `0`. So each 258 bytes cost 2 bits.
-pub(super) fn zeros_bomb(len: u64) -> Vec<u8> {
+pub(crate) fn zeros_bomb(len: u64) -> Vec<u8> {
     let mut bits = Bits {
         out: Vec::new(),
         acc: 0,

@@ -85,6 +85,10 @@ pub struct ReplicaOptions {
     /// refused with [`Error::TooLarge`] and nothing is applied. The relay
     /// sets it (`--max-document-bytes`); apps usually leave it unset.
     pub max_document_bytes: Option<u64>,
+    /// What one batch of Automerge bytes from outside (a peer's sync
+    /// message, `merge_bytes`, `import`) may expand to before Automerge
+    /// sees it; more is refused with [`Error::Guard`] ([`crate::guard`]).
+    pub message_budget: crate::guard::Budget,
     /// For simulations: draw ids from a generator seeded with this value
     /// and record every change at time 0, so a run can be replayed exactly.
     #[doc(hidden)]
@@ -102,6 +106,7 @@ impl Default for ReplicaOptions {
             max_sync_message_bytes: DEFAULT_SYNC_MESSAGE_BYTES,
             max_sync_message_ops: DEFAULT_SYNC_MESSAGE_OPS,
             max_document_bytes: None,
+            message_budget: crate::guard::Budget::default(),
             deterministic: None,
         }
     }
@@ -489,6 +494,7 @@ impl Replica {
     /// implementation) as a new record and returns its id.
     pub fn import(&self, collection: &str, bytes: &[u8]) -> Result<DocId> {
         let collection: Collection = collection.parse()?;
+        crate::guard::inspect(bytes, &self.inner.options.message_budget)?;
         let doc = Automerge::load(bytes).map_err(|e| Error::NotAutomerge(Box::new(e)))?;
         let id = self.new_id();
         self.insert_new(id, &collection, doc, Origin::Local)?;
@@ -508,6 +514,7 @@ impl Replica {
         origin: Origin,
     ) -> Result<bool> {
         let collection: Collection = collection.parse()?;
+        crate::guard::inspect(bytes, &self.inner.options.message_budget)?;
         self.absorb(id, &collection, origin, bytes.len() as u64, |doc| {
             doc.load_incremental(bytes).map(|_| ())
         })

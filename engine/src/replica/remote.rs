@@ -102,6 +102,9 @@ impl SyncDocs for Replica {
         message: Message,
         from: &PeerId,
     ) -> Result<bool> {
+        // Measured before Automerge inflates anything: every door into the
+        // store (the relay's protocols, a replica's driver) passes here.
+        crate::guard::inspect_message(&message, &self.inner.options.message_budget)?;
         let incoming: usize = message.changes.iter().map(<[u8]>::len).sum();
         self.absorb(
             doc,

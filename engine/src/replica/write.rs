@@ -114,7 +114,11 @@ impl Replica {
     /// another collection is refused with [`Error::WrongCollection`], one
     /// that `incoming` more bytes would take past the replica's size limit
     /// with [`Error::TooLarge`], and bytes Automerge refuses leave nothing
-    /// behind.
+    /// behind. Automerge 0.12 panics on some forged inputs (found by
+    /// fuzzing): such a panic is caught here and reported as
+    /// [`Error::BadSyncData`], and the in-memory copy is reloaded from the
+    /// store, so a peer's bytes can never take a document, or the process,
+    /// down.
     pub(crate) fn absorb(
         &self,
         id: &DocId,
@@ -133,7 +137,7 @@ impl Replica {
         self.within_size(id, stored, incoming)?;
         let Some(current) = self.current(id, &mut cached)? else {
             let mut fresh = Automerge::new();
-            apply(&mut fresh).map_err(automerge_error)?;
+            contained(id, || apply(&mut fresh))?.map_err(automerge_error)?;
             if fresh.get_heads().is_empty() {
                 return Ok(false);
             }
@@ -142,9 +146,11 @@ impl Replica {
         };
         same_collection(id, current, collection)?;
         let before = current.doc.get_heads();
-        if let Err(source) = apply(&mut current.doc) {
+        let applied =
+            contained(id, || apply(&mut current.doc)).and_then(|r| r.map_err(automerge_error));
+        if let Err(e) = applied {
             *cached = None; // whatever was half-applied is dropped; reload from the store
-            return Err(automerge_error(source));
+            return Err(e);
         }
         if current.doc.get_heads() == before {
             return Ok(false);
@@ -282,6 +288,22 @@ pub(crate) fn same_collection(doc: &DocId, current: &DocState, given: &Collectio
         doc: *doc,
         actual: current.collection.clone(),
         given: given.clone(),
+    })
+}
+
+/// Runs Automerge on a peer's bytes, turning a panic into an error naming
+/// the document (the caller drops what was half-applied).
+fn contained<T>(id: &DocId, f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_owned());
+        Error::BadSyncData {
+            doc: *id,
+            reason: format!("Automerge failed on these bytes: {what}"),
+        }
     })
 }
 

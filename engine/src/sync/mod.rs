@@ -134,6 +134,7 @@ pub fn error_code(error: &Error) -> ErrorCode {
     match error {
         Error::WrongCollection { .. } => ErrorCode::WRONG_COLLECTION,
         Error::TooLarge { .. } => ErrorCode::TOO_LARGE,
+        Error::Guard(e) => session::guard_code(e),
         Error::BadCollection(_) => ErrorCode::BAD_NAME,
         Error::Automerge { .. } | Error::NotAutomerge(_) | Error::BadSyncData { .. } => {
             ErrorCode::BAD_DOCUMENT

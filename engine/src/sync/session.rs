@@ -21,6 +21,7 @@ use super::access::{Access, Grant};
 use super::limits::{Limits, Usage};
 use super::protocol::{ErrorCode, Frame, PROTOCOL_VERSION};
 use super::{error_code, error_text, SyncDocs};
+use crate::guard::GuardError;
 use crate::id::{Collection, DocId, PeerId};
 
 /// Something the relay runtime must do for one connection.
@@ -607,4 +608,12 @@ impl RelaySession {
 
 fn unsupported(version: u32) -> String {
     format!("protocol version {version} is not supported; this relay speaks {PROTOCOL_VERSION}")
+}
+
+/// The code a peer is told when the guard refuses its bytes.
+pub(crate) fn guard_code(error: &GuardError) -> ErrorCode {
+    match error {
+        GuardError::TooLarge { .. } => ErrorCode::TOO_LARGE,
+        _ => ErrorCode::BAD_DOCUMENT,
+    }
 }
