@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use accord_engine::sync::{
     Announcing, ConnId, ErrorCode, Frame, HubInput, RelayOutput, RelaySession,
 };
+use accord_engine::PeerId;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -329,7 +330,7 @@ impl Connection {
                 message,
                 want_reply,
             } => {
-                let peer = self.session.as_ref().and_then(|s| s.peer()).cloned()?;
+                let peer = self.session.as_ref().and_then(|s| s.state_key()).cloned()?;
                 let input = HubInput {
                     conn: self.conn,
                     peer,
@@ -348,6 +349,11 @@ impl Connection {
                 };
                 self.shared.peers.broadcast(&collection, self.conn, &frame);
             }
+            RelayOutput::RetireStates {
+                prefix,
+                keep,
+                current,
+            } => self.retire_states(prefix, keep, current).await,
             RelayOutput::Close { code, reason } => return Some(End::Error(code, reason)),
         }
         None
@@ -400,12 +406,32 @@ impl Connection {
         None
     }
 
+    /// Drops the sync states of a token's least recently used peers
+    /// beyond the bound. Failing only leaves them for the next time; it is
+    /// counted for the operator.
+    async fn retire_states(&self, prefix: String, keep: usize, current: PeerId) {
+        let shared = Arc::clone(&self.shared);
+        let retired = tokio::task::spawn_blocking(move || {
+            shared.store.retire_sync_states(&prefix, keep, &current)
+        })
+        .await;
+        if !matches!(retired, Ok(Ok(()))) {
+            tracing::warn!(conn = %self.conn, "could not retire old sync states");
+            self.shared.metrics.storage_failures.inc();
+        }
+    }
+
     fn register(&mut self) {
-        let Some(peer) = self.session.as_ref().and_then(|s| s.peer()).cloned() else {
+        let Some(session) = self.session.as_ref() else {
+            return;
+        };
+        let (Some(peer), Some(state_key)) = (session.peer().cloned(), session.state_key().cloned())
+        else {
             return;
         };
         let handle = PeerHandle {
             peer,
+            state_key,
             tx: self.tx.clone(),
             kick: self.kick.clone(),
         };

@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 pub struct PeerHandle {
     /// The peer id from its `Hello`.
     pub peer: PeerId,
+    /// The key its sync states are kept under (the peer id qualified by
+    /// its token): what document hubs know it by.
+    pub state_key: PeerId,
     /// Its outgoing frames: kind (for metrics) and encoded bytes.
     pub tx: mpsc::Sender<(&'static str, Vec<u8>)>,
     /// Cancelling it disconnects the peer.
@@ -59,10 +62,10 @@ impl Peers {
     /// Records a subscription of a registered connection.
     pub fn subscribe(&self, conn: ConnId, collection: &Collection) {
         let mut inner = self.inner.lock();
-        let Some(peer) = inner.conns.get(&conn).map(|h| h.peer.clone()) else {
+        let Some(key) = inner.conns.get(&conn).map(|h| h.state_key.clone()) else {
             return;
         };
-        inner.subscribers.subscribe(conn, &peer, collection);
+        inner.subscribers.subscribe(conn, &key, collection);
     }
 
     /// Removes a subscription.
@@ -147,6 +150,7 @@ mod tests {
             conn,
             PeerHandle {
                 peer: peer.clone(),
+                state_key: peer.clone(),
                 tx,
                 kick: kick.clone(),
             },

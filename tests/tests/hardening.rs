@@ -555,3 +555,110 @@ async fn idle_documents_leave_memory() {
     );
     relay.stop().await.expect("stop");
 }
+
+/// Distinct sync-state keys per token subject in the relay's file.
+fn state_peers_per_subject(db: &std::path::Path) -> Vec<(String, i64)> {
+    let conn = rusqlite::Connection::open(db).expect("open relay file");
+    let mut stmt = conn
+        .prepare(
+            "SELECT substr(peer, 1, instr(peer, '/')), count(DISTINCT peer) FROM sync_states
+             WHERE instr(peer, '/') > 0 GROUP BY 1",
+        )
+        .expect("prepare");
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+/// Sync states are bound to the token: a read-only token's holder that
+/// reuses another device's peer id reaches only its own states, and one
+/// token makes the relay keep the states of a bounded number of peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_states_are_bound_to_the_token_and_bounded_per_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = secured(dir.path(), |c| c.limits.max_peers_per_subject = 4).await;
+    let db = dir.path().join("relay.db");
+    let owner = Replica::open(dir.path().join("owner.db")).expect("owner");
+    let doc = owner.create("c", &json!({"n": 1})).expect("create");
+    let rw = token(&[("c", Right::ReadWrite)]);
+    let mut ho = owner.connect(&relay.url, opts(rw, &["c"]));
+    ho.wait_agreed(T).await.expect("owner synced");
+    ho.close().await;
+    let victim_rows = || -> Vec<(String, Vec<u8>)> {
+        let conn = rusqlite::Connection::open(&db).expect("open");
+        let mut stmt = conn
+            .prepare("SELECT peer, state FROM sync_states ORDER BY peer")
+            .expect("prepare");
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    let before = victim_rows();
+    assert!(!before.is_empty(), "the owner's states are stored");
+
+    // Another token's holder connects as ten devices, one of them under
+    // the owner's own peer id, and acknowledges the document each time so
+    // the relay stores a state for it.
+    let ro = token(&[("c", Right::Read)]);
+    let heads = relay.relay.replica().heads(&doc).expect("heads");
+    let mut peers: Vec<String> = (0..9).map(|i| format!("device-{i}")).collect();
+    peers.push(owner.peer_id().to_string());
+    for peer in &peers {
+        let mut ws = raw(&relay.url).await;
+        assert!(matches!(
+            hello(&mut ws, peer, &ro).await,
+            Some(Frame::Welcome { .. })
+        ));
+        send(
+            &mut ws,
+            &Frame::Subscribe {
+                collections: vec!["c".into()],
+            },
+        )
+        .await;
+        let ack = accord_engine::automerge::sync::Message {
+            heads: heads.to_vec(),
+            need: Vec::new(),
+            have: Vec::new(),
+            changes: accord_engine::automerge::sync::ChunkList::empty(),
+            flags: None,
+            version: accord_engine::automerge::sync::MessageVersion::V1,
+        };
+        let sync = Frame::Sync {
+            doc,
+            collection: "c".into(),
+            message: ack.encode(),
+            want_reply: true,
+        };
+        send(&mut ws, &sync).await;
+        loop {
+            match next_frame(&mut ws).await {
+                Some(Frame::Sync { doc: d, .. }) if d == doc => break,
+                Some(_) => {}
+                None => panic!("{peer} was disconnected"),
+            }
+        }
+    }
+    wait_until(T, "the last device's state to be stored", || async {
+        state_peers_per_subject(&db)
+            .iter()
+            .map(|(_, n)| n)
+            .sum::<i64>()
+            >= 5
+    })
+    .await;
+    for (subject, peers) in state_peers_per_subject(&db) {
+        assert!(peers <= 5, "subject {subject} keeps {peers} peers' states");
+    }
+    let after = victim_rows();
+    for row in &before {
+        assert!(
+            after.contains(row),
+            "the owner's state {} is untouched",
+            row.0
+        );
+    }
+    relay.stop().await.expect("stop");
+}

@@ -203,6 +203,14 @@ impl SyncDocs for PanicOnce {
     fn load_sync_state(&self, peer: &PeerId, doc: &DocId) -> accord_engine::Result<Option<State>> {
         self.replica.load_sync_state(peer, doc)
     }
+    fn retire_sync_states(
+        &self,
+        prefix: &str,
+        keep: usize,
+        current: &PeerId,
+    ) -> accord_engine::Result<()> {
+        self.replica.retire_sync_states(prefix, keep, current)
+    }
     fn save_sync_states(
         &self,
         peer: &PeerId,

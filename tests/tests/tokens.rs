@@ -220,13 +220,20 @@ async fn reauth_without_a_subscribed_collection_drops_that_subscription() {
     subscribe(&mut ws, &["notes", "tasks"]).await;
     let tasks = Collection::new("tasks").expect("name");
     let notes = Collection::new("notes").expect("name");
+    let (conn, _) = relay
+        .relay
+        .peers()
+        .connections()
+        .into_iter()
+        .find(|(_, peer)| peer == "raw")
+        .expect("the raw connection is registered");
     let listens = |c: &Collection| {
         relay
             .relay
             .peers()
             .subscribers(c)
             .iter()
-            .any(|s| s.peer == "raw")
+            .any(|s| s.conn == conn)
     };
     assert!(listens(&tasks) && listens(&notes));
 

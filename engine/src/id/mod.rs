@@ -75,6 +75,16 @@ impl DocId {
     }
 }
 
+/// The first `len` hex digits of SHA-256 of `bytes`: a short stable
+/// digest for keys (not a secret).
+pub fn digest_hex(bytes: &[u8], len: usize) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(bytes);
+    let mut hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    hex.truncate(len);
+    hex
+}
+
 impl fmt::Display for DocId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&bs58::encode(&self.0).with_check().into_string())

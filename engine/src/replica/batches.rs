@@ -42,12 +42,12 @@ pub(crate) fn generate(
     stored_bytes: u64,
     batch: Batch,
 ) -> Option<Message> {
-    let sent_before = state.sent_hashes.clone();
     let large = stored_bytes > batch.bytes as u64 || doc.stats().num_ops > batch.ops as u64;
     if !large {
-        let message = doc.generate_sync_message(state)?;
-        return Some(trim(doc, state, &sent_before, message, batch));
+        // No message of a document this small can exceed a batch.
+        return doc.generate_sync_message(state);
     }
+    let sent_before = state.sent_hashes.clone();
     let had_v2 = state.their_capabilities.as_mut().is_some_and(|caps| {
         let had = caps.contains(&Capability::MessageV2);
         caps.retain(|c| *c != Capability::MessageV2);

@@ -132,6 +132,15 @@ impl SyncDocs for Replica {
         Ok(State::decode(&bytes).ok())
     }
 
+    fn retire_sync_states(&self, prefix: &str, keep: usize, current: &PeerId) -> Result<()> {
+        let op = WriteOp::RetireSyncStates {
+            prefix: prefix.to_owned(),
+            keep,
+            current: current.to_string(),
+        };
+        Ok(self.inner.committer.submit(vec![op])?)
+    }
+
     fn save_sync_states(&self, peer: &PeerId, states: Vec<EncodedState>) -> Result<()> {
         if states.is_empty() {
             return Ok(());

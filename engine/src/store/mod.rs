@@ -164,6 +164,16 @@ pub enum WriteOp {
     CreateIndex(IndexTarget),
     /// Drops a JSON-path index (if present) and its registration.
     DropIndex(IndexTarget),
+    /// Drops the sync states of the peers whose keys start with `prefix`,
+    /// all but the `keep` most recently updated ones and `current`.
+    RetireSyncStates {
+        /// The key prefix (one token subject's).
+        prefix: String,
+        /// How many peers to keep.
+        keep: usize,
+        /// A peer never dropped (the one connecting).
+        current: String,
+    },
     /// Stores a peer's sync state for a document.
     SyncState {
         /// The peer's id.
@@ -289,10 +299,12 @@ impl Store {
         groups: &[&[WriteOp]],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let relaxed = self.full
-            && groups
-                .iter()
-                .flat_map(|g| g.iter())
-                .all(|op| matches!(op, WriteOp::SyncState { .. }));
+            && groups.iter().flat_map(|g| g.iter()).all(|op| {
+                matches!(
+                    op,
+                    WriteOp::SyncState { .. } | WriteOp::RetireSyncStates { .. }
+                )
+            });
         if relaxed {
             self.conn.execute_batch("PRAGMA synchronous = NORMAL")?;
         }
@@ -544,6 +556,25 @@ fn apply_one(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError
                  ON CONFLICT (peer, doc) DO UPDATE SET state = ?3, updated_at = ?4",
             )?
             .execute(params![peer, doc.as_bytes().as_slice(), state, now])?;
+        }
+        WriteOp::RetireSyncStates {
+            prefix,
+            keep,
+            current,
+        } => {
+            // Keys of one prefix sort together: a range scan of the key.
+            let upper = format!("{prefix}\u{10FFFF}");
+            conn.prepare_cached(
+                "DELETE FROM sync_states WHERE peer IN (
+                   SELECT peer FROM sync_states WHERE peer >= ?1 AND peer < ?2 AND peer != ?3
+                   GROUP BY peer ORDER BY max(updated_at) DESC LIMIT -1 OFFSET ?4)",
+            )?
+            .execute(params![
+                prefix,
+                upper,
+                current,
+                i64::try_from(*keep).unwrap_or(i64::MAX)
+            ])?;
         }
         WriteOp::Project { doc, heads, json } => {
             projection::write_if_current(conn, doc, heads, json.as_deref())?;

@@ -29,6 +29,13 @@ pub struct Grant {
     scope: Scope,
     /// When the grant ends (ms since the Unix epoch), if ever.
     expires_at_ms: Option<u64>,
+    /// Who the grant was issued to, as the access check names it (for
+    /// tokens, a digest of the token): the relay keeps a connection's sync
+    /// states under it, so one token's holder can neither read nor
+    /// overwrite the states of another's, nor keep more than a bounded
+    /// number of them. `None` (open mode): states are kept under the peer
+    /// id alone.
+    subject: Option<String>,
 }
 
 /// The collections a grant covers.
@@ -46,6 +53,7 @@ impl Grant {
         Grant {
             scope: Scope::Everything,
             expires_at_ms: None,
+            subject: None,
         }
     }
 
@@ -54,7 +62,20 @@ impl Grant {
         Grant {
             scope: Scope::Collections(rights),
             expires_at_ms,
+            subject: None,
         }
+    }
+
+    /// The same grant, issued to `subject` (see [`Grant::subject`]).
+    pub fn with_subject(mut self, subject: impl Into<String>) -> Self {
+        self.subject = Some(subject.into());
+        self
+    }
+
+    /// Who the grant was issued to, if the access check names it: sync
+    /// states are kept per subject and peer.
+    pub fn subject(&self) -> Option<&str> {
+        self.subject.as_deref()
     }
 
     /// Whether documents of `collection` may be read.

@@ -22,6 +22,10 @@ pub struct Limits {
     pub burst: f64,
     /// Most collections one connection may subscribe to.
     pub max_subscriptions: usize,
+    /// Most peers (devices) whose sync states the relay keeps per token
+    /// subject; the least recently used beyond it are dropped (they only
+    /// cost a fuller exchange).
+    pub max_peers_per_subject: usize,
     /// Documents per second the relay announces to one connection,
     /// sustained; a listing beyond the budget waits for it.
     pub announce_per_sec: f64,
@@ -37,6 +41,7 @@ impl Default for Limits {
             rate_per_sec: 5_000.0,
             burst: 20_000.0,
             max_subscriptions: 1_024,
+            max_peers_per_subject: 64,
             announce_per_sec: 50_000.0,
             announce_burst: 500_000.0,
         }
@@ -51,6 +56,7 @@ impl Limits {
             rate_per_sec: f64::INFINITY,
             burst: f64::INFINITY,
             max_subscriptions: usize::MAX,
+            max_peers_per_subject: usize::MAX,
             announce_per_sec: f64::INFINITY,
             announce_burst: f64::INFINITY,
         }

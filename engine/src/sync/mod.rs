@@ -125,6 +125,9 @@ pub trait SyncDocs: std::fmt::Debug {
     fn load_sync_state(&self, peer: &PeerId, doc: &DocId) -> Result<Option<State>>;
     /// Persists sync states of a peer.
     fn save_sync_states(&self, peer: &PeerId, states: Vec<EncodedState>) -> Result<()>;
+    /// Drops the sync states of the peers whose keys start with `prefix`,
+    /// all but the `keep` most recently updated and `current`.
+    fn retire_sync_states(&self, prefix: &str, keep: usize, current: &PeerId) -> Result<()>;
 }
 
 /// The error code that tells a peer why its frame about a document failed

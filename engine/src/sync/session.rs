@@ -51,6 +51,17 @@ pub enum RelayOutput {
         /// Its collection.
         collection: Collection,
     },
+    /// Keep the sync states of at most `keep` peers whose keys start with
+    /// `prefix` (one subject's), the most recently used, besides `current`:
+    /// a token's holder cannot make the relay keep states without bound.
+    RetireStates {
+        /// The subject's key prefix.
+        prefix: String,
+        /// How many peers' states to keep.
+        keep: usize,
+        /// This connection's key, never retired.
+        current: PeerId,
+    },
     /// Close the connection (after sending what precedes this).
     Close {
         /// Why.
@@ -71,6 +82,8 @@ enum Phase {
         peer: PeerId,
         /// What its token allows.
         grant: Grant,
+        /// The key its sync states are kept under at the relay.
+        state_key: PeerId,
     },
     /// Closed by a fatal error; further frames are ignored.
     Closed,
@@ -155,6 +168,16 @@ impl RelaySession {
                 self.fail(code, text, doc);
                 false
             }
+        }
+    }
+
+    /// The key the relay keeps this connection's sync states under, once
+    /// welcomed: the peer id, qualified by the grant's subject when the
+    /// access check names one (so states are bound to the token).
+    pub fn state_key(&self) -> Option<&PeerId> {
+        match &self.phase {
+            Phase::Ready { state_key, .. } => Some(state_key),
+            _ => None,
         }
     }
 
@@ -306,7 +329,19 @@ impl RelaySession {
         match access.check(token, now_ms) {
             Ok(grant) => {
                 let expires_at_ms = grant.expires_at_ms();
-                self.phase = Phase::Ready { peer, grant };
+                let state_key = state_key(grant.subject(), &peer);
+                if let Some(subject) = grant.subject() {
+                    self.out.push(RelayOutput::RetireStates {
+                        prefix: subject_prefix(subject),
+                        keep: self.usage.limits().max_peers_per_subject,
+                        current: state_key.clone(),
+                    });
+                }
+                self.phase = Phase::Ready {
+                    peer,
+                    grant,
+                    state_key,
+                };
                 self.out.push(RelayOutput::Send(Frame::Welcome {
                     version: PROTOCOL_VERSION,
                     relay_id: self.relay_id.clone(),
@@ -604,6 +639,25 @@ impl RelaySession {
         self.out
             .push(RelayOutput::Send(Frame::Reauthorized { expires_at_ms }));
     }
+}
+
+/// The sync-state key of `peer` under `subject`: `<subject>/<digest of
+/// the peer id>` (bounded length, grouped by subject), or the peer id
+/// itself without a subject.
+fn state_key(subject: Option<&str>, peer: &PeerId) -> PeerId {
+    let Some(subject) = subject else {
+        return peer.clone();
+    };
+    let digest = crate::id::digest_hex(peer.as_str().as_bytes(), 16);
+    let key = format!("{}{digest}", subject_prefix(subject));
+    PeerId::new(key).unwrap_or_else(|_| peer.clone())
+}
+
+/// The prefix of every sync-state key under `subject` (at most 48 bytes
+/// of it are used).
+fn subject_prefix(subject: &str) -> String {
+    let short: String = subject.chars().take(48).collect();
+    format!("{short}/")
 }
 
 fn unsupported(version: u32) -> String {

@@ -163,13 +163,16 @@ impl ClientSession {
             .collect()
     }
 
-    /// Whether the relay is known to hold `local`: its acknowledged
-    /// tombstone, or heads equal to or descending from its heads.
+    /// Whether the relay is known to hold `local`: its tombstone (a
+    /// tombstone settles a record: the content of a deleted record is not
+    /// synced further, so changes made to it concurrently with the
+    /// deletion count as held once the relay holds the tombstone), or heads
+    /// equal to or descending from its heads.
     pub(super) fn relay_holds(&self, local: &DocSummary, docs: &dyn SyncDocs) -> bool {
         let Some(d) = self.docs.get(&local.doc) else {
             return false;
         };
-        if local.deleted {
+        if local.deleted || d.relay_deleted {
             return d.relay_deleted;
         }
         let Some(theirs) = &d.relay_heads else {

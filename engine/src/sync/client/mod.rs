@@ -660,6 +660,13 @@ impl ClientSession {
             let Some(d) = self.doc_sync(summary.doc, collection, docs) else {
                 continue;
             };
+            if d.relay_heads.is_some() {
+                // Known at the relay on this connection already (from an
+                // earlier listing, or an exchange): not unannounced. (A
+                // repeated `Subscribe` may be answered by an empty
+                // complete listing right after the full one.)
+                continue;
+            }
             d.relay_heads = Some(Heads::empty());
             self.relay_news.insert(summary.doc);
             if summary.deleted {
