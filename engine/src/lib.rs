@@ -44,6 +44,8 @@ pub mod json;
 pub mod replica;
 pub mod store;
 pub mod sync;
+#[doc(hidden)]
+pub mod testing;
 
 pub use automerge;
 pub use autosurgeon;

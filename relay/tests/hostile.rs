@@ -10,7 +10,7 @@ use serde_json::json;
 
 mod support;
 use support::spawn_relay;
-use support::wire::{expect_error, next_frame, peak_rss_bytes, send, welcomed};
+use support::wire::{expect_error, next_frame, peak_rss_bytes, send, subscribe, welcomed};
 
 const T: Duration = Duration::from_secs(30);
 const MIB: u64 = 1024 * 1024;
@@ -59,7 +59,7 @@ async fn subscribe_amplification_is_bounded() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = populated(dir.path(), 300);
     let relay = spawn_relay(&db);
-    let mut attacker = welcomed(&relay.url, "attacker").await;
+    let mut attacker = welcomed(&relay.url, "attacker", "").await;
 
     // One frame, 20,000 names: refused whole, nothing is listed.
     let huge = Frame::Subscribe {
@@ -122,14 +122,8 @@ async fn a_decompression_bomb_is_refused_before_it_expands() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = populated(dir.path(), 3);
     let relay = spawn_relay(&db);
-    let mut attacker = welcomed(&relay.url, "attacker").await;
-    send(
-        &mut attacker,
-        &Frame::Subscribe {
-            collections: vec!["c".into()],
-        },
-    )
-    .await;
+    let mut attacker = welcomed(&relay.url, "attacker", "").await;
+    subscribe(&mut attacker, &["c"]).await;
     let bomb = accord_engine::fuzzing::bomb_sync_message(6 << 30);
     assert!(
         bomb.len() < 16 << 20,

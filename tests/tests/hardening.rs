@@ -9,7 +9,7 @@ use accord_engine::sync::{ErrorCode, Frame, Limits};
 use accord_engine::{ConnectOptions, ConnectionState, Replica, SyncError};
 use accord_relay::auth::{Claims, Right, Tokens};
 use accord_relay::Config;
-use accord_tests::wire::{empty_sync, hello, next_error, next_frame, raw, send};
+use accord_tests::wire::{empty_sync, hello, next_error, next_frame, raw, send, subscribe};
 use accord_tests::{wait_until, TestRelay};
 use futures_util::SinkExt;
 use serde_json::json;
@@ -165,22 +165,10 @@ async fn rights_decide_what_a_connection_sees_and_may_change() {
         hello(&mut ws, "raw", &ro).await,
         Some(Frame::Welcome { .. })
     ));
-    send(
-        &mut ws,
-        &Frame::Subscribe {
-            collections: vec!["secret".into()],
-        },
-    )
-    .await;
+    subscribe(&mut ws, &["secret"]).await;
     let (code, message) = next_error(&mut ws).await;
     assert_eq!(code, ErrorCode::FORBIDDEN, "{message}");
-    send(
-        &mut ws,
-        &Frame::Subscribe {
-            collections: vec!["shared".into()],
-        },
-    )
-    .await;
+    subscribe(&mut ws, &["shared"]).await;
     let guess = Frame::Sync {
         doc: secret,
         collection: "shared".into(),
@@ -223,13 +211,7 @@ async fn naming_a_document_under_another_collection_never_captures_it() {
         hello(&mut x, "x", &ro_b).await,
         Some(Frame::Welcome { .. })
     ));
-    send(
-        &mut x,
-        &Frame::Subscribe {
-            collections: vec!["b".into()],
-        },
-    )
-    .await;
+    subscribe(&mut x, &["b"]).await;
     let claim = Frame::Sync {
         doc: secret,
         collection: "b".into(),
@@ -375,13 +357,7 @@ async fn connection_document_and_time_limits_close_with_their_code() {
         hello(&mut ws, "raw", &rw).await,
         Some(Frame::Welcome { .. })
     ));
-    send(
-        &mut ws,
-        &Frame::Subscribe {
-            collections: vec!["c".into()],
-        },
-    )
-    .await;
+    subscribe(&mut ws, &["c"]).await;
     for _ in 0..3 {
         let doc = accord_engine::DocId::random();
         send(
@@ -611,13 +587,7 @@ async fn sync_states_are_bound_to_the_token_and_bounded_per_token() {
             hello(&mut ws, peer, &ro).await,
             Some(Frame::Welcome { .. })
         ));
-        send(
-            &mut ws,
-            &Frame::Subscribe {
-                collections: vec!["c".into()],
-            },
-        )
-        .await;
+        subscribe(&mut ws, &["c"]).await;
         let ack = accord_engine::automerge::sync::Message {
             heads: heads.to_vec(),
             need: Vec::new(),

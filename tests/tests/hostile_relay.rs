@@ -58,17 +58,6 @@ async fn hostile_relay(listener: TcpListener, doc: DocId) {
     while let Some(Ok(_)) = ws.next().await {}
 }
 
-fn peak_rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("proc status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmHWM");
-    kib * 1024
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bomb_from_the_relay_is_refused_and_reported_by_the_replica() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -99,7 +88,7 @@ async fn a_bomb_from_the_relay_is_refused_and_reported_by_the_replica() {
     .is_ok_and(|r| r.is_ok());
     assert!(reported, "the replica reports it: {:?}", sync.status());
     assert!(replica.meta(&doc).is_err(), "nothing was stored");
-    let peak = peak_rss_bytes();
+    let peak = accord_engine::testing::peak_rss_bytes(std::process::id());
     assert!(peak < 256 * MIB, "peak RSS {} MiB", peak / MIB);
     drop(sync);
     relay.abort();

@@ -274,19 +274,6 @@ async fn a_panicking_document_actor_ends_and_the_document_still_syncs() {
     relay.stop().await.expect("stop");
 }
 
-/// Text that compression cannot shrink much (hex digits of noise).
-fn noise_text(len: usize) -> String {
-    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            char::from(b"0123456789abcdef"[(seed & 15) as usize])
-        })
-        .collect()
-}
-
 /// A record with 40 MiB of incompressible history, more than the relay
 /// accepts in one frame (16 MiB by default): it goes in batches, both ways
 /// through the relay, and arrives whole.
@@ -300,17 +287,9 @@ async fn a_forty_mib_document_syncs_in_batches_under_the_frame_limit() {
         .expect("relay");
     let a = fast(&dir.path().join("a.db"));
     let id = a.create("c", &json!({})).expect("create");
-    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     for i in 0..40 {
-        // One MiB of noise per change (xorshift; deflate cannot shrink it).
-        let noise: Vec<u8> = (0..1024 * 1024)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed as u8
-            })
-            .collect();
+        // One MiB of noise per change (deflate cannot shrink it).
+        let noise = accord_engine::testing::noise(i, 1024 * 1024);
         a.change(&id, None, |tx| {
             tx.put(ROOT, format!("k{i}"), ScalarValue::Bytes(noise))
         })
@@ -348,7 +327,10 @@ async fn a_document_over_the_relay_quota_is_refused_once_and_reported() {
     let relay = TestRelay::start_with(config).await.expect("relay");
     let a = fast(&dir.path().join("a.db"));
     let big = a
-        .create("c", &json!({ "text": noise_text(200_000) }))
+        .create(
+            "c",
+            &json!({ "text": accord_engine::testing::noise_text(7, 200_000) }),
+        )
         .expect("create");
     let small = a.create("c", &json!({"n": 1})).expect("create");
     let mut ha = a.connect(&relay.url, options(&["c"]));

@@ -12,7 +12,7 @@ use accord_engine::sync::{ErrorCode, Frame};
 use accord_engine::{Collection, ConnectOptions, ConnectionState, Replica, SyncError};
 use accord_relay::auth::{unix_now, Claims, Right, Tokens};
 use accord_relay::Config;
-use accord_tests::wire::{empty_sync, hello, next_error, next_frame, raw, send, Ws};
+use accord_tests::wire::{empty_sync, hello, next_error, next_frame, raw, send, subscribed};
 use accord_tests::{wait_until, TestRelay};
 use serde_json::json;
 
@@ -64,20 +64,6 @@ fn opts(token: String) -> ConnectOptions {
     }
 }
 
-/// Subscribes a raw connection and reads up to each complete announcement.
-async fn subscribe(ws: &mut Ws, names: &[&str]) {
-    let collections = names.iter().map(|n| (*n).to_owned()).collect();
-    send(ws, &Frame::Subscribe { collections }).await;
-    let mut complete = 0;
-    while complete < names.len() {
-        match next_frame(ws).await {
-            Some(Frame::Announce { complete: true, .. }) => complete += 1,
-            Some(Frame::Announce { .. }) => {}
-            other => panic!("expected announcements, got {other:?}"),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_is_closed_with_token_expired_within_a_second_of_expiry() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -90,7 +76,7 @@ async fn an_idle_connection_is_closed_with_token_expired_within_a_second_of_expi
         }
         other => panic!("expected a welcome, got {other:?}"),
     }
-    subscribe(&mut ws, &["notes"]).await;
+    subscribed(&mut ws, &["notes"]).await;
     // From here on the peer sends nothing; pings are 20 s apart and the
     // idle timeout is 60 s, so only the expiry can close it.
     let (code, message) = next_error(&mut ws).await;
@@ -217,7 +203,7 @@ async fn reauth_without_a_subscribed_collection_drops_that_subscription() {
         hello(&mut ws, "raw", &both).await,
         Some(Frame::Welcome { .. })
     ));
-    subscribe(&mut ws, &["notes", "tasks"]).await;
+    subscribed(&mut ws, &["notes", "tasks"]).await;
     let tasks = Collection::new("tasks").expect("name");
     let notes = Collection::new("notes").expect("name");
     let (conn, _) = relay

@@ -348,16 +348,8 @@ fn truncations_and_garbage_are_refused_never_a_panic() {
             Ok(_) | Err(GuardError::Invalid { .. }) | Err(GuardError::TooLarge { .. }) => {}
         }
     }
-    let mut state = 0x2545_f491_4f6c_dd1du64;
     for len in 0..2000usize {
-        let garbage: Vec<u8> = (0..len % 300)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let garbage = crate::testing::noise(len as u64, len % 300);
         let mut chunk = forge::MAGIC.to_vec();
         chunk.extend(&garbage);
         assert!(inspect(&garbage, &Budget::default()).is_err() || garbage.is_empty());

@@ -184,17 +184,9 @@ mod tests {
     /// (which compression cannot shrink).
     fn big_doc(changes: usize, bytes: usize) -> Automerge {
         let mut doc = Automerge::new();
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
         for i in 0..changes {
             let mut tx = doc.transaction();
-            let value: Vec<u8> = (0..bytes)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    seed as u8
-                })
-                .collect();
+            let value = crate::testing::noise(i as u64, bytes);
             tx.put(ROOT, format!("k{i}"), ScalarValue::Bytes(value))
                 .expect("put");
             tx.commit();
