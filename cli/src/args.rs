@@ -229,12 +229,17 @@ pub enum Command {
             hide_env_values = true
         )]
         token: String,
-        /// Also sync this collection (repeatable).
+        /// Sync only this collection (repeatable); without it, every
+        /// collection the database holds records of.
         #[arg(long = "collection", value_name = "C")]
         collections: Vec<String>,
         /// Give up after this many seconds.
         #[arg(long, value_name = "SECONDS", default_value_t = 60)]
         timeout: u64,
+        /// Exit with status 4 when a collection was refused or local
+        /// changes could not be pushed (read-only access).
+        #[arg(long)]
+        strict: bool,
     },
 }
 

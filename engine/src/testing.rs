@@ -99,14 +99,14 @@ pub async fn subscribe(ws: &mut Ws, names: &[&str]) {
 }
 
 /// Subscribes to `names` and reads up to each complete announcement (only
-/// announcements may arrive meanwhile).
+/// the relay's confirmations and announcements may arrive meanwhile).
 pub async fn subscribed(ws: &mut Ws, names: &[&str]) {
     subscribe(ws, names).await;
     let mut complete = 0;
     while complete < names.len() {
         match next_frame(ws).await {
             Some(Frame::Announce { complete: true, .. }) => complete += 1,
-            Some(Frame::Announce { .. }) => {}
+            Some(Frame::Announce { .. } | Frame::Subscribed { .. }) => {}
             other => panic!("expected announcements, got {other:?}"),
         }
     }

@@ -100,7 +100,8 @@ fn a_frame_at_or_after_expiry_is_refused_and_closes() {
     let out = session.handle_frame(late, 10_000, &FakeAccess, &store);
     assert_eq!(refusal(&out), Some((ErrorCode::TOKEN_EXPIRED, true)));
     assert!(
-        !out.iter().any(|o| matches!(o, RelayOutput::Subscribed(_))),
+        !out.iter()
+            .any(|o| matches!(o, RelayOutput::Subscribed { .. })),
         "the frame was not applied: {out:?}"
     );
     assert!(!session.is_subscribed("tasks"));
@@ -122,18 +123,36 @@ fn reauth_replaces_the_grant_and_drops_what_it_cannot_read() {
         token: "notes-read".into(),
     };
     let out = session.handle_frame(reauth, 5_000, &FakeAccess, &store);
-    assert_eq!(out.len(), 3, "{out:?}");
+    assert_eq!(out.len(), 5, "{out:?}");
     assert_eq!(out[0], RelayOutput::Unsubscribed(collection("tasks")));
     match &out[1] {
-        RelayOutput::Send(Frame::Error { code, message, doc }) => {
+        RelayOutput::Send(Frame::SubscribeRefused {
+            collection,
+            code,
+            message,
+        }) => {
             assert_eq!(*code, ErrorCode::FORBIDDEN);
-            assert!(message.contains("'tasks'"), "{message}");
-            assert_eq!(*doc, None);
+            assert_eq!(collection, "tasks", "{message}");
         }
-        other => panic!("expected forbidden, got {other:?}"),
+        other => panic!("expected tasks refused, got {other:?}"),
     }
     assert_eq!(
         out[2],
+        RelayOutput::Subscribed {
+            collection: collection("notes"),
+            write: false
+        },
+        "the registry learns the new right"
+    );
+    assert_eq!(
+        out[3],
+        RelayOutput::Send(Frame::Subscribed {
+            collection: "notes".into(),
+            write: false
+        })
+    );
+    assert_eq!(
+        out[4],
         RelayOutput::Send(Frame::Reauthorized {
             expires_at_ms: Some(20_000)
         })

@@ -196,10 +196,10 @@ impl Sim {
         for output in outputs {
             match output {
                 RelayOutput::Send(frame) => self.send_to_client(conn, frame),
-                RelayOutput::Subscribed(c) => {
+                RelayOutput::Subscribed { collection, write } => {
                     let relay = &mut self.relay;
                     if let Some(peer) = relay.sessions.get(&conn).and_then(|s| s.state_key()) {
-                        relay.subscribers.subscribe(conn, peer, &c);
+                        relay.subscribers.subscribe(conn, peer, &collection, write);
                     }
                 }
                 RelayOutput::Unsubscribed(c) => self.relay.subscribers.unsubscribe(conn, &c),
@@ -209,13 +209,16 @@ impl Sim {
                     message,
                     want_reply,
                 } => {
-                    let Some(peer) = self.relay.sessions.get(&conn).and_then(|s| s.state_key())
-                    else {
+                    let Some(session) = self.relay.sessions.get(&conn) else {
+                        continue;
+                    };
+                    let Some(peer) = session.state_key() else {
                         continue;
                     };
                     let input = HubInput {
                         conn,
                         peer: peer.clone(),
+                        write: session.can_write(&collection),
                         message,
                         want_reply,
                     };

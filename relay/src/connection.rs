@@ -322,7 +322,9 @@ impl Connection {
     async fn carry_out(&mut self, output: RelayOutput) -> Option<End> {
         match output {
             RelayOutput::Send(frame) => return self.send(frame).await,
-            RelayOutput::Subscribed(c) => self.shared.peers.subscribe(self.conn, &c),
+            RelayOutput::Subscribed { collection, write } => {
+                self.shared.peers.subscribe(self.conn, &collection, write)
+            }
             RelayOutput::Unsubscribed(c) => self.shared.peers.unsubscribe(self.conn, &c),
             RelayOutput::Route {
                 doc,
@@ -330,10 +332,12 @@ impl Connection {
                 message,
                 want_reply,
             } => {
-                let peer = self.session.as_ref().and_then(|s| s.state_key()).cloned()?;
+                let session = self.session.as_ref()?;
+                let peer = session.state_key().cloned()?;
                 let input = HubInput {
                     conn: self.conn,
                     peer,
+                    write: session.can_write(&collection),
                     message,
                     want_reply,
                 };

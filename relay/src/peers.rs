@@ -59,13 +59,14 @@ impl Peers {
         inner.subscribers.remove(conn);
     }
 
-    /// Records a subscription of a registered connection.
-    pub fn subscribe(&self, conn: ConnId, collection: &Collection) {
+    /// Records a subscription of a registered connection, with its right
+    /// (recorded again when a `Reauth` changes it).
+    pub fn subscribe(&self, conn: ConnId, collection: &Collection, write: bool) {
         let mut inner = self.inner.lock();
         let Some(key) = inner.conns.get(&conn).map(|h| h.state_key.clone()) else {
             return;
         };
-        inner.subscribers.subscribe(conn, &key, collection);
+        inner.subscribers.subscribe(conn, &key, collection, write);
     }
 
     /// Removes a subscription.
@@ -156,7 +157,7 @@ mod tests {
             },
         );
         let c = Collection::new("c").expect("valid");
-        peers.subscribe(conn, &c);
+        peers.subscribe(conn, &c, true);
         let frame = Frame::Subscribe {
             collections: vec![],
         };
@@ -165,7 +166,14 @@ mod tests {
         assert!(!peers.send(conn, &frame), "the third frame does not fit");
         assert!(kick.is_cancelled(), "the peer is told to go");
         assert_eq!(rx.try_recv().map(|(kind, _)| kind).ok(), Some("subscribe"));
-        assert_eq!(peers.subscribers(&c), vec![Subscriber { conn, peer }]);
+        assert_eq!(
+            peers.subscribers(&c),
+            vec![Subscriber {
+                conn,
+                peer,
+                write: true
+            }]
+        );
         peers.remove(conn);
         assert!(peers.subscribers(&c).is_empty() && !peers.send(conn, &frame));
         assert_eq!(peers.subscribed_collections(), 0, "no key is left behind");

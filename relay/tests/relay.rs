@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 mod support;
-use support::wire::{expect_error, next_frame, raw, send};
+use support::wire::{expect_error, next_frame, raw, send, subscribed};
 use support::{spawn_relay, RelayProcess};
 
 const T: Duration = Duration::from_secs(20);
@@ -81,17 +81,7 @@ async fn bad_input_is_refused_with_its_code_and_others_keep_syncing() {
         next_frame(&mut ws).await,
         Some(Frame::Welcome { .. })
     ));
-    send(
-        &mut ws,
-        &Frame::Subscribe {
-            collections: vec!["c".into()],
-        },
-    )
-    .await;
-    assert!(matches!(
-        next_frame(&mut ws).await,
-        Some(Frame::Announce { complete: true, .. })
-    ));
+    subscribed(&mut ws, &["c"]).await;
     let bogus = Frame::Sync {
         doc: id,
         collection: "c".into(),

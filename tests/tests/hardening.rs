@@ -129,17 +129,28 @@ async fn rights_decide_what_a_connection_sees_and_may_change() {
         "nothing from a collection it may not read"
     );
 
-    // Its own changes are refused: never stored, never forwarded, and it is told why.
+    // Its own changes stay local: never stored, never forwarded; it keeps
+    // pulling, and says what it could not push.
     reader
         .put(&shared, "v", &json!(666), None)
         .expect("local write");
-    match hr.wait_synced(T).await {
-        Err(SyncError::Refused { code, message }) => {
-            assert_eq!(code, ErrorCode::FORBIDDEN);
-            assert!(message.contains("read-only"), "{message}");
-        }
-        other => panic!("expected forbidden, got {other:?}"),
-    }
+    let traffic = relay
+        .relay
+        .metrics()
+        .frames_in
+        .get_or_create(&accord_relay::metrics::KindLabel {
+            kind: "sync".into(),
+        })
+        .get();
+    hr.wait_synced(T)
+        .await
+        .expect("a read-only device still syncs");
+    assert_eq!(
+        hr.status().unpushed,
+        vec![shared],
+        "the local change is reported"
+    );
+    assert!(hr.status().read_only.contains("shared"));
     assert_eq!(
         relay
             .relay
@@ -157,6 +168,43 @@ async fn rights_decide_what_a_connection_sees_and_may_change() {
         writer.get(&shared).expect("writer copy").value["v"],
         json!(1)
     );
+    wait_until(T, "the reader to pull the writer's change", || async {
+        reader
+            .get(&shared)
+            .map(|r| r.value["w"] == json!(true))
+            .unwrap_or(false)
+    })
+    .await;
+    assert_eq!(
+        reader.get(&shared).expect("merged").value["v"],
+        json!(666),
+        "its own change is kept"
+    );
+    hr.wait_agreed(T)
+        .await
+        .expect("agreed with what the relay holds");
+    let quiet = relay
+        .relay
+        .metrics()
+        .frames_in
+        .get_or_create(&accord_relay::metrics::KindLabel {
+            kind: "sync".into(),
+        })
+        .get();
+    hr.wait_synced(T).await.expect("synced again");
+    let after = relay
+        .relay
+        .metrics()
+        .frames_in
+        .get_or_create(&accord_relay::metrics::KindLabel {
+            kind: "sync".into(),
+        })
+        .get();
+    assert!(quiet > traffic, "it did sync");
+    assert_eq!(
+        after, quiet,
+        "no frames traded for ever over the unpushable change"
+    );
 
     // Subscribing to a collection it may not read is refused, and so is
     // fetching a document of that collection by its id.
@@ -166,8 +214,20 @@ async fn rights_decide_what_a_connection_sees_and_may_change() {
         Some(Frame::Welcome { .. })
     ));
     subscribe(&mut ws, &["secret"]).await;
-    let (code, message) = next_error(&mut ws).await;
-    assert_eq!(code, ErrorCode::FORBIDDEN, "{message}");
+    match next_frame(&mut ws).await {
+        Some(Frame::SubscribeRefused {
+            collection,
+            code,
+            message,
+        }) => {
+            assert_eq!(
+                (collection.as_str(), code),
+                ("secret", ErrorCode::FORBIDDEN),
+                "{message}"
+            );
+        }
+        other => panic!("expected the subscription refused, got {other:?}"),
+    }
     subscribe(&mut ws, &["shared"]).await;
     let guess = Frame::Sync {
         doc: secret,
@@ -630,5 +690,39 @@ async fn sync_states_are_bound_to_the_token_and_bounded_per_token() {
             row.0
         );
     }
+    relay.stop().await.expect("stop");
+}
+
+/// A token that does not cover every collection configured: the relay
+/// refuses those subscriptions one by one, the replica syncs the others and
+/// reports what it skipped and why, instead of failing altogether.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collections_a_token_does_not_cover_are_skipped_and_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = secured(dir.path(), |_| {}).await;
+    let phone = Replica::open(dir.path().join("phone.db")).expect("phone");
+    let ada = phone
+        .create("contacts", &json!({"name": "Ada"}))
+        .expect("create");
+    let old = phone
+        .create("archive", &json!({"old": true}))
+        .expect("create");
+    let contacts_only = token(&[("contacts", Right::ReadWrite)]);
+    let mut sync = phone.connect(&relay.url, opts(contacts_only, &["contacts", "archive"]));
+    sync.wait_synced(T)
+        .await
+        .expect("the covered collection syncs");
+    let status = sync.status();
+    let reason = status
+        .skipped
+        .get("archive")
+        .expect("archive is reported as skipped");
+    assert!(reason.contains("no right to read"), "{reason}");
+    assert!(status.refused.is_none() && !status.skipped.contains_key("contacts"));
+    assert!(relay.relay.replica().get(&ada).is_ok());
+    assert!(
+        relay.relay.replica().meta(&old).is_err(),
+        "nothing of archive reached the relay"
+    );
     relay.stop().await.expect("stop");
 }

@@ -227,13 +227,24 @@ async fn reauth_without_a_subscribed_collection_drops_that_subscription() {
     let notes_read = token_until(exp, &[("notes", Right::Read)]);
     send(&mut ws, &Frame::Reauth { token: notes_read }).await;
     match next_frame(&mut ws).await {
-        Some(Frame::Error { code, message, doc }) => {
+        Some(Frame::SubscribeRefused {
+            collection,
+            code,
+            message,
+        }) => {
             assert_eq!(code, ErrorCode::FORBIDDEN, "{message}");
-            assert!(message.contains("'tasks'"), "{message}");
-            assert_eq!(doc, None);
+            assert_eq!(collection, "tasks");
         }
-        other => panic!("expected forbidden for tasks, got {other:?}"),
+        other => panic!("expected tasks refused, got {other:?}"),
     }
+    assert_eq!(
+        next_frame(&mut ws).await,
+        Some(Frame::Subscribed {
+            collection: "notes".into(),
+            write: false
+        }),
+        "what stays subscribed is confirmed with its new right"
+    );
     assert_eq!(
         next_frame(&mut ws).await,
         Some(Frame::Reauthorized {

@@ -110,7 +110,8 @@ fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode> {
             token,
             collections,
             timeout,
-        } => sync::sync(ctx, &relay, token, collections, timeout)?,
+            strict,
+        } => return sync::sync(ctx, &relay, token, collections, timeout, strict),
     }
     Ok(ExitCode::SUCCESS)
 }

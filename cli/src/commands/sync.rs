@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use accord_engine::{ConnectOptions, SyncError, SyncStatus};
@@ -17,24 +18,33 @@ use crate::output::human_size;
 /// Documents to move before a progress bar is worth showing.
 const PROGRESS_THRESHOLD: u64 = 50;
 
-/// `accord sync`.
+/// The exit status of a `--strict` sync that left something out.
+const PARTIAL: u8 = 4;
+
+/// `accord sync`: the collections named with `--collection`, or else every
+/// collection the database holds records of. Collections the token does
+/// not cover are skipped and reported; on read-only access local changes
+/// stay local and are reported. `--strict` makes either exit with 4.
 pub fn sync(
     ctx: &mut Ctx,
     relay: &str,
     token: String,
-    extra: Vec<String>,
+    named: Vec<String>,
     timeout: u64,
-) -> Result<()> {
+    strict: bool,
+) -> Result<ExitCode> {
     if !(relay.starts_with("ws://") || relay.starts_with("wss://")) {
         bail!("bad relay URL '{relay}': expected ws://HOST:PORT or wss://HOST:PORT");
     }
-    for c in &extra {
+    for c in &named {
         accord_engine::replica::check_collection(c)?;
     }
     let replica = ctx.replica()?;
-    let mut collections: BTreeSet<String> =
-        replica.collections()?.into_iter().map(|(c, _)| c).collect();
-    collections.extend(extra);
+    let collections: BTreeSet<String> = if named.is_empty() {
+        replica.collections()?.into_iter().map(|(c, _)| c).collect()
+    } else {
+        named.into_iter().collect()
+    };
     if collections.is_empty() {
         bail!("nothing to sync: the database has no records; name collections with --collection C");
     }
@@ -64,7 +74,24 @@ pub fn sync(
         outcome.map(|()| status)
     });
     let status = status.map_err(|e| explain(e, relay, timeout))?;
-    summary(ctx, relay, &collections, &status)
+    if collections.iter().all(|c| status.skipped.contains_key(c)) {
+        let reasons: Vec<String> = status
+            .skipped
+            .iter()
+            .map(|(c, why)| format!("{c}: {why}"))
+            .collect();
+        bail!(
+            "relay {relay} refused every collection ({})",
+            reasons.join("; ")
+        );
+    }
+    summary(ctx, relay, &collections, &status)?;
+    let partial = !status.skipped.is_empty() || !status.unpushed.is_empty();
+    Ok(if strict && partial {
+        ExitCode::from(PARTIAL)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn unreachable_follow() -> Result<(), SyncError> {
@@ -94,30 +121,71 @@ fn summary(
     status: &SyncStatus,
 ) -> Result<()> {
     let s = status.stats;
+    let synced: Vec<&str> = collections
+        .iter()
+        .map(String::as_str)
+        .filter(|c| !status.skipped.contains_key(*c))
+        .collect();
     if ctx.out.json {
+        let unpushed: Vec<String> = status.unpushed.iter().map(ToString::to_string).collect();
         let value = json!({
             "relay": relay,
-            "collections": collections,
+            "collections": synced,
+            "skipped": status.skipped,
+            "read_only": status.read_only,
+            "unpushed": unpushed,
             "docs_sent": s.docs_sent,
             "docs_received": s.docs_received,
+            "records_discovered": s.records_discovered,
+            "deletions_sent": s.deletions_sent,
+            "deletions_received": s.deletions_received,
             "bytes_sent": s.bytes_sent,
             "bytes_received": s.bytes_received,
             "messages_sent": s.messages_sent,
             "messages_received": s.messages_received,
         });
         ctx.out.json_value(&value)?;
-    } else {
-        let names: Vec<&str> = collections.iter().map(String::as_str).collect();
+        return Ok(());
+    }
+    let mut line = format!(
+        "in sync with {relay} ({}): sent {} ({}), received {} ({})",
+        synced.join(", "),
+        count(s.docs_sent, "document"),
+        human_size(s.bytes_sent),
+        count(s.docs_received, "document"),
+        human_size(s.bytes_received)
+    );
+    if s.records_discovered > 0 {
+        line += &format!(", {} new here", count(s.records_discovered, "record"));
+    }
+    if s.deletions_sent + s.deletions_received > 0 {
+        line += &format!(
+            ", deletions: {} sent, {} received",
+            s.deletions_sent, s.deletions_received
+        );
+    }
+    ctx.out.line(&line)?;
+    for (collection, reason) in &status.skipped {
+        ctx.out.line(&format!("skipped {collection}: {reason}"))?;
+    }
+    if !status.unpushed.is_empty() {
+        let ids: Vec<String> = status.unpushed.iter().map(ToString::to_string).collect();
         ctx.out.line(&format!(
-            "in sync with {relay} ({}): sent {} documents ({}), received {} documents ({})",
-            names.join(", "),
-            s.docs_sent,
-            human_size(s.bytes_sent),
-            s.docs_received,
-            human_size(s.bytes_received)
+            "read-only access: {} with local changes not pushed (kept here): {}",
+            count(status.unpushed.len() as u64, "record"),
+            ids.join(" ")
         ))?;
     }
     Ok(())
+}
+
+/// "1 record", "2 records".
+fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 /// A progress bar on a terminal, once enough documents move.

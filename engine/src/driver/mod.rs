@@ -30,6 +30,9 @@ use std::time::{Duration, SystemTime};
 
 pub use handle::SyncHandle;
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::id::DocId;
 use crate::sync::{ErrorCode, SessionStats};
 
 /// How to connect.
@@ -163,6 +166,17 @@ pub struct SyncStatus {
     /// with a fresh token before. A token given by `set_token` counts
     /// once the relay accepted it.
     pub token_expires: Option<SystemTime>,
+    /// Collections the relay refused on the current connection (no right
+    /// to read them, a bad name), with its reason: the others sync, and
+    /// waiting for sync does not wait for these.
+    pub skipped: BTreeMap<String, String>,
+    /// Collections the current connection may only read: they are pulled,
+    /// and local changes to them stay local (see `unpushed`).
+    pub read_only: BTreeSet<String>,
+    /// As of the last answered check: records of read-only collections
+    /// with local changes or a tombstone the relay does not hold. They
+    /// stay in this replica (and sync if a later connection may write).
+    pub unpushed: Vec<DocId>,
 }
 
 impl SyncStatus {
@@ -178,6 +192,9 @@ impl SyncStatus {
             last_error: None,
             refused: None,
             token_expires: None,
+            skipped: BTreeMap::new(),
+            read_only: BTreeSet::new(),
+            unpushed: Vec::new(),
         }
     }
 }

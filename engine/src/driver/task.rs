@@ -476,6 +476,28 @@ impl Driver {
                     s.state = ConnectionState::Connected;
                     s.connects += 1;
                     s.last_error = None;
+                    s.skipped.clear();
+                    s.read_only.clear();
+                });
+            }
+            SessionEvent::Subscribed { collection, write } => {
+                self.set(|s| {
+                    s.skipped.remove(collection.as_str());
+                    if write {
+                        s.read_only.remove(collection.as_str());
+                    } else {
+                        s.read_only.insert(collection.to_string());
+                    }
+                });
+            }
+            SessionEvent::CollectionSkipped {
+                collection,
+                code,
+                message,
+            } => {
+                tracing::warn!(collection, %code, message, "relay refused a collection; syncing the others");
+                self.set(|s| {
+                    s.skipped.insert(collection, message);
                 });
             }
             SessionEvent::RelayError { code, message, doc } => {
@@ -526,6 +548,9 @@ impl Driver {
         self.set(|s| {
             s.synced = outcome.synced;
             s.agreed = outcome.agreed;
+            if answered {
+                s.unpushed = outcome.unpushed;
+            }
             if answered {
                 s.checked = s.checked.max(ticket);
             }

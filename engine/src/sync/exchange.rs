@@ -49,6 +49,13 @@ impl Exchange {
         }
     }
 
+    /// Marks the peer as one whose changes are not accepted: Automerge then
+    /// never asks it for changes nor applies any, and flags its messages
+    /// read-only, so the peer stops offering its own changes.
+    pub(crate) fn set_read_only(&mut self, read_only: bool) {
+        self.state.read_only = read_only;
+    }
+
     /// Whether our last message still awaits its answer.
     pub(crate) fn in_flight(&self) -> bool {
         self.in_flight_since.is_some()
@@ -74,7 +81,9 @@ impl Exchange {
     /// Forgets everything but the shared heads (as a restart would) and
     /// stops waiting; returns whether a message was in flight.
     pub(crate) fn restart(&mut self) -> bool {
+        let read_only = self.state.read_only;
         self.state = State::decode(&self.state.encode()).unwrap_or_default();
+        self.state.read_only = read_only;
         self.in_flight_since.take().is_some()
     }
 
@@ -142,6 +151,13 @@ impl Exchange {
     /// changes, needs nothing, and states heads the peer already has gets
     /// no reply, so it must not hold an in-flight place or be retried.
     fn awaits_answer(&self, message: &Message) -> bool {
+        let asks_nothing = message.changes.is_empty() && message.need.is_empty();
+        if asks_nothing && self.state.is_peer_read_only() {
+            // A read-only peer takes none of our changes, so it may never
+            // hold our heads: a message that only states them is not
+            // answered (else the two would trade heads for ever).
+            return false;
+        }
         let peer_has_our_heads = self.state.their_heads.as_ref().is_some_and(|theirs| {
             let mut theirs = theirs.clone();
             let mut ours = message.heads.clone();

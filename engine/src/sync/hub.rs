@@ -40,6 +40,9 @@ pub struct HubInput {
     pub conn: ConnId,
     /// The peer behind it.
     pub peer: PeerId,
+    /// Whether it may change the document (a read-only peer's changes are
+    /// never applied, and it is told so).
+    pub write: bool,
     /// The decoded message.
     pub message: Message,
     /// Whether the sender waits for an answer.
@@ -150,7 +153,7 @@ impl DocHub {
         self.detach_unsubscribed(subscribers);
         if out.changed {
             for s in subscribers {
-                self.attach(s.conn, &s.peer, docs, &mut out);
+                self.attach(s.conn, &s.peer, s.write, docs, &mut out);
             }
         }
         self.flush(now, docs, &mut out);
@@ -179,8 +182,16 @@ impl DocHub {
     }
 
     /// Attaches a connection, resuming from its persisted state if any.
-    fn attach(&mut self, conn: ConnId, peer: &PeerId, docs: &dyn SyncDocs, out: &mut HubOutput) {
-        if self.peers.contains_key(&conn) {
+    fn attach(
+        &mut self,
+        conn: ConnId,
+        peer: &PeerId,
+        write: bool,
+        docs: &dyn SyncDocs,
+        out: &mut HubOutput,
+    ) {
+        if let Some(attached) = self.peers.get_mut(&conn) {
+            attached.exchange.set_read_only(!write);
             return;
         }
         let state = match docs.load_sync_state(peer, &self.doc) {
@@ -191,9 +202,11 @@ impl DocHub {
                 None
             }
         };
+        let mut exchange = Exchange::resume(state);
+        exchange.set_read_only(!write);
         let attached = HubPeer {
             peer: peer.clone(),
-            exchange: Exchange::resume(state),
+            exchange,
             owes_reply: false,
         };
         self.peers.insert(conn, attached);
@@ -224,10 +237,11 @@ impl DocHub {
         let HubInput {
             conn,
             peer,
+            write,
             message,
             want_reply,
         } = input;
-        self.attach(conn, &peer, docs, out);
+        self.attach(conn, &peer, write, docs, out);
         let Some(attached) = self.peers.get_mut(&conn) else {
             return;
         };

@@ -115,6 +115,25 @@ pub enum Frame {
         /// When the new grant ends (ms since the Unix epoch), if ever.
         expires_at_ms: Option<u64>,
     },
+    /// Relay → replica: a subscription was accepted (or its right changed
+    /// after a `Reauth`), before its listing. On a read-only subscription
+    /// the replica pulls and keeps its own changes local.
+    Subscribed {
+        /// The collection.
+        collection: String,
+        /// Whether the connection may change its documents.
+        write: bool,
+    },
+    /// Relay → replica: a subscription was refused (or dropped after a
+    /// `Reauth`); the other collections sync as usual.
+    SubscribeRefused {
+        /// The collection, as named.
+        collection: String,
+        /// Why: `forbidden`, `bad_name` or `too_large`.
+        code: ErrorCode,
+        /// Human-readable explanation.
+        message: String,
+    },
 }
 
 /// A document as a relay announces it.
@@ -269,6 +288,8 @@ impl Frame {
             Frame::Error { .. } => "error",
             Frame::Reauth { .. } => "reauth",
             Frame::Reauthorized { .. } => "reauthorized",
+            Frame::Subscribed { .. } => "subscribed",
+            Frame::SubscribeRefused { .. } => "subscribe_refused",
         }
     }
 }
@@ -314,6 +335,15 @@ mod tests {
             },
             Frame::Reauthorized {
                 expires_at_ms: None,
+            },
+            Frame::Subscribed {
+                collection: "c".into(),
+                write: false,
+            },
+            Frame::SubscribeRefused {
+                collection: "c".into(),
+                code: ErrorCode::FORBIDDEN,
+                message: "no".into(),
             },
         ];
         for f in frames {

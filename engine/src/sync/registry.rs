@@ -32,24 +32,27 @@ pub struct Subscriber {
     pub conn: ConnId,
     /// The peer behind it (its sync states are kept under this id).
     pub peer: PeerId,
+    /// Whether it may change the collection's documents (a read-only
+    /// subscriber is sent changes but never asked for its own).
+    pub write: bool,
 }
 
 /// The subscriptions of every connection.
 #[derive(Debug, Default, Clone)]
 pub struct Subscribers {
     /// Subscribers of each collection that has any.
-    by_collection: BTreeMap<Collection, BTreeMap<ConnId, PeerId>>,
+    by_collection: BTreeMap<Collection, BTreeMap<ConnId, (PeerId, bool)>>,
     /// Collections of each connection that subscribed to any.
     by_conn: BTreeMap<ConnId, BTreeSet<Collection>>,
 }
 
 impl Subscribers {
-    /// Records a subscription.
-    pub fn subscribe(&mut self, conn: ConnId, peer: &PeerId, collection: &Collection) {
+    /// Records a subscription (or updates its right).
+    pub fn subscribe(&mut self, conn: ConnId, peer: &PeerId, collection: &Collection, write: bool) {
         self.by_collection
             .entry(collection.clone())
             .or_default()
-            .insert(conn, peer.clone());
+            .insert(conn, (peer.clone(), write));
         self.by_conn
             .entry(conn)
             .or_default()
@@ -90,9 +93,10 @@ impl Subscribers {
             .get(collection)
             .map(|subs| {
                 subs.iter()
-                    .map(|(conn, peer)| Subscriber {
+                    .map(|(conn, (peer, write))| Subscriber {
                         conn: *conn,
                         peer: peer.clone(),
+                        write: *write,
                     })
                     .collect()
             })
@@ -124,10 +128,11 @@ mod tests {
         );
         let peer = PeerId::new("p").expect("valid");
         let mut subs = Subscribers::default();
-        subs.subscribe(ConnId(1), &peer, &a);
-        subs.subscribe(ConnId(2), &peer, &a);
-        subs.subscribe(ConnId(2), &peer, &b);
+        subs.subscribe(ConnId(1), &peer, &a, true);
+        subs.subscribe(ConnId(2), &peer, &a, false);
+        subs.subscribe(ConnId(2), &peer, &b, true);
         assert_eq!(subs.of(&a).len(), 2);
+        assert!(subs.of(&a)[0].write && !subs.of(&a)[1].write);
         assert!(subs.is_subscribed(ConnId(2), &b));
         subs.unsubscribe(ConnId(1), &a);
         subs.remove(ConnId(2));

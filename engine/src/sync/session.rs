@@ -29,8 +29,14 @@ use crate::id::{Collection, DocId, PeerId};
 pub enum RelayOutput {
     /// Send this frame on this connection.
     Send(Frame),
-    /// Register the connection as a subscriber of a collection.
-    Subscribed(Collection),
+    /// Register the connection as a subscriber of a collection (again, to
+    /// update its right after a `Reauth`).
+    Subscribed {
+        /// The collection.
+        collection: Collection,
+        /// Whether the connection may write it.
+        write: bool,
+    },
     /// Remove it.
     Unsubscribed(Collection),
     /// Deliver a sync message to the hub of (collection, document).
@@ -377,29 +383,54 @@ impl RelaySession {
         }
         let mut seen = HashSet::new();
         for name in names {
-            if !seen.insert(name.clone()) {
-                continue;
+            if seen.insert(name.clone()) {
+                self.subscribe_one(name);
             }
-            let Some(collection) = self.collection(&name, None) else {
-                continue;
-            };
-            if !self.grant().is_some_and(|g| g.can_read(&collection)) {
-                let text = format!("no right to read collection '{collection}'");
-                self.fail(ErrorCode::FORBIDDEN, text, None);
-                continue;
-            }
-            if !self.subscriptions.contains(&collection) {
-                let max = self.usage.limits().max_subscriptions;
-                if self.subscriptions.len() >= max {
-                    let text = format!("a connection may subscribe to at most {max} collections");
-                    self.fail(ErrorCode::TOO_LARGE, text, None);
-                    continue;
-                }
-                self.subscriptions.insert(collection.clone());
-                self.out.push(RelayOutput::Subscribed(collection.clone()));
-            }
-            self.owe_listing(collection);
         }
+    }
+
+    /// Subscribes to one collection, or says why not (the others go on).
+    fn subscribe_one(&mut self, name: String) {
+        let collection = match Collection::new(name.as_str()) {
+            Ok(c) => c,
+            Err(e) => return self.refuse_subscription(name, ErrorCode::BAD_NAME, e.to_string()),
+        };
+        if !self.grant().is_some_and(|g| g.can_read(&collection)) {
+            let text = format!("no right to read collection '{collection}'");
+            return self.refuse_subscription(name, ErrorCode::FORBIDDEN, text);
+        }
+        if !self.subscriptions.contains(&collection) {
+            let max = self.usage.limits().max_subscriptions;
+            if self.subscriptions.len() >= max {
+                let text = format!("a connection may subscribe to at most {max} collections");
+                return self.refuse_subscription(name, ErrorCode::TOO_LARGE, text);
+            }
+            self.subscriptions.insert(collection.clone());
+        }
+        self.confirm_subscription(&collection);
+        self.owe_listing(collection);
+    }
+
+    /// Registers a subscription with its right and tells the peer.
+    fn confirm_subscription(&mut self, collection: &Collection) {
+        let write = self.can_write(collection);
+        self.out.push(RelayOutput::Subscribed {
+            collection: collection.clone(),
+            write,
+        });
+        self.out.push(RelayOutput::Send(Frame::Subscribed {
+            collection: collection.to_string(),
+            write,
+        }));
+    }
+
+    /// Tells the peer a collection was not subscribed to, and why.
+    fn refuse_subscription(&mut self, name: String, code: ErrorCode, message: String) {
+        self.out.push(RelayOutput::Send(Frame::SubscribeRefused {
+            collection: name,
+            code,
+            message,
+        }));
     }
 
     /// Owes a listing of `collection`; one not started yet answers this
@@ -626,15 +657,21 @@ impl RelaySession {
             .collect();
         for collection in unreadable {
             self.subscriptions.remove(&collection);
+            self.listings.retain(|l| l.collection != collection);
             self.out.push(RelayOutput::Unsubscribed(collection.clone()));
             let text = format!(
                 "the new token grants no right to read collection '{collection}'; unsubscribed"
             );
-            self.fail(ErrorCode::FORBIDDEN, text, None);
+            self.refuse_subscription(collection.to_string(), ErrorCode::FORBIDDEN, text);
         }
         let expires_at_ms = grant.expires_at_ms();
         if let Phase::Ready { grant: current, .. } = &mut self.phase {
             *current = grant;
+        }
+        // Rights may have changed on what stays subscribed.
+        let kept: Vec<Collection> = self.subscriptions.iter().cloned().collect();
+        for collection in &kept {
+            self.confirm_subscription(collection);
         }
         self.out
             .push(RelayOutput::Send(Frame::Reauthorized { expires_at_ms }));

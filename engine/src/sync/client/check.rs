@@ -25,8 +25,9 @@ use crate::sync::{DocSummary, SyncDocs};
 /// A pending `wait_synced` or `wait_agreed`.
 #[derive(Debug, Clone, Default)]
 pub struct SyncCheck {
-    /// Documents not yet known to be held, with their state then.
-    pending: HashMap<DocId, DocSummary>,
+    /// Documents not yet known to be held, with their collection and
+    /// their state then.
+    pending: HashMap<DocId, (Collection, DocSummary)>,
     /// The connection epoch last looked at; until it is the current one,
     /// every pending document is looked at, after that only news.
     epoch: Option<u64>,
@@ -38,12 +39,17 @@ pub struct SyncCheck {
 }
 
 /// The answer to a check.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CheckOutcome {
-    /// The relay holds every local change and tombstone of the snapshot.
+    /// The relay holds every local change and tombstone of the snapshot
+    /// (in read-only collections: this replica pulled what the relay
+    /// holds, and what it cannot push is in `unpushed`).
     pub synced: bool,
     /// In addition, this replica holds everything the relay announced.
     pub agreed: bool,
+    /// Once synced: records of read-only collections with local changes
+    /// (or a local tombstone) the relay does not hold and will not take.
+    pub unpushed: Vec<DocId>,
 }
 
 impl CheckOutcome {
@@ -63,7 +69,12 @@ impl ClientSession {
     ) -> Result<(SyncCheck, Vec<ClientOutput>)> {
         let mut pending = HashMap::new();
         for collection in &self.config.collections {
-            pending.extend(docs.summaries(collection)?.into_iter().map(|s| (s.doc, s)));
+            let summaries = docs.summaries(collection)?;
+            pending.extend(
+                summaries
+                    .into_iter()
+                    .map(|s| (s.doc, (collection.clone(), s))),
+            );
         }
         let mut check = SyncCheck {
             pending,
@@ -94,26 +105,53 @@ impl ClientSession {
             && local_quiet
             && self.fresh_announced(check)
             && self.agrees(docs).unwrap_or(false);
-        CheckOutcome { synced, agreed }
+        let unpushed = if synced {
+            self.unpushed(docs).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        CheckOutcome {
+            synced,
+            agreed,
+            unpushed,
+        }
+    }
+
+    /// Records of read-only collections whose local changes or tombstone
+    /// the relay does not hold.
+    pub fn unpushed(&self, docs: &dyn SyncDocs) -> Result<Vec<DocId>> {
+        let mut out = Vec::new();
+        for collection in &self.read_only {
+            for summary in docs.summaries(collection)? {
+                if !self.relay_holds(&summary, docs) {
+                    out.push(summary.doc);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Whether the relay now holds everything `check` waits for, dropping
     /// the documents found held from it.
     fn reached(&mut self, check: &mut SyncCheck, docs: &dyn SyncDocs) -> bool {
         let news = std::mem::take(&mut self.relay_news);
+        // Collections the relay refused are not waited for.
+        check
+            .pending
+            .retain(|_, (c, _)| !self.skipped.contains_key(c));
         if check.epoch == Some(self.epoch) {
             for doc in &news {
                 if check
                     .pending
                     .get(doc)
-                    .is_some_and(|s| self.relay_holds(s, docs))
+                    .is_some_and(|(c, s)| self.settled(c, s, docs))
                 {
                     check.pending.remove(doc);
                 }
             }
         } else {
             check.epoch = Some(self.epoch);
-            check.pending.retain(|_, s| !self.relay_holds(s, docs));
+            check.pending.retain(|_, (c, s)| !self.settled(c, s, docs));
         }
         self.all_announced() && check.pending.is_empty()
     }
@@ -124,16 +162,49 @@ impl ClientSession {
                 .config
                 .collections
                 .iter()
-                .all(|c| self.announced.contains(c))
+                .all(|c| self.announced.contains(c) || self.skipped.contains_key(c))
+    }
+
+    /// Whether nothing more can happen for `local` on this connection: the
+    /// relay holds it, or (read-only collection) this replica pulled what
+    /// the relay holds and keeps the rest local.
+    fn settled(&self, collection: &Collection, local: &DocSummary, docs: &dyn SyncDocs) -> bool {
+        if self.relay_holds(local, docs) {
+            return true;
+        }
+        if !self.read_only.contains(collection) {
+            return false;
+        }
+        let Some(d) = self.docs.get(&local.doc) else {
+            return false;
+        };
+        if d.relay_deleted {
+            return true;
+        }
+        match &d.relay_heads {
+            None => false,
+            Some(theirs) if theirs.is_empty() => true, // the relay lacks it: stays local
+            Some(theirs) => self.pulled(&local.doc, theirs, docs),
+        }
+    }
+
+    /// Whether this replica's history holds `theirs` now.
+    fn pulled(&self, doc: &DocId, theirs: &crate::id::Heads, docs: &dyn SyncDocs) -> bool {
+        let Ok(Some(now)) = docs.local_state(doc) else {
+            return false;
+        };
+        now.heads.contains_all(theirs)
+            || docs.covers(doc, theirs, &now.heads).ok().flatten() == Some(true)
     }
 
     /// Whether the announcements an agreement check asked for arrived.
     fn fresh_announced(&self, check: &SyncCheck) -> bool {
         match &check.fresh {
             // Reconnected since: that connection's announcements are newer.
-            Some((epoch, wanted)) if *epoch == self.epoch => wanted
-                .iter()
-                .all(|(c, n)| self.announces_done.get(c).is_some_and(|done| done >= n)),
+            Some((epoch, wanted)) if *epoch == self.epoch => wanted.iter().all(|(c, n)| {
+                self.skipped.contains_key(c)
+                    || self.announces_done.get(c).is_some_and(|done| done >= n)
+            }),
             _ => true,
         }
     }
@@ -145,8 +216,11 @@ impl ClientSession {
             return Ok(false);
         }
         for collection in &self.config.collections {
+            if self.skipped.contains_key(collection) {
+                continue;
+            }
             for summary in docs.summaries(collection)? {
-                if !self.relay_holds(&summary, docs) {
+                if !self.settled(collection, &summary, docs) {
                     return Ok(false);
                 }
             }
@@ -199,6 +273,13 @@ impl ClientSession {
                 continue;
             };
             if d.relay_deleted || theirs.is_empty() {
+                continue;
+            }
+            if self.read_only.contains(&d.collection) {
+                // Local changes stay local: agreeing means holding theirs.
+                if !self.pulled(doc, theirs, docs) {
+                    return Ok(false);
+                }
                 continue;
             }
             let ours = docs.local_state(doc)?.map(|l| l.heads).unwrap_or_default();

@@ -27,7 +27,7 @@
 
 mod check;
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use automerge::sync::Message;
 
@@ -104,6 +104,23 @@ pub enum SessionEvent {
         /// The document, if the error concerns one.
         doc: Option<DocId>,
     },
+    /// The relay accepted a subscription; on a read-only one this replica
+    /// pulls and keeps its own changes local.
+    Subscribed {
+        /// The collection.
+        collection: Collection,
+        /// Whether this connection may change its records.
+        write: bool,
+    },
+    /// The relay refused a subscription; the other collections sync.
+    CollectionSkipped {
+        /// The collection, as configured.
+        collection: String,
+        /// Why (`forbidden`, `bad_name`, `too_large`).
+        code: ErrorCode,
+        /// The relay's explanation.
+        message: String,
+    },
     /// This replica could not read or apply something: its own storage
     /// failed, or the relay sent data it could not apply. The document
     /// is tried again later (storage) or on the next connection (data).
@@ -144,6 +161,12 @@ pub struct SessionStats {
     /// Times the driver's change feed overflowed and every local document
     /// was compared with the relay instead.
     pub local_resyncs: u64,
+    /// Tombstones the relay acknowledged from this replica.
+    pub deletions_sent: u64,
+    /// Tombstones from the relay recorded here.
+    pub deletions_received: u64,
+    /// Records the relay announced that this replica did not have yet.
+    pub records_discovered: u64,
 }
 
 /// Whether a document may be offered to the relay now.
@@ -186,6 +209,11 @@ pub struct ClientSession {
     relay_id: Option<PeerId>,
     /// Collections whose announcement finished.
     announced: BTreeSet<Collection>,
+    /// Collections this connection may only read: their local changes
+    /// stay local.
+    read_only: BTreeSet<Collection>,
+    /// Collections the relay refused on this connection, with why.
+    skipped: BTreeMap<Collection, String>,
     /// Documents seen in announcements not yet finished.
     announcing: HashMap<Collection, HashSet<DocId>>,
     /// Documents whose relay heads or tombstone were learnt since the last
@@ -231,6 +259,8 @@ impl ClientSession {
             config,
             relay_id: None,
             announced: BTreeSet::new(),
+            read_only: BTreeSet::new(),
+            skipped: BTreeMap::new(),
             announcing: HashMap::new(),
             relay_news: HashSet::new(),
             epoch: 0,
@@ -325,6 +355,8 @@ impl ClientSession {
     fn reset(&mut self) {
         self.relay_id = None;
         self.announced.clear();
+        self.read_only.clear();
+        self.skipped.clear();
         self.announcing.clear();
         self.docs.clear();
         self.queue.clear();
@@ -411,6 +443,12 @@ impl ClientSession {
             } => self.on_sync(now, doc, &collection, &message, want_reply, docs),
             Frame::Delete { doc, collection } => self.on_delete(doc, &collection, docs),
             Frame::DeleteAck { doc } => self.on_delete_ack(doc),
+            Frame::Subscribed { collection, write } => self.on_subscribed(&collection, write),
+            Frame::SubscribeRefused {
+                collection,
+                code,
+                message,
+            } => self.on_subscribe_refused(collection, code, message),
             Frame::Error { code, message, doc } => self.on_error(now, code, message, doc),
             other => self.close(
                 ErrorCode::MALFORMED,
@@ -615,12 +653,15 @@ impl ClientSession {
         match local {
             Some(LocalState { collection: c, .. }) if c != *collection => Ok(()),
             Some(LocalState { deleted, .. }) if relay.deleted => {
-                if !deleted {
-                    self.apply_remote_delete(relay.doc, collection, docs)?;
+                if !deleted && self.apply_remote_delete(relay.doc, collection, docs)? {
+                    self.stats.deletions_received += 1;
                 }
                 Ok(())
             }
-            None if relay.deleted => self.apply_remote_delete(relay.doc, collection, docs),
+            None if relay.deleted => {
+                self.apply_remote_delete(relay.doc, collection, docs)?;
+                Ok(())
+            }
             Some(LocalState { heads, deleted, .. }) => {
                 if deleted {
                     self.send_delete(relay.doc, collection, docs);
@@ -631,22 +672,24 @@ impl ClientSession {
                 Ok(())
             }
             None => {
+                self.stats.records_discovered += 1;
                 self.enqueue(relay.doc);
                 Ok(())
             }
         }
     }
 
+    /// Records a tombstone from the relay; returns whether it was new.
     fn apply_remote_delete(
         &mut self,
         doc: DocId,
         collection: &Collection,
         docs: &dyn SyncDocs,
-    ) -> Result<()> {
-        if let Some(relay) = &self.relay_id {
-            docs.delete(&doc, collection, relay)?;
+    ) -> Result<bool> {
+        match &self.relay_id {
+            Some(relay) => docs.delete(&doc, collection, relay),
+            None => Ok(false),
         }
-        Ok(())
     }
 
     /// Offers the relay the local documents it did not announce.
@@ -757,8 +800,10 @@ impl ClientSession {
         let Some(collection) = self.subscribed(name) else {
             return;
         };
-        if let Err(e) = self.apply_remote_delete(doc, &collection, docs) {
-            self.local_failure(Some(doc), &e);
+        match self.apply_remote_delete(doc, &collection, docs) {
+            Ok(true) => self.stats.deletions_received += 1,
+            Ok(false) => {}
+            Err(e) => self.local_failure(Some(doc), &e),
         }
         if let Some(d) = self.doc_sync(doc, &collection, docs) {
             d.relay_deleted = true;
@@ -769,9 +814,49 @@ impl ClientSession {
     fn on_delete_ack(&mut self, doc: DocId) {
         if let Some(d) = self.docs.get_mut(&doc) {
             d.relay_deleted = true;
-            d.delete_sent = false;
+            if std::mem::take(&mut d.delete_sent) {
+                self.stats.deletions_sent += 1;
+            }
         }
         self.relay_news.insert(doc);
+    }
+
+    fn on_subscribed(&mut self, name: &str, write: bool) {
+        let Some(collection) = self.subscribed(name) else {
+            return;
+        };
+        if write {
+            self.read_only.remove(&collection);
+        } else {
+            self.read_only.insert(collection.clone());
+        }
+        self.skipped.remove(&collection);
+        self.out.push(ClientOutput::Event(SessionEvent::Subscribed {
+            collection,
+            write,
+        }));
+    }
+
+    fn on_subscribe_refused(&mut self, name: String, code: ErrorCode, message: String) {
+        if let Some(collection) = self.subscribed(&name) {
+            self.skipped.insert(collection, message.clone());
+        }
+        self.out
+            .push(ClientOutput::Event(SessionEvent::CollectionSkipped {
+                collection: name,
+                code,
+                message,
+            }));
+    }
+
+    /// Whether this connection may only read `collection`.
+    pub fn is_read_only(&self, collection: &str) -> bool {
+        self.read_only.contains(collection)
+    }
+
+    /// The collections the relay refused on this connection, with why.
+    pub fn skipped(&self) -> &BTreeMap<Collection, String> {
+        &self.skipped
     }
 
     fn on_error(&mut self, now: u64, code: ErrorCode, message: String, doc: Option<DocId>) {
@@ -831,6 +916,9 @@ impl ClientSession {
     /// Sends a tombstone; the relay counts as holding it once it
     /// acknowledges it.
     fn send_delete(&mut self, doc: DocId, collection: &Collection, docs: &dyn SyncDocs) {
+        if self.read_only.contains(collection) {
+            return; // stays local; reported as not pushed
+        }
         let Some(d) = self.doc_sync(doc, collection, docs) else {
             return;
         };
