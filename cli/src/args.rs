@@ -113,6 +113,10 @@ pub enum Command {
         /// As of these heads (comma-separated full or short change hashes).
         #[arg(long, value_name = "HEADS")]
         at: Option<String>,
+        /// Instead of the content, list the fields holding concurrent
+        /// values, each value with the change that wrote it.
+        #[arg(long, conflicts_with = "path")]
+        conflicts: bool,
     },
     /// Delete a record (a tombstone that replicates; history stays readable).
     Rm {

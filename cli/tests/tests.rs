@@ -420,6 +420,78 @@ fn diff_prints_readable_patches() {
     assert_eq!(env.ok(&["diff", &id, &middle, &middle]), "");
 }
 
+#[test]
+fn get_conflicts_and_diff_show_every_concurrent_value() {
+    let env = Env::new();
+    let replica = env.replica();
+    let id = replica
+        .create("contacts", &json!({"email": "ada@old.org", "name": "Ada"}))
+        .expect("create");
+    let before = replica.heads(&id).expect("heads");
+    let laptop = accord_engine::Replica::open_in_memory().expect("replica");
+    let saved = replica.save(&id).expect("save");
+    laptop
+        .merge_bytes(&id, "contacts", &saved, Origin::Local)
+        .expect("merge");
+    replica
+        .put(&id, "email", &json!("ada@phone.org"), None)
+        .expect("put");
+    laptop
+        .put(&id, "email", &json!("ada@laptop.org"), None)
+        .expect("put");
+    let theirs = laptop.save(&id).expect("save");
+    replica
+        .merge_bytes(&id, "contacts", &theirs, Origin::Local)
+        .expect("merge");
+    let shown = replica.get(&id).expect("get").value["email"].clone();
+    drop(replica);
+    let id = id.to_string();
+
+    let listed = env.json(&["--json", "get", &id, "--conflicts"]);
+    let conflicts = listed.as_array().expect("a list");
+    assert_eq!(conflicts.len(), 1, "{listed}");
+    assert_eq!(conflicts[0]["path"], "email");
+    let values = conflicts[0]["values"].as_array().expect("values");
+    let mut seen: Vec<&str> = values.iter().filter_map(|v| v["value"].as_str()).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, ["ada@laptop.org", "ada@phone.org"]);
+    let winner: Vec<&serde_json::Value> = values.iter().filter(|v| v["shown"] == true).collect();
+    assert_eq!(winner.len(), 1);
+    assert_eq!(winner[0]["value"], shown);
+    assert!(values
+        .iter()
+        .all(|v| v["change"].as_str().is_some_and(|h| h.len() == 64)));
+
+    let text = env.ok(&["get", &id, "--conflicts"]);
+    assert!(text.starts_with("email\n"), "{text}");
+    assert!(
+        text.contains("\"ada@laptop.org\"") && text.contains("\"ada@phone.org\""),
+        "{text}"
+    );
+    assert_eq!(text.matches("(shown)").count(), 1, "{text}");
+
+    // diff names both values, in text and JSON.
+    let before = before[0].to_string();
+    let out = env.ok(&["diff", &id, &before]);
+    assert!(
+        out.contains("ada@laptop.org") && out.contains("ada@phone.org"),
+        "{out}"
+    );
+    let rows = env.json(&["--json", "diff", &id, &before]);
+    let row = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["values"].is_array())
+        .unwrap_or_else(|| panic!("no row carries the values: {rows}"));
+    assert_eq!(row["values"].as_array().map(Vec::len), Some(2));
+
+    // Writing the field again resolves it.
+    env.ok(&["put", &id, "email", r#""ada@example.org""#]);
+    assert_eq!(env.ok(&["get", &id, "--conflicts"]), "no conflicts\n");
+    assert_eq!(env.json(&["--json", "get", &id, "--conflicts"]), json!([]));
+}
+
 // ---- export, import, maintenance ----
 
 #[test]

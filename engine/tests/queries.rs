@@ -862,7 +862,10 @@ fn rows_come_back_typed_with_json_functions_working() {
             "deleted",
             "created_at",
             "updated_at",
-            "json"
+            "json",
+            "conflicts",
+            "created",
+            "updated"
         ]
     );
     r.query("PRAGMA table_info(records)", &[])
@@ -1320,4 +1323,94 @@ fn a_v2_database_opens_with_its_projection_index_and_flag() {
         deleted.rows,
         vec![vec![SqlValue::Text(r#"{"name":"Bob"}"#.into())]]
     );
+    // Version 3: the live view leaves Bob out, times read as RFC 3339.
+    let live = r
+        .query("SELECT count(*) FROM live_records", &[])
+        .expect("live");
+    assert_eq!(live.rows, vec![vec![SqlValue::Integer(3)]]);
+    let created = r
+        .query("SELECT created, conflicts FROM records LIMIT 1", &[])
+        .expect("created");
+    let text = created.rows[0][0].as_str().expect("created is text");
+    assert!(
+        text.len() == 20 && text.ends_with('Z') && text.as_bytes()[10] == b'T',
+        "{text}"
+    );
+    assert_eq!(created.rows[0][1], SqlValue::Integer(0));
+}
+
+#[test]
+fn conflicts_deleted_records_and_readable_times_are_queryable() {
+    let (_dir, r) = file_replica();
+    let ada = r
+        .create("contacts", &json!({"name": "Ada", "email": "ada@old.org"}))
+        .expect("ada");
+    let bob = r.create("contacts", &json!({"name": "Bob"})).expect("bob");
+    r.delete(&bob).expect("delete bob");
+    let other = Replica::open_in_memory().expect("other");
+    other
+        .merge_bytes(
+            &ada,
+            "contacts",
+            &r.save(&ada).expect("save"),
+            Origin::Local,
+        )
+        .expect("merge");
+    other
+        .put(&ada, "email", &json!("ada@laptop.org"), None)
+        .expect("put");
+    r.put(&ada, "email", &json!("ada@phone.org"), None)
+        .expect("put");
+    assert!(r
+        .query("SELECT id FROM records WHERE conflicts > 0", &[])
+        .expect("none yet")
+        .rows
+        .is_empty());
+    r.merge_bytes(
+        &ada,
+        "contacts",
+        &other.save(&ada).expect("save"),
+        Origin::Local,
+    )
+    .expect("merge");
+
+    let conflicted = r
+        .query(
+            "SELECT id, conflicts FROM live_records WHERE conflicts > 0",
+            &[],
+        )
+        .expect("conflicted");
+    assert_eq!(
+        conflicted.rows,
+        vec![vec![SqlValue::Text(ada.to_string()), SqlValue::Integer(1)]]
+    );
+    assert_eq!(r.check_projection().expect("check"), vec![]);
+    let all = r.query("SELECT id FROM records", &[]).expect("all");
+    let live = r.query("SELECT id FROM live_records", &[]).expect("live");
+    assert_eq!((all.rows.len(), live.rows.len()), (2, 1));
+    let times = r
+        .query(
+            "SELECT created, updated, created_at, updated_at FROM records WHERE id = ?1",
+            &[ada.to_string().into()],
+        )
+        .expect("times");
+    let row = &times.rows[0];
+    let millis = row[2].as_i64().expect("created_at");
+    let expected = chrono::DateTime::from_timestamp_millis(millis)
+        .expect("a time")
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    assert_eq!(row[0], SqlValue::Text(expected));
+    assert!(row[1].as_str().expect("updated") >= row[0].as_str().expect("created"));
+
+    // Writing the field again resolves the conflict, and the view says so.
+    r.put(&ada, "email", &json!("ada@example.org"), None)
+        .expect("resolve");
+    let after = r
+        .query(
+            "SELECT conflicts FROM records WHERE id = ?1",
+            &[ada.to_string().into()],
+        )
+        .expect("after");
+    assert_eq!(after.rows, vec![vec![SqlValue::Integer(0)]]);
 }

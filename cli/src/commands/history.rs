@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use accord_engine::automerge::ChangeHash;
+use accord_engine::Conflict;
 use accord_engine::{describe_patch, ChangeInfo, DocId};
 use anyhow::Result;
 use serde_json::{json, Value};
@@ -144,12 +145,19 @@ pub fn diff(ctx: &mut Ctx, id: &DocId, from: &str, to: Option<&str>) -> Result<(
         None => replica.heads(id)?,
     };
     let patches = replica.diff(id, &before, &after)?;
+    // The values behind a conflict, as of the later heads.
+    let conflicts = replica.conflicts_at(id, &after)?;
+    let mut rows: Vec<Value> = patches.iter().map(patch_json).collect();
+    for row in &mut rows {
+        if let Some(conflict) = conflict_of(row, &conflicts) {
+            row["values"] = serde_json::to_value(&conflict.values)?;
+        }
+    }
     if ctx.out.json {
-        let rows: Vec<Value> = patches.iter().map(patch_json).collect();
         ctx.out.json_value(&rows)?;
         return Ok(());
     }
-    for patch in &patches {
+    for (patch, row) in patches.iter().zip(&rows) {
         let text = describe_patch(patch);
         let tint = if text.starts_with("delete") {
             Tint::Remove
@@ -160,6 +168,31 @@ pub fn diff(ctx: &mut Ctx, id: &DocId, from: &str, to: Option<&str>) -> Result<(
         };
         let painted = ctx.out.paint(tint, &text);
         ctx.out.line(&painted)?;
+        for v in conflict_of(row, &conflicts).map_or(&[][..], |c| &c.values) {
+            let change = v.change.map(|h| h.to_string()).unwrap_or_default();
+            let shown = if v.shown { ", shown" } else { "" };
+            let change = short(&change, 8);
+            ctx.out
+                .line(&format!("    {} (change {change}{shown})", v.value))?;
+        }
     }
     Ok(())
+}
+
+/// The conflict a patch row (as [`patch_json`] gives it) reports, if any.
+fn conflict_of<'c>(row: &Value, conflicts: &'c [Conflict]) -> Option<&'c Conflict> {
+    let conflicted = row["conflict"] == json!(true) || row["action"] == json!("conflict");
+    if !conflicted {
+        return None;
+    }
+    let path: Vec<String> = row["path"]
+        .as_array()?
+        .iter()
+        .map(|p| match p {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect();
+    let path = path.join(".");
+    conflicts.iter().find(|c| c.path == path)
 }

@@ -82,7 +82,13 @@ fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode> {
         Command::Unset { id, path, message } => {
             records::unset(ctx, &id, &path, message.as_deref())?
         }
-        Command::Get { id, path, at } => records::get(ctx, &id, path.as_ref(), at.as_deref())?,
+        Command::Get {
+            id,
+            at,
+            conflicts: true,
+            ..
+        } => records::conflicts(ctx, &id, at.as_deref())?,
+        Command::Get { id, path, at, .. } => records::get(ctx, &id, path.as_ref(), at.as_deref())?,
         Command::Rm { id } => records::rm(ctx, &id)?,
         Command::Ls {
             collection,

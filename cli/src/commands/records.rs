@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::{resolve_heads, Ctx};
+use crate::output::{short, Tint};
 
 /// `accord new`: creates a record and prints its id alone.
 pub fn new(
@@ -112,6 +113,36 @@ pub fn get(ctx: &mut Ctx, id: &DocId, path: Option<&JsonPath>, at: Option<&str>)
         None => &record.value,
     };
     ctx.out.json_value(value)?;
+    Ok(())
+}
+
+/// `accord get --conflicts`: the fields holding concurrent values, each
+/// value with the change that wrote it (with `--json`:
+/// `[{"path", "values": [{"value", "change", "actor", "shown"}]}]`).
+pub fn conflicts(ctx: &mut Ctx, id: &DocId, at: Option<&str>) -> Result<()> {
+    let replica = ctx.replica()?;
+    let conflicts = match at {
+        None => replica.conflicts(id)?,
+        Some(text) => {
+            let heads = resolve_heads(&replica, id, text)?;
+            replica.conflicts_at(id, &heads)?
+        }
+    };
+    if ctx.out.json {
+        return Ok(ctx.out.json_value(&conflicts)?);
+    }
+    if conflicts.is_empty() {
+        return Ok(ctx.out.line("no conflicts")?);
+    }
+    for conflict in &conflicts {
+        ctx.out.line(&conflict.path)?;
+        for v in &conflict.values {
+            let change = v.change.map(|h| h.to_string()).unwrap_or_default();
+            let shown = if v.shown { "  (shown)" } else { "" };
+            let change = ctx.out.paint(Tint::Hash, short(&change, 8));
+            ctx.out.line(&format!("  {change}  {}{shown}", v.value))?;
+        }
+    }
     Ok(())
 }
 

@@ -18,6 +18,7 @@ mod asynch;
 mod batches;
 mod cache;
 mod commit;
+mod conflicts;
 mod events;
 mod history;
 mod live;
@@ -42,6 +43,7 @@ use commit::Committer;
 use write::IfUnknown;
 
 pub use asynch::AsyncReplica;
+pub use conflicts::{Conflict, ConflictValue};
 pub use events::{
     ChangeEvent, ChangeKind, Filter, Origin, RecvError, Subscription, SUBSCRIPTION_CAPACITY,
 };

@@ -16,11 +16,11 @@
 use std::fmt;
 
 use super::cache::DocState;
-use super::query::content_json;
+use super::query::project_content;
 use super::{ListOptions, Replica};
 use crate::error::Result;
 use crate::id::DocId;
-use crate::store::{DocMeta, ProjectionRow, Store, WriteOp};
+use crate::store::{DocMeta, Projected, ProjectionRow, Store, WriteOp};
 
 /// Rows written per transaction by a backfill or a rebuild.
 const BATCH: usize = 256;
@@ -135,7 +135,7 @@ impl Replica {
             let Ok(state) = DocState::load(stored, &self.inner.actor) else {
                 continue;
             };
-            if let Some(problem) = compare(&meta, &content_json(&state.doc), row.as_ref()) {
+            if let Some(problem) = compare(&meta, &project_content(&state.doc), row.as_ref()) {
                 issues.push(ProjectionIssue {
                     id: meta.id,
                     collection: meta.collection.to_string(),
@@ -166,22 +166,22 @@ impl Replica {
                     continue; // `docs` rows are never removed; nothing to project
                 };
                 let meta = stored.meta.clone();
-                let json = match DocState::load(stored, &self.inner.actor) {
-                    Ok(state) => Some(content_json(&state.doc)),
+                let content = match DocState::load(stored, &self.inner.actor) {
+                    Ok(state) => Some(project_content(&state.doc)),
                     Err(e) => {
                         unreadable.push((*id, e.to_string()));
                         None
                     }
                 };
-                let wrong = match &json {
-                    Some(json) => compare(&meta, json, row.as_ref()).is_some(),
+                let wrong = match &content {
+                    Some(content) => compare(&meta, content, row.as_ref()).is_some(),
                     None => row.is_none_or(|r| r.json.is_some() || r.heads != meta.heads),
                 };
                 repaired += usize::from(wrong);
                 ops.push(WriteOp::Project {
                     doc: *id,
                     heads: meta.heads,
-                    json,
+                    content,
                 });
             }
             self.inner.committer.submit(ops)?;
@@ -191,8 +191,12 @@ impl Replica {
 }
 
 /// What is wrong with `row` as the projection of the document described
-/// by `meta` whose content is `json`, if anything.
-fn compare(meta: &DocMeta, json: &str, row: Option<&ProjectionRow>) -> Option<ProjectionProblem> {
+/// by `meta` whose content is `content`, if anything.
+fn compare(
+    meta: &DocMeta,
+    content: &Projected,
+    row: Option<&ProjectionRow>,
+) -> Option<ProjectionProblem> {
     let Some(row) = row else {
         return Some(ProjectionProblem::Missing);
     };
@@ -203,11 +207,12 @@ fn compare(meta: &DocMeta, json: &str, row: Option<&ProjectionRow>) -> Option<Pr
         ("created_at", row.created_at == meta.created_at),
         ("updated_at", row.updated_at == meta.updated_at),
         ("heads", row.heads == meta.heads),
+        ("conflicts", row.conflicts == content.conflicts),
     ];
     if let Some((column, _)) = columns.iter().find(|(_, same)| !same) {
         return Some(ProjectionProblem::Metadata(column));
     }
     let parse = |text: &str| serde_json::from_str::<serde_json::Value>(text).ok();
     let stored = row.json.as_deref().and_then(parse);
-    (stored.is_none() || stored != parse(json)).then_some(ProjectionProblem::Content)
+    (stored.is_none() || stored != parse(&content.json)).then_some(ProjectionProblem::Content)
 }

@@ -33,19 +33,23 @@ use super::live::LiveQuery;
 use super::{Filter, Replica};
 use crate::error::Result;
 use crate::json;
-use crate::store::{IndexTarget, QueryIndex, QueryRows, SqlValue, Store, WriteOp};
+use crate::store::{IndexTarget, Projected, QueryIndex, QueryRows, SqlValue, Store, WriteOp};
 
-/// A document's content as the JSON text the projection stores: the
-/// mapping `get` uses (`docs/storage-format.md`, section 8).
-pub(crate) fn content_json(doc: &Automerge) -> String {
-    json::to_json(&doc.hydrate(None)).to_string()
+/// What the projection stores of a document: its content as JSON text
+/// (the mapping `get` uses, `docs/storage-format.md`, section 8) and how
+/// many of its fields hold concurrent values.
+pub(crate) fn project_content(doc: &Automerge) -> Projected {
+    Projected {
+        json: json::to_json(&doc.hydrate(None)).to_string(),
+        conflicts: super::conflicts::count(doc) as i64,
+    }
 }
 
 impl Replica {
-    /// The JSON text to store with a write of `doc`, or `None` when this
-    /// replica keeps no projection.
-    pub(super) fn projection_of(&self, doc: &Automerge) -> Option<String> {
-        self.inner.options.projection.then(|| content_json(doc))
+    /// What to store in the projection with a write of `doc`, or `None`
+    /// when this replica keeps no projection.
+    pub(super) fn projection_of(&self, doc: &Automerge) -> Option<Projected> {
+        self.inner.options.projection.then(|| project_content(doc))
     }
 
     /// Runs one read-only SQL statement with positional parameters (`?`,

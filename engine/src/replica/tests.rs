@@ -381,3 +381,79 @@ fn covers_answers_ancestry_and_refuses_to_guess_about_unknown_changes() {
     assert_eq!(r.covers(&id, &first, &unknown).expect("covers"), None);
     assert_eq!(r.covers(&other, &first, &second).expect("covers"), None);
 }
+
+/// Two replicas that changed the same fields without seeing each other.
+fn concurrent_edits() -> (Replica, Replica, DocId) {
+    let a = Replica::open_in_memory().expect("a");
+    let b = Replica::open_in_memory().expect("b");
+    let id = a
+        .create(
+            "c",
+            &json!({"email": "old", "address": {"city": "Paris"}, "tags": ["x"]}),
+        )
+        .expect("create");
+    let remote = || Origin::Remote("peer".parse().expect("valid peer id"));
+    b.merge_bytes(&id, "c", &a.save(&id).expect("save"), remote())
+        .expect("b gets it");
+    a.put(&id, "email", &json!("a@example.org"), None)
+        .expect("a");
+    a.put(&id, "address.city", &json!("Lyon"), None).expect("a");
+    a.put(&id, "tags.0", &json!("a"), None).expect("a");
+    b.put(&id, "email", &json!("b@example.org"), None)
+        .expect("b");
+    b.put(&id, "address.city", &json!("Nice"), None).expect("b");
+    b.put(&id, "tags.0", &json!("b"), None).expect("b");
+    a.merge_bytes(&id, "c", &b.save(&id).expect("save"), remote())
+        .expect("merge");
+    b.merge_bytes(&id, "c", &a.save(&id).expect("save"), remote())
+        .expect("merge");
+    (a, b, id)
+}
+
+#[test]
+fn concurrent_values_are_listed_with_the_change_that_wrote_each() {
+    let (a, b, id) = concurrent_edits();
+    let conflicts = a.conflicts(&id).expect("conflicts");
+    let paths: Vec<&str> = conflicts.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(paths, ["address.city", "email", "tags.0"]);
+    let shown = a.get(&id).expect("get").value;
+    for c in &conflicts {
+        assert_eq!(c.values.len(), 2, "{c:?}");
+        let winner: Vec<_> = c.values.iter().filter(|v| v.shown).collect();
+        assert_eq!(winner.len(), 1, "exactly one value is the one reads show");
+        let path: crate::json::Path = c.path.parse().expect("path");
+        assert_eq!(path.lookup(&shown).expect("at path"), &winner[0].value);
+        let history: Vec<_> = a
+            .history(&id)
+            .expect("history")
+            .into_iter()
+            .map(|h| h.hash)
+            .collect();
+        for v in &c.values {
+            assert!(
+                history.contains(&v.change.expect("a change")),
+                "names a real change"
+            );
+        }
+    }
+    assert_eq!(
+        b.conflicts(&id).expect("b"),
+        conflicts,
+        "the same on every replica"
+    );
+    // Writing the field again resolves it; the others stay.
+    a.put(&id, "email", &json!("ada@example.org"), None)
+        .expect("resolve");
+    let left: Vec<String> = a
+        .conflicts(&id)
+        .expect("conflicts")
+        .into_iter()
+        .map(|c| c.path)
+        .collect();
+    assert_eq!(left, ["address.city", "tags.0"]);
+    // As of the old heads the conflict is still there.
+    let at = a
+        .conflicts_at(&id, &b.heads(&id).expect("heads"))
+        .expect("at");
+    assert_eq!(at.len(), 3);
+}

@@ -48,7 +48,7 @@ impl Replica {
             heads: heads.clone(),
             new_changes: changes,
             base: Heads::empty(),
-            json: self.projection_of(&doc),
+            content: self.projection_of(&doc),
         }])?;
         doc.set_actor(self.inner.actor.clone());
         let mut state = DocState::new(doc, collection.clone(), data.len() as u64);
@@ -81,7 +81,7 @@ impl Replica {
                 heads: Heads::new(state.doc.get_heads()),
                 new_changes: state.doc.get_changes_meta(&base).len() as u64,
                 base: Heads::from(base.as_slice()),
-                json: self.projection_of(&state.doc),
+                content: self.projection_of(&state.doc),
             };
             let len = op_len(&op);
             match self.inner.committer.submit(vec![op]) {
@@ -189,7 +189,7 @@ impl Replica {
     ) -> Result<bool> {
         let entry = self.inner.cache.entry(id);
         let mut cached = entry.lock();
-        let (collection, json) = match self.current(id, &mut cached)? {
+        let (collection, content) = match self.current(id, &mut cached)? {
             Some(current) => {
                 if let Some(given) = collection {
                     same_collection(id, current, given)?;
@@ -209,7 +209,7 @@ impl Replica {
             doc: *id,
             collection: collection.clone(),
             at: now_ms(),
-            json,
+            content,
         }])?;
         let heads = match cached.as_mut() {
             Some(current) => {

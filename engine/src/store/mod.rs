@@ -32,7 +32,7 @@ use crate::error::StoreError;
 use crate::id::{Collection, DocId, Heads};
 
 pub use index::{index_name, IndexPath, IndexTarget, QueryIndex};
-pub use projection::{ProjectionRow, STALE_KEY};
+pub use projection::{Projected, ProjectionRow, STALE_KEY};
 pub use query::QueryConn;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use value::{QueryRows, SqlValue};
@@ -117,10 +117,10 @@ pub enum WriteOp {
         base: Heads,
         /// How many changes the chunk adds.
         new_changes: u64,
-        /// The document's content after this chunk as JSON text, for the
-        /// projection. `None` if the writer keeps no projection: the row is
-        /// removed and the projection flagged for a backfill.
-        json: Option<String>,
+        /// The document's content after this chunk, for the projection.
+        /// `None` if the writer keeps no projection: the row is removed and
+        /// the projection flagged for a backfill.
+        content: Option<Projected>,
     },
     /// Replaces every chunk of a document by one snapshot.
     Compact {
@@ -141,20 +141,20 @@ pub enum WriteOp {
         collection: Collection,
         /// When it was deleted (ms since the epoch).
         at: i64,
-        /// The document's content as JSON text (`{}` for a document not
-        /// stored yet), for the projection; `None` as for `Append`.
-        json: Option<String>,
+        /// The document's content (`{}` for a document not stored yet), for
+        /// the projection; `None` as for `Append`.
+        content: Option<Projected>,
     },
     /// Writes a projection row computed at `heads`, only if those are still
     /// the document's stored heads (a backfill or rebuild).
     Project {
         /// The document.
         doc: DocId,
-        /// The heads the JSON was computed at.
+        /// The heads the content was computed at.
         heads: Heads,
-        /// Its content as JSON text; `None` for a document that does not
-        /// load (the row then holds `NULL`).
-        json: Option<String>,
+        /// Its content; `None` for a document that does not load (the row
+        /// then holds `NULL`).
+        content: Option<Projected>,
     },
     /// Clears the `projection_stale` flag if no row is missing or stale.
     SettleProjection,
@@ -496,7 +496,7 @@ fn apply_one(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError
             heads,
             new_changes,
             base,
-            json,
+            content,
         } => {
             let id = doc.as_bytes().as_slice();
             check_base(conn, doc, base)?;
@@ -515,7 +515,7 @@ fn apply_one(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError
                  chunk_count = chunk_count + 1, updated_at = ?5 WHERE id = ?1",
             )?
             .execute(params![id, heads.to_bytes(), *new_changes as i64, data.len() as i64, now])?;
-            projection::write(conn, doc, json.as_deref())?;
+            projection::write(conn, doc, content.as_ref())?;
         }
         WriteOp::Compact {
             doc,
@@ -540,7 +540,7 @@ fn apply_one(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError
             doc,
             collection,
             at,
-            json,
+            content,
         } => {
             conn.prepare_cached(
                 "INSERT INTO docs (id, collection, deleted, deleted_at, heads, change_count, size_bytes, chunk_count, created_at, updated_at)
@@ -548,7 +548,7 @@ fn apply_one(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError
                  ON CONFLICT (id) DO UPDATE SET deleted = 1, deleted_at = coalesce(deleted_at, ?3), updated_at = ?4",
             )?
             .execute(params![doc.as_bytes().as_slice(), collection.as_str(), at, now])?;
-            projection::write(conn, doc, json.as_deref())?;
+            projection::write(conn, doc, content.as_ref())?;
         }
         WriteOp::SyncState { peer, doc, state } => {
             conn.prepare_cached(
@@ -576,8 +576,12 @@ fn apply_one(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError
                 i64::try_from(*keep).unwrap_or(i64::MAX)
             ])?;
         }
-        WriteOp::Project { doc, heads, json } => {
-            projection::write_if_current(conn, doc, heads, json.as_deref())?;
+        WriteOp::Project {
+            doc,
+            heads,
+            content,
+        } => {
+            projection::write_if_current(conn, doc, heads, content.as_ref())?;
         }
         WriteOp::SettleProjection => projection::settle(conn)?,
         WriteOp::PruneProjection => projection::prune(conn)?,

@@ -26,20 +26,30 @@ use crate::id::{DocId, Heads};
 /// The meta key that says some projection rows may be missing or stale.
 pub const STALE_KEY: &str = "projection_stale";
 
+/// What the projection stores of a document's content (computed by the
+/// replica, which alone decodes Automerge).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Projected {
+    /// The content as JSON text.
+    pub json: String,
+    /// How many fields hold concurrent values (the view's `conflicts`).
+    pub conflicts: i64,
+}
+
 /// Copies the `docs` row into the projection with the given JSON. The
 /// optional last condition (`?4`) limits it to a document whose heads are
 /// still the ones the JSON was computed at.
 const UPSERT: &str =
-    "INSERT INTO projection (doc, id, collection, deleted, created_at, updated_at, heads, json)
-     SELECT id, ?2, collection, deleted, created_at, updated_at, heads, ?3 FROM docs
+    "INSERT INTO projection (doc, id, collection, deleted, created_at, updated_at, heads, json, conflicts)
+     SELECT id, ?2, collection, deleted, created_at, updated_at, heads, ?3, ?5 FROM docs
      WHERE id = ?1 AND (?4 IS NULL OR heads = ?4)
      ON CONFLICT (doc) DO UPDATE SET deleted = excluded.deleted, updated_at = excluded.updated_at,
-       heads = excluded.heads, json = excluded.json";
+       heads = excluded.heads, json = excluded.json, conflicts = excluded.conflicts";
 
 /// The common case of [`write()`]: the row exists and takes the new content
 /// and the `docs` columns that can change.
-const UPDATE: &str = "UPDATE projection SET (deleted, updated_at, heads, json) =
-       (SELECT deleted, updated_at, heads, ?2 FROM docs WHERE id = ?1)
+const UPDATE: &str = "UPDATE projection SET (deleted, updated_at, heads, json, conflicts) =
+       (SELECT deleted, updated_at, heads, ?2, ?3 FROM docs WHERE id = ?1)
      WHERE doc = ?1";
 
 /// Documents whose projection row is missing or does not match `docs`.
@@ -66,25 +76,35 @@ pub struct ProjectionRow {
     pub heads: Heads,
     /// The content, or `None` for a document that could not be read.
     pub json: Option<String>,
+    /// How many fields hold concurrent values.
+    pub conflicts: i64,
 }
 
 /// Brings a document's projection row up to date after a write to its
 /// `docs` row in the same savepoint. `None` means the writer keeps no
 /// projection: the row goes, and the projection is flagged for a backfill.
-pub(super) fn write(conn: &Connection, doc: &DocId, json: Option<&str>) -> Result<(), StoreError> {
-    let Some(json) = json else {
+pub(super) fn write(
+    conn: &Connection,
+    doc: &DocId,
+    content: Option<&Projected>,
+) -> Result<(), StoreError> {
+    let Some(content) = content else {
         return forget(conn, doc);
     };
     // Updating first spares printing the id (bs58check) on every write.
     let id = doc.as_bytes().as_slice();
-    if conn.prepare_cached(UPDATE)?.execute(params![id, json])? > 0 {
+    let updated =
+        conn.prepare_cached(UPDATE)?
+            .execute(params![id, content.json, content.conflicts])?;
+    if updated > 0 {
         return Ok(());
     }
     conn.prepare_cached(UPSERT)?.execute(params![
         doc.as_bytes().as_slice(),
         doc.to_string(),
-        json,
-        Option::<Vec<u8>>::None
+        content.json,
+        Option::<Vec<u8>>::None,
+        content.conflicts
     ])?;
     Ok(())
 }
@@ -95,13 +115,14 @@ pub(super) fn write_if_current(
     conn: &Connection,
     doc: &DocId,
     heads: &Heads,
-    json: Option<&str>,
+    content: Option<&Projected>,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(UPSERT)?.execute(params![
         doc.as_bytes().as_slice(),
         doc.to_string(),
-        json,
-        heads.to_bytes()
+        content.map(|c| c.json.as_str()),
+        heads.to_bytes(),
+        content.map_or(0, |c| c.conflicts)
     ])?;
     Ok(())
 }
@@ -159,7 +180,7 @@ impl Store {
         let row = self
             .conn
             .prepare_cached(
-                "SELECT doc, id, collection, deleted, created_at, updated_at, heads, json
+                "SELECT doc, id, collection, deleted, created_at, updated_at, heads, json, conflicts
                  FROM projection WHERE doc = ?1",
             )?
             .query_row([doc.as_bytes().as_slice()], |r| Ok(read_row(r)))
@@ -184,7 +205,7 @@ impl Store {
     /// edited by hand).
     pub fn orphan_projections(&self) -> Result<Vec<ProjectionRow>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT doc, id, collection, deleted, created_at, updated_at, heads, json
+            "SELECT doc, id, collection, deleted, created_at, updated_at, heads, json, conflicts
              FROM projection WHERE doc NOT IN (SELECT id FROM docs) ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| Ok(read_row(r)))?;
@@ -208,5 +229,6 @@ fn read_row(r: &rusqlite::Row<'_>) -> Result<ProjectionRow, StoreError> {
         heads: Heads::from_bytes(&heads)
             .ok_or_else(|| StoreError::BadRow(format!("projection heads of {doc}")))?,
         json: r.get(7)?,
+        conflicts: r.get(8)?,
     })
 }

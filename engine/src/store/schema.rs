@@ -10,13 +10,19 @@
 //! `query_indexes`). SQL cannot decode Automerge, so the step only creates
 //! the tables and, if the file already holds documents, sets the meta key
 //! `projection_stale`; the replica fills the rows in on open.
+//!
+//! Version 3 adds the projection's `conflicts` column (fields holding
+//! concurrent values), readable RFC 3339 times (`created`, `updated`) to
+//! `records`, and the `live_records` view (records not deleted). Existing
+//! rows are dropped and the projection flagged, so the replica recomputes
+//! every row (and its conflict count) on open.
 
 use rusqlite::{Connection, TransactionBehavior};
 
 use crate::error::StoreError;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// `application_id` of an Accord database: ASCII "ACRD".
 pub const APPLICATION_ID: i64 = 0x4143_5244;
@@ -90,6 +96,25 @@ const MIGRATIONS: &[&str] = &[
 
     INSERT INTO meta (key, value)
         SELECT 'projection_stale', '1' WHERE EXISTS (SELECT 1 FROM docs);
+    "#,
+    // 2 -> 3: conflicts and readable times in the views. The projection is
+    // rebuilt (its rows lack the conflict count), as on a first backfill.
+    r#"
+    ALTER TABLE projection ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
+    DELETE FROM projection;
+    INSERT INTO meta (key, value)
+        SELECT 'projection_stale', '1' WHERE EXISTS (SELECT 1 FROM docs)
+        ON CONFLICT (key) DO UPDATE SET value = '1';
+
+    DROP VIEW records;
+    CREATE VIEW records AS
+        SELECT id, collection, deleted, created_at, updated_at, json, conflicts,
+               strftime('%Y-%m-%dT%H:%M:%SZ', created_at / 1000, 'unixepoch') AS created,
+               strftime('%Y-%m-%dT%H:%M:%SZ', updated_at / 1000, 'unixepoch') AS updated
+        FROM projection;
+    CREATE VIEW live_records AS
+        SELECT id, collection, created_at, updated_at, json, conflicts, created, updated
+        FROM records WHERE deleted = 0;
     "#,
 ];
 
