@@ -29,7 +29,7 @@ pub struct Cli {
         global = true,
         env = "ACCORD_DB",
         default_value = "accord.db",
-        value_name = "PATH"
+        value_name = "FILE"
     )]
     pub db: PathBuf,
 
@@ -80,8 +80,10 @@ pub enum Command {
         /// The record.
         #[arg(value_parser = parse_id)]
         id: DocId,
-        /// Where, such as `address.lines.0`; `""` is the whole record.
-        #[arg(value_parser = parse_path)]
+        /// Where, such as `address.lines.0`. `""` is the whole record: the
+        /// value must then be an object, whose keys are set one by one
+        /// (keys it does not name stay).
+        #[arg(value_parser = parse_path, value_name = "FIELD")]
         path: JsonPath,
         /// The value, as JSON (a string needs its quotes: '"Ada"').
         #[arg(value_parser = parse_json, value_name = "JSON")]
@@ -96,7 +98,7 @@ pub enum Command {
         #[arg(value_parser = parse_id)]
         id: DocId,
         /// What to remove, such as `address.lines.0`.
-        #[arg(value_parser = parse_path)]
+        #[arg(value_parser = parse_path, value_name = "FIELD")]
         path: JsonPath,
         /// A message for the change.
         #[arg(short, long, value_name = "MSG")]
@@ -107,8 +109,8 @@ pub enum Command {
         /// The record.
         #[arg(value_parser = parse_id)]
         id: DocId,
-        /// Only the value at this path.
-        #[arg(value_parser = parse_path)]
+        /// Only the value at this path, such as `address.city`.
+        #[arg(value_parser = parse_path, value_name = "FIELD")]
         path: Option<JsonPath>,
         /// As of these heads (comma-separated full or short change hashes).
         #[arg(long, value_name = "HEADS")]
@@ -131,6 +133,10 @@ pub enum Command {
         /// Include deleted records.
         #[arg(long)]
         deleted: bool,
+        /// The field to preview, a dot path such as `name` or
+        /// `address.city` (default: the first text field of each record).
+        #[arg(long, value_name = "FIELD", value_parser = parse_path)]
+        show: Option<JsonPath>,
     },
     /// List collections with their number of records.
     Collections,
@@ -175,9 +181,13 @@ pub enum Command {
         /// The record.
         #[arg(value_parser = parse_id)]
         id: DocId,
-        /// Write to this file instead of stdout.
+        /// Write to this file instead of stdout (refused if it exists,
+        /// unless `--force`).
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// Overwrite the output file if it exists.
+        #[arg(long, requires = "output")]
+        force: bool,
     },
     /// Import an Automerge binary document as a new record and print its id.
     Import {
@@ -213,13 +223,17 @@ pub enum Command {
     /// Copy the database to a new file with SQLite's online backup (safe
     /// while an app or the relay keeps writing).
     Backup {
-        /// The file to create.
+        /// The file to create (refused if it exists, unless `--force`).
+        #[arg(value_name = "FILE")]
         dest: std::path::PathBuf,
+        /// Overwrite the file if it exists.
+        #[arg(long)]
+        force: bool,
     },
     /// Sync with a relay until both sides agree, then print a summary.
     ///
-    /// Syncs every collection this database has records in, plus every
-    /// `--collection` given.
+    /// Syncs the collections named with `--collection`, or else every
+    /// collection this database has records in.
     Sync {
         /// The relay's WebSocket URL, such as ws://127.0.0.1:7420.
         #[arg(long, value_name = "URL", env = "ACCORD_RELAY")]
@@ -234,7 +248,8 @@ pub enum Command {
         )]
         token: String,
         /// Sync only this collection (repeatable); without it, every
-        /// collection the database holds records of.
+        /// collection the database holds records of. Naming one lets sync
+        /// create the database to fetch into.
         #[arg(long = "collection", value_name = "C")]
         collections: Vec<String>,
         /// Give up after this many seconds.
@@ -255,6 +270,7 @@ pub enum IndexAction {
         /// The collection whose records it covers.
         collection: String,
         /// The JSON path, such as '$.name' or '$.address.city'.
+        #[arg(value_name = "JSON_PATH")]
         path: String,
     },
     /// Drop an index.
@@ -262,6 +278,7 @@ pub enum IndexAction {
         /// The collection.
         collection: String,
         /// The JSON path.
+        #[arg(value_name = "JSON_PATH")]
         path: String,
     },
     /// List the indexes.
@@ -301,10 +318,13 @@ pub struct QueryArgs {
 impl Command {
     /// Whether the command may create the database when it is missing.
     pub fn creates_database(&self) -> bool {
-        matches!(
-            self,
-            Command::New { .. } | Command::Import { .. } | Command::Sync { .. }
-        )
+        match self {
+            Command::New { .. } | Command::Import { .. } => true,
+            // Only a sync that names what to fetch may start a new file;
+            // without names it would have nothing to ask for.
+            Command::Sync { collections, .. } => !collections.is_empty(),
+            _ => false,
+        }
     }
 }
 

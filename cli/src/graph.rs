@@ -25,7 +25,8 @@ pub struct Node {
 
 /// Indices into `nodes` (given in causal order), newest first: every change
 /// before its deps; among changes whose dependents are all placed, the one
-/// with the latest time, then the one latest in causal order.
+/// with the latest time, then the greatest hash. Ties never fall back to
+/// the order changes arrived in, so every device draws the same graph.
 pub fn newest_first(nodes: &[Node]) -> Vec<usize> {
     let index: HashMap<ChangeHash, usize> =
         nodes.iter().enumerate().map(|(i, n)| (n.hash, i)).collect();
@@ -37,18 +38,19 @@ pub fn newest_first(nodes: &[Node]) -> Vec<usize> {
             }
         }
     }
-    let mut ready: BinaryHeap<(i64, usize)> = (0..nodes.len())
+    let key = |i: usize| (nodes[i].time, nodes[i].hash, i);
+    let mut ready: BinaryHeap<(i64, ChangeHash, usize)> = (0..nodes.len())
         .filter(|&i| dependents[i] == 0)
-        .map(|i| (nodes[i].time, i))
+        .map(key)
         .collect();
     let mut order = Vec::with_capacity(nodes.len());
-    while let Some((_, i)) = ready.pop() {
+    while let Some((_, _, i)) = ready.pop() {
         order.push(i);
         for dep in &nodes[i].deps {
             if let Some(&d) = index.get(dep) {
                 dependents[d] -= 1;
                 if dependents[d] == 0 {
-                    ready.push((nodes[d].time, d));
+                    ready.push(key(d));
                 }
             }
         }
@@ -224,6 +226,23 @@ mod tests {
         let nodes = [node(1, &[], 9), node(2, &[1], 1), node(3, &[1], 5)];
         let order = newest_first(&nodes);
         assert_eq!(order, [2, 1, 0]);
+    }
+
+    #[test]
+    fn same_second_changes_order_the_same_whatever_their_arrival() {
+        // Two devices hold the same changes in different causal orders
+        // (each received the other's concurrent change second).
+        let here = [node(1, &[], 7), node(2, &[1], 7), node(3, &[1], 7)];
+        let there = [node(1, &[], 7), node(3, &[1], 7), node(2, &[1], 7)];
+        let hashes = |nodes: &[Node]| -> Vec<u8> {
+            newest_first(nodes)
+                .into_iter()
+                .map(|i| nodes[i].hash.0[0])
+                .collect()
+        };
+        assert_eq!(hashes(&here), [3, 2, 1]);
+        assert_eq!(hashes(&there), hashes(&here));
+        assert_eq!(draw(&there), draw(&here));
     }
 
     #[test]

@@ -164,8 +164,10 @@ impl Output {
         if self.utc {
             at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
         } else {
+            // The offset says which zone: the same file read on two
+            // machines must not show two unexplained times.
             at.with_timezone(&Local)
-                .format("%Y-%m-%d %H:%M:%S")
+                .format("%Y-%m-%d %H:%M:%S %:z")
                 .to_string()
         }
     }
@@ -224,6 +226,16 @@ pub fn human_size(bytes: u64) -> String {
         unit += 1;
     }
     format!("{value:.1} {}", UNITS[unit])
+}
+
+/// `1 record`, `2 records`: a count with its noun in the right number
+/// (nouns whose plural is `+s`).
+pub fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 /// The first `n` characters of a hex string (hashes, actors).

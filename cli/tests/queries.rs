@@ -34,6 +34,35 @@ fn sample(env: &Env) -> (String, String, String) {
 }
 
 #[test]
+fn query_has_readable_times_and_a_view_without_deleted_records() {
+    let env = Env::new();
+    let (ada, grace, _task) = sample(&env);
+    env.ok(&["rm", &grace]);
+    let rows = env.json(&[
+        "--json",
+        "query",
+        "SELECT id, created, updated FROM live_records WHERE collection = 'contacts'",
+    ]);
+    let rows = rows.as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["id"], ada.as_str());
+    // The same RFC 3339 form every other --json uses for times.
+    let listed = env.json(&["--json", "ls", "contacts"]);
+    assert_eq!(rows[0]["created"], listed[0]["created_at"]);
+    assert_eq!(rows[0]["updated"], listed[0]["updated_at"]);
+    // `records` keeps deleted ones, flagged.
+    let all = env.json(&[
+        "--json",
+        "query",
+        "SELECT id, deleted FROM records WHERE collection = 'contacts' ORDER BY deleted",
+    ]);
+    assert_eq!(
+        all,
+        json!([{"id": ada, "deleted": 0}, {"id": grace, "deleted": 1}])
+    );
+}
+
+#[test]
 fn query_prints_an_aligned_table_with_the_result_columns() {
     let env = Env::new();
     let (ada, grace, task) = sample(&env);
@@ -131,7 +160,7 @@ fn query_refuses_writes_and_bad_sql_and_changes_nothing() {
         ("ATTACH 'x.db' AS x", "queries are read-only: ATTACH"),
         ("SELECT 1; DELETE FROM docs", "a query is one statement"),
         ("SELEC 1", "bad SQL: near \"SELEC\": syntax error"),
-        ("SELECT ?1", "the query uses 1 parameters but 0 were given"),
+        ("SELECT ?1", "the query uses 1 parameter but 0 were given"),
     ] {
         let err = env.fails(1, &["query", sql]);
         assert!(

@@ -34,6 +34,76 @@ fn new_with_json_prints_an_object() {
 }
 
 #[test]
+fn the_readme_installs_and_runs_the_cli_as_it_says() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    // The install line names this package's directory and binary.
+    assert!(readme.contains("cargo install --path cli"), "install line");
+    assert_eq!(env!("CARGO_PKG_NAME"), "accord-cli");
+    assert!(env!("CARGO_BIN_EXE_accord").ends_with("/accord"));
+    // Its walk-through runs as written, against a real relay.
+    let env = Env::new();
+    let relay = Relay::start(env.path().join("relay.db"));
+    let lines: Vec<&str> = readme
+        .lines()
+        .filter(|l| l.starts_with("accord "))
+        .map(|l| l.split(" # ").next().unwrap_or(l).trim())
+        .collect();
+    assert!(lines.len() >= 4, "{lines:?}");
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_accord"))
+        .parent()
+        .expect("bin dir");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for line in &lines {
+        let line = line.replace("ws://127.0.0.1:7420", &relay.url);
+        let out = std::process::Command::new("sh")
+            .args(["-c", &line])
+            .current_dir(env.path())
+            .env("PATH", &path)
+            .env_remove("ACCORD_DB")
+            .output()
+            .expect("sh");
+        assert!(out.status.success(), "README line `{line}` failed: {out:?}");
+    }
+    // The laptop fetched the phone's record.
+    let phone = env.path().join("phone.db");
+    let laptop = env.path().join("laptop.db");
+    let on = |db: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_accord"))
+            .arg("--db")
+            .arg(db)
+            .args(["--json", "ls"])
+            .output()
+            .expect("ls");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    };
+    assert_eq!(on(&laptop)[0]["id"], on(&phone)[0]["id"]);
+    assert_eq!(on(&laptop)[0]["preview"], "Ada");
+}
+
+#[test]
+fn put_on_the_whole_record_merges_top_level_keys() {
+    let env = Env::new();
+    let id = env.new_record("c", r#"{"a": 1, "b": {"x": 1}}"#);
+    env.ok(&["put", &id, "", r#"{"b": {"y": 2}, "c": 3}"#]);
+    assert_eq!(
+        env.json(&["get", &id]),
+        json!({"a": 1, "b": {"y": 2}, "c": 3})
+    );
+    let err = env.fails(1, &["put", &id, "", "5"]);
+    assert!(err.contains("must be a JSON object"), "{err}");
+    let help = env.ok(&["put", "--help"]);
+    assert!(help.contains("keys it does not name stay"), "{help}");
+    assert!(help.contains("<ID> <FIELD> <JSON>"), "{help}");
+    let top = env.ok(&["--help"]);
+    assert!(top.contains("--db <FILE>"), "{top}");
+}
+
+#[test]
 fn put_and_get_follow_paths() {
     let env = Env::new();
     let id = env.new_record("contacts", r#"{"name": "Ada", "tags": ["a"]}"#);
@@ -175,11 +245,22 @@ fn ls_shows_aligned_columns_and_filters_by_collection() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
     let header: Vec<&str> = lines[0].split_whitespace().collect();
-    assert_eq!(header, ["ID", "COLLECTION", "CHANGES", "UPDATED", "SIZE"]);
+    assert_eq!(
+        header,
+        ["ID", "COLLECTION", "CHANGES", "UPDATED", "SIZE", "PREVIEW"]
+    );
     let row = lines.iter().find(|l| l.contains(&ada)).expect("ada's row");
     let cells: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(&cells[..3], [ada.as_str(), "contacts", "2"]);
-    assert!(cells[6] == "B" || cells[6].ends_with("iB"), "{row}");
+    // UPDATED is a local time with its offset (TZ=UTC here).
+    assert_eq!(cells[5], "+00:00", "{row}");
+    assert!(cells[7] == "B" || cells[7].ends_with("iB"), "{row}");
+    assert_eq!(cells[8..], ["Ada"], "{row}");
+    let row = lines
+        .iter()
+        .find(|l| l.contains(&note))
+        .expect("note's row");
+    assert!(row.ends_with(" hi"), "{row}");
     let col = lines[0].find("COLLECTION").expect("column");
     assert!(
         lines[1..].iter().all(|l| l[col..].starts_with(['c', 'n'])),
@@ -255,7 +336,7 @@ fn log_lists_changes_newest_first() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         lines[0].split_whitespace().collect::<Vec<_>>(),
-        ["HASH", "ACTOR", "SEQ", "TIME", "OPS", "MESSAGE"]
+        ["HASH", "DEVICE", "SEQ", "TIME", "OPS", "MESSAGE"]
     );
     assert!(
         lines[1].ends_with("add age") && lines[2].ends_with("rename"),
@@ -263,7 +344,11 @@ fn log_lists_changes_newest_first() {
     );
     let cells: Vec<&str> = lines[1].split_whitespace().collect();
     assert!(cells[0].len() == 8 && cells[0].bytes().all(|b| b.is_ascii_hexdigit()));
-    assert_eq!(cells[1].len(), 8);
+    // Every change was made here: one device, marked `*`, although each
+    // `accord` process wrote with its own actor.
+    assert_eq!(cells[1].len(), 9, "{out}");
+    assert!(cells[1].ends_with('*'), "{out}");
+    assert!(lines[1..].iter().all(|l| l.contains(cells[1])), "{out}");
     assert_eq!(cells[2], "1");
     assert_eq!(env.ok(&["log", &id, "-n", "1"]).lines().count(), 2);
 }
@@ -278,8 +363,27 @@ fn log_json_has_the_change_fields() {
     assert_eq!(changes.len(), 2);
     assert_eq!(
         keys(&changes[0]),
-        ["actor", "deps", "hash", "message", "ops", "seq", "time"]
+        [
+            "actor",
+            "deps",
+            "device",
+            "hash",
+            "message",
+            "ops",
+            "seq",
+            "this_device",
+            "time"
+        ]
     );
+    assert_ne!(changes[0]["actor"], changes[1]["actor"]);
+    assert_eq!(changes[0]["device"], changes[1]["device"]);
+    let device = changes[0]["device"].as_str().expect("device");
+    assert!(changes[0]["actor"]
+        .as_str()
+        .expect("actor")
+        .starts_with(device));
+    assert_eq!(device.len(), 16);
+    assert_eq!(changes[0]["this_device"], true);
     assert_eq!(changes[0]["message"], "rename");
     assert_eq!(changes[0]["deps"], json!([changes[1]["hash"]]));
     assert_eq!(changes[1]["deps"], json!([]));
@@ -395,6 +499,117 @@ fn log_graph_shows_unmerged_heads_side_by_side() {
             .count(),
         2
     );
+}
+
+#[test]
+fn log_tells_devices_apart_and_draws_the_same_graph_everywhere() {
+    let (phone, laptop) = (Env::new(), Env::new());
+    let (p, l) = (phone.replica(), laptop.replica());
+    let id = p.create("notes", &json!({"a": 1})).expect("create");
+    l.merge_bytes(&id, "notes", &p.save(&id).expect("save"), Origin::Local)
+        .expect("merge");
+    // Concurrent changes within the same second, merged in opposite orders.
+    p.put(&id, "b", &json!(2), Some("on the phone"))
+        .expect("put");
+    l.put(&id, "c", &json!(3), Some("on the laptop"))
+        .expect("put");
+    let (from_phone, from_laptop) = (p.save(&id).expect("save"), l.save(&id).expect("save"));
+    p.merge_bytes(&id, "notes", &from_laptop, Origin::Local)
+        .expect("merge");
+    l.merge_bytes(&id, "notes", &from_phone, Origin::Local)
+        .expect("merge");
+    let (phone_device, laptop_device) = (p.device(), l.device());
+    assert_ne!(phone_device, laptop_device);
+    drop((p, l));
+    let id = id.to_string();
+
+    let unmarked = |out: String| out.replace('*', " ");
+    let graph = phone.ok(&["log", "--graph", &id]);
+    assert_eq!(
+        unmarked(graph.clone()),
+        unmarked(laptop.ok(&["log", "--graph", &id]))
+    );
+    // The phone's own changes carry its device, marked; the laptop's not.
+    let line = |text: &str| graph.lines().find(|l| l.ends_with(text)).map(str::to_owned);
+    let mine = line("on the phone").expect("phone's change");
+    let theirs = line("on the laptop").expect("laptop's change");
+    assert!(
+        mine.contains(&format!("{}*", &phone_device[..8])),
+        "{graph}"
+    );
+    assert!(
+        theirs.contains(&format!("{} ", &laptop_device[..8])),
+        "{graph}"
+    );
+    let changes = phone.json(&["--json", "log", &id]);
+    let devices: Vec<(&str, bool)> = changes
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| {
+            (
+                c["device"].as_str().expect("device"),
+                c["this_device"] == true,
+            )
+        })
+        .collect();
+    assert!(
+        devices.contains(&(laptop_device.as_str(), false)),
+        "{changes}"
+    );
+    assert!(
+        devices.contains(&(phone_device.as_str(), true)),
+        "{changes}"
+    );
+}
+
+#[test]
+fn ls_previews_the_content_or_the_field_asked_for() {
+    let env = Env::new();
+    let ada = env.new_record(
+        "contacts",
+        r#"{"email": "ada@example.org", "name": "Ada Lovelace", "age": 36}"#,
+    );
+    let bob = env.new_record("contacts", r#"{"age": 40, "city": "Paris"}"#);
+    let long = env.new_record("notes", &json!({"text": "x".repeat(100)}).to_string());
+    let out = env.ok(&["ls"]);
+    let row = |id: &str| {
+        out.lines()
+            .find(|l| l.contains(id))
+            .expect("row")
+            .to_owned()
+    };
+    assert!(row(&ada).ends_with("Ada Lovelace"), "{out}");
+    assert!(row(&bob).ends_with("Paris"), "{out}");
+    assert!(
+        row(&long).ends_with(&format!("{}…", "x".repeat(39))),
+        "{out}"
+    );
+    let by_age = env.ok(&["ls", "contacts", "--show", "age"]);
+    assert!(
+        by_age
+            .lines()
+            .any(|l| l.contains(&ada) && l.ends_with(" 36")),
+        "{by_age}"
+    );
+    assert!(
+        by_age
+            .lines()
+            .any(|l| l.contains(&bob) && l.ends_with(" 40")),
+        "{by_age}"
+    );
+    let rows = env.json(&["--json", "ls", "contacts", "--show", "email"]);
+    let preview = |id: &str| {
+        rows.as_array()
+            .expect("rows")
+            .iter()
+            .find(|r| r["id"] == id)
+            .map(|r| r["preview"].clone())
+    };
+    assert_eq!(preview(&ada), Some(json!("ada@example.org")));
+    assert_eq!(preview(&bob), Some(json!("")));
+    let err = env.fails(2, &["ls", "--show", "a..b"]);
+    assert!(err.contains("--show"), "{err}");
 }
 
 #[test]
@@ -558,7 +773,7 @@ fn compact_keeps_content_and_history() {
         (env.json(&["get", &id]), env.json(&["--json", "log", &id])),
         before
     );
-    assert!(env.ok(&["compact"]).starts_with("compacted 0 of 1 records"));
+    assert!(env.ok(&["compact"]).starts_with("compacted 0 of 1 record:"));
 }
 
 #[test]
@@ -657,12 +872,21 @@ fn unknown_and_malformed_ids_are_errors() {
         );
     }
     let err = env.fails(2, &["get", "not-an-id"]);
-    assert!(err.contains("is not a document id"), "{err}");
+    assert!(
+        err.contains("'not-an-id' is not a valid record id"),
+        "{err}"
+    );
+    let err = env.fails(2, &["get", "notanid"]);
+    assert!(
+        err.contains("'notanid' is not a valid record id: its checksum does not match"),
+        "{err}"
+    );
+    assert!(!err.contains('['), "no raw checksum bytes: {err}");
     let mut broken = unknown.clone();
     broken.push('x');
     assert!(env
         .fails(2, &["log", &broken])
-        .contains("is not a document id"));
+        .contains("is not a valid record id"));
 }
 
 #[test]
@@ -938,8 +1162,26 @@ fn sync_fails_clearly_when_the_relay_is_unreachable_or_silent() {
 fn sync_with_nothing_to_sync_says_so() {
     let env = Env::new();
     let relay = Relay::start(env.path().join("relay.db"));
+    // A mistyped --db: no file is created, and the error names it.
+    let err = env.fails(1, &["sync", "--relay", &relay.url]);
+    assert!(
+        err.contains(&format!("database {} does not exist", env.db.display()))
+            && err.contains("--collection"),
+        "{err}"
+    );
+    assert!(
+        !env.db.exists(),
+        "a sync with nothing to fetch created a file"
+    );
+    // An existing database without records has nothing to sync.
+    drop(env.replica());
     let err = env.fails(1, &["sync", "--relay", &relay.url]);
     assert!(err.contains("nothing to sync"), "{err}");
+    // Naming a collection may create a new file to fetch into.
+    let fresh = Env::new();
+    let out = fresh.ok(&["sync", "--relay", &relay.url, "--collection", "contacts"]);
+    assert!(out.contains("in sync") || out.contains("sent"), "{out}");
+    assert!(fresh.db.exists());
 }
 
 #[test]
@@ -1037,7 +1279,41 @@ fn backup_copies_a_database_that_is_open_and_being_written() {
     assert_eq!(copy, json!({"name": "Ada", "email": "ada@example.org"}));
     assert!(on_copy(&["check"]).status.success());
     let err = env.fails(1, &["backup", dest.to_str().expect("utf8")]);
-    assert!(err.contains("already exists"), "{err}");
+    assert!(
+        err.contains("already exists") && err.contains("--force"),
+        "{err}"
+    );
+    // --force replaces it with a copy of now.
+    let out = env.ok(&["backup", dest.to_str().expect("utf8"), "--force"]);
+    assert!(out.contains("backed up to"), "{out}");
+    let copy = on_copy(&["get", &id]);
+    let copy: serde_json::Value = serde_json::from_slice(&copy.stdout).expect("json");
+    assert_eq!(copy["after"], true);
+    assert!(on_copy(&["check"]).status.success());
+    let own = env.db.to_str().expect("utf8");
+    let err = env.fails(1, &["backup", own, "--force"]);
+    assert!(err.contains("is the database itself"), "{err}");
+}
+
+#[test]
+fn export_refuses_to_overwrite_unless_forced() {
+    let env = Env::new();
+    let id = env.new_record("contacts", r#"{"name": "Ada"}"#);
+    let file = env.path().join("ada.automerge");
+    std::fs::write(&file, b"keep me").expect("write");
+    let path = file.to_str().expect("utf8");
+    let err = env.fails(1, &["export", &id, "-o", path]);
+    assert!(
+        err.contains("already exists") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&file).expect("read"), b"keep me");
+    env.ok(&["export", &id, "-o", path, "--force"]);
+    let bytes = std::fs::read(&file).expect("read");
+    assert!(
+        bytes.starts_with(&[0x85, 0x6f, 0x4a, 0x83]),
+        "an Automerge file"
+    );
 }
 
 /// A relay that requires tokens signed with this secret.

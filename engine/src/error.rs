@@ -137,7 +137,11 @@ pub enum QueryError {
         message: String,
     },
     /// The number of parameters given is not the number the SQL uses.
-    #[error("the query uses {expected} parameters but {given} were given")]
+    #[error(
+        "the query uses {expected} parameter{} but {given} {} given",
+        if *expected == 1 { "" } else { "s" },
+        if *given == 1 { "was" } else { "were" }
+    )]
     Params {
         /// Parameters the statement uses (the highest `?N`).
         expected: usize,

@@ -43,8 +43,8 @@ enum Command {
         /// Grant reading only (default: read and write).
         #[arg(long)]
         read_only: bool,
-        /// How long the token is valid, such as 90m, 12h, 30d.
-        #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = humantime::parse_duration)]
+        /// How long the token is valid, such as 90m, 12h, 30d (at least 1s).
+        #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_ttl)]
         ttl: Duration,
         #[command(flatten)]
         secret: SecretArgs,
@@ -150,6 +150,18 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// A token lifetime: a duration of at least one second (a shorter one
+/// would mint a token that is expired before anyone can use it).
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if ttl < Duration::from_secs(1) {
+        return Err(format!(
+            "a token valid for {text} would be expired when it is printed; give at least 1s"
+        ));
+    }
+    Ok(ttl)
 }
 
 /// The secret from `ACCORD_RELAY_SECRET` or `--secret-file`, if any.
@@ -342,12 +354,11 @@ async fn run(config: Config, metrics_listen: &str) -> anyhow::Result<()> {
             Some(http)
         }
     };
+    // One line on stdout, as the docs promise and scripts read; the rest
+    // goes to the log.
     announce(&format!("accord-relay listening on {addr}"));
     if let Some(http) = http {
-        announce(&format!(
-            "accord-relay serving /health and /metrics on {}",
-            http.local_addr()?
-        ));
+        tracing::info!(addr = %http.local_addr()?, "serving /health and /metrics");
         tokio::spawn(accord_relay::metrics::serve_http(
             http,
             relay.metrics(),

@@ -262,6 +262,20 @@ fn token_subcommand_mints_verifiable_tokens_with_the_relays_secret() {
         String::from_utf8_lossy(&out.stderr).contains("no secret"),
         "{out:?}"
     );
+    for ttl in ["0s", "500ms"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
+            .args(["token", "--collection", "c", "--ttl", ttl])
+            .env("ACCORD_RELAY_SECRET", "another secret, long enough")
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert!(out.stdout.is_empty(), "no token printed: {out:?}");
+        assert!(
+            stderr.contains("would be expired") && stderr.contains("at least 1s"),
+            "{stderr}"
+        );
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
         .args(["token", "--collection", "c"])
         .env("ACCORD_RELAY_SECRET", "short")
@@ -394,6 +408,50 @@ fn open_mode_starts_with_a_loud_warning_from_the_flag_or_the_environment() {
         "{started:?}"
     );
     assert!(started.logged.contains("OPEN MODE"), "{started:?}");
+}
+
+#[test]
+fn the_relay_prints_one_line_on_stdout_and_exits_cleanly_on_sigint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
+        .args(["--open", "--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0", "--db"])
+        .arg(dir.path().join("r.db"))
+        .env_remove("ACCORD_RELAY_SECRET")
+        .env_remove("ACCORD_RELAY_SECRET_FILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("startup line");
+    assert!(
+        line.starts_with("accord-relay listening on 127.0.0.1:"),
+        "{line}"
+    );
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(interrupted.success());
+    let status = child.wait().expect("the relay exits");
+    let mut rest = String::new();
+    stdout
+        .read_to_string(&mut rest)
+        .expect("the rest of stdout");
+    let mut logged = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut logged)
+        .expect("log");
+    assert!(status.success(), "{status:?}: {logged}");
+    assert_eq!(rest, "", "one line on stdout, nothing after it");
+    assert!(logged.contains("serving /health and /metrics"), "{logged}");
+    assert!(logged.contains("shutdown complete"), "{logged}");
 }
 
 /// `accord-relay --open ... ARGS` started by `sh` with an open-file limit of

@@ -15,7 +15,9 @@ use crate::patch::patch_json;
 
 /// `accord log`: the history, newest first.
 pub fn log(ctx: &mut Ctx, id: &DocId, graph: bool, max: Option<usize>) -> Result<()> {
-    let history = ctx.replica()?.history(id)?;
+    let replica = ctx.replica()?;
+    let history = replica.history(id)?;
+    let here = replica.device();
     let nodes: Vec<Node> = history
         .iter()
         .map(|c| Node {
@@ -27,21 +29,26 @@ pub fn log(ctx: &mut Ctx, id: &DocId, graph: bool, max: Option<usize>) -> Result
     let mut order = newest_first(&nodes);
     order.truncate(max.unwrap_or(usize::MAX));
     if ctx.out.json {
-        let rows: Vec<Value> = order.iter().map(|&i| change_json(&history[i])).collect();
+        let rows: Vec<Value> = order
+            .iter()
+            .map(|&i| change_json(&history[i], &here))
+            .collect();
         ctx.out.json_value(&rows)?;
     } else if graph {
-        log_graph(&mut ctx.out, &history, &order)?;
+        log_graph(&mut ctx.out, &history, &order, &here)?;
     } else {
-        log_table(&mut ctx.out, &history, &order)?;
+        log_table(&mut ctx.out, &history, &order, &here)?;
     }
     Ok(())
 }
 
 /// One change as the JSON of `log`.
-fn change_json(change: &ChangeInfo) -> Value {
+fn change_json(change: &ChangeInfo, here: &str) -> Value {
     json!({
         "hash": change.hash.to_string(),
         "actor": change.actor,
+        "device": change.device,
+        "this_device": change.device == here,
         "seq": change.seq,
         "time": json_time_secs(change.time),
         "message": change.message,
@@ -59,13 +66,20 @@ fn summary(change: &ChangeInfo) -> &str {
         .unwrap_or("")
 }
 
-fn log_table(out: &mut Output, history: &[ChangeInfo], order: &[usize]) -> Result<()> {
-    let mut table = out.new_table(&["HASH", "ACTOR", "SEQ", "TIME", "OPS", "MESSAGE"]);
+/// The device column of `log`: the device's first 8 hex digits, and `*`
+/// for changes made on this database.
+fn device_cell(change: &ChangeInfo, here: &str) -> String {
+    let mark = if change.device == here { "*" } else { " " };
+    format!("{}{mark}", short(&change.device, 8))
+}
+
+fn log_table(out: &mut Output, history: &[ChangeInfo], order: &[usize], here: &str) -> Result<()> {
+    let mut table = out.new_table(&["HASH", "DEVICE", "SEQ", "TIME", "OPS", "MESSAGE"]);
     for &i in order {
         let c = &history[i];
         table.add_row(vec![
             Tint::Hash.cell(short(&c.hash.to_string(), 8)),
-            Tint::Actor.cell(short(&c.actor, 8)),
+            Tint::Actor.cell(device_cell(c, here)),
             comfy_table::Cell::new(c.seq),
             Tint::Dim.cell(out.time_secs(c.time)),
             comfy_table::Cell::new(c.ops),
@@ -80,7 +94,7 @@ fn log_table(out: &mut Output, history: &[ChangeInfo], order: &[usize]) -> Resul
 /// A line of the graph: the drawing, and the change it shows if any.
 type GraphLine = (String, Option<usize>);
 
-fn log_graph(out: &mut Output, history: &[ChangeInfo], order: &[usize]) -> Result<()> {
+fn log_graph(out: &mut Output, history: &[ChangeInfo], order: &[usize], here: &str) -> Result<()> {
     let lines = graph_lines(history, order);
     let width = lines
         .iter()
@@ -98,7 +112,7 @@ fn log_graph(out: &mut Output, history: &[ChangeInfo], order: &[usize]) -> Resul
         let text = format!(
             "{drawing:<width$}  {}  {}  {:>seq_width$}  {}  {:>ops_width$} {:<3}  {}",
             out.paint(Tint::Hash, short(&c.hash.to_string(), 8)),
-            out.paint(Tint::Actor, short(&c.actor, 8)),
+            out.paint(Tint::Actor, &device_cell(c, here)),
             c.seq,
             out.paint(Tint::Dim, &out.time_secs(c.time)),
             c.ops,

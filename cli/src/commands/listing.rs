@@ -1,26 +1,46 @@
-//! What the database holds, from metadata alone: `ls`, `collections`,
-//! `info`, `heads`.
+//! What the database holds, from metadata (and, for `ls`, a preview from
+//! the query projection): `ls`, `collections`, `info`, `heads`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use accord_engine::{DocId, ListOptions, RecordMeta};
+use accord_engine::json::Path as JsonPath;
+use accord_engine::{DocId, ListOptions, RecordMeta, Replica, SqlValue};
 use anyhow::Result;
 use serde_json::{json, Value};
 
 use super::{heads_text, Ctx};
-use crate::output::{align_right, human_size, json_time_ms, Tint};
+use crate::output::{align_right, count, human_size, json_time_ms, Tint};
 
-/// `accord ls`: the records, one row each.
-pub fn ls(ctx: &mut Ctx, collection: Option<String>, deleted: bool) -> Result<()> {
+/// How many characters of a preview `ls` shows.
+const PREVIEW_CHARS: usize = 40;
+
+/// `accord ls`: the records, one row each, with a preview of the content:
+/// the field at `show`, or else the first text field.
+pub fn ls(
+    ctx: &mut Ctx,
+    collection: Option<String>,
+    deleted: bool,
+    show: Option<&JsonPath>,
+) -> Result<()> {
     if let Some(name) = &collection {
         accord_engine::replica::check_collection(name)?;
     }
-    let metas = ctx.replica()?.list_with(&ListOptions {
-        collection,
+    let replica = ctx.replica()?;
+    let metas = replica.list_with(&ListOptions {
+        collection: collection.clone(),
         include_deleted: deleted,
     })?;
+    let previews = previews(&replica, collection.as_deref(), show)?;
+    let preview = |id: &DocId| previews.get(&id.to_string()).cloned().unwrap_or_default();
     if ctx.out.json {
-        let rows: Vec<Value> = metas.iter().map(meta_json).collect();
+        let rows: Vec<Value> = metas
+            .iter()
+            .map(|m| {
+                let mut row = meta_json(m);
+                row["preview"] = preview(&m.id).into();
+                row
+            })
+            .collect();
         ctx.out.json_value(&rows)?;
         return Ok(());
     }
@@ -28,6 +48,7 @@ pub fn ls(ctx: &mut Ctx, collection: Option<String>, deleted: bool) -> Result<()
     if deleted {
         headers.push("DELETED");
     }
+    headers.push("PREVIEW");
     let mut table = ctx.out.new_table(&headers);
     for meta in &metas {
         let mut row = vec![
@@ -40,11 +61,71 @@ pub fn ls(ctx: &mut Ctx, collection: Option<String>, deleted: bool) -> Result<()
         if deleted {
             row.push(deleted_cell(ctx, meta));
         }
+        row.push(comfy_table::Cell::new(clip(&preview(&meta.id))));
         table.add_row(row);
     }
     align_right(&mut table, &[2, 4]);
     ctx.out.table(&table)?;
     Ok(())
+}
+
+/// Each record's preview text by printed id, read from the query
+/// projection in one statement (a record without a row has none).
+fn previews(
+    replica: &Replica,
+    collection: Option<&str>,
+    show: Option<&JsonPath>,
+) -> Result<HashMap<String, String>> {
+    let rows = replica.query(
+        "SELECT id, json FROM records WHERE ?1 IS NULL OR collection = ?1",
+        &[collection.map_or(SqlValue::Null, |c| c.into())],
+    )?;
+    let mut out = HashMap::with_capacity(rows.rows.len());
+    for row in &rows.rows {
+        let (Some(id), Some(text)) = (row[0].as_str(), row[1].as_str()) else {
+            continue;
+        };
+        let Ok(content) = serde_json::from_str::<Value>(text) else {
+            continue;
+        };
+        let picked = match show {
+            Some(path) => path.lookup(&content).ok(),
+            None => first_text(&content),
+        };
+        if let Some(value) = picked {
+            let text = match value {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            out.insert(id.to_owned(), text);
+        }
+    }
+    Ok(out)
+}
+
+/// The default preview: `name` or `title` if the record has one as text,
+/// else its first top-level text field (keys in order).
+fn first_text(content: &Value) -> Option<&Value> {
+    let fields = content.as_object()?;
+    ["name", "title"]
+        .iter()
+        .filter_map(|k| fields.get(*k))
+        .chain(fields.values())
+        .find(|v| v.is_string())
+}
+
+/// A preview cut to one short line.
+fn clip(text: &str) -> String {
+    let line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if line.chars().count() <= PREVIEW_CHARS {
+        return line;
+    }
+    let mut cut: String = line.chars().take(PREVIEW_CHARS - 1).collect();
+    cut.push('…');
+    cut
 }
 
 fn deleted_cell(ctx: &Ctx, meta: &RecordMeta) -> comfy_table::Cell {
@@ -142,9 +223,9 @@ pub fn info(ctx: &mut Ctx, id: &DocId) -> Result<()> {
         (
             "size",
             format!(
-                "{} in {} chunks",
+                "{} in {}",
                 human_size(meta.size_bytes),
-                meta.chunk_count
+                count(meta.chunk_count, "chunk")
             ),
         ),
         ("created", out.time_ms(meta.created_at)),

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 use super::Ctx;
-use crate::output::{human_size, Tint};
+use crate::output::{count, human_size, Tint};
 
 /// Every record, deleted ones included.
 fn all_records(replica: &Replica) -> Result<Vec<RecordMeta>> {
@@ -45,8 +45,8 @@ pub fn compact(ctx: &mut Ctx) -> Result<ExitCode> {
         ctx.out.json_value(&report)?;
     } else {
         let text = format!(
-            "compacted {compacted} of {} records: {} -> {}",
-            metas.len(),
+            "compacted {compacted} of {}: {} -> {}",
+            count(metas.len() as u64, "record"),
             human_size(before),
             human_size(after)
         );
@@ -188,11 +188,14 @@ fn check_text(ctx: &mut Ctx, findings: &Findings) -> Result<()> {
     };
     let projection = match findings.projection.len() {
         0 => "projection matches".to_owned(),
-        n => format!("{n} projection rows wrong (run `accord reindex`)"),
+        n => format!(
+            "{} wrong (run `accord reindex`)",
+            count(n as u64, "projection row")
+        ),
     };
     let summary = format!(
-        "checked {} records: {} damaged; {projection}; database file {sqlite}",
-        findings.total,
+        "checked {}: {} damaged; {projection}; database file {sqlite}",
+        count(findings.total as u64, "record"),
         findings.damaged.len()
     );
     ctx.out.line(&summary)?;
@@ -200,11 +203,27 @@ fn check_text(ctx: &mut Ctx, findings: &Findings) -> Result<()> {
 }
 
 /// `accord backup`: a consistent copy of the database in a new file.
-pub fn backup(ctx: &mut Ctx, dest: &std::path::Path) -> Result<()> {
-    if dest.exists() {
-        anyhow::bail!("{} already exists; give a new file name", dest.display());
+pub fn backup(ctx: &mut Ctx, dest: &std::path::Path, force: bool) -> Result<()> {
+    super::transfer::refuse_overwrite(dest, force)?;
+    let replica = ctx.replica()?;
+    if replica.path().is_some_and(|own| same_file(own, dest)) {
+        anyhow::bail!(
+            "{} is the database itself; give another file name",
+            dest.display()
+        );
     }
-    ctx.replica()?
+    if dest.exists() {
+        // The old file's journal must go too, or SQLite would replay it
+        // into the copy.
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let file = std::path::PathBuf::from(format!("{}{suffix}", dest.display()));
+            if file.exists() {
+                std::fs::remove_file(&file)
+                    .with_context(|| format!("cannot replace {}", file.display()))?;
+            }
+        }
+    }
+    replica
         .backup_to(dest)
         .with_context(|| format!("cannot back up to {}", dest.display()))?;
     if ctx.out.json {
@@ -214,4 +233,12 @@ pub fn backup(ctx: &mut Ctx, dest: &std::path::Path) -> Result<()> {
         ctx.out.line(&format!("backed up to {}", dest.display()))?;
     }
     Ok(())
+}
+
+/// Whether two paths name the same existing file.
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }

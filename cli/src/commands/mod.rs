@@ -91,9 +91,10 @@ fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode> {
         Command::Get { id, path, at, .. } => records::get(ctx, &id, path.as_ref(), at.as_deref())?,
         Command::Rm { id } => records::rm(ctx, &id)?,
         Command::Ls {
+            show,
             collection,
             deleted,
-        } => listing::ls(ctx, collection, deleted)?,
+        } => listing::ls(ctx, collection, deleted, show.as_ref())?,
         Command::Collections => listing::collections(ctx)?,
         Command::Info { id } => listing::info(ctx, &id)?,
         Command::Heads { id } => listing::heads(ctx, &id)?,
@@ -103,14 +104,16 @@ fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode> {
             max_count,
         } => history::log(ctx, &id, graph, max_count)?,
         Command::Diff { id, from, to } => history::diff(ctx, &id, &from, to.as_deref())?,
-        Command::Export { id, output } => transfer::export(ctx, &id, output.as_deref())?,
+        Command::Export { id, output, force } => {
+            transfer::export(ctx, &id, output.as_deref(), force)?
+        }
         Command::Import { file, collection } => transfer::import(ctx, &file, &collection)?,
         Command::Query(args) => return query::query(ctx, &args),
         Command::Index { action } => query::index(ctx, action)?,
         Command::Reindex => return query::reindex(ctx),
         Command::Compact => return maintenance::compact(ctx),
         Command::Check => return maintenance::check(ctx),
-        Command::Backup { dest } => maintenance::backup(ctx, &dest)?,
+        Command::Backup { dest, force } => maintenance::backup(ctx, &dest, force)?,
         Command::Sync {
             relay,
             token,

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 use super::Ctx;
 use crate::args::{IndexAction, QueryArgs};
-use crate::output::{align_right, Output, Tint};
+use crate::output::{align_right, count, Output, Tint};
 
 /// Rows printed when `--limit` is not given.
 pub const DEFAULT_LIMIT: usize = 10_000;
@@ -336,8 +336,10 @@ pub fn reindex(ctx: &mut Ctx) -> Result<ExitCode> {
         )?;
     } else {
         let text = format!(
-            "reindexed {} records: {} rows repaired, {} removed",
-            report.records, report.repaired, report.removed
+            "reindexed {}: {} repaired, {} removed",
+            count(report.records as u64, "record"),
+            count(report.repaired as u64, "row"),
+            report.removed
         );
         ctx.out.line(&text)?;
     }

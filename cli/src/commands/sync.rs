@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::Ctx;
-use crate::output::human_size;
+use crate::output::{count, human_size};
 
 /// Documents to move before a progress bar is worth showing.
 const PROGRESS_THRESHOLD: u64 = 50;
@@ -38,6 +38,14 @@ pub fn sync(
     }
     for c in &named {
         accord_engine::replica::check_collection(c)?;
+    }
+    if named.is_empty() && !ctx.db.exists() {
+        bail!(
+            "database {} does not exist, and without --collection there is nothing to fetch \
+             into it: check the path (--db, ACCORD_DB), or name the collections to fetch \
+             into a new file with --collection C",
+            ctx.db.display()
+        );
     }
     let replica = ctx.replica()?;
     let collections: BTreeSet<String> = if named.is_empty() {
@@ -177,15 +185,6 @@ fn summary(
         ))?;
     }
     Ok(())
-}
-
-/// "1 record", "2 records".
-fn count(n: u64, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
 }
 
 /// A progress bar on a terminal, once enough documents move.

@@ -10,10 +10,13 @@ use super::Ctx;
 
 /// `accord export`: the whole document in Automerge's binary format, to a
 /// file or to stdout (but not to a terminal).
-pub fn export(ctx: &mut Ctx, id: &DocId, output: Option<&Path>) -> Result<()> {
+pub fn export(ctx: &mut Ctx, id: &DocId, output: Option<&Path>, force: bool) -> Result<()> {
     let to_stdout = output.is_none_or(|p| p == Path::new("-"));
     if to_stdout && ctx.out.is_terminal() {
         bail!("refusing to write binary data to a terminal; give -o FILE or redirect stdout");
+    }
+    if let Some(path) = output.filter(|_| !to_stdout) {
+        refuse_overwrite(path, force)?;
     }
     let bytes = ctx.replica()?.save(id)?;
     match output {
@@ -59,4 +62,16 @@ fn read_input(file: &Path) -> Result<Vec<u8>> {
         return Ok(bytes);
     }
     std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))
+}
+
+/// Refuses to replace an existing file unless `--force` was given (the
+/// rule `export -o` and `backup` share).
+pub fn refuse_overwrite(path: &Path, force: bool) -> Result<()> {
+    if path.exists() && !force {
+        bail!(
+            "{} already exists; give another file name, or --force to overwrite it",
+            path.display()
+        );
+    }
+    Ok(())
 }

@@ -31,7 +31,7 @@ pub struct DocId([u8; 16]);
 #[non_exhaustive]
 pub enum ParseDocIdError {
     /// The text is not base58 with a valid 4-byte checksum.
-    #[error("'{input}' is not a document id: {reason}")]
+    #[error("'{input}' is not a valid record id: {reason}")]
     Encoding {
         /// What was given.
         input: String,
@@ -39,7 +39,7 @@ pub enum ParseDocIdError {
         reason: String,
     },
     /// The checksum was fine but the payload is not 16 bytes.
-    #[error("'{input}' is not a document id: it holds {len} bytes, expected 16")]
+    #[error("'{input}' is not a valid record id: it holds {len} bytes, expected 16")]
     Length {
         /// What was given.
         input: String,
@@ -108,7 +108,19 @@ impl FromStr for DocId {
             .into_vec()
             .map_err(|e| ParseDocIdError::Encoding {
                 input: s.to_owned(),
-                reason: e.to_string(),
+                reason: match e {
+                    bs58::decode::Error::InvalidCharacter { character, .. } => {
+                        format!("'{character}' is not a base58 character")
+                    }
+                    bs58::decode::Error::NonAsciiCharacter { .. } => {
+                        "it holds a character that is not base58".to_owned()
+                    }
+                    bs58::decode::Error::InvalidChecksum { .. } => {
+                        "its checksum does not match (a typo, or a truncated id?)".to_owned()
+                    }
+                    bs58::decode::Error::NoChecksum => "it is too short".to_owned(),
+                    other => other.to_string(),
+                },
             })?;
         DocId::from_slice(&bytes).ok_or(ParseDocIdError::Length {
             input: s.to_owned(),

@@ -15,6 +15,11 @@ pub struct ChangeInfo {
     pub hash: ChangeHash,
     /// The actor that made it (hex).
     pub actor: String,
+    /// The device that made it: the actor's first 8 bytes (16 hex digits),
+    /// the same for every process of one database file (see
+    /// [`Replica::device`]). Actors written before this existed are random
+    /// throughout, so each of their processes shows as its own device.
+    pub device: String,
     /// Its sequence number among that actor's changes.
     pub seq: u64,
     /// When it was made, in seconds since the Unix epoch (0 if unknown).
@@ -47,6 +52,7 @@ impl Replica {
                 .into_iter()
                 .map(|m| ChangeInfo {
                     hash: m.hash,
+                    device: device_of(&m.actor),
                     actor: m.actor.to_hex_string(),
                     seq: m.seq,
                     time: m.timestamp,
@@ -227,4 +233,10 @@ fn show(value: &automerge::Value<'_>) -> String {
         },
         automerge::Value::Scalar(s) => json::scalar_to_json(s).to_string(),
     }
+}
+
+/// The device part of an actor id, as [`ChangeInfo::device`] gives it.
+fn device_of(actor: &automerge::ActorId) -> String {
+    let bytes = actor.to_bytes();
+    automerge::ActorId::from(&bytes[..bytes.len().min(super::DEVICE_BYTES)]).to_hex_string()
 }

@@ -51,6 +51,23 @@ pub use history::{describe_patch, ChangeInfo};
 pub use live::LiveQuery;
 pub use projection::{ProjectionIssue, ProjectionProblem, ReindexReport};
 
+/// How many leading bytes of an actor id name the device (the database
+/// file) that wrote with it; the rest is fresh per open.
+pub const DEVICE_BYTES: usize = 8;
+
+/// The device prefix of every actor id a database writes with: a digest of
+/// its stable peer id (not the id itself, which also names it to relays).
+fn device_prefix(peer: &PeerId) -> [u8; DEVICE_BYTES] {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"accord device\0")
+        .chain_update(peer.as_str().as_bytes())
+        .finalize();
+    let mut prefix = [0; DEVICE_BYTES];
+    prefix.copy_from_slice(&digest[..DEVICE_BYTES]);
+    prefix
+}
+
 /// The default of [`ReplicaOptions::max_sync_message_bytes`]: 4 MiB.
 pub const DEFAULT_SYNC_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -240,10 +257,16 @@ impl Replica {
             .map_err(|e| crate::error::StoreError::BadRow(format!("meta peer_id: {e}")))?;
         let mut rng: Option<rand::rngs::StdRng> =
             options.deterministic.map(rand::SeedableRng::seed_from_u64);
-        let actor = match rng.as_mut() {
-            Some(rng) => ActorId::from(rand::Rng::random::<[u8; 16]>(rng).to_vec()),
-            None => ActorId::random(),
+        // The actor: this file's device prefix, then a suffix fresh per
+        // open, so that `log` can tell devices apart while no two
+        // processes ever share an actor.
+        let suffix: [u8; 8] = match rng.as_mut() {
+            Some(rng) => rand::Rng::random(rng),
+            None => rand::random(),
         };
+        let mut actor = device_prefix(&peer_id).to_vec();
+        actor.extend_from_slice(&suffix);
+        let actor = ActorId::from(actor);
         Ok(Replica {
             inner: Arc::new(Inner {
                 queries: parking_lot::Mutex::new(None),
@@ -268,6 +291,15 @@ impl Replica {
     /// The file this replica lives in (`None` in memory).
     pub fn path(&self) -> Option<&Path> {
         self.inner.path.as_deref()
+    }
+
+    /// This database's device id as `log` shows it: the first
+    /// [`DEVICE_BYTES`] bytes (in hex) of every actor id this file's
+    /// replicas write with, stable across processes and opens.
+    /// [`ChangeInfo::device`] is the same for each change, so changes made
+    /// here are those whose `device` equals this.
+    pub fn device(&self) -> String {
+        ActorId::from(&device_prefix(&self.inner.peer_id)[..]).to_hex_string()
     }
 
     /// The actor id that signs this replica's changes.
