@@ -90,12 +90,7 @@ pub(crate) fn count(doc: &Automerge) -> usize {
     let mut n = 0;
     let mut stack = vec![automerge::ROOT];
     while let Some(obj) = stack.pop() {
-        let props: Vec<Prop> = match doc.object_type(&obj) {
-            Ok(ObjType::Map | ObjType::Table) => doc.keys(&obj).map(Prop::Map).collect(),
-            Ok(ObjType::List) => (0..doc.length(&obj)).map(Prop::Seq).collect(),
-            Ok(ObjType::Text) | Err(_) => continue,
-        };
-        for prop in props {
+        for prop in props(doc, &obj, None) {
             let mut all = doc.get_all(&obj, prop.clone()).unwrap_or_default();
             let shown = if all.len() > 1 {
                 n += 1;
@@ -134,17 +129,7 @@ impl Walker<'_> {
     /// Looks at every field of `obj` and, through the values reads show,
     /// at the objects below it.
     fn walk(&mut self, obj: &ObjId, path: &mut Vec<String>) {
-        let doc = self.doc;
-        let props: Vec<Prop> = match (doc.object_type(obj), self.heads) {
-            (Ok(ObjType::Map | ObjType::Table), None) => doc.keys(obj).map(Prop::Map).collect(),
-            (Ok(ObjType::Map | ObjType::Table), Some(h)) => {
-                doc.keys_at(obj, h).map(Prop::Map).collect()
-            }
-            (Ok(ObjType::List), None) => (0..doc.length(obj)).map(Prop::Seq).collect(),
-            (Ok(ObjType::List), Some(h)) => (0..doc.length_at(obj, h)).map(Prop::Seq).collect(),
-            (Ok(ObjType::Text) | Err(_), _) => return,
-        };
-        for prop in props {
+        for prop in props(self.doc, obj, self.heads) {
             path.push(match &prop {
                 Prop::Map(key) => key.clone(),
                 Prop::Seq(i) => i.to_string(),
@@ -193,6 +178,20 @@ impl Walker<'_> {
                 .map(|v| json::to_json(&v))
                 .unwrap_or(serde_json::Value::Null),
         }
+    }
+}
+
+/// The keys of a map or the indices of a list (now or as of `heads`);
+/// none for text, whose characters cannot conflict field by field.
+fn props(doc: &Automerge, obj: &ObjId, heads: Option<&[ChangeHash]>) -> Vec<Prop> {
+    match (doc.object_type(obj), heads) {
+        (Ok(ObjType::Map | ObjType::Table), None) => doc.keys(obj).map(Prop::Map).collect(),
+        (Ok(ObjType::Map | ObjType::Table), Some(h)) => {
+            doc.keys_at(obj, h).map(Prop::Map).collect()
+        }
+        (Ok(ObjType::List), None) => (0..doc.length(obj)).map(Prop::Seq).collect(),
+        (Ok(ObjType::List), Some(h)) => (0..doc.length_at(obj, h)).map(Prop::Seq).collect(),
+        (Ok(ObjType::Text) | Err(_), _) => Vec::new(),
     }
 }
 

@@ -451,6 +451,11 @@ fn concurrent_values_are_listed_with_the_change_that_wrote_each() {
         .map(|c| c.path)
         .collect();
     assert_eq!(left, ["address.city", "tags.0"]);
+    // The projection's count walks the same fields.
+    let counted = a
+        .read_any(&id, |state| super::conflicts::count(&state.doc))
+        .expect("count");
+    assert_eq!(counted, 2);
     // As of the old heads the conflict is still there.
     let at = a
         .conflicts_at(&id, &b.heads(&id).expect("heads"))
