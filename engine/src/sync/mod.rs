@@ -24,6 +24,8 @@
 //! - [`client`]: [`ClientSession`], a replica's side of one connection,
 //!   and [`SyncCheck`], what `wait_synced` waits for.
 //! - `exchange`: the per-(peer, document) bookkeeping both ends share.
+//! - [`repo_wire`]: the automerge-repo protocol's messages and their CBOR
+//!   form, for the relay's `/automerge-repo` door.
 
 pub mod access;
 pub mod client;
@@ -32,6 +34,7 @@ pub mod hub;
 pub mod limits;
 pub mod protocol;
 pub mod registry;
+pub mod repo_wire;
 pub mod session;
 
 use automerge::sync::{Message, State};
