@@ -27,6 +27,8 @@ use tokio::time::Instant as TokioInstant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
@@ -54,8 +56,11 @@ pub async fn serve(
     permit: OwnedSemaphorePermit,
 ) {
     let limit = shared.config.handshake_frame_limit();
-    let accept =
-        tokio_tungstenite::accept_async_with_config(Gate::new(stream), Some(ws_config(limit)));
+    let accept = tokio_tungstenite::accept_hdr_async_with_config(
+        Gate::new(stream),
+        route,
+        Some(ws_config(limit)),
+    );
     let ws = match tokio::time::timeout(shared.config.handshake_timeout, accept).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => return tracing::debug!(%conn, error = %e, "websocket handshake failed"),
@@ -77,6 +82,26 @@ pub async fn serve(
     };
     let end = c.run(rx).await;
     c.finish(end).await;
+}
+
+/// The doors a WebSocket upgrade may knock on: the native protocol at `/`
+/// (a query string is allowed). Any other path is answered with HTTP 404
+/// naming the path, so a client with a wrong URL hears why instead of
+/// speaking the wrong protocol or hanging.
+#[allow(clippy::result_large_err)] // the signature tungstenite asks for
+fn route(request: &Request, response: Response) -> Result<Response, ErrorResponse> {
+    match request.uri().path() {
+        "/" => Ok(response),
+        other => {
+            let text = format!(
+                "no WebSocket endpoint at '{}': accord-relay serves its protocol at '/'\n",
+                other.chars().take(200).collect::<String>()
+            );
+            let mut refusal = ErrorResponse::new(Some(text));
+            *refusal.status_mut() = StatusCode::NOT_FOUND;
+            Err(refusal)
+        }
+    }
 }
 
 /// A WebSocket's settings with messages limited to `max_bytes`. Small

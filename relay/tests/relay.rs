@@ -109,6 +109,39 @@ async fn bad_input_is_refused_with_its_code_and_others_keep_syncing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_path_is_answered_with_404_naming_it_and_the_root_still_serves() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = spawn_relay(&dir.path().join("r.db"));
+    for path in ["/nope", "/automerge-repo/x", "//"] {
+        let url = format!("{}{path}", relay.url);
+        let refused = tokio::time::timeout(T, tokio_tungstenite::connect_async(&url))
+            .await
+            .expect("an answer, not a hang");
+        match refused {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 404, "{url}");
+                let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or(&[]))
+                    .into_owned();
+                assert!(
+                    body.contains(&format!("no WebSocket endpoint at '{path}'")),
+                    "{body}"
+                );
+            }
+            other => panic!("{url}: expected 404, got {other:?}"),
+        }
+    }
+    // The native protocol at `/`, with or without a query string.
+    for url in [relay.url.clone(), format!("{}/?x=1", relay.url)] {
+        let mut ws = raw(&url).await;
+        send(&mut ws, &hello(PROTOCOL_VERSION)).await;
+        assert!(
+            matches!(next_frame(&mut ws).await, Some(Frame::Welcome { .. })),
+            "{url}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_frames_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
