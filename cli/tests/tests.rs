@@ -468,6 +468,100 @@ fn import_rejects_what_is_not_automerge() {
 }
 
 #[test]
+fn import_jsonl_creates_one_record_per_line_in_batches() {
+    let env = Env::new();
+    let mut text: String = (0..2500)
+        .map(|i| format!("{{\"n\": {i}, \"name\": \"row {i}\"}}\n"))
+        .collect();
+    text.insert_str(0, "\n   \n"); // blank lines are skipped
+    let file = env.path().join("rows.jsonl");
+    std::fs::write(&file, &text).expect("write");
+    let file = file.to_str().expect("utf-8 path");
+    let out = env.ok(&["import", "--jsonl", file, "-c", "rows"]);
+    assert_eq!(out, "imported 2500 records into rows\n");
+    let listed = env.json(&["--json", "ls", "rows"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(2500));
+    let counted = env.json(&[
+        "--json",
+        "query",
+        "SELECT count(*) AS n, sum(json_extract(json, '$.n')) AS total FROM records WHERE collection = 'rows'",
+    ]);
+    assert_eq!(counted, json!([{"n": 2500, "total": 2500 * 2499 / 2}]));
+
+    // --json lists the ids in line order; stdin works with `-`.
+    let mut cmd = env.cmd(&[
+        "--json", "import", "--jsonl", "-", "-c", "more", "--batch", "2",
+    ]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(b"{\"a\": 1}\r\n{\"a\": 2}\n{\"a\": {\"deep\": [true]}}\n")
+            .expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{out:?}");
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(keys(&shown), ["collection", "ids", "imported"]);
+    assert_eq!(shown["imported"], 3);
+    let ids: Vec<String> = shown["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|v| v.as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(env.json(&["get", &ids[0]]), json!({"a": 1}));
+    assert_eq!(env.json(&["get", &ids[2]]), json!({"a": {"deep": [true]}}));
+
+    // The Automerge import is unchanged beside it.
+    let exported = env.path().join("one.automerge");
+    env.ok(&["export", &ids[1], "-o", exported.to_str().expect("path")]);
+    let copy = env.ok(&["import", exported.to_str().expect("path"), "-c", "more"]);
+    assert_eq!(env.json(&["get", copy.trim()]), json!({"a": 2}));
+}
+
+#[test]
+fn import_jsonl_names_the_bad_line_and_writes_nothing() {
+    let env = Env::new();
+    let file = env.path().join("rows.jsonl");
+    let file_arg = file.to_str().expect("utf-8 path");
+    std::fs::write(
+        &file,
+        "{\"ok\": 1}\n{\"ok\": 2}\n{\"broken\": \n{\"ok\": 4}\n",
+    )
+    .expect("write");
+    let err = env.fails(1, &["import", "--jsonl", file_arg, "-c", "rows"]);
+    assert!(
+        err.starts_with(&format!("error: {file_arg} line 3: not valid JSON")),
+        "{err}"
+    );
+    assert!(!env.db.exists(), "nothing written, not even a database");
+
+    env.new_record("rows", "{}");
+    std::fs::write(&file, "{\"ok\": 1}\n\n[1, 2]\n").expect("write");
+    let err = env.fails(1, &["import", "--jsonl", file_arg, "-c", "rows"]);
+    assert!(
+        err.contains("line 3: a record must be a JSON object, found an array"),
+        "{err}"
+    );
+    assert_eq!(
+        env.json(&["--json", "ls", "rows"]).as_array().map(Vec::len),
+        Some(1)
+    );
+    let err = env.fails(1, &["import", "--jsonl", file_arg, "-c", "bad name"]);
+    assert!(err.contains("bad collection name"), "{err}");
+    let err = env.fails(
+        2,
+        &["import", "--jsonl", file_arg, "-c", "rows", "--batch", "0"],
+    );
+    assert!(err.contains("--batch"), "{err}");
+}
+
+#[test]
 fn compact_keeps_content_and_history() {
     let env = Env::new();
     let id = env.new_record("contacts", r#"{"n": 0}"#);

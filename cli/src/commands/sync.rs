@@ -2,18 +2,17 @@
 //! summary. The only command that starts an async runtime.
 
 use std::collections::BTreeSet;
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use accord_engine::{ConnectOptions, SyncError, SyncStatus};
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::json;
 use tokio::sync::watch;
 
 use super::Ctx;
-use crate::output::human_size;
+use crate::output::{human_size, progress_bar};
 
 /// Documents to move before a progress bar is worth showing.
 const PROGRESS_THRESHOLD: u64 = 50;
@@ -62,7 +61,7 @@ pub fn sync(
     let limit = Duration::from_secs(timeout);
     let status = runtime.block_on(async {
         let mut handle = replica.connect(relay, options);
-        let progress = Progress::new(std::io::stderr().is_terminal());
+        let progress = Progress::new();
         let watch = handle.watch();
         let outcome = tokio::select! {
             r = handle.wait_agreed(limit) => r,
@@ -194,16 +193,8 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(terminal: bool) -> Self {
-        let bar = terminal.then(|| {
-            let bar = ProgressBar::hidden();
-            let style = ProgressStyle::with_template(
-                "{spinner} syncing {pos}/{len} documents {wide_bar} {elapsed}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
-            bar.set_style(style);
-            bar
-        });
+    fn new() -> Self {
+        let bar = progress_bar("{spinner} syncing {pos}/{len} documents {wide_bar} {elapsed}");
         Progress { bar }
     }
 

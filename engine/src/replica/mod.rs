@@ -7,7 +7,8 @@
 //!
 //! Layout: `commit` is group commit, `cache` the bounded set of loaded
 //! documents, `access` reaching one of them (loaded and current), `write`
-//! the write path every change and tombstone takes, `remote` the
+//! the write path every change and tombstone takes, `bulk` many new
+//! records in one transaction, `remote` the
 //! [`crate::sync::SyncDocs`] implementation, `events` subscriptions,
 //! `history` the history API, `typed` the autosurgeon bridge, `asynch` the
 //! async wrapper, `query` SQL over the records' content and indexes,
@@ -16,6 +17,7 @@
 mod access;
 mod asynch;
 mod batches;
+mod bulk;
 mod cache;
 mod commit;
 mod events;
