@@ -8,7 +8,8 @@
 //! Layout: `commit` is group commit, `cache` the bounded set of loaded
 //! documents, `access` reaching one of them (loaded and current), `write`
 //! the write path every change and tombstone takes, `bulk` many new
-//! records in one transaction, `remote` the
+//! records in one transaction, `repair` damaged documents fetched again
+//! through sync, `remote` the
 //! [`crate::sync::SyncDocs`] implementation, `events` subscriptions,
 //! `history` the history API, `typed` the autosurgeon bridge, `asynch` the
 //! async wrapper, `query` SQL over the records' content and indexes,
@@ -26,6 +27,7 @@ mod live;
 mod projection;
 mod query;
 mod remote;
+mod repair;
 mod typed;
 mod write;
 
@@ -177,6 +179,9 @@ struct Inner {
     committer: Committer,
     /// Loaded documents.
     cache: Cache,
+    /// Documents whose stored data failed to load, with the copy sync is
+    /// fetching again.
+    repairs: repair::Repairs,
     /// Subscribers to committed changes.
     listeners: events::Listeners,
     /// The actor id of this replica's changes; fresh per open, so two
@@ -250,6 +255,7 @@ impl Replica {
                 committer: Committer::new(store),
                 reader: reader.map(parking_lot::Mutex::new),
                 cache: Cache::new(options.cache_capacity),
+                repairs: repair::Repairs::default(),
                 listeners: events::Listeners::default(),
                 actor,
                 peer_id,
