@@ -589,7 +589,7 @@ fn check_reports_a_damaged_record_and_fails() {
     let good = env.new_record("contacts", r#"{"name": "Ada"}"#);
     let bad = env.new_record("contacts", r#"{"name": "Grace"}"#);
     env.ok(&["put", &bad, "age", "36"]);
-    assert!(env.ok(&["check"]).contains("checked 2 records: 0 damaged"));
+    assert!(env.ok(&["check"]).contains("checked 2 records in "));
     let bad_id: DocId = bad.parse().expect("id");
     let conn = rusqlite::Connection::open(&env.db).expect("sqlite");
     let changed = conn
@@ -609,7 +609,11 @@ fn check_reports_a_damaged_record_and_fails() {
         "{run:?}"
     );
     assert!(!run.stdout.contains(&good), "{run:?}");
-    assert!(run.stderr.contains("check found 1 problem"), "{run:?}");
+    assert!(
+        run.stderr
+            .contains(&format!("check of {} found 1 problem", env.db.display())),
+        "{run:?}"
+    );
     let report = util::run(&mut env.cmd(&["--json", "check"]));
     assert_eq!(report.code, Some(1));
     let report: serde_json::Value = serde_json::from_str(&report.stdout).expect("json");
@@ -621,6 +625,180 @@ fn check_reports_a_damaged_record_and_fails() {
         env.ok(&["get", &good]).contains("Ada"),
         "other records still load"
     );
+}
+
+/// Overwrites the body of one page of an SQLite file, the way a bad disk
+/// or a torn copy would, and returns the page's number. `table` names the
+/// table (or index) a leaf of which is hit; "sqlite_schema" hits page 1.
+fn damage_page(db: &std::path::Path, table: &str) -> i64 {
+    let conn = rusqlite::Connection::open(db).expect("sqlite");
+    let (page_size, page): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT page_size FROM pragma_page_size), max(pageno) FROM dbstat WHERE name = ?1",
+            [table],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("dbstat");
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .expect("checkpoint");
+    drop(conn);
+    let mut bytes = std::fs::read(db).expect("read db");
+    let start = ((page - 1) * page_size) as usize + if page == 1 { 100 } else { 8 };
+    for (i, b) in bytes[start..start + 800].iter_mut().enumerate() {
+        *b = [0xde, 0xad, 0xbe, 0xef][i % 4];
+    }
+    std::fs::write(db, bytes).expect("write db");
+    page
+}
+
+#[test]
+fn check_describes_a_damaged_sqlite_file_instead_of_one_malformed_line() {
+    let env = Env::new();
+    let rows: String = (0..300)
+        .map(|i| format!("{{\"n\": {i}, \"text\": \"{}\"}}\n", "x".repeat(300)))
+        .collect();
+    let file = env.path().join("rows.jsonl");
+    std::fs::write(&file, rows).expect("write");
+    env.ok(&[
+        "import",
+        "--jsonl",
+        file.to_str().expect("path"),
+        "-c",
+        "rows",
+    ]);
+    let pristine = env.path().join("pristine.db");
+    std::fs::copy(&env.db, &pristine).expect("copy");
+    let db = env.db.display().to_string();
+
+    // A leaf of the chunks table: the records on it are named.
+    damage_page(&env.db, "chunks");
+    let run = env.run(&["check"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stdout.lines().any(|l| l.starts_with("sqlite: ")),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("database file NOT sound"), "{run:?}");
+    assert!(
+        run.stdout.contains(&format!("checked 300 records in {db}")),
+        "{run:?}"
+    );
+    let damaged: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("damaged "))
+        .collect();
+    assert!(
+        !damaged.is_empty(),
+        "records on the page are named: {run:?}"
+    );
+    assert!(damaged.len() < 300, "the others still load: {run:?}");
+    assert!(
+        run.stderr.contains(&format!("check of {db} found"))
+            && run.stderr.contains("Repairing a damaged database"),
+        "{run:?}"
+    );
+    let report = util::run(&mut env.cmd(&["--json", "check"]));
+    let report: serde_json::Value = serde_json::from_str(&report.stdout).expect("json");
+    assert_eq!(report["file"], db.as_str());
+    assert_eq!(report["ok"], false);
+    assert!(!report["integrity"]
+        .as_array()
+        .expect("integrity")
+        .is_empty());
+
+    // The schema page: nothing opens, but SQLite's own check still speaks.
+    std::fs::copy(&pristine, &env.db).expect("restore");
+    damage_page(&env.db, "sqlite_schema");
+    let run = env.run(&["check"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.starts_with("failed: ") && l.contains(&db)),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout.lines().any(|l| l.starts_with("sqlite: ")),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains(&format!("check of {db} found")),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn sync_fetches_a_damaged_record_again_from_the_relay() {
+    let env = Env::new();
+    let relay = Relay::start(env.path().join("relay.db"));
+    let good = env.new_record("contacts", r#"{"name": "Ada"}"#);
+    let bad = env.new_record("contacts", r#"{"name": "Grace"}"#);
+    env.ok(&["put", &bad, "age", "36"]);
+    let lonely = env.new_record("contacts", r#"{"name": "Alan"}"#);
+    env.ok(&["sync", "--relay", &relay.url]);
+    // A change the relay never got.
+    env.ok(&["put", &lonely, "age", "41"]);
+
+    let conn = rusqlite::Connection::open(&env.db).expect("sqlite");
+    for (id, seq) in [(&bad, 2), (&lonely, 1)] {
+        let id: DocId = id.parse().expect("id");
+        let changed = conn
+            .execute(
+                "UPDATE chunks SET data = x'00ff00ff' WHERE doc = ?1 AND seq = ?2",
+                rusqlite::params![id.as_bytes().as_slice(), seq],
+            )
+            .expect("damage");
+        assert_eq!(changed, 1);
+    }
+    drop(conn);
+    let run = env.run(&["check"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    for id in [&bad, &lonely] {
+        assert!(
+            run.stdout
+                .lines()
+                .any(|l| l.starts_with("damaged") && l.contains(id.as_str())),
+            "{run:?}"
+        );
+    }
+
+    // The relay's copy of `bad` holds everything: fetched and stored. `lonely`
+    // has a change only this file had: kept damaged, and sync says so.
+    let run = env.run(&["sync", "--relay", &relay.url]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stdout.contains(&format!(
+            "repaired 1 record damaged here with the relay's copy: {bad}"
+        )),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains("1 record still damaged")
+            && run.stderr.contains(&lonely)
+            && run.stderr.contains("Repairing a damaged database"),
+        "{run:?}"
+    );
+    assert_eq!(
+        env.json(&["get", &bad]),
+        json!({"name": "Grace", "age": 36})
+    );
+    assert!(env.ok(&["get", &good]).contains("Ada"));
+    let run = env.run(&["check"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        !run.stdout.contains(&bad) && run.stdout.contains(&lonely),
+        "{run:?}"
+    );
+
+    // The documented repair: re-sync into a fresh file.
+    let fresh = Env::new();
+    fresh.ok(&["sync", "--relay", &relay.url, "--collection", "contacts"]);
+    assert_eq!(
+        fresh.json(&["get", &bad]),
+        json!({"name": "Grace", "age": 36})
+    );
+    assert!(fresh.ok(&["check"]).contains("0 damaged"));
 }
 
 // ---- errors ----
