@@ -576,3 +576,30 @@ fn chunk_rows(path: &Path, doc: &DocId) -> Vec<(i64, Vec<u8>)> {
         .expect("query");
     rows.collect::<Result<_, _>>().expect("rows")
 }
+
+#[test]
+fn with_refetch_off_a_damaged_document_stays_an_error_for_peers() {
+    use accord_engine::sync::SyncDocs;
+    let sample = Sample::new();
+    let victim = sample.victim();
+    inflict(&sample.path(), &victim, &sample.ids[0], Damage::FlipByte);
+    let options = ReplicaOptions {
+        refetch_damaged: false,
+        ..no_compaction()
+    };
+    let relay_like = Replica::open_with(sample.path(), options).expect("reopen");
+    assert_corrupt(relay_like.verify(&victim), &victim, "verify");
+    assert!(relay_like.damaged().is_empty());
+    let collection: accord_engine::Collection = "c".parse().expect("collection");
+    let mut state = automerge::sync::State::new();
+    assert_corrupt(
+        relay_like.generate(&victim, &collection, &mut state),
+        &victim,
+        "generate",
+    );
+    let local = relay_like
+        .local_state(&victim)
+        .expect("meta")
+        .expect("known");
+    assert_eq!(local.heads, relay_like.meta(&victim).expect("meta").heads);
+}

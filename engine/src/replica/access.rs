@@ -63,7 +63,9 @@ impl Replica {
                 return Ok(None);
             };
             let loaded = DocState::load(stored, &self.inner.actor);
-            super::repair::note_load(&self.inner.repairs, id, &loaded);
+            if self.inner.options.refetch_damaged {
+                super::repair::note_load(&self.inner.repairs, id, &loaded);
+            }
             *cached = Some(loaded?);
         }
         if let Some(state) = cached.as_mut() {

@@ -93,6 +93,15 @@ pub struct ReplicaOptions {
     /// message, `merge_bytes`, `import`) may expand to before Automerge
     /// sees it; more is refused with [`Error::Guard`] ([`crate::guard`]).
     pub message_budget: crate::guard::Budget,
+    /// Fetch a record whose stored data fails to load again from peers
+    /// (default `true`): sync then treats it as holding only what was
+    /// fetched so far, so the peer sends everything, and the damaged rows
+    /// are replaced once the fetched copy holds every change they recorded
+    /// (see [`Replica::damaged`]). A relay turns it off: the copy being
+    /// fetched is not stored yet, and the relay's answers acknowledge
+    /// what they contain as stored, so a damaged document there stays an
+    /// error (`storage_unavailable` to peers) for the operator to repair.
+    pub refetch_damaged: bool,
     /// For simulations: draw ids from a generator seeded with this value
     /// and record every change at time 0, so a run can be replayed exactly.
     #[doc(hidden)]
@@ -111,6 +120,7 @@ impl Default for ReplicaOptions {
             max_sync_message_ops: DEFAULT_SYNC_MESSAGE_OPS,
             max_document_bytes: None,
             message_budget: crate::guard::Budget::default(),
+            refetch_damaged: true,
             deterministic: None,
         }
     }

@@ -12,7 +12,6 @@ use automerge::sync::{Message, State, SyncDoc};
 use automerge::{Automerge, ChangeHash};
 
 use super::batches::{self, Batch};
-use super::repair::is_damage;
 use super::write::{same_collection, IfUnknown};
 use super::{Origin, Replica};
 use crate::error::{Error, Result};
@@ -48,7 +47,7 @@ impl SyncDocs for Replica {
     fn heads(&self, doc: &DocId) -> Result<Heads> {
         match self.read_any(doc, |s| Heads::new(s.doc.get_heads())) {
             Err(Error::NotFound(_)) => Ok(Heads::empty()),
-            Err(e) if is_damage(&e) => Ok(self.inner.repairs.heads(doc).unwrap_or_default()),
+            Err(e) if self.refetching(&e) => Ok(self.inner.repairs.heads(doc).unwrap_or_default()),
             other => other,
         }
     }
@@ -56,7 +55,7 @@ impl SyncDocs for Replica {
     fn covers(&self, doc: &DocId, heads: &Heads, of: &Heads) -> Result<Option<bool>> {
         match self.read_any(doc, |s| covers_in(&s.doc, heads, of)) {
             Err(Error::NotFound(_)) => Ok(None),
-            Err(e) if is_damage(&e) => Ok(self
+            Err(e) if self.refetching(&e) => Ok(self
                 .inner
                 .repairs
                 .with(doc, |copy| covers_in(copy, heads, of))
@@ -74,7 +73,7 @@ impl SyncDocs for Replica {
         let entry = self.inner.cache.entry(doc);
         let mut cached = entry.lock();
         let current = match self.current(doc, &mut cached) {
-            Err(e) if is_damage(&e) => {
+            Err(e) if self.refetching(&e) => {
                 // Sent from what was fetched again, so the peer sends the rest.
                 same_collection_as_stored(self, doc, collection)?;
                 return Ok(self.generate_repair(doc, state));

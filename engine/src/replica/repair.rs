@@ -14,7 +14,9 @@
 //! rows are kept and the document stays damaged.
 //!
 //! Damage is remembered in memory, per open replica; a load that succeeds
-//! again (another process repaired the file) forgets it.
+//! again (another process repaired the file) forgets it. A replica opened
+//! with `ReplicaOptions::refetch_damaged` off (the relay) remembers
+//! nothing, so its damaged documents stay errors.
 //!
 //! [`SyncDocs`]: crate::sync::SyncDocs
 
@@ -69,12 +71,15 @@ impl Repairs {
     }
 }
 
-/// Whether an error says a document's stored data does not load.
-pub(crate) fn is_damage(error: &Error) -> bool {
-    matches!(error, Error::Store(StoreError::Corrupt { .. }))
-}
-
 impl Replica {
+    /// Whether `error` says a document's stored data does not load and
+    /// this replica fetches such documents again (the sync paths then
+    /// work on the fetched copy instead of failing).
+    pub(crate) fn refetching(&self, error: &Error) -> bool {
+        self.inner.options.refetch_damaged
+            && matches!(error, Error::Store(StoreError::Corrupt { .. }))
+    }
+
     /// Loads a record exactly as any read would and returns the error if
     /// it does not load. A record whose stored data is damaged is
     /// remembered, so the next sync fetches it again from the relay (see
@@ -94,7 +99,8 @@ impl Replica {
     }
 
     /// The records found damaged (their stored data failed to load) since
-    /// this replica was opened and not repaired since, sorted by id.
+    /// this replica was opened and not repaired since, sorted by id
+    /// (always empty with `ReplicaOptions::refetch_damaged` off).
     /// Syncing fetches each of them again from the relay and stores the
     /// relay's copy once it holds every change this replica recorded;
     /// until then the damaged rows stay as they are.
@@ -109,10 +115,22 @@ impl Replica {
         id: &DocId,
         state: &mut automerge::sync::State,
     ) -> Option<automerge::sync::Message> {
-        use automerge::sync::SyncDoc;
+        use automerge::sync::{State, SyncDoc};
         self.inner
             .repairs
-            .with(id, |copy| copy.generate_sync_message(state))
+            .with(id, |copy| {
+                // A stored sync state claims heads shared with the peer that
+                // the copy does not have (the damaged document had them):
+                // start over, so the peer sends from the beginning.
+                if !state
+                    .shared_heads
+                    .iter()
+                    .all(|h| copy.get_change_meta_by_hash(h).is_some())
+                {
+                    *state = State::new();
+                }
+                copy.generate_sync_message(state)
+            })
             .flatten()
     }
 

@@ -135,7 +135,7 @@ impl Replica {
         };
         let stored = match self.current(id, &mut cached) {
             Ok(state) => cached_bytes(state.as_deref()),
-            Err(e) if super::repair::is_damage(&e) => {
+            Err(e) if self.refetching(&e) => {
                 // The stored data does not load: fetched again from scratch.
                 self.within_size(id, 0, incoming)?;
                 return self.absorb_repair(id, collection, origin, apply);
