@@ -189,13 +189,27 @@ pub enum Command {
         #[arg(long, requires = "output")]
         force: bool,
     },
-    /// Import an Automerge binary document as a new record and print its id.
+    /// Import an Automerge binary document as a new record and print its
+    /// id; with --jsonl, one new record per line of a JSON Lines file.
+    ///
+    /// With --jsonl every line must be a JSON object (blank lines are
+    /// skipped). All lines are checked before anything is written: a bad
+    /// line fails the import, naming its number, and writes nothing. The
+    /// records are then written in transactions of --batch rows.
     Import {
         /// The file (`-` reads stdin).
         file: PathBuf,
-        /// The collection the new record joins.
+        /// The collection the new records join.
         #[arg(long, short)]
         collection: String,
+        /// Read JSON Lines (one JSON object per line, one record each)
+        /// instead of an Automerge document.
+        #[arg(long)]
+        jsonl: bool,
+        /// With --jsonl: records per SQLite transaction.
+        #[arg(long, value_name = "N", default_value_t = 1000, requires = "jsonl",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        batch: u64,
     },
     /// Run one read-only SQL statement over the `records` view and print
     /// the rows as they come (see docs/queries.md).

@@ -38,7 +38,7 @@ fn main() -> ExitCode {
 
 /// The error and its causes on one line, leaving out causes that repeat
 /// what is already said (SQLite's errors echo their source in their text).
-fn message(e: &anyhow::Error) -> String {
+pub(crate) fn message(e: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in e.chain() {
         let part = cause.to_string();

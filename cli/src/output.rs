@@ -238,6 +238,19 @@ pub fn count(n: u64, noun: &str) -> String {
     }
 }
 
+/// A progress bar on stderr with the given indicatif template, created
+/// hidden, or `None` when stderr is not a terminal (pipes and logs get no
+/// bar). Callers show it with `set_draw_target` once it is worth showing.
+pub fn progress_bar(template: &str) -> Option<indicatif::ProgressBar> {
+    io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::hidden();
+        let style = indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar
+    })
+}
+
 /// The first `n` characters of a hex string (hashes, actors).
 pub fn short(hex: &str, n: usize) -> &str {
     hex.get(..n).unwrap_or(hex)

@@ -255,7 +255,10 @@ fn check_finds_a_wrong_projection_and_reindex_repairs_it() {
             .contains("2 projection rows wrong (run `accord reindex`)"),
         "{run:?}"
     );
-    assert!(run.stderr.contains("check found 2 problems"), "{run:?}");
+    assert!(
+        run.stderr.contains("found 2 problems") && !run.stderr.contains("Repairing"),
+        "{run:?}"
+    );
     let report = crate::util::run(&mut env.cmd(&["--json", "check"]));
     let report: serde_json::Value = serde_json::from_str(&report.stdout).expect("json");
     assert_eq!(report["ok"], false);

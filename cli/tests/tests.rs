@@ -755,6 +755,100 @@ fn import_rejects_what_is_not_automerge() {
 }
 
 #[test]
+fn import_jsonl_creates_one_record_per_line_in_batches() {
+    let env = Env::new();
+    let mut text: String = (0..2500)
+        .map(|i| format!("{{\"n\": {i}, \"name\": \"row {i}\"}}\n"))
+        .collect();
+    text.insert_str(0, "\n   \n"); // blank lines are skipped
+    let file = env.path().join("rows.jsonl");
+    std::fs::write(&file, &text).expect("write");
+    let file = file.to_str().expect("utf-8 path");
+    let out = env.ok(&["import", "--jsonl", file, "-c", "rows"]);
+    assert_eq!(out, "imported 2500 records into rows\n");
+    let listed = env.json(&["--json", "ls", "rows"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(2500));
+    let counted = env.json(&[
+        "--json",
+        "query",
+        "SELECT count(*) AS n, sum(json_extract(json, '$.n')) AS total FROM records WHERE collection = 'rows'",
+    ]);
+    assert_eq!(counted, json!([{"n": 2500, "total": 2500 * 2499 / 2}]));
+
+    // --json lists the ids in line order; stdin works with `-`.
+    let mut cmd = env.cmd(&[
+        "--json", "import", "--jsonl", "-", "-c", "more", "--batch", "2",
+    ]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(b"{\"a\": 1}\r\n{\"a\": 2}\n{\"a\": {\"deep\": [true]}}\n")
+            .expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{out:?}");
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(keys(&shown), ["collection", "ids", "imported"]);
+    assert_eq!(shown["imported"], 3);
+    let ids: Vec<String> = shown["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|v| v.as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(env.json(&["get", &ids[0]]), json!({"a": 1}));
+    assert_eq!(env.json(&["get", &ids[2]]), json!({"a": {"deep": [true]}}));
+
+    // The Automerge import is unchanged beside it.
+    let exported = env.path().join("one.automerge");
+    env.ok(&["export", &ids[1], "-o", exported.to_str().expect("path")]);
+    let copy = env.ok(&["import", exported.to_str().expect("path"), "-c", "more"]);
+    assert_eq!(env.json(&["get", copy.trim()]), json!({"a": 2}));
+}
+
+#[test]
+fn import_jsonl_names_the_bad_line_and_writes_nothing() {
+    let env = Env::new();
+    let file = env.path().join("rows.jsonl");
+    let file_arg = file.to_str().expect("utf-8 path");
+    std::fs::write(
+        &file,
+        "{\"ok\": 1}\n{\"ok\": 2}\n{\"broken\": \n{\"ok\": 4}\n",
+    )
+    .expect("write");
+    let err = env.fails(1, &["import", "--jsonl", file_arg, "-c", "rows"]);
+    assert!(
+        err.starts_with(&format!("error: {file_arg} line 3: not valid JSON")),
+        "{err}"
+    );
+    assert!(!env.db.exists(), "nothing written, not even a database");
+
+    env.new_record("rows", "{}");
+    std::fs::write(&file, "{\"ok\": 1}\n\n[1, 2]\n").expect("write");
+    let err = env.fails(1, &["import", "--jsonl", file_arg, "-c", "rows"]);
+    assert!(
+        err.contains("line 3: a record must be a JSON object, found an array"),
+        "{err}"
+    );
+    assert_eq!(
+        env.json(&["--json", "ls", "rows"]).as_array().map(Vec::len),
+        Some(1)
+    );
+    let err = env.fails(1, &["import", "--jsonl", file_arg, "-c", "bad name"]);
+    assert!(err.contains("bad collection name"), "{err}");
+    let err = env.fails(
+        2,
+        &["import", "--jsonl", file_arg, "-c", "rows", "--batch", "0"],
+    );
+    assert!(err.contains("--batch"), "{err}");
+}
+
+#[test]
 fn compact_keeps_content_and_history() {
     let env = Env::new();
     let id = env.new_record("contacts", r#"{"n": 0}"#);
@@ -782,7 +876,7 @@ fn check_reports_a_damaged_record_and_fails() {
     let good = env.new_record("contacts", r#"{"name": "Ada"}"#);
     let bad = env.new_record("contacts", r#"{"name": "Grace"}"#);
     env.ok(&["put", &bad, "age", "36"]);
-    assert!(env.ok(&["check"]).contains("checked 2 records: 0 damaged"));
+    assert!(env.ok(&["check"]).contains("checked 2 records in "));
     let bad_id: DocId = bad.parse().expect("id");
     let conn = rusqlite::Connection::open(&env.db).expect("sqlite");
     let changed = conn
@@ -802,7 +896,11 @@ fn check_reports_a_damaged_record_and_fails() {
         "{run:?}"
     );
     assert!(!run.stdout.contains(&good), "{run:?}");
-    assert!(run.stderr.contains("check found 1 problem"), "{run:?}");
+    assert!(
+        run.stderr
+            .contains(&format!("check of {} found 1 problem", env.db.display())),
+        "{run:?}"
+    );
     let report = util::run(&mut env.cmd(&["--json", "check"]));
     assert_eq!(report.code, Some(1));
     let report: serde_json::Value = serde_json::from_str(&report.stdout).expect("json");
@@ -814,6 +912,180 @@ fn check_reports_a_damaged_record_and_fails() {
         env.ok(&["get", &good]).contains("Ada"),
         "other records still load"
     );
+}
+
+/// Overwrites the body of one page of an SQLite file, the way a bad disk
+/// or a torn copy would, and returns the page's number. `table` names the
+/// table (or index) a leaf of which is hit; "sqlite_schema" hits page 1.
+fn damage_page(db: &std::path::Path, table: &str) -> i64 {
+    let conn = rusqlite::Connection::open(db).expect("sqlite");
+    let (page_size, page): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT page_size FROM pragma_page_size), max(pageno) FROM dbstat WHERE name = ?1",
+            [table],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("dbstat");
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .expect("checkpoint");
+    drop(conn);
+    let mut bytes = std::fs::read(db).expect("read db");
+    let start = ((page - 1) * page_size) as usize + if page == 1 { 100 } else { 8 };
+    for (i, b) in bytes[start..start + 800].iter_mut().enumerate() {
+        *b = [0xde, 0xad, 0xbe, 0xef][i % 4];
+    }
+    std::fs::write(db, bytes).expect("write db");
+    page
+}
+
+#[test]
+fn check_describes_a_damaged_sqlite_file_instead_of_one_malformed_line() {
+    let env = Env::new();
+    let rows: String = (0..300)
+        .map(|i| format!("{{\"n\": {i}, \"text\": \"{}\"}}\n", "x".repeat(300)))
+        .collect();
+    let file = env.path().join("rows.jsonl");
+    std::fs::write(&file, rows).expect("write");
+    env.ok(&[
+        "import",
+        "--jsonl",
+        file.to_str().expect("path"),
+        "-c",
+        "rows",
+    ]);
+    let pristine = env.path().join("pristine.db");
+    std::fs::copy(&env.db, &pristine).expect("copy");
+    let db = env.db.display().to_string();
+
+    // A leaf of the chunks table: the records on it are named.
+    damage_page(&env.db, "chunks");
+    let run = env.run(&["check"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stdout.lines().any(|l| l.starts_with("sqlite: ")),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("database file NOT sound"), "{run:?}");
+    assert!(
+        run.stdout.contains(&format!("checked 300 records in {db}")),
+        "{run:?}"
+    );
+    let damaged: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("damaged "))
+        .collect();
+    assert!(
+        !damaged.is_empty(),
+        "records on the page are named: {run:?}"
+    );
+    assert!(damaged.len() < 300, "the others still load: {run:?}");
+    assert!(
+        run.stderr.contains(&format!("check of {db} found"))
+            && run.stderr.contains("Repairing a damaged database"),
+        "{run:?}"
+    );
+    let report = util::run(&mut env.cmd(&["--json", "check"]));
+    let report: serde_json::Value = serde_json::from_str(&report.stdout).expect("json");
+    assert_eq!(report["file"], db.as_str());
+    assert_eq!(report["ok"], false);
+    assert!(!report["integrity"]
+        .as_array()
+        .expect("integrity")
+        .is_empty());
+
+    // The schema page: nothing opens, but SQLite's own check still speaks.
+    std::fs::copy(&pristine, &env.db).expect("restore");
+    damage_page(&env.db, "sqlite_schema");
+    let run = env.run(&["check"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.starts_with("failed: ") && l.contains(&db)),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout.lines().any(|l| l.starts_with("sqlite: ")),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains(&format!("check of {db} found")),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn sync_fetches_a_damaged_record_again_from_the_relay() {
+    let env = Env::new();
+    let relay = Relay::start(env.path().join("relay.db"));
+    let good = env.new_record("contacts", r#"{"name": "Ada"}"#);
+    let bad = env.new_record("contacts", r#"{"name": "Grace"}"#);
+    env.ok(&["put", &bad, "age", "36"]);
+    let lonely = env.new_record("contacts", r#"{"name": "Alan"}"#);
+    env.ok(&["sync", "--relay", &relay.url]);
+    // A change the relay never got.
+    env.ok(&["put", &lonely, "age", "41"]);
+
+    let conn = rusqlite::Connection::open(&env.db).expect("sqlite");
+    for (id, seq) in [(&bad, 2), (&lonely, 1)] {
+        let id: DocId = id.parse().expect("id");
+        let changed = conn
+            .execute(
+                "UPDATE chunks SET data = x'00ff00ff' WHERE doc = ?1 AND seq = ?2",
+                rusqlite::params![id.as_bytes().as_slice(), seq],
+            )
+            .expect("damage");
+        assert_eq!(changed, 1);
+    }
+    drop(conn);
+    let run = env.run(&["check"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    for id in [&bad, &lonely] {
+        assert!(
+            run.stdout
+                .lines()
+                .any(|l| l.starts_with("damaged") && l.contains(id.as_str())),
+            "{run:?}"
+        );
+    }
+
+    // The relay's copy of `bad` holds everything: fetched and stored. `lonely`
+    // has a change only this file had: kept damaged, and sync says so.
+    let run = env.run(&["sync", "--relay", &relay.url]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stdout.contains(&format!(
+            "repaired 1 record damaged here with the relay's copy: {bad}"
+        )),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains("1 record still damaged")
+            && run.stderr.contains(&lonely)
+            && run.stderr.contains("Repairing a damaged database"),
+        "{run:?}"
+    );
+    assert_eq!(
+        env.json(&["get", &bad]),
+        json!({"name": "Grace", "age": 36})
+    );
+    assert!(env.ok(&["get", &good]).contains("Ada"));
+    let run = env.run(&["check"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        !run.stdout.contains(&bad) && run.stdout.contains(&lonely),
+        "{run:?}"
+    );
+
+    // The documented repair: re-sync into a fresh file.
+    let fresh = Env::new();
+    fresh.ok(&["sync", "--relay", &relay.url, "--collection", "contacts"]);
+    assert_eq!(
+        fresh.json(&["get", &bad]),
+        json!({"name": "Grace", "age": 36})
+    );
+    assert!(fresh.ok(&["check"]).contains("0 damaged"));
 }
 
 // ---- errors ----

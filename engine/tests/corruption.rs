@@ -450,3 +450,156 @@ fn a_file_that_is_not_an_accord_database_is_refused_clearly() {
         .expect("application_id");
     assert_eq!(app_id, APPLICATION_ID);
 }
+
+/// Runs the sync protocol between two replicas over one document until
+/// neither has anything to say, through the same `SyncDocs` calls the
+/// driver and the relay make.
+fn sync_pair(a: &Replica, b: &Replica, doc: &DocId) {
+    use accord_engine::sync::SyncDocs;
+    use accord_engine::PeerId;
+    use automerge::sync::State;
+    let collection: accord_engine::Collection = "c".parse().expect("collection");
+    let (pa, pb) = (
+        PeerId::new("a").expect("peer"),
+        PeerId::new("b").expect("peer"),
+    );
+    let (mut sa, mut sb) = (State::new(), State::new());
+    for _ in 0..100 {
+        let to_b = a.generate(doc, &collection, &mut sa).expect("a generates");
+        let got_b = to_b.is_some();
+        if let Some(m) = to_b {
+            b.receive(doc, &collection, &mut sb, m, &pa)
+                .expect("b receives");
+        }
+        let to_a = b.generate(doc, &collection, &mut sb).expect("b generates");
+        let got_a = to_a.is_some();
+        if let Some(m) = to_a {
+            a.receive(doc, &collection, &mut sa, m, &pb)
+                .expect("a receives");
+        }
+        if !got_a && !got_b {
+            return;
+        }
+    }
+    panic!("sync of {doc} did not settle");
+}
+
+#[test]
+fn sync_fetches_a_damaged_document_again_and_replaces_its_chunks() {
+    for damage in ALL_DAMAGE {
+        let what = format!("{damage:?}");
+        let sample = Sample::new();
+        let victim = sample.victim();
+        let good_path = sample.dir.path().join("good.db");
+        std::fs::copy(sample.path(), &good_path).expect("copy");
+        inflict(&sample.path(), &victim, &sample.ids[0], damage);
+        let damaged = Replica::open_with(sample.path(), no_compaction()).expect("reopen");
+        let good = Replica::open_with(&good_path, no_compaction()).expect("good");
+        // The peer moved on meanwhile: what it has beyond is taken too.
+        good.put(&victim, "later", &json!(true), None).expect("put");
+
+        assert_corrupt(damaged.verify(&victim), &victim, &what);
+        assert_eq!(damaged.damaged(), vec![victim], "{what}");
+        sync_pair(&damaged, &good, &victim);
+        assert!(damaged.damaged().is_empty(), "{what}: repaired");
+        let mut want = expected(VICTIM);
+        want["later"] = json!(true);
+        assert_eq!(damaged.get(&victim).expect(&what).value, want, "{what}");
+        assert_others_intact(&damaged, &sample, &what);
+        drop(damaged);
+        let reopened = Replica::open_with(sample.path(), no_compaction()).expect("reopen");
+        assert_eq!(
+            reopened.get(&victim).expect(&what).value,
+            want,
+            "{what}: stored"
+        );
+        assert_eq!(
+            reopened.history(&victim).expect("history").len() as u64,
+            PUTS + 2
+        );
+        assert!(
+            reopened.check_projection().expect("projection").is_empty(),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn a_damaged_document_whose_peer_lacks_its_changes_keeps_its_rows() {
+    let sample = Sample::new();
+    let victim = sample.victim();
+    let good_path = sample.dir.path().join("good.db");
+    std::fs::copy(sample.path(), &good_path).expect("copy");
+    // A change only the damaged replica ever had.
+    let local = Replica::open_with(sample.path(), no_compaction()).expect("open");
+    local
+        .put(&victim, "only_here", &json!(1), None)
+        .expect("put");
+    drop(local);
+    inflict_last_snapshot_garbage(&sample.path(), &victim);
+    let rows_before = chunk_rows(&sample.path(), &victim);
+
+    let damaged = Replica::open_with(sample.path(), no_compaction()).expect("reopen");
+    let good = Replica::open_with(&good_path, no_compaction()).expect("good");
+    assert_corrupt(damaged.verify(&victim), &victim, "before");
+    sync_pair(&damaged, &good, &victim);
+    assert_eq!(damaged.damaged(), vec![victim], "still damaged");
+    assert_corrupt(damaged.get(&victim), &victim, "after");
+    drop(damaged);
+    assert_eq!(
+        chunk_rows(&sample.path(), &victim),
+        rows_before,
+        "rows kept"
+    );
+    // The peer got nothing from the damaged copy.
+    assert_eq!(good.get(&victim).expect("good").value, expected(VICTIM));
+}
+
+/// Replaces the first chunk of `doc` with garbage of the same length.
+fn inflict_last_snapshot_garbage(path: &Path, doc: &DocId) {
+    let conn = Connection::open(path).expect("sqlite");
+    conn.execute(
+        "UPDATE chunks SET data = zeroblob(length(data)) WHERE doc = ?1 AND seq = (SELECT min(seq) FROM chunks WHERE doc = ?1)",
+        [doc.as_bytes().as_slice()],
+    )
+    .expect("damage");
+}
+
+/// Every chunk row of `doc`, as stored.
+fn chunk_rows(path: &Path, doc: &DocId) -> Vec<(i64, Vec<u8>)> {
+    let conn = Connection::open(path).expect("sqlite");
+    let mut stmt = conn
+        .prepare("SELECT seq, data FROM chunks WHERE doc = ?1 ORDER BY seq")
+        .expect("prepare");
+    let rows = stmt
+        .query_map([doc.as_bytes().as_slice()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query");
+    rows.collect::<Result<_, _>>().expect("rows")
+}
+
+#[test]
+fn with_refetch_off_a_damaged_document_stays_an_error_for_peers() {
+    use accord_engine::sync::SyncDocs;
+    let sample = Sample::new();
+    let victim = sample.victim();
+    inflict(&sample.path(), &victim, &sample.ids[0], Damage::FlipByte);
+    let options = ReplicaOptions {
+        refetch_damaged: false,
+        ..no_compaction()
+    };
+    let relay_like = Replica::open_with(sample.path(), options).expect("reopen");
+    assert_corrupt(relay_like.verify(&victim), &victim, "verify");
+    assert!(relay_like.damaged().is_empty());
+    let collection: accord_engine::Collection = "c".parse().expect("collection");
+    let mut state = automerge::sync::State::new();
+    assert_corrupt(
+        relay_like.generate(&victim, &collection, &mut state),
+        &victim,
+        "generate",
+    );
+    let local = relay_like
+        .local_state(&victim)
+        .expect("meta")
+        .expect("known");
+    assert_eq!(local.heads, relay_like.meta(&victim).expect("meta").heads);
+}

@@ -24,6 +24,8 @@
 //! - [`limits`]: connections per client address, counted with a permit
 //!   per connection that gives its place back on drop.
 //! - [`metrics`]: Prometheus metrics and the `/health` endpoint.
+//! - [`db_lock`]: the advisory lock on `<db>.lock` that keeps a second
+//!   relay off a database file one already serves (used by the binary).
 //! - [`open_files`]: raises the open-file limit at start and checks that
 //!   `--max-connections` fits in it (used by the binary).
 //! - [`docs`]: one actor per live document, owning its `DocHub`; actors
@@ -32,6 +34,7 @@
 pub mod auth;
 pub mod config;
 pub mod connection;
+pub mod db_lock;
 pub mod docs;
 mod gate;
 pub mod limits;

@@ -209,6 +209,8 @@ fn serve(args: ServeArgs, secret_args: &SecretArgs) -> anyhow::Result<()> {
         .init();
     let limits = checked_limits(&args)?;
     let config = config(&args, limits, access(&args, secret_args)?);
+    // Held until the relay has stopped: a second relay on this file is refused.
+    let lock = accord_relay::db_lock::DbLock::acquire(&config.db)?;
     let files = accord_relay::open_files::raise_for(config.max_connections)?;
     tracing::info!(
         soft = files.soft,
@@ -217,7 +219,10 @@ fn serve(args: ServeArgs, secret_args: &SecretArgs) -> anyhow::Result<()> {
         "open-file limit"
     );
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(run(config, &args.metrics_listen))
+    let result = runtime.block_on(run(config, &args.metrics_listen));
+    drop(runtime); // every task is done with the database before the lock goes
+    drop(lock);
+    result
 }
 
 /// The previous secrets from `--previous-secret-file` and

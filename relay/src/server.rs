@@ -135,6 +135,9 @@ pub async fn start_with(
     let options = ReplicaOptions {
         cache_capacity: config.cache_docs,
         max_document_bytes: Some(config.max_document_bytes),
+        // The relay answers peers from what it has stored, never from a
+        // damaged document's copy being fetched (an answer acknowledges).
+        refetch_damaged: false,
         ..ReplicaOptions::default()
     };
     let replica = tokio::task::spawn_blocking(move || Replica::open_with(&db, options))

@@ -120,8 +120,8 @@ async fn an_unknown_path_is_answered_with_404_naming_it_and_the_root_still_serve
         match refused {
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 assert_eq!(response.status(), 404, "{url}");
-                let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or(&[]))
-                    .into_owned();
+                let body =
+                    String::from_utf8_lossy(response.body().as_deref().unwrap_or(&[])).into_owned();
                 assert!(
                     body.contains(&format!("no WebSocket endpoint at '{path}'")),
                     "{body}"
@@ -699,4 +699,58 @@ async fn a_previous_secret_verifies_tokens_only_while_it_is_configured() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("only extend a current secret"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_relay_on_the_same_database_is_refused_and_the_first_keeps_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("relay.db");
+    let first = spawn_relay(&db);
+    let pid = first.child.id();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
+        .args([
+            "--open",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+        ])
+        .arg("--db")
+        .arg(&db)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run a second relay");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty(), "it never listened: {out:?}");
+    assert!(
+        stderr.contains(&db.display().to_string())
+            && stderr.contains(&format!("pid {pid}"))
+            && stderr.contains("already in use"),
+        "{stderr}"
+    );
+
+    // The CLI's way in (a replica on the file) is not locked out.
+    let local = Replica::open(&db).expect("open beside the relay");
+    drop(local);
+
+    // The first relay still serves.
+    let a = Replica::open(dir.path().join("a.db")).expect("a");
+    let id = a.create("c", &json!({"still": "served"})).expect("create");
+    let options = ConnectOptions {
+        collections: vec!["c".into()],
+        ..ConnectOptions::default()
+    };
+    let mut handle = a.connect(&first.url, options);
+    handle.wait_synced(T).await.expect("the first relay syncs");
+    handle.close().await;
+    let relay_side = Replica::open(&db).expect("relay db");
+    assert_eq!(
+        relay_side
+            .get(&id)
+            .expect("stored by the first relay")
+            .value,
+        json!({"still": "served"})
+    );
 }

@@ -1,6 +1,7 @@
 //! Looking after the file: `compact` and `check`.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 
 use accord_engine::store::Store;
@@ -77,14 +78,16 @@ fn complain(problems: impl Iterator<Item = String>) -> Result<ExitCode> {
 /// A record that does not load.
 #[derive(Debug)]
 struct Damage {
-    /// Its metadata row (which still reads).
-    meta: RecordMeta,
+    /// The record.
+    id: DocId,
+    /// Its collection.
+    collection: String,
     /// What failed.
     error: String,
 }
 
 /// What `check` found.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Findings {
     /// How many records were checked.
     total: usize,
@@ -92,42 +95,36 @@ struct Findings {
     damaged: Vec<Damage>,
     /// Projection rows that disagree with their record.
     projection: Vec<ProjectionIssue>,
-    /// SQLite's complaints.
+    /// SQLite's complaints (`PRAGMA integrity_check`).
     integrity: Vec<String>,
+    /// Steps that failed as a whole: the database does not open, the
+    /// records cannot be listed, the projection cannot be compared.
+    errors: Vec<String>,
 }
 
 impl Findings {
     fn problems(&self) -> usize {
-        self.damaged.len() + self.projection.len() + self.integrity.len()
+        self.damaged.len() + self.projection.len() + self.integrity.len() + self.errors.len()
     }
 }
 
-/// `accord check`: loads every record (deleted ones too), compares the
-/// query projection with the records, and runs SQLite's integrity check.
-/// Exits non-zero if anything is wrong.
+/// `accord check`: runs SQLite's integrity check, loads every record
+/// (deleted ones too), and compares the query projection with the records.
+/// Each step reports what it can and the next one still runs, so a damaged
+/// file is described as fully as it can be. Exits non-zero if anything is
+/// wrong.
 pub fn check(ctx: &mut Ctx) -> Result<ExitCode> {
-    let replica = ctx.replica()?;
-    let metas = all_records(&replica)?;
-    let total = metas.len();
-    let damaged: Vec<Damage> = metas
-        .into_iter()
-        .filter_map(|meta| {
-            let error = replica.history(&meta.id).err()?.to_string();
-            Some(Damage { meta, error })
-        })
-        .collect();
-    let projection = replica
-        .check_projection()
-        .context("cannot compare the query projection with the records")?;
-    let integrity = Store::open_reader(&ctx.db)
-        .and_then(|store| store.integrity_check())
-        .context("cannot run SQLite's integrity check")?;
-    let findings = Findings {
-        total,
-        damaged,
-        projection,
-        integrity,
+    if !ctx.db.exists() {
+        ctx.replica()?; // the usual "does not exist" error
+    }
+    let mut findings = Findings {
+        integrity: integrity(&ctx.db),
+        ..Findings::default()
     };
+    match ctx.replica() {
+        Ok(replica) => check_records(&ctx.db, &replica, &mut findings),
+        Err(e) => findings.errors.push(crate::message(&e)),
+    }
     if ctx.out.json {
         check_json(ctx, &findings)?;
     } else {
@@ -135,34 +132,104 @@ pub fn check(ctx: &mut Ctx) -> Result<ExitCode> {
     }
     let problems = findings.problems();
     let plural = if problems == 1 { "" } else { "s" };
-    let summary = format!("check found {problems} problem{plural}");
+    let summary = format!(
+        "check of {} found {problems} problem{plural}{}",
+        ctx.db.display(),
+        repair_hint(&findings)
+    );
     complain((problems > 0).then_some(summary).into_iter())
+}
+
+/// Where to read on, for damage `reindex` does not repair.
+fn repair_hint(findings: &Findings) -> &'static str {
+    if findings.damaged.is_empty() && findings.integrity.is_empty() && findings.errors.is_empty() {
+        ""
+    } else {
+        " (to repair: sync damaged records from the relay, or re-sync into a fresh file; \
+         see \"Repairing a damaged database\" in docs/operations.md)"
+    }
+}
+
+/// SQLite's `PRAGMA integrity_check` on its own read-only connection, so
+/// it runs even when the database does not open as a replica; a failure
+/// to run it is reported as its one line.
+fn integrity(db: &Path) -> Vec<String> {
+    Store::open_reader(db)
+        .and_then(|store| store.integrity_check())
+        .unwrap_or_else(|e| vec![format!("cannot run PRAGMA integrity_check: {e}")])
+}
+
+/// Loads every record and compares the projection, noting what fails.
+fn check_records(db: &Path, replica: &Replica, findings: &mut Findings) {
+    let records: Vec<(DocId, String)> = match all_records(replica) {
+        Ok(metas) => metas
+            .into_iter()
+            .map(|m| (m.id, m.collection.to_string()))
+            .collect(),
+        Err(e) => {
+            findings
+                .errors
+                .push(format!("cannot list the records: {}", crate::message(&e)));
+            // The (collection, id) index may still name them.
+            match Store::open_reader(db).and_then(|s| s.ids_from_index()) {
+                Ok(ids) => ids,
+                Err(e) => {
+                    let text = format!("cannot name the records from the index either: {e}");
+                    findings.errors.push(text);
+                    Vec::new()
+                }
+            }
+        }
+    };
+    findings.total = records.len();
+    findings.damaged = records
+        .into_iter()
+        .filter_map(|(id, collection)| {
+            let error = replica.verify(&id).err()?.to_string();
+            Some(Damage {
+                id,
+                collection,
+                error,
+            })
+        })
+        .collect();
+    match replica.check_projection() {
+        Ok(issues) => findings.projection = issues,
+        Err(e) => findings.errors.push(format!(
+            "cannot compare the query projection with the records: {e}"
+        )),
+    }
 }
 
 fn check_json(ctx: &mut Ctx, findings: &Findings) -> Result<()> {
     let damaged: Vec<Value> = findings
         .damaged
         .iter()
-        .map(|d| json!({"id": d.meta.id.to_string(), "collection": d.meta.collection, "error": d.error}))
+        .map(|d| json!({"id": d.id.to_string(), "collection": d.collection, "error": d.error}))
         .collect();
     let projection: Vec<Value> = findings
         .projection
         .iter()
         .map(|p| json!({"id": p.id.to_string(), "collection": p.collection, "problem": p.problem.to_string()}))
         .collect();
-    let report = json!({"ok": findings.problems() == 0, "records": findings.total,
-        "damaged": damaged, "projection": projection, "integrity": findings.integrity});
+    let report = json!({"ok": findings.problems() == 0, "file": ctx.db.display().to_string(),
+        "records": findings.total, "damaged": damaged, "projection": projection,
+        "integrity": findings.integrity, "errors": findings.errors});
     ctx.out.json_value(&report)?;
     Ok(())
 }
 
 fn check_text(ctx: &mut Ctx, findings: &Findings) -> Result<()> {
+    for error in &findings.errors {
+        let line = format!("{} {error}", ctx.out.paint(Tint::Remove, "failed:"));
+        ctx.out.line(&line)?;
+    }
     for d in &findings.damaged {
         let line = format!(
             "{} {} ({}): {}",
             ctx.out.paint(Tint::Remove, "damaged"),
-            ctx.out.paint(Tint::Id, &d.meta.id.to_string()),
-            d.meta.collection,
+            ctx.out.paint(Tint::Id, &d.id.to_string()),
+            d.collection,
             d.error
         );
         ctx.out.line(&line)?;
@@ -187,15 +254,17 @@ fn check_text(ctx: &mut Ctx, findings: &Findings) -> Result<()> {
         "NOT sound"
     };
     let projection = match findings.projection.len() {
-        0 => "projection matches".to_owned(),
+        0 if findings.errors.is_empty() => "projection matches".to_owned(),
+        0 => "projection not fully checked".to_owned(),
         n => format!(
             "{} wrong (run `accord reindex`)",
             count(n as u64, "projection row")
         ),
     };
     let summary = format!(
-        "checked {}: {} damaged; {projection}; database file {sqlite}",
+        "checked {} in {}: {} damaged; {projection}; database file {sqlite}",
         count(findings.total as u64, "record"),
+        ctx.db.display(),
         findings.damaged.len()
     );
     ctx.out.line(&summary)?;

@@ -4,7 +4,7 @@
 //! - `records`: `new`, `put`, `unset`, `get`, `rm`.
 //! - `listing`: `ls`, `collections`, `info`, `heads`.
 //! - `history`: `log`, `diff`.
-//! - `transfer`: `export`, `import`.
+//! - `transfer`: `export`, `import` (Automerge files and JSON Lines).
 //! - `maintenance`: `compact`, `check`.
 //! - `query`: `query`, `index`, `reindex` (SQL over the records).
 //! - `sync`: `sync`, the one command that needs an async runtime.
@@ -107,7 +107,18 @@ fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode> {
         Command::Export { id, output, force } => {
             transfer::export(ctx, &id, output.as_deref(), force)?
         }
-        Command::Import { file, collection } => transfer::import(ctx, &file, &collection)?,
+        Command::Import {
+            file,
+            collection,
+            jsonl: false,
+            ..
+        } => transfer::import(ctx, &file, &collection)?,
+        Command::Import {
+            file,
+            collection,
+            jsonl: true,
+            batch,
+        } => transfer::import_jsonl(ctx, &file, &collection, batch)?,
         Command::Query(args) => return query::query(ctx, &args),
         Command::Index { action } => query::index(ctx, action)?,
         Command::Reindex => return query::reindex(ctx),

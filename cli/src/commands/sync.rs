@@ -2,18 +2,19 @@
 //! summary. The only command that starts an async runtime.
 
 use std::collections::BTreeSet;
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use accord_engine::{ConnectOptions, SyncError, SyncStatus};
+use accord_engine::{
+    ConnectOptions, DocId, Error, ListOptions, Replica, StoreError, SyncError, SyncStatus,
+};
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::json;
 use tokio::sync::watch;
 
 use super::Ctx;
-use crate::output::{count, human_size};
+use crate::output::{count, human_size, progress_bar};
 
 /// Documents to move before a progress bar is worth showing.
 const PROGRESS_THRESHOLD: u64 = 50;
@@ -56,6 +57,7 @@ pub fn sync(
     if collections.is_empty() {
         bail!("nothing to sync: the database has no records; name collections with --collection C");
     }
+    let damaged = find_damaged(&replica, &collections)?;
     let options = ConnectOptions {
         token,
         collections: collections.iter().cloned().collect(),
@@ -70,7 +72,7 @@ pub fn sync(
     let limit = Duration::from_secs(timeout);
     let status = runtime.block_on(async {
         let mut handle = replica.connect(relay, options);
-        let progress = Progress::new(std::io::stderr().is_terminal());
+        let progress = Progress::new();
         let watch = handle.watch();
         let outcome = tokio::select! {
             r = handle.wait_agreed(limit) => r,
@@ -93,13 +95,54 @@ pub fn sync(
             reasons.join("; ")
         );
     }
-    summary(ctx, relay, &collections, &status)?;
+    let still = replica.damaged();
+    let repaired: Vec<DocId> = damaged
+        .iter()
+        .filter(|id| !still.contains(id))
+        .copied()
+        .collect();
+    summary(ctx, relay, &collections, &status, (&repaired, &still))?;
+    if !still.is_empty() {
+        ctx.out.flush()?; // the summary stays on stdout above the error
+        let ids: Vec<String> = still.iter().map(ToString::to_string).collect();
+        bail!(
+            "{} still damaged after syncing with {relay}: {} (the relay's copy lacks changes only \
+             this database recorded; they are kept as they are). See \"Repairing a damaged \
+             database\" in docs/operations.md",
+            count(still.len() as u64, "record"),
+            ids.join(" ")
+        );
+    }
     let partial = !status.skipped.is_empty() || !status.unpushed.is_empty();
     Ok(if strict && partial {
         ExitCode::from(PARTIAL)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Loads every record of the collections to sync, so that records whose
+/// stored data is damaged are known to the replica, which then fetches
+/// them again from the relay (a damaged record's metadata still claims
+/// the relay's heads, so nothing else would). Returns them. Damage SQLite
+/// reports below the records (a malformed file) refuses the sync.
+fn find_damaged(replica: &Replica, collections: &BTreeSet<String>) -> Result<Vec<DocId>> {
+    for collection in collections {
+        for meta in replica.list_with(&ListOptions {
+            collection: Some(collection.clone()),
+            include_deleted: true,
+        })? {
+            match replica.verify(&meta.id) {
+                Ok(()) | Err(Error::Store(StoreError::Corrupt { .. })) => {}
+                Err(e) => bail!(
+                    "cannot sync: record {} does not load ({e}); run `accord check` and see \
+                     \"Repairing a damaged database\" in docs/operations.md",
+                    meta.id
+                ),
+            }
+        }
+    }
+    Ok(replica.damaged())
 }
 
 fn unreachable_follow() -> Result<(), SyncError> {
@@ -127,7 +170,9 @@ fn summary(
     relay: &str,
     collections: &BTreeSet<String>,
     status: &SyncStatus,
+    (repaired, damaged): (&[DocId], &[DocId]),
 ) -> Result<()> {
+    let ids = |list: &[DocId]| -> Vec<String> { list.iter().map(ToString::to_string).collect() };
     let s = status.stats;
     let synced: Vec<&str> = collections
         .iter()
@@ -151,6 +196,8 @@ fn summary(
             "bytes_received": s.bytes_received,
             "messages_sent": s.messages_sent,
             "messages_received": s.messages_received,
+            "repaired": ids(repaired),
+            "damaged": ids(damaged),
         });
         ctx.out.json_value(&value)?;
         return Ok(());
@@ -173,6 +220,13 @@ fn summary(
         );
     }
     ctx.out.line(&line)?;
+    if !repaired.is_empty() {
+        ctx.out.line(&format!(
+            "repaired {} damaged here with the relay's copy: {}",
+            count(repaired.len() as u64, "record"),
+            ids(repaired).join(" ")
+        ))?;
+    }
     for (collection, reason) in &status.skipped {
         ctx.out.line(&format!("skipped {collection}: {reason}"))?;
     }
@@ -193,16 +247,8 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(terminal: bool) -> Self {
-        let bar = terminal.then(|| {
-            let bar = ProgressBar::hidden();
-            let style = ProgressStyle::with_template(
-                "{spinner} syncing {pos}/{len} documents {wide_bar} {elapsed}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
-            bar.set_style(style);
-            bar
-        });
+    fn new() -> Self {
+        let bar = progress_bar("{spinner} syncing {pos}/{len} documents {wide_bar} {elapsed}");
         Progress { bar }
     }
 

@@ -1,12 +1,18 @@
-//! Moving records in and out as Automerge binaries: `export`, `import`.
+//! Moving records in and out: `export` and `import` of Automerge binaries,
+//! and `import --jsonl`, many records from JSON Lines.
 
 use std::io::Read;
 use std::path::Path;
 
 use accord_engine::{DocId, Error};
 use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
 
 use super::Ctx;
+use crate::output::progress_bar;
+
+/// Rows to import before a progress bar is worth showing.
+const PROGRESS_THRESHOLD: usize = 1000;
 
 /// `accord export`: the whole document in Automerge's binary format, to a
 /// file or to stdout (but not to a terminal).
@@ -74,4 +80,108 @@ pub fn refuse_overwrite(path: &Path, force: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `accord import --jsonl`: one new record per non-blank line. Every line
+/// is checked before anything is written, so a bad line (its number
+/// named) writes nothing; then the records are written `batch` to a
+/// transaction. Prints how many were imported, or with `--json` their ids.
+pub fn import_jsonl(ctx: &mut Ctx, file: &Path, collection: &str, batch: u64) -> Result<()> {
+    accord_engine::replica::check_collection(collection)?;
+    let name = shown_name(file);
+    let bytes = read_input(file)?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        let line = bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1;
+        anyhow!("{name} line {line}: not UTF-8 text")
+    })?;
+    let rows: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| (i + 1, line))
+        .collect();
+    for (number, line) in &rows {
+        parse_row(&name, *number, line)?;
+    }
+    let ids = write_rows(ctx, collection, &name, &rows, batch)?;
+    if ctx.out.json {
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let shown = json!({"collection": collection, "imported": ids.len(), "ids": ids});
+        ctx.out.json_value(&shown)?;
+    } else {
+        let plural = if ids.len() == 1 { "" } else { "s" };
+        let line = format!("imported {} record{plural} into {collection}", ids.len());
+        ctx.out.line(&line)?;
+    }
+    Ok(())
+}
+
+/// Writes the (checked) rows, `batch` per transaction, with a progress bar
+/// on a terminal; returns the new ids in line order.
+fn write_rows(
+    ctx: &mut Ctx,
+    collection: &str,
+    name: &str,
+    rows: &[(usize, &str)],
+    batch: u64,
+) -> Result<Vec<DocId>> {
+    let replica = ctx.replica()?;
+    let bar = progress_bar("{spinner} importing {pos}/{len} records {wide_bar} {elapsed}");
+    if let Some(bar) = bar.as_ref().filter(|_| rows.len() >= PROGRESS_THRESHOLD) {
+        bar.set_length(rows.len() as u64);
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    }
+    let mut ids = Vec::with_capacity(rows.len());
+    let size = usize::try_from(batch).unwrap_or(usize::MAX);
+    for chunk in rows.chunks(size) {
+        let values = chunk
+            .iter()
+            .map(|(number, line)| parse_row(name, *number, line))
+            .collect::<Result<Vec<Value>>>()?;
+        let first = chunk.first().map_or(0, |(n, _)| *n);
+        let created = replica.create_many(collection, &values).with_context(|| {
+            format!(
+                "cannot import {name} from line {first} on ({} records committed before, \
+                 the lines before it; the rest were not written)",
+                ids.len()
+            )
+        })?;
+        ids.extend(created);
+        if let Some(bar) = &bar {
+            bar.set_position(ids.len() as u64);
+        }
+    }
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    Ok(ids)
+}
+
+/// One line as a record's content: a JSON object, or an error naming the
+/// line.
+fn parse_row(name: &str, number: usize, line: &str) -> Result<Value> {
+    let value: Value = serde_json::from_str(line)
+        .map_err(|e| anyhow!("{name} line {number}: not valid JSON: {e}"))?;
+    let kind = match &value {
+        Value::Object(_) => return Ok(value),
+        Value::Array(_) => "an array",
+        Value::String(_) => "a string",
+        Value::Number(_) => "a number",
+        Value::Bool(_) => "a boolean",
+        Value::Null => "null",
+    };
+    bail!("{name} line {number}: a record must be a JSON object, found {kind}")
+}
+
+/// How errors name the input.
+fn shown_name(file: &Path) -> String {
+    if file == Path::new("-") {
+        "stdin".to_owned()
+    } else {
+        file.display().to_string()
+    }
 }

@@ -62,7 +62,11 @@ impl Replica {
             let Some(stored) = self.read_store(|s| s.load(id))? else {
                 return Ok(None);
             };
-            *cached = Some(DocState::load(stored, &self.inner.actor)?);
+            let loaded = DocState::load(stored, &self.inner.actor);
+            if self.inner.options.refetch_damaged {
+                super::repair::note_load(&self.inner.repairs, id, &loaded);
+            }
+            *cached = Some(loaded?);
         }
         if let Some(state) = cached.as_mut() {
             state.checked_epoch = epoch;

@@ -7,7 +7,9 @@
 //!
 //! Layout: `commit` is group commit, `cache` the bounded set of loaded
 //! documents, `access` reaching one of them (loaded and current), `write`
-//! the write path every change and tombstone takes, `remote` the
+//! the write path every change and tombstone takes, `bulk` many new
+//! records in one transaction, `repair` damaged documents fetched again
+//! through sync, `remote` the
 //! [`crate::sync::SyncDocs`] implementation, `events` subscriptions,
 //! `history` the history API, `typed` the autosurgeon bridge, `asynch` the
 //! async wrapper, `query` SQL over the records' content and indexes,
@@ -16,6 +18,7 @@
 mod access;
 mod asynch;
 mod batches;
+mod bulk;
 mod cache;
 mod commit;
 mod conflicts;
@@ -25,6 +28,7 @@ mod live;
 mod projection;
 mod query;
 mod remote;
+mod repair;
 mod typed;
 mod write;
 
@@ -108,6 +112,15 @@ pub struct ReplicaOptions {
     /// message, `merge_bytes`, `import`) may expand to before Automerge
     /// sees it; more is refused with [`Error::Guard`] ([`crate::guard`]).
     pub message_budget: crate::guard::Budget,
+    /// Fetch a record whose stored data fails to load again from peers
+    /// (default `true`): sync then treats it as holding only what was
+    /// fetched so far, so the peer sends everything, and the damaged rows
+    /// are replaced once the fetched copy holds every change they recorded
+    /// (see [`Replica::damaged`]). A relay turns it off: the copy being
+    /// fetched is not stored yet, and the relay's answers acknowledge
+    /// what they contain as stored, so a damaged document there stays an
+    /// error (`storage_unavailable` to peers) for the operator to repair.
+    pub refetch_damaged: bool,
     /// For simulations: draw ids from a generator seeded with this value
     /// and record every change at time 0, so a run can be replayed exactly.
     #[doc(hidden)]
@@ -126,6 +139,7 @@ impl Default for ReplicaOptions {
             max_sync_message_ops: DEFAULT_SYNC_MESSAGE_OPS,
             max_document_bytes: None,
             message_budget: crate::guard::Budget::default(),
+            refetch_damaged: true,
             deterministic: None,
         }
     }
@@ -194,6 +208,9 @@ struct Inner {
     committer: Committer,
     /// Loaded documents.
     cache: Cache,
+    /// Documents whose stored data failed to load, with the copy sync is
+    /// fetching again.
+    repairs: repair::Repairs,
     /// Subscribers to committed changes.
     listeners: events::Listeners,
     /// The actor id of this replica's changes; fresh per open, so two
@@ -273,6 +290,7 @@ impl Replica {
                 committer: Committer::new(store),
                 reader: reader.map(parking_lot::Mutex::new),
                 cache: Cache::new(options.cache_capacity),
+                repairs: repair::Repairs::default(),
                 listeners: events::Listeners::default(),
                 actor,
                 peer_id,

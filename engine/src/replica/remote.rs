@@ -22,7 +22,7 @@ use crate::sync::{DocSummary, EncodedState, LocalState, SyncDocs};
 impl SyncDocs for Replica {
     fn summaries(&self, collection: &Collection) -> Result<Vec<DocSummary>> {
         let metas = self.read_store(|s| s.list(Some(collection), true))?;
-        Ok(metas.into_iter().map(summary).collect())
+        Ok(metas.into_iter().map(|m| self.summary(m)).collect())
     }
 
     fn summaries_page(
@@ -32,14 +32,14 @@ impl SyncDocs for Replica {
         limit: usize,
     ) -> Result<Vec<DocSummary>> {
         let metas = self.read_store(|s| s.list_page(collection, after, limit))?;
-        Ok(metas.into_iter().map(summary).collect())
+        Ok(metas.into_iter().map(|m| self.summary(m)).collect())
     }
 
     fn local_state(&self, doc: &DocId) -> Result<Option<LocalState>> {
         let meta = self.read_store(|s| s.meta(doc))?;
         Ok(meta.map(|m| LocalState {
+            heads: self.inner.repairs.heads(&m.id).unwrap_or(m.heads),
             collection: m.collection,
-            heads: m.heads,
             deleted: m.deleted,
         }))
     }
@@ -47,27 +47,19 @@ impl SyncDocs for Replica {
     fn heads(&self, doc: &DocId) -> Result<Heads> {
         match self.read_any(doc, |s| Heads::new(s.doc.get_heads())) {
             Err(Error::NotFound(_)) => Ok(Heads::empty()),
+            Err(e) if self.refetching(&e) => Ok(self.inner.repairs.heads(doc).unwrap_or_default()),
             other => other,
         }
     }
 
     fn covers(&self, doc: &DocId, heads: &Heads, of: &Heads) -> Result<Option<bool>> {
-        let covered = self.read_any(doc, |s| {
-            let known = |h: &ChangeHash| s.doc.get_change_meta_by_hash(h).is_some();
-            if !of.iter().all(known) {
-                return None;
-            }
-            // The changes outside the history of `of`.
-            let newer: HashSet<ChangeHash> = s
-                .doc
-                .get_changes_meta(of)
-                .into_iter()
-                .map(|c| c.hash)
-                .collect();
-            Some(heads.iter().all(|h| known(h) && !newer.contains(h)))
-        });
-        match covered {
+        match self.read_any(doc, |s| covers_in(&s.doc, heads, of)) {
             Err(Error::NotFound(_)) => Ok(None),
+            Err(e) if self.refetching(&e) => Ok(self
+                .inner
+                .repairs
+                .with(doc, |copy| covers_in(copy, heads, of))
+                .flatten()),
             other => other,
         }
     }
@@ -80,7 +72,15 @@ impl SyncDocs for Replica {
     ) -> Result<Option<Message>> {
         let entry = self.inner.cache.entry(doc);
         let mut cached = entry.lock();
-        match self.current(doc, &mut cached)? {
+        let current = match self.current(doc, &mut cached) {
+            Err(e) if self.refetching(&e) => {
+                // Sent from what was fetched again, so the peer sends the rest.
+                same_collection_as_stored(self, doc, collection)?;
+                return Ok(self.generate_repair(doc, state));
+            }
+            other => other?,
+        };
+        match current {
             Some(current) => {
                 same_collection(doc, current, collection)?;
                 let batch = Batch {
@@ -157,11 +157,44 @@ impl SyncDocs for Replica {
     }
 }
 
-/// What a listing tells a peer about a document.
-fn summary(meta: crate::store::DocMeta) -> DocSummary {
-    DocSummary {
-        doc: meta.id,
-        heads: meta.heads,
-        deleted: meta.deleted,
+impl Replica {
+    /// What a listing tells a peer about a document: for a damaged one,
+    /// the heads of what was fetched again so far.
+    fn summary(&self, meta: crate::store::DocMeta) -> DocSummary {
+        DocSummary {
+            heads: self.inner.repairs.heads(&meta.id).unwrap_or(meta.heads),
+            doc: meta.id,
+            deleted: meta.deleted,
+        }
     }
+}
+
+/// Whether the history of `doc` up to `of` contains every change in
+/// `heads`; `None` while `of` names changes `doc` does not have.
+fn covers_in(doc: &Automerge, heads: &Heads, of: &Heads) -> Option<bool> {
+    let known = |h: &ChangeHash| doc.get_change_meta_by_hash(h).is_some();
+    if !of.iter().all(known) {
+        return None;
+    }
+    // The changes outside the history of `of`.
+    let newer: HashSet<ChangeHash> = doc
+        .get_changes_meta(of)
+        .into_iter()
+        .map(|c| c.hash)
+        .collect();
+    Some(heads.iter().all(|h| known(h) && !newer.contains(h)))
+}
+
+/// A damaged document's content never reaches a peer that named another
+/// collection either (its metadata row still reads).
+fn same_collection_as_stored(replica: &Replica, doc: &DocId, given: &Collection) -> Result<()> {
+    let stored = replica.meta(doc)?.collection;
+    if stored == *given {
+        return Ok(());
+    }
+    Err(Error::WrongCollection {
+        doc: *doc,
+        actual: stored,
+        given: given.clone(),
+    })
 }

@@ -133,7 +133,15 @@ impl Replica {
             doc: *id,
             source: Box::new(source),
         };
-        let stored = cached_bytes(self.current(id, &mut cached)?.as_deref());
+        let stored = match self.current(id, &mut cached) {
+            Ok(state) => cached_bytes(state.as_deref()),
+            Err(e) if self.refetching(&e) => {
+                // The stored data does not load: fetched again from scratch.
+                self.within_size(id, 0, incoming)?;
+                return self.absorb_repair(id, collection, origin, apply);
+            }
+            Err(e) => return Err(e),
+        };
         self.within_size(id, stored, incoming)?;
         let Some(current) = self.current(id, &mut cached)? else {
             let mut fresh = Automerge::new();
@@ -293,7 +301,7 @@ pub(crate) fn same_collection(doc: &DocId, current: &DocState, given: &Collectio
 
 /// Runs Automerge on a peer's bytes, turning a panic into an error naming
 /// the document (the caller drops what was half-applied).
-fn contained<T>(id: &DocId, f: impl FnOnce() -> T) -> Result<T> {
+pub(super) fn contained<T>(id: &DocId, f: impl FnOnce() -> T) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
         let what = panic
             .downcast_ref::<&str>()

@@ -327,12 +327,7 @@ impl Fields {
                 doc: doc_id(self.doc)?,
                 new_heads: need(self.new_heads, "newHeads")?,
             },
-            other => {
-                return Err(WireError(format!(
-                    "unknown message type '{}'",
-                    clip(other)
-                )))
-            }
+            other => return Err(WireError(format!("unknown message type '{}'", clip(other)))),
         })
     }
 }

@@ -40,7 +40,12 @@ fn a_javascript_join_with_float_counts_undefined_and_metadata_decodes() {
             e.str("isEphemeral").expect("k").bool(false).expect("v");
         }),
         ("unknownKey", &|e| {
-            e.array(2).expect("a").u8(1).expect("1").str("x").expect("x");
+            e.array(2)
+                .expect("a")
+                .u8(1)
+                .expect("1")
+                .str("x")
+                .expect("x");
         }),
     ]);
     assert_eq!(
@@ -112,7 +117,10 @@ fn bad_messages_are_refused_naming_what_is_wrong() {
         (vec![], "not CBOR"),
         (vec![0xff], "not CBOR"),
         (map(&[("senderId", &text("a"))]), "no 'type'"),
-        (map(&[("type", &text("dance"))]), "unknown message type 'dance'"),
+        (
+            map(&[("type", &text("dance"))]),
+            "unknown message type 'dance'",
+        ),
         (
             map(&[("type", &text("sync")), ("senderId", &text("a"))]),
             "no 'targetId'",
@@ -160,7 +168,12 @@ fn declared_sizes_are_bounded_before_anything_is_kept() {
     let err = RepoMessage::decode(&huge_map).expect_err("huge map");
     assert!(err.to_string().contains("more than 64"), "{err}");
     let mut e = Encoder::new(Vec::new());
-    e.map(2).expect("m").str("type").expect("k").str("join").expect("v");
+    e.map(2)
+        .expect("m")
+        .str("type")
+        .expect("k")
+        .str("join")
+        .expect("v");
     e.str("supportedProtocolVersions").expect("k");
     let mut bytes = e.into_writer();
     bytes.push(0x9b);
@@ -169,13 +182,21 @@ fn declared_sizes_are_bounded_before_anything_is_kept() {
     assert!(err.to_string().contains("more than 64"), "{err}");
     let long = "x".repeat(MAX_TEXT + 1);
     let mut e = Encoder::new(Vec::new());
-    e.map(1).expect("m").str("senderId").expect("k").str(&long).expect("v");
+    e.map(1)
+        .expect("m")
+        .str("senderId")
+        .expect("k")
+        .str(&long)
+        .expect("v");
     let err = RepoMessage::decode(&e.into_writer()).expect_err("long");
     assert!(err.to_string().contains("more than 256"), "{err}");
     let mut ok = RepoMessage::Leave { sender: "a".into() }.encode();
     ok.push(0);
     let err = RepoMessage::decode(&ok).expect_err("trailing");
-    assert!(err.to_string().contains("1 bytes after the message"), "{err}");
+    assert!(
+        err.to_string().contains("1 bytes after the message"),
+        "{err}"
+    );
 }
 
 fn short_text() -> impl Strategy<Value = String> {
@@ -218,8 +239,14 @@ fn messages() -> impl Strategy<Value = RepoMessage> {
             }
         ),
         short_text().prop_map(|sender| RepoMessage::Leave { sender }),
-        (short_text(), short_text(), doc_ids(), bytes(), any::<bool>()).prop_map(
-            |(sender, target, doc, data, request)| if request {
+        (
+            short_text(),
+            short_text(),
+            doc_ids(),
+            bytes(),
+            any::<bool>()
+        )
+            .prop_map(|(sender, target, doc, data, request)| if request {
                 RepoMessage::Request {
                     sender,
                     target,
@@ -233,8 +260,7 @@ fn messages() -> impl Strategy<Value = RepoMessage> {
                     doc,
                     data,
                 }
-            }
-        ),
+            }),
         (short_text(), short_text(), doc_ids()).prop_map(|(sender, target, doc)| {
             RepoMessage::DocUnavailable {
                 sender,
@@ -261,14 +287,14 @@ fn messages() -> impl Strategy<Value = RepoMessage> {
                 }
             }),
         short_text().prop_map(|message| RepoMessage::Error { message }),
-        (short_text(), short_text(), texts(), texts()).prop_map(
-            |(sender, target, add, remove)| RepoMessage::RemoteSubscriptionChange {
+        (short_text(), short_text(), texts(), texts()).prop_map(|(sender, target, add, remove)| {
+            RepoMessage::RemoteSubscriptionChange {
                 sender,
                 target,
                 add,
                 remove,
             }
-        ),
+        }),
         (
             short_text(),
             short_text(),
