@@ -19,6 +19,21 @@ pub fn frame(data: &[u8]) {
     let _ = Frame::hello_version(data);
 }
 
+/// The automerge-repo message decoder (the `/automerge-repo` door's
+/// codec): bounded, and anything it decodes re-encodes to bytes that decode
+/// to the same message.
+pub fn repo_wire(data: &[u8]) {
+    use crate::sync::repo_wire::RepoMessage;
+    if let Ok(message) = RepoMessage::decode(data) {
+        let again = RepoMessage::decode(&message.encode());
+        assert_eq!(
+            again.ok(),
+            Some(message),
+            "a decoded message must round-trip"
+        );
+    }
+}
+
 /// The relay's handshake and session state machine, fed a sequence of
 /// frames: `data` is split into messages at each length byte.
 pub fn session(data: &[u8]) {

@@ -58,6 +58,11 @@ fn frame_corpus() {
 }
 
 #[test]
+fn repo_wire_corpus() {
+    replay("repo_wire", fuzzing::repo_wire);
+}
+
+#[test]
 fn session_corpus() {
     replay("session", fuzzing::session);
 }
