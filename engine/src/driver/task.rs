@@ -209,7 +209,12 @@ impl Driver {
     }
 
     async fn open(&self) -> Result<Ws, SyncError> {
+        // Small buffers, as the relay's: tungstenite's defaults (128 KiB to
+        // read, 128 KiB to write) were most of an idle connection's memory;
+        // frames are written one at a time and flushed anyway.
         let config = WebSocketConfig::default()
+            .read_buffer_size(16 * 1024)
+            .write_buffer_size(0)
             .max_message_size(Some(self.options.max_frame_bytes))
             .max_frame_size(Some(self.options.max_frame_bytes));
         let connect =
