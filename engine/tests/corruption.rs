@@ -90,9 +90,18 @@ enum Damage {
     DeleteSnapshot,
     /// The snapshot replaced by another record's snapshot.
     ForeignSnapshot,
+    /// An incremental chunk replaced by a forged bundle chunk whose header
+    /// makes Automerge 0.12 panic before it checks the checksum (found by
+    /// fuzzing, `fuzz/regressions/chunks/`).
+    PanickingChunk,
 }
 
-const ALL_DAMAGE: [Damage; 9] = [
+/// The bundle chunk of the `chunks` fuzz target's regression (its first
+/// byte is the target's own selector, not part of the chunk).
+const PANICKING_CHUNK: &[u8] =
+    include_bytes!("../../fuzz/regressions/chunks/bundle-chunk-panics-before-its-checksum");
+
+const ALL_DAMAGE: [Damage; 10] = [
     Damage::GarbageSnapshot,
     Damage::FlipByte,
     Damage::TruncateSnapshot,
@@ -102,6 +111,7 @@ const ALL_DAMAGE: [Damage; 9] = [
     Damage::DeleteLastIncremental,
     Damage::DeleteSnapshot,
     Damage::ForeignSnapshot,
+    Damage::PanickingChunk,
 ];
 
 /// Applies `damage` to `doc`'s chunks with plain SQL.
@@ -176,6 +186,7 @@ fn inflict(path: &Path, doc: &DocId, other: &DocId, damage: Damage) {
                 .expect("foreign chunk");
             set(first, foreign);
         }
+        Damage::PanickingChunk => set(middle, PANICKING_CHUNK[1..].to_vec()),
     }
 }
 

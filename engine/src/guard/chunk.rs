@@ -55,6 +55,28 @@ pub(super) fn inspect_chunk(r: &mut Reader<'_>, tally: &mut Tally<'_>) -> Result
     }
 }
 
+/// Reads one chunk's header from `r` and skips its body, refusing a type
+/// other than a document, a change or a compressed change.
+pub(super) fn check_header(r: &mut Reader<'_>) -> Result<(), GuardError> {
+    if r.take(4, "magic bytes")? != MAGIC {
+        return Err(GuardError::invalid(
+            "not an Automerge chunk (bad magic bytes)".to_string(),
+        ));
+    }
+    r.take(4, "checksum")?;
+    match r.byte("chunk type")? {
+        0..=2 => {}
+        3 => {
+            return Err(GuardError::invalid(
+                "a bundle chunk (type 3), which Accord never stores".to_string(),
+            ))
+        }
+        other => return Err(GuardError::invalid(format!("unknown chunk type {other}"))),
+    }
+    r.length_prefixed("chunk body")?;
+    Ok(())
+}
+
 /// The body of a change chunk (type 1, or type 2 once inflated).
 fn change(body: &[u8], tally: &mut Tally<'_>) -> Result<(), GuardError> {
     let mut r = Reader::new(body);

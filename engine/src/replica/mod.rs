@@ -581,6 +581,15 @@ pub(crate) fn load_stored(stored: crate::store::StoredDoc, actor: &ActorId) -> R
         .map_err(Error::from)
 }
 
+/// The message a caught panic carried, for an error that reports it.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned())
+}
+
 /// Checks a collection name (see [`Collection`]).
 pub fn check_collection(name: &str) -> Result<()> {
     Collection::new(name)?;
