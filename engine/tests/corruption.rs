@@ -94,6 +94,11 @@ enum Damage {
     /// makes Automerge 0.12 panic before it checks the checksum (found by
     /// fuzzing, `fuzz/regressions/chunks/`).
     PanickingChunk,
+    /// An incremental chunk's kind code set to one this build does not
+    /// know (past the table's CHECK constraint, as a foreign tool could).
+    UnknownKind,
+    /// An incremental chunk's kind set to text.
+    TextKind,
 }
 
 /// The bundle chunk of the `chunks` fuzz target's regression (its first
@@ -101,7 +106,7 @@ enum Damage {
 const PANICKING_CHUNK: &[u8] =
     include_bytes!("../../fuzz/regressions/chunks/bundle-chunk-panics-before-its-checksum");
 
-const ALL_DAMAGE: [Damage; 10] = [
+const ALL_DAMAGE: [Damage; 12] = [
     Damage::GarbageSnapshot,
     Damage::FlipByte,
     Damage::TruncateSnapshot,
@@ -112,6 +117,8 @@ const ALL_DAMAGE: [Damage; 10] = [
     Damage::DeleteSnapshot,
     Damage::ForeignSnapshot,
     Damage::PanickingChunk,
+    Damage::UnknownKind,
+    Damage::TextKind,
 ];
 
 /// Applies `damage` to `doc`'s chunks with plain SQL.
@@ -187,6 +194,21 @@ fn inflict(path: &Path, doc: &DocId, other: &DocId, damage: Damage) {
             set(first, foreign);
         }
         Damage::PanickingChunk => set(middle, PANICKING_CHUNK[1..].to_vec()),
+        Damage::UnknownKind | Damage::TextKind => {
+            let kind = match damage {
+                Damage::UnknownKind => rusqlite::types::Value::Integer(300),
+                _ => rusqlite::types::Value::Text("snapshot".into()),
+            };
+            conn.pragma_update(None, "ignore_check_constraints", true)
+                .expect("pragma");
+            let n = conn
+                .execute(
+                    "UPDATE chunks SET kind = ?3 WHERE doc = ?1 AND seq = ?2",
+                    params![id, middle, kind],
+                )
+                .expect("update kind");
+            assert_eq!(n, 1);
+        }
     }
 }
 
