@@ -173,7 +173,7 @@ fn automerge_panics(work: impl FnOnce()) -> bool {
 /// on to build what a forged chunk describes instead of stopping at its
 /// checksum (a fuzzer cannot forge SHA-256). Chunks are copied as they
 /// are from the first one whose header does not parse.
-fn with_valid_checksums(data: &[u8]) -> Vec<u8> {
+pub(crate) fn with_valid_checksums(data: &[u8]) -> Vec<u8> {
     use sha2::{Digest, Sha256};
     let mut out = data.to_vec();
     let mut at = 0;
