@@ -35,23 +35,35 @@ pub fn repo_wire(data: &[u8]) {
 }
 
 /// The relay's handshake and session state machine, fed a sequence of
-/// frames: `data` is split into messages at each length byte.
+/// frames: `data` is split into messages at each length byte. Automerge
+/// panics the session catches (see `uncaught`) are not failures.
 pub fn session(data: &[u8]) {
     let Ok(replica) = Replica::open_in_memory() else {
         return;
     };
     let mut session = RelaySession::new("fuzz-relay");
-    for (now, message) in messages(data).enumerate() {
-        let _ = session.handle_bytes(message, now as u64, &OpenAccess, &replica);
-    }
+    uncaught(|| {
+        for (now, message) in messages(data).enumerate() {
+            let _ = session.handle_bytes(message, now as u64, &OpenAccess, &replica);
+        }
+    });
 }
 
-/// Loading stored chunks: the first byte picks the chunk kind and how many
-/// heads the metadata claims; the rest is the chunk. Loading must fail with
-/// an error naming the document, or succeed, and never panic.
+/// Loading stored chunks: the first byte picks the chunk kind (its two low
+/// bits: a snapshot, an incremental chunk, or a code this build does not
+/// know), whether the chunk's checksums are made valid first (bit 2, so
+/// that damage behind the checksum is reached too), and how many heads the
+/// metadata claims; the rest is the chunk. Loading must fail with an error
+/// naming the document, or succeed, and never panic: a panic inside
+/// Automerge must be caught by the engine.
 pub fn chunks(data: &[u8]) {
     let Some((&first, rest)) = data.split_first() else {
         return;
+    };
+    let rest = if first & 4 != 0 {
+        with_valid_checksums(rest)
+    } else {
+        rest.to_vec()
     };
     let heads = (0..usize::from(first >> 4) % 3)
         .map(|i| automerge::ChangeHash([i as u8; 32]))
@@ -73,16 +85,39 @@ pub fn chunks(data: &[u8]) {
         meta,
         chunks: vec![StoredChunk {
             seq: 1,
-            kind: ChunkKind::from_code(first & 1),
-            data: rest.to_vec(),
+            kind: ChunkKind::from_code(first & 3),
+            data: rest,
         }],
     };
-    if let Err(e) = crate::replica::load_stored(stored, &ActorId::from(vec![1u8; 16])) {
+    let loaded = uncaught(|| crate::replica::load_stored(stored, &ActorId::from(vec![1u8; 16])));
+    if let Err(e) = loaded {
         assert!(
             e.to_string()
                 .contains(&DocId::from_bytes([7; 16]).to_string()),
             "the error names the document: {e}"
         );
+    }
+}
+
+/// Runs engine code that must catch every panic of its own (Automerge's,
+/// which the engine contains) and returns what it returned; a panic that
+/// escapes is raised again as this target's failure. The panic hook is set
+/// aside meanwhile, because libFuzzer's aborts the process at any panic,
+/// even one the engine goes on to catch; caught panics are announced on
+/// stderr.
+fn uncaught<T>(work: impl FnOnce() -> T) -> T {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("panicked (the engine must catch this): {info}");
+    }));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+    std::panic::set_hook(hook);
+    match outcome {
+        Ok(value) => value,
+        Err(panic) => panic!(
+            "a panic escaped the engine: {}",
+            crate::replica::panic_message(panic.as_ref())
+        ),
     }
 }
 
@@ -188,7 +223,7 @@ fn automerge_panics(work: impl FnOnce()) -> bool {
 /// on to build what a forged chunk describes instead of stopping at its
 /// checksum (a fuzzer cannot forge SHA-256). Chunks are copied as they
 /// are from the first one whose header does not parse.
-fn with_valid_checksums(data: &[u8]) -> Vec<u8> {
+pub(crate) fn with_valid_checksums(data: &[u8]) -> Vec<u8> {
     use sha2::{Digest, Sha256};
     let mut out = data.to_vec();
     let mut at = 0;

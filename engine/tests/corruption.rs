@@ -90,9 +90,23 @@ enum Damage {
     DeleteSnapshot,
     /// The snapshot replaced by another record's snapshot.
     ForeignSnapshot,
+    /// An incremental chunk replaced by a forged bundle chunk whose header
+    /// makes Automerge 0.12 panic before it checks the checksum (found by
+    /// fuzzing, `fuzz/regressions/chunks/`).
+    PanickingChunk,
+    /// An incremental chunk's kind code set to one this build does not
+    /// know (past the table's CHECK constraint, as a foreign tool could).
+    UnknownKind,
+    /// An incremental chunk's kind set to text.
+    TextKind,
 }
 
-const ALL_DAMAGE: [Damage; 9] = [
+/// The bundle chunk of the `chunks` fuzz target's regression (its first
+/// byte is the target's own selector, not part of the chunk).
+const PANICKING_CHUNK: &[u8] =
+    include_bytes!("../../fuzz/regressions/chunks/bundle-chunk-panics-before-its-checksum");
+
+const ALL_DAMAGE: [Damage; 12] = [
     Damage::GarbageSnapshot,
     Damage::FlipByte,
     Damage::TruncateSnapshot,
@@ -102,6 +116,9 @@ const ALL_DAMAGE: [Damage; 9] = [
     Damage::DeleteLastIncremental,
     Damage::DeleteSnapshot,
     Damage::ForeignSnapshot,
+    Damage::PanickingChunk,
+    Damage::UnknownKind,
+    Damage::TextKind,
 ];
 
 /// Applies `damage` to `doc`'s chunks with plain SQL.
@@ -175,6 +192,22 @@ fn inflict(path: &Path, doc: &DocId, other: &DocId, damage: Damage) {
                 )
                 .expect("foreign chunk");
             set(first, foreign);
+        }
+        Damage::PanickingChunk => set(middle, PANICKING_CHUNK[1..].to_vec()),
+        Damage::UnknownKind | Damage::TextKind => {
+            let kind = match damage {
+                Damage::UnknownKind => rusqlite::types::Value::Integer(300),
+                _ => rusqlite::types::Value::Text("snapshot".into()),
+            };
+            conn.pragma_update(None, "ignore_check_constraints", true)
+                .expect("pragma");
+            let n = conn
+                .execute(
+                    "UPDATE chunks SET kind = ?3 WHERE doc = ?1 AND seq = ?2",
+                    params![id, middle, kind],
+                )
+                .expect("update kind");
+            assert_eq!(n, 1);
         }
     }
 }

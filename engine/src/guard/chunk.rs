@@ -55,6 +55,66 @@ pub(super) fn inspect_chunk(r: &mut Reader<'_>, tally: &mut Tally<'_>) -> Result
     }
 }
 
+/// Reads one chunk's header from `r` and skips its body, refusing a type
+/// other than a document, a change or a compressed change.
+pub(super) fn check_header(r: &mut Reader<'_>) -> Result<(), GuardError> {
+    if r.take(4, "magic bytes")? != MAGIC {
+        return Err(GuardError::invalid(
+            "not an Automerge chunk (bad magic bytes)".to_string(),
+        ));
+    }
+    r.take(4, "checksum")?;
+    let kind = r.byte("chunk type")?;
+    match kind {
+        0..=2 => {}
+        3 => {
+            return Err(GuardError::invalid(
+                "a bundle chunk (type 3), which Accord never stores".to_string(),
+            ))
+        }
+        other => return Err(GuardError::invalid(format!("unknown chunk type {other}"))),
+    }
+    let body = r.length_prefixed("chunk body")?;
+    // Only a positive finding counts: a body this reader cannot follow is
+    // left to Automerge to report.
+    if kind == 1 && first_op_ends_a_mark(body).unwrap_or(false) {
+        return Err(ends_a_mark());
+    }
+    Ok(())
+}
+
+/// Whether a change's body (type 1) starts at op 1 with the end of a mark
+/// (see `change`), reading only its header and two columns.
+fn first_op_ends_a_mark(body: &[u8]) -> Result<bool, GuardError> {
+    let mut r = Reader::new(body);
+    for _ in 0..r.uleb("dependency count")? {
+        r.take(HASH_LEN, "dependency hash")?;
+    }
+    r.length_prefixed("actor id")?;
+    r.uleb("seq")?;
+    if r.uleb("start op")? != 1 {
+        return Ok(false);
+    }
+    r.sleb("timestamp")?;
+    r.length_prefixed("message")?;
+    for _ in 0..r.uleb("actor count")? {
+        r.length_prefixed("actor id")?;
+    }
+    let layout = read_layout(&mut r)?;
+    if layout.iter().any(|c| c.spec.deflated()) {
+        return Ok(false);
+    }
+    let data = r.take(data_len(&layout)?, "op columns")?;
+    Table::plain(&layout, data)?.first_op_ends_a_mark()
+}
+
+/// The refusal of a change whose first op, op 1, ends a mark.
+fn ends_a_mark() -> GuardError {
+    GuardError::invalid(
+        "change whose first op (op 1) ends a mark that cannot have started".to_string(),
+    )
+}
+
 /// The body of a change chunk (type 1, or type 2 once inflated).
 fn change(body: &[u8], tally: &mut Tally<'_>) -> Result<(), GuardError> {
     let mut r = Reader::new(body);
@@ -65,7 +125,8 @@ fn change(body: &[u8], tally: &mut Tally<'_>) -> Result<(), GuardError> {
     tally.dependencies(deps)?;
     tally.actor(r.length_prefixed("actor id")?)?;
     r.uleb("seq")?;
-    if r.uleb("start op")? == 0 {
+    let start_op = r.uleb("start op")?;
+    if start_op == 0 {
         return Err(GuardError::invalid("change with start op 0".to_string()));
     }
     r.sleb("timestamp")?;
@@ -81,8 +142,15 @@ fn change(body: &[u8], tally: &mut Tally<'_>) -> Result<(), GuardError> {
     }
     let data = r.take(data_len(&layout)?, "op columns")?;
     // What follows the op columns is the change's extra bytes.
-    let ops = Table::read(&layout, data, tally)?.contents()?;
-    tally.change(ops)
+    let table = Table::read(&layout, data, tally)?;
+    // Automerge takes the op before a mark's end for its start: before op
+    // 1 there is none, and automerge 0.12 built with debug assertions
+    // fails an assertion on that id twice, the second time while
+    // unwinding, which aborts the process (found by fuzzing).
+    if start_op == 1 && table.first_op_ends_a_mark()? {
+        return Err(ends_a_mark());
+    }
+    tally.change(table.contents()?)
 }
 
 /// The body of a document chunk.

@@ -202,6 +202,23 @@ impl<'a> Runs<'a> {
     }
 }
 
+/// Whether the first row of an RLE column (unsigned or string) is null;
+/// an empty column is null throughout, as Automerge reads it.
+pub(super) fn first_is_null(data: &[u8]) -> Result<bool, GuardError> {
+    let mut r = Reader::new(data);
+    while !r.is_empty() {
+        match r.sleb("run length")? {
+            0 => {
+                if r.uleb("null run")? > 0 {
+                    return Ok(true);
+                }
+            }
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
 /// What a column holds: its rows, and the sum of its values (for group
 /// columns, how many grouped rows the group claims).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

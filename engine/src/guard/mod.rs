@@ -256,6 +256,23 @@ pub fn inspect(bytes: &[u8], budget: &Budget) -> Result<Footprint, GuardError> {
     Ok(tally.footprint())
 }
 
+/// Checks that `bytes` are whole chunks of the types Accord stores (a
+/// document, a change, a compressed change), reading only their headers:
+/// far cheaper than [`inspect`], for bytes this process wrote itself but
+/// that may have been damaged since. Automerge 0.12 decodes a bundle
+/// chunk's (type 3) columns before it checks the checksum, and a damaged
+/// one can make it panic or allocate gigabytes (found by fuzzing). A
+/// change whose first op ends a mark is refused too: automerge 0.12 built
+/// with debug assertions aborts on it (it needs a valid checksum, so only
+/// a forged chunk gets there).
+pub(crate) fn check_stored_chunks(bytes: &[u8]) -> Result<(), GuardError> {
+    let mut reader = Reader::new(bytes);
+    while !reader.is_empty() {
+        chunk::check_header(&mut reader)?;
+    }
+    Ok(())
+}
+
 /// Measures a sync message: its bloom filters, and all its chunks together
 /// against one budget (Automerge joins them and loads them as one batch).
 pub fn inspect_message(message: &Message, budget: &Budget) -> Result<Footprint, GuardError> {

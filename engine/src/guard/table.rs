@@ -9,6 +9,13 @@ use super::read::Reader;
 use super::tally::Tally;
 use super::GuardError;
 
+/// The op tables' action column (id 4, unsigned).
+const ACTION: u32 = (4 << 4) | 2;
+/// The action of a mark's start and end.
+const MARK: i64 = 7;
+/// The op tables' mark name column (id 10, a string; null on a mark's end).
+const MARK_NAME: u32 = (10 << 4) | 5;
+
 /// One table: each column's spec and its (inflated) data.
 #[derive(Debug)]
 pub(super) struct Table<'a> {
@@ -50,6 +57,19 @@ impl<'a> Table<'a> {
         Ok(Table { columns })
     }
 
+    /// Splits `data`, none of it compressed, among `layout`'s columns.
+    pub(super) fn plain(layout: &[Declared], data: &'a [u8]) -> Result<Self, GuardError> {
+        let mut reader = Reader::new(data);
+        let mut columns = Vec::with_capacity(layout.len());
+        for column in layout {
+            columns.push((
+                column.spec,
+                Cow::Borrowed(reader.take(column.len, "column data")?),
+            ));
+        }
+        Ok(Table { columns })
+    }
+
     /// The data of the column whose normalized spec is `spec`, if present.
     pub(super) fn column(&self, spec: u32) -> Option<&[u8]> {
         self.columns
@@ -68,6 +88,28 @@ impl<'a> Table<'a> {
             group = spec.is_group().then_some(spec.id());
             Some((*spec, data.as_ref()))
         })
+    }
+
+    /// Whether the first op is the end of a mark: action 7 (mark) with no
+    /// mark name (column 10, a string), as `op_set2/op.rs` tells them.
+    pub(super) fn first_op_ends_a_mark(&self) -> Result<bool, GuardError> {
+        let Some(actions) = self.column(ACTION) else {
+            return Ok(false);
+        };
+        let mut runs = columns::Runs::new(actions, columns::Encoding::Unsigned);
+        let first = loop {
+            match runs.next_run()? {
+                Some(run) if run.count == 0 => continue,
+                run => break run,
+            }
+        };
+        if first.and_then(|run| run.value) != Some(MARK) {
+            return Ok(false);
+        }
+        match self.column(MARK_NAME) {
+            Some(names) => columns::first_is_null(names),
+            None => Ok(true),
+        }
     }
 
     /// Counts rows and references, in time proportional to the bytes.

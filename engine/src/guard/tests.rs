@@ -356,3 +356,29 @@ fn truncations_and_garbage_are_refused_never_a_panic() {
         let _ = inspect(&chunk, &Budget::default());
     }
 }
+
+#[test]
+fn a_change_whose_first_op_ends_a_mark_is_refused() {
+    // Found by fuzzing: automerge 0.12 with debug assertions aborts on it.
+    let forged = crate::fuzzing::with_valid_checksums(include_bytes!(
+        "../../../fuzz/regressions/guard/change-whose-first-op-ends-a-mark-aborts-automerge"
+    ));
+    match inspect(&forged, &OPEN) {
+        Err(GuardError::Invalid { reason }) => assert!(reason.contains("ends a mark"), "{reason}"),
+        other => panic!("expected the change to be refused, got {other:?}"),
+    }
+    // Real marks, begun and ended in the document's first change, pass.
+    let mut doc = AutoCommit::new();
+    let text = doc.put_object(ROOT, "text", ObjType::Text).expect("text");
+    doc.splice_text(&text, 0, 0, "hello world").expect("splice");
+    let bold = automerge::marks::Mark::new("bold".into(), true, 0, 5);
+    doc.mark(&text, bold, automerge::marks::ExpandMark::After)
+        .expect("mark");
+    doc.commit();
+    doc.unmark(&text, "bold", 1, 3, automerge::marks::ExpandMark::None)
+        .expect("unmark");
+    doc.commit();
+    let doc = doc.document().clone();
+    inspect(&doc.save_after(&[]), &OPEN).expect("real changes pass");
+    inspect(&doc.save(), &OPEN).expect("the real document passes");
+}

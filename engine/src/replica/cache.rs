@@ -140,7 +140,18 @@ impl DocState {
             let Some(kind) = kind else {
                 return Err(corrupt(format!("chunk {seq} has an unknown kind")));
             };
-            doc.load_incremental(data)
+            // Automerge 0.12 decodes a bundle chunk before checking its
+            // checksum (a damaged one made it panic or take gigabytes,
+            // found by fuzzing): Accord never stores one, so the headers
+            // are checked first. A panic on anything else is caught and
+            // is one more way a chunk can be damaged.
+            crate::guard::check_stored_chunks(data)
+                .map_err(|e| corrupt(format!("chunk {seq}: {e}")))?;
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| doc.load_incremental(data)))
+                .map_err(|panic| {
+                    let what = super::panic_message(panic.as_ref());
+                    corrupt(format!("chunk {seq}: Automerge failed on it: {what}"))
+                })?
                 .map_err(|e| corrupt(format!("chunk {seq}: {e}")))?;
             match kind {
                 ChunkKind::Snapshot => state.snapshot_bytes = data.len() as u64,

@@ -543,11 +543,22 @@ impl Replica {
     }
 
     /// Imports an Automerge document (as written by `save` or any Automerge
-    /// implementation) as a new record and returns its id.
+    /// implementation) as a new record and returns its id. Bytes Automerge
+    /// refuses, or panics on (automerge 0.12 does on some forged
+    /// documents the guard cannot tell from valid ones), are
+    /// [`Error::NotAutomerge`].
     pub fn import(&self, collection: &str, bytes: &[u8]) -> Result<DocId> {
         let collection: Collection = collection.parse()?;
         crate::guard::inspect(bytes, &self.inner.options.message_budget)?;
-        let doc = Automerge::load(bytes).map_err(|e| Error::NotAutomerge(Box::new(e)))?;
+        let not_automerge = |e| Error::NotAutomerge(Box::new(e));
+        let doc = std::panic::catch_unwind(|| Automerge::load(bytes))
+            .map_err(|panic| {
+                not_automerge(automerge::AutomergeError::EncodingError(format!(
+                    "Automerge failed on these bytes: {}",
+                    panic_message(panic.as_ref())
+                )))
+            })?
+            .map_err(not_automerge)?;
         let id = self.new_id();
         self.insert_new(id, &collection, doc, Origin::Local)?;
         Ok(id)
@@ -631,6 +642,15 @@ pub(crate) fn load_stored(stored: crate::store::StoredDoc, actor: &ActorId) -> R
     DocState::load(stored, actor)
         .map(|_| ())
         .map_err(Error::from)
+}
+
+/// The message a caught panic carried, for an error that reports it.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned())
 }
 
 /// Checks a collection name (see [`Collection`]).

@@ -462,3 +462,36 @@ fn concurrent_values_are_listed_with_the_change_that_wrote_each() {
         .expect("at");
     assert_eq!(at.len(), 3);
 }
+
+/// Bytes the guard passes but that make Automerge 0.12 panic (the `guard`
+/// fuzz target's regression, its checksums made valid as the target does).
+fn automerge_panicking_bytes() -> Vec<u8> {
+    let bytes = crate::fuzzing::with_valid_checksums(include_bytes!(
+        "../../../fuzz/regressions/guard/automerge-panics-on-unknown-actor"
+    ));
+    crate::guard::inspect(&bytes, &ReplicaOptions::default().message_budget)
+        .expect("the guard passes these bytes");
+    bytes
+}
+
+#[test]
+fn import_and_merge_of_bytes_that_make_automerge_panic_are_errors() {
+    let r = Replica::open_in_memory().expect("open");
+    let bytes = automerge_panicking_bytes();
+    let imported = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.import("c", &bytes)))
+        .expect("import must not panic");
+    assert!(
+        matches!(imported, Err(Error::NotAutomerge(_))),
+        "{imported:?}"
+    );
+    let id = DocId::random();
+    let merged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        r.merge_bytes(&id, "c", &bytes, Origin::Local)
+    }))
+    .expect("merge_bytes must not panic");
+    assert!(
+        matches!(merged, Err(Error::BadSyncData { doc, .. }) if doc == id),
+        "{merged:?}"
+    );
+    assert!(r.list("c").expect("list").is_empty(), "nothing was stored");
+}

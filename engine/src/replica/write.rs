@@ -303,11 +303,7 @@ pub(crate) fn same_collection(doc: &DocId, current: &DocState, given: &Collectio
 /// the document (the caller drops what was half-applied).
 pub(super) fn contained<T>(id: &DocId, f: impl FnOnce() -> T) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic".to_owned());
+        let what = super::panic_message(panic.as_ref());
         Error::BadSyncData {
             doc: *id,
             reason: format!("Automerge failed on these bytes: {what}"),

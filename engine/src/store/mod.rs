@@ -359,7 +359,16 @@ impl Store {
             .query_map([doc.as_bytes().as_slice()], |r| {
                 Ok(StoredChunk {
                     seq: r.get(0)?,
-                    kind: ChunkKind::from_code(r.get(1)?),
+                    // Read loosely: a damaged row's kind (out of range,
+                    // or not even a number) is reported by the load as
+                    // an unknown kind naming the document, not as a
+                    // conversion error naming nothing.
+                    kind: match r.get::<_, rusqlite::types::Value>(1)? {
+                        rusqlite::types::Value::Integer(code) => {
+                            u8::try_from(code).ok().and_then(ChunkKind::from_code)
+                        }
+                        _ => None,
+                    },
                     data: r.get(2)?,
                 })
             })?
