@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use accord_engine::automerge::sync::{State, SyncDoc};
 use accord_engine::automerge::transaction::Transactable;
-use accord_engine::automerge::{AutoCommit, ReadDoc, ScalarValue, Value, ROOT};
+use accord_engine::automerge::{AutoCommit, Automerge, ReadDoc, ScalarValue, Value, ROOT};
 use accord_engine::sync::repo_wire::{PeerMetadata, RepoMessage};
 use accord_engine::{ConnectOptions, DocId, Heads, Replica};
 use accord_relay::auth::{unix_now, Claims, Right, Tokens};
 use accord_relay::Config;
+use accord_tests::samod_client::NoDelayDialer;
 use accord_tests::{wait_until, TestRelay};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
@@ -565,5 +566,81 @@ async fn hostile_messages_close_only_their_own_connection_and_change_nothing() {
         relay.relay.replica().get(&id).expect("get").value["title"],
         "still here"
     );
+    relay.stop().await.expect("stop");
+}
+
+/// samod 0.16's `Repo`, unmodified, syncing with an Accord replica through
+/// the relay: samod creates, Accord edits, samod hears the edit; Accord
+/// creates, samod finds it by id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_samod_repo_and_an_accord_replica_sync_through_the_relay() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let relay = TestRelay::start(&dir.path().join("relay.db"))
+        .await
+        .expect("relay");
+    let repo = samod::Repo::build_tokio().load().await;
+    let url = format!("{}/automerge-repo", relay.url);
+    let dialer = Arc::new(NoDelayDialer::new(&url).expect("url"));
+    let dialed = repo
+        .dial(samod::BackoffConfig::default(), dialer)
+        .expect("dial");
+    tokio::time::timeout(T, dialed.established())
+        .await
+        .expect("in time")
+        .expect("established");
+    let conn = dialed.connection_id().expect("connected");
+
+    let mut initial = Automerge::new();
+    let mut tx = initial.transaction();
+    tx.put(ROOT, "title", "from samod").expect("put");
+    tx.commit();
+    let handle = repo.create(initial).await.expect("create");
+    tokio::time::timeout(T, handle.they_have_our_changes(conn))
+        .await
+        .expect("the relay acknowledged samod's document");
+    let id: DocId = handle.document_id().to_string().parse().expect("same ids");
+    assert_eq!(
+        relay.relay.replica().get(&id).expect("stored").value["title"],
+        "from samod"
+    );
+
+    let replica = Replica::open(dir.path().join("a.db")).expect("replica");
+    let mut sync = replica.connect(&relay.url, options(&["documents"], ""));
+    wait_until(T, "the replica has samod's document", || async {
+        replica.get(&id).is_ok()
+    })
+    .await;
+    let mut changes = handle.changes();
+    replica
+        .put(&id, "title", &json!("edited in Accord"), None)
+        .expect("edit");
+    sync.wait_synced(T).await.expect("synced");
+    let heard = |d: &mut Automerge| match d.get(ROOT, "title").expect("get") {
+        Some((Value::Scalar(s), _)) => s.as_str() == Some("edited in Accord"),
+        _ => false,
+    };
+    while !handle.with_document(heard) {
+        tokio::time::timeout(T, changes.next())
+            .await
+            .expect("samod heard the edit live")
+            .expect("a change");
+    }
+
+    let made = replica
+        .create("documents", &json!({"title": "made in Accord"}))
+        .expect("create");
+    sync.wait_synced(T).await.expect("synced");
+    let samod_id: samod::DocumentId = made.to_string().parse().expect("same ids");
+    let found = tokio::time::timeout(T, repo.find(samod_id))
+        .await
+        .expect("in time")
+        .expect("running")
+        .expect("samod found the Accord record");
+    let title = found.with_document(|d| match d.get(ROOT, "title").expect("get") {
+        Some((Value::Scalar(s), _)) => s.as_str().map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(title.as_deref(), Some("made in Accord"));
+    repo.stop().await;
     relay.stop().await.expect("stop");
 }
