@@ -321,7 +321,7 @@ fn regenerate_repo_session_seed_corpus() {
         }
         .encode()
     };
-    seed("join", &[join.clone()]);
+    seed("join", std::slice::from_ref(&join));
     seed(
         "create-then-request",
         &[
