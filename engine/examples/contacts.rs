@@ -7,7 +7,9 @@
 //! 2. both connect; the laptop receives them through the collection;
 //! 3. the laptop edits a contact while the phone is connected, and the
 //!    phone sees it live;
-//! 4. both edit the same contact offline and converge after reconnecting.
+//! 4. presence: the laptop says which contact it is looking at, and the
+//!    phone hears it (passed on by the relay, never stored);
+//! 5. both edit the same contact offline and converge after reconnecting.
 //!
 //! Run it with `cargo run -p accord-engine --example contacts`.
 
@@ -84,7 +86,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     print_book("phone", &phone)?;
 
-    println!("4. both edit Ada offline, then reconnect");
+    println!("4. the laptop opens Ada's card; the phone hears who is looking");
+    let mut looking = phone_sync.presence();
+    laptop_sync.broadcast(&ada, b"viewing".to_vec()).await?;
+    let seen = tokio::time::timeout(WAIT, looking.recv()).await??;
+    let c: Contact = phone.get_typed(&seen.doc)?;
+    println!(
+        "   {} is {} {}",
+        if seen.sender == laptop.peer_id().as_str() {
+            "the laptop"
+        } else {
+            "someone"
+        },
+        String::from_utf8_lossy(&seen.data),
+        c.name
+    );
+
+    println!("5. both edit Ada offline, then reconnect");
     phone_sync.close().await;
     laptop_sync.close().await;
     phone.put(&ada, "name", &json!("Ada Lovelace"), None)?;

@@ -49,7 +49,7 @@ pub mod testing;
 
 pub use automerge;
 pub use autosurgeon;
-pub use driver::{ConnectOptions, ConnectionState, SyncError, SyncHandle, SyncStatus};
+pub use driver::{ConnectOptions, ConnectionState, Presence, SyncError, SyncHandle, SyncStatus};
 pub use error::{Error, PathError, QueryError, Result, StoreError};
 pub use id::{Collection, DocId, Heads, ParseDocIdError, PeerId};
 pub use replica::{

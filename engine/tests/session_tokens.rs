@@ -296,3 +296,55 @@ fn a_client_refuses_reauth_frames_from_a_relay() {
         }
     )));
 }
+
+/// A replica's presence frame is passed on with the relay's idea of who
+/// sent it, only for a subscribed collection, within the size limit.
+#[test]
+fn presence_is_passed_on_with_its_sender_for_subscribed_collections_only() {
+    let (mut session, store, _) = welcomed("notes-read");
+    subscribe(&mut session, &store, &["notes"], 0);
+    let doc = store.create("notes", &serde_json::json!({})).expect("doc");
+    let frame = |collection: &str, data: Vec<u8>| Frame::Ephemeral {
+        doc,
+        collection: collection.into(),
+        sender: "a lie".into(),
+        session: "s".into(),
+        count: 1,
+        data,
+    };
+    let out = session.handle_frame(frame("notes", b"hi".to_vec()), 1, &FakeAccess, &store);
+    match out.as_slice() {
+        [RelayOutput::Ephemeral {
+            frame: Frame::Ephemeral { sender, data, .. },
+            ..
+        }] => {
+            assert_eq!((sender.as_str(), data.as_slice()), ("peer", &b"hi"[..]));
+        }
+        other => panic!("{other:?}"),
+    }
+    let out = session.handle_frame(frame("tasks", b"hi".to_vec()), 2, &FakeAccess, &store);
+    assert!(matches!(
+        out.as_slice(),
+        [RelayOutput::Send(Frame::Error {
+            code: ErrorCode::NOT_SUBSCRIBED,
+            ..
+        })]
+    ));
+    let big = vec![0; accord_engine::sync::Limits::default().max_ephemeral_bytes + 1];
+    let mut limited = RelaySession::with_limits("relay", accord_engine::sync::Limits::default());
+    let hello = Frame::Hello {
+        version: PROTOCOL_VERSION,
+        peer_id: "peer".into(),
+        token: "open".into(),
+    };
+    limited.handle_frame(hello, 0, &FakeAccess, &store);
+    subscribe(&mut limited, &store, &["notes"], 0);
+    let out = limited.handle_frame(frame("notes", big), 1, &FakeAccess, &store);
+    assert!(matches!(
+        out.as_slice(),
+        [RelayOutput::Send(Frame::Error {
+            code: ErrorCode::TOO_LARGE,
+            ..
+        })]
+    ));
+}

@@ -234,6 +234,17 @@ impl Sim {
                         });
                     actor.inbox.push_back(input);
                 }
+                RelayOutput::Ephemeral {
+                    doc,
+                    collection,
+                    frame,
+                } => {
+                    for s in self.relay.subscribers.of_doc(&collection, doc) {
+                        if s.conn != conn {
+                            self.send_to_client(s.conn, frame.clone());
+                        }
+                    }
+                }
                 RelayOutput::Deleted { doc, collection } => {
                     for s in self.relay.subscribers.of(&collection) {
                         if s.conn != conn {

@@ -500,6 +500,11 @@ impl Connection {
                 self.route_to_hub(doc, collection, message, want_reply)
                     .await
             }
+            RepoOutput::Ephemeral {
+                doc,
+                collection,
+                frame,
+            } => self.forward(&collection, doc, &frame),
             RepoOutput::Refused { code, reason } => {
                 tracing::debug!(conn = %self.conn, %code, reason, "refused");
                 self.shared.metrics.refused(code.name());
@@ -512,6 +517,14 @@ impl Connection {
             RepoOutput::Close { code, reason } => return Some(End::Error(code, reason)),
         }
         None
+    }
+
+    /// Passes a presence frame on to the document's other listeners,
+    /// counting what slow ones missed.
+    fn forward(&self, collection: &Collection, doc: DocId, frame: &Frame) {
+        let (passed, dropped) = self.shared.peers.forward(collection, doc, self.conn, frame);
+        self.shared.metrics.ephemeral_forwarded.inc_by(passed);
+        self.shared.metrics.ephemeral_dropped.inc_by(dropped);
     }
 
     /// Hands a sync message to its document's actor.
@@ -557,6 +570,11 @@ impl Connection {
                 self.route_to_hub(doc, collection, message, want_reply)
                     .await
             }
+            RelayOutput::Ephemeral {
+                doc,
+                collection,
+                frame,
+            } => self.forward(&collection, doc, &frame),
             RelayOutput::Deleted { doc, collection } => {
                 let frame = Frame::Delete {
                     doc,

@@ -67,6 +67,11 @@ pub struct Metrics {
     /// Connections over a limit dropped unanswered because as many were
     /// being refused already.
     pub dropped_connections: Counter,
+    /// Ephemeral (presence) messages passed on to a listener.
+    pub ephemeral_forwarded: Counter,
+    /// Ephemeral messages not passed on because the listener's queue was
+    /// full (presence is dropped for a slow peer, never queued).
+    pub ephemeral_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -89,6 +94,8 @@ impl Default for Metrics {
             store_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             refusing_connections: Gauge::default(),
             dropped_connections: Counter::default(),
+            ephemeral_forwarded: Counter::default(),
+            ephemeral_dropped: Counter::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -153,6 +160,16 @@ impl Default for Metrics {
             "dropped_connections",
             "Connections over a limit dropped unanswered: as many were being refused already",
             m.dropped_connections.clone(),
+        );
+        r.register(
+            "ephemeral_forwarded",
+            "Ephemeral (presence) messages passed on to a listener",
+            m.ephemeral_forwarded.clone(),
+        );
+        r.register(
+            "ephemeral_dropped",
+            "Ephemeral messages dropped because the listener could not take them at once",
+            m.ephemeral_dropped.clone(),
         );
         m
     }

@@ -166,12 +166,8 @@ impl Peers {
         let Some(handle) = self.inner.lock().conns.get(&conn).cloned() else {
             return false;
         };
-        let message = match &handle.wire {
-            Wire::Native => (frame.kind(), frame.encode()),
-            Wire::Repo { relay, client } => match outbound(frame, relay, client) {
-                Some(message) => (message.kind(), message.encode()),
-                None => return false,
-            },
+        let Some(message) = encode_for(&handle.wire, frame) else {
+            return false;
         };
         match handle.tx.try_send(message) {
             Ok(()) => true,
@@ -184,6 +180,37 @@ impl Peers {
         }
     }
 
+    /// Passes an ephemeral frame about `doc` to everyone who listens to it
+    /// but `except`, without waiting: a listener whose queue is full does
+    /// not get it (and is not disconnected: presence is worth less than
+    /// the sync traffic queued ahead of it). Returns how many got it and
+    /// how many did not.
+    pub fn forward(
+        &self,
+        collection: &Collection,
+        doc: DocId,
+        except: ConnId,
+        frame: &Frame,
+    ) -> (u64, u64) {
+        let (mut passed, mut dropped) = (0, 0);
+        for s in self.listeners(collection, doc) {
+            if s.conn == except {
+                continue;
+            }
+            let Some(handle) = self.inner.lock().conns.get(&s.conn).cloned() else {
+                continue;
+            };
+            let Some(message) = encode_for(&handle.wire, frame) else {
+                continue;
+            };
+            match handle.tx.try_send(message) {
+                Ok(()) => passed += 1,
+                Err(_) => dropped += 1,
+            }
+        }
+        (passed, dropped)
+    }
+
     /// Sends a frame about `doc` to everyone who listens to it but
     /// `except`.
     pub fn broadcast(&self, collection: &Collection, doc: DocId, except: ConnId, frame: &Frame) {
@@ -191,6 +218,17 @@ impl Peers {
             if s.conn != except {
                 self.send(s.conn, frame);
             }
+        }
+    }
+}
+
+/// A frame as a connection speaking `wire` receives it (kind, bytes), if
+/// it has a counterpart there.
+fn encode_for(wire: &Wire, frame: &Frame) -> Option<(&'static str, Vec<u8>)> {
+    match wire {
+        Wire::Native => Some((frame.kind(), frame.encode())),
+        Wire::Repo { relay, client } => {
+            outbound(frame, relay, client).map(|message| (message.kind(), message.encode()))
         }
     }
 }
@@ -238,5 +276,70 @@ mod tests {
         peers.remove(conn);
         assert!(peers.subscribers(&c).is_empty() && !peers.send(conn, &frame));
         assert_eq!(peers.subscribed_collections(), 0, "no key is left behind");
+    }
+
+    #[test]
+    fn presence_skips_a_full_queue_without_disconnecting_and_speaks_each_wire() {
+        let peers = Peers::default();
+        let c = Collection::new("c").expect("valid");
+        let doc = DocId::from_bytes([5; 16]);
+        let mut handles = Vec::new();
+        for (n, wire) in [
+            (1, Wire::Native),
+            (2, Wire::Native),
+            (
+                3,
+                Wire::Repo {
+                    relay: "relay".into(),
+                    client: "tab".into(),
+                },
+            ),
+        ] {
+            let (tx, rx) = mpsc::channel(1);
+            let kick = CancellationToken::new();
+            let peer = PeerId::new(format!("p{n}")).expect("valid");
+            let handle = PeerHandle {
+                peer: peer.clone(),
+                wire,
+                state_key: peer,
+                tx,
+                kick: kick.clone(),
+                replaced: CancellationToken::new(),
+            };
+            peers.add(ConnId(n), handle);
+            handles.push((rx, kick));
+        }
+        peers.subscribe(ConnId(1), &c, true);
+        peers.subscribe(ConnId(2), &c, true);
+        peers.open(ConnId(3), &c, doc, false);
+        let frame = Frame::Ephemeral {
+            doc,
+            collection: "c".into(),
+            sender: "p1".into(),
+            session: "s".into(),
+            count: 1,
+            data: vec![1],
+        };
+        assert_eq!(
+            peers.forward(&c, doc, ConnId(1), &frame),
+            (2, 0),
+            "not to the sender"
+        );
+        assert_eq!(
+            peers.forward(&c, doc, ConnId(1), &frame),
+            (0, 2),
+            "queues of one are full"
+        );
+        assert!(
+            handles.iter().all(|(_, kick)| !kick.is_cancelled()),
+            "nobody is kicked"
+        );
+        let (kind, bytes) = handles[2].0.try_recv().expect("the repo peer got it");
+        assert_eq!(kind, "ephemeral");
+        let message = accord_engine::sync::repo_wire::RepoMessage::decode(&bytes).expect("repo");
+        assert!(
+            matches!(message, accord_engine::sync::repo_wire::RepoMessage::Ephemeral { target, .. } if target == "tab")
+        );
+        assert!(handles[0].0.try_recv().is_err(), "the sender got nothing");
     }
 }

@@ -644,3 +644,106 @@ async fn a_samod_repo_and_an_accord_replica_sync_through_the_relay() {
     repo.stop().await;
     relay.stop().await.expect("stop");
 }
+
+/// Presence on both protocols: an automerge-repo client's `ephemeral`
+/// message reaches another client that has the document open and an
+/// Accord replica's presence subscription; an Accord replica's broadcast
+/// reaches the automerge-repo client; nothing is stored, and a payload over
+/// the limit goes nowhere.
+#[tokio::test]
+async fn presence_passes_between_both_protocols_and_is_never_stored() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let relay = TestRelay::start(&dir.path().join("relay.db"))
+        .await
+        .expect("relay");
+    let replica = Replica::open(dir.path().join("a.db")).expect("replica");
+    let id = replica
+        .create("documents", &json!({"name": "Ada"}))
+        .expect("create");
+    let mut sync = replica.connect(&relay.url, options(&["documents"], ""));
+    let mut seen_by_accord = sync.presence();
+    sync.wait_synced(T).await.expect("synced");
+    let heads = relay.relay.replica().heads(&id).expect("heads");
+
+    // Two repo clients open the document.
+    let mut a = RepoClient::join(&relay, "tab-a", None).await;
+    let mut b = RepoClient::join(&relay, "tab-b", None).await;
+    for client in [&mut a, &mut b] {
+        let (mut doc, mut state) = (AutoCommit::new(), State::new());
+        client.sync(id, &mut doc, &mut state, true).await;
+    }
+    let ephemeral = |client: &RepoClient, count: u64, data: &[u8]| RepoMessage::Ephemeral {
+        sender: client.me.clone(),
+        target: client.relay.clone(),
+        count,
+        session: "session-a".into(),
+        doc: id,
+        data: data.to_vec(),
+    };
+    let too_big = vec![7u8; 64 * 1024];
+    let (big, small) = (
+        ephemeral(&a, 1, &too_big),
+        ephemeral(&a, 2, b"a looks at Ada"),
+    );
+    send(&mut a.ws, &big).await;
+    send(&mut a.ws, &small).await;
+
+    // b hears it (with a's ids), and only the one within the limit.
+    loop {
+        match next(&mut b.ws).await {
+            Some(RepoMessage::Ephemeral {
+                sender,
+                target,
+                count,
+                session,
+                doc,
+                data,
+            }) => {
+                assert_eq!((sender.as_str(), target.as_str()), ("tab-a", "tab-b"));
+                assert_eq!((count, session.as_str(), doc), (2, "session-a", id));
+                assert_eq!(data, b"a looks at Ada");
+                break;
+            }
+            Some(RepoMessage::Sync { .. }) => {} // late sync answers
+            other => panic!("expected the ephemeral message, got {other:?}"),
+        }
+    }
+    let heard = tokio::time::timeout(T, seen_by_accord.recv())
+        .await
+        .expect("in time")
+        .expect("a presence");
+    assert_eq!((heard.doc, heard.sender.as_str()), (id, "tab-a"));
+    assert_eq!(heard.data, b"a looks at Ada");
+
+    // The Accord replica's presence reaches both tabs.
+    assert!(sync
+        .broadcast(&id, b"accord looks".to_vec())
+        .await
+        .expect("sent"));
+    for client in [&mut a, &mut b] {
+        loop {
+            match next(&mut client.ws).await {
+                Some(RepoMessage::Ephemeral { sender, data, .. }) => {
+                    assert_eq!(sender, replica.peer_id().as_str());
+                    assert_eq!(data, b"accord looks");
+                    break;
+                }
+                Some(RepoMessage::Sync { .. }) => {}
+                other => panic!("expected the replica's presence, got {other:?}"),
+            }
+        }
+    }
+    assert_eq!(
+        relay.relay.replica().heads(&id).expect("heads"),
+        heads,
+        "nothing stored"
+    );
+    let metrics = relay.relay.metrics();
+    assert_eq!(
+        metrics.ephemeral_forwarded.get(),
+        4,
+        "a's to b and the replica, the replica's to a and b"
+    );
+    sync.close().await;
+    relay.stop().await.expect("stop");
+}

@@ -3,12 +3,12 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::task::{Control, Driver};
-use super::{ConnectOptions, ConnectionState, SyncError, SyncStatus};
-use crate::id::Collection;
+use super::{ConnectOptions, ConnectionState, Presence, SyncError, SyncStatus, PRESENCE_BUFFER};
+use crate::id::{Collection, DocId};
 use crate::replica::{Filter, Replica};
 use crate::sync::ClientConfig;
 
@@ -25,6 +25,8 @@ pub struct SyncHandle {
     task: Option<tokio::task::JoinHandle<()>>,
     /// The ticket of the next check.
     next_check: u64,
+    /// Presence payloads from other peers, for [`SyncHandle::presence`].
+    presence: broadcast::Sender<Presence>,
 }
 
 impl Replica {
@@ -68,6 +70,7 @@ impl Replica {
         let (status_tx, status) = watch::channel(SyncStatus::initial());
         let (control, control_rx) = mpsc::channel(16);
         let cancel = CancellationToken::new();
+        let (presence, _) = broadcast::channel(PRESENCE_BUFFER);
         let collections: Result<BTreeSet<Collection>, _> =
             options.collections.iter().map(|c| c.parse()).collect();
         let task = match collections {
@@ -88,6 +91,7 @@ impl Replica {
                     status_tx,
                     control_rx,
                     cancel.clone(),
+                    presence.clone(),
                 );
                 Some(tokio::spawn(driver.run()))
             }
@@ -105,6 +109,7 @@ impl Replica {
             cancel,
             task,
             next_check: 0,
+            presence,
         }
     }
 }
@@ -284,6 +289,72 @@ impl SyncHandle {
             .await
             .map_err(|_| SyncError::Stopped)?;
         answer.await.map_err(|_| SyncError::Stopped)
+    }
+
+    /// Sends a presence payload for a record to everyone else who has it
+    /// open through the relay — Accord replicas syncing its collection and
+    /// automerge-repo clients that opened it — who receive it from
+    /// [`SyncHandle::presence`] (or as an automerge-repo `ephemeral`
+    /// message). Nothing is stored and nothing is queued: `Ok(false)` says
+    /// it could not go now (not connected, or the record's collection is
+    /// not synced); send the current state again later. The relay drops
+    /// payloads larger than its limit (16 KiB by default) and those a slow
+    /// receiver cannot take at once.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use accord_engine::{ConnectOptions, Replica};
+    /// use serde_json::json;
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// # let url = format!("ws://{}", listener.local_addr()?);
+    /// # let config = accord_relay::Config { db: dir.path().join("relay.db"), ..Default::default() };
+    /// # let stop = tokio_util::sync::CancellationToken::new();
+    /// # let relay = tokio::spawn(accord_relay::run(listener, config, stop.clone()));
+    /// let options = ConnectOptions {
+    ///     collections: vec!["contacts".into()],
+    ///     ..ConnectOptions::default()
+    /// };
+    /// let phone = Replica::open(dir.path().join("phone.db"))?;
+    /// let ada = phone.create("contacts", &json!({"name": "Ada"}))?;
+    /// let mut from_phone = phone.connect(&url, options.clone());
+    /// from_phone.wait_synced(Duration::from_secs(10)).await?;
+    ///
+    /// let laptop = Replica::open(dir.path().join("laptop.db"))?;
+    /// let mut to_laptop = laptop.connect(&url, options);
+    /// let mut looking = to_laptop.presence();
+    /// to_laptop.wait_connected(Duration::from_secs(10)).await?;
+    /// # from_phone.wait_agreed(Duration::from_secs(10)).await?;
+    /// # to_laptop.wait_agreed(Duration::from_secs(10)).await?;
+    ///
+    /// assert!(from_phone.broadcast(&ada, b"phone is editing".to_vec()).await?);
+    /// let seen = tokio::time::timeout(Duration::from_secs(10), looking.recv()).await??;
+    /// assert_eq!((seen.doc, seen.data), (ada, b"phone is editing".to_vec()));
+    /// assert_eq!(seen.sender, phone.peer_id().as_str());
+    /// # from_phone.close().await;
+    /// # to_laptop.close().await;
+    /// # stop.cancel();
+    /// # relay.await??;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn broadcast(&self, doc: &DocId, data: Vec<u8>) -> Result<bool, SyncError> {
+        let (sent, answer) = oneshot::channel();
+        self.control
+            .send(Control::Broadcast(*doc, data, sent))
+            .await
+            .map_err(|_| SyncError::Stopped)?;
+        answer.await.map_err(|_| SyncError::Stopped)?
+    }
+
+    /// Presence payloads other peers send for records of the synced
+    /// collections, from now on (see [`SyncHandle::broadcast`]). A reader
+    /// that falls more than [`PRESENCE_BUFFER`] behind is told how many it
+    /// missed (`RecvError::Lagged`) and goes on with the newest.
+    pub fn presence(&self) -> broadcast::Receiver<Presence> {
+        self.presence.subscribe()
     }
 
     /// Closes the connection cleanly and waits for the driver to stop

@@ -136,6 +136,26 @@ pub enum SyncError {
     Stopped,
 }
 
+/// A presence payload another peer sent for a record (who is looking at
+/// which contact, a cursor): passed on by the relay, never stored. See
+/// [`SyncHandle::broadcast`] and [`SyncHandle::presence`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    /// The record.
+    pub doc: DocId,
+    /// Its collection.
+    pub collection: crate::id::Collection,
+    /// Who sent it: an Accord replica's peer id, or an automerge-repo
+    /// client's peer id.
+    pub sender: String,
+    /// The payload, as sent.
+    pub data: Vec<u8>,
+}
+
+/// How many presence payloads wait for a slow reader of
+/// [`SyncHandle::presence`] before it misses some (and is told how many).
+pub const PRESENCE_BUFFER: usize = 256;
+
 /// A snapshot of the driver's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncStatus {

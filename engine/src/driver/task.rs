@@ -11,13 +11,13 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{ConnectOptions, ConnectionState, SyncError, SyncStatus};
-use crate::id::Collection;
+use super::{ConnectOptions, ConnectionState, Presence, SyncError, SyncStatus};
+use crate::id::{Collection, DocId};
 use crate::replica::{ChangeEvent, ChangeKind, Origin, RecvError, Replica, Subscription};
 use crate::sync::client::LocalChange;
 use crate::sync::{
@@ -33,6 +33,9 @@ pub(super) enum Control {
     Subscribe(Vec<Collection>),
     /// Use this token from now on; answered once it is in use.
     SetToken(String, oneshot::Sender<()>),
+    /// Send a presence payload for a record; answered with whether it
+    /// went out.
+    Broadcast(DocId, Vec<u8>, oneshot::Sender<Result<bool, SyncError>>),
 }
 
 type Ws =
@@ -81,6 +84,8 @@ pub(super) struct Driver {
     started: std::time::Instant,
     /// A check not answered yet.
     pending: Option<PendingCheck>,
+    /// Where presence payloads from other peers go.
+    presence: broadcast::Sender<Presence>,
 }
 
 impl Driver {
@@ -94,6 +99,7 @@ impl Driver {
         status: watch::Sender<SyncStatus>,
         control: mpsc::Receiver<Control>,
         cancel: CancellationToken,
+        presence: broadcast::Sender<Presence>,
     ) -> Self {
         Driver {
             replica,
@@ -107,6 +113,7 @@ impl Driver {
             cancel,
             started: std::time::Instant::now(),
             pending: None,
+            presence,
         }
     }
 
@@ -193,6 +200,9 @@ impl Driver {
                 }
                 Some(Control::Subscribe(c)) => {
                     let _reported = self.outputs(move |s, _| s.subscribe(&c)).await;
+                }
+                Some(Control::Broadcast(_, _, sent)) => {
+                    let _ = sent.send(Ok(false)); // not connected
                 }
             }
         }
@@ -423,6 +433,22 @@ impl Driver {
                 }
             }
             Some(Control::Subscribe(c)) => self.outputs(move |s, _| s.subscribe(&c)).await,
+            Some(Control::Broadcast(doc, data, sent)) => {
+                let frame = self.blocking(move |s, r| s.ephemeral(doc, data, r)).await?;
+                let (answer, outputs) = match frame {
+                    Ok(Some(frame)) => (Ok(true), vec![ClientOutput::Send(frame)]),
+                    Ok(None) => (Ok(false), Vec::new()),
+                    Err(e) => {
+                        let error = SyncError::Local {
+                            code: crate::sync::error_code(&e),
+                            message: e.to_string(),
+                        };
+                        (Err(error), Vec::new())
+                    }
+                };
+                let _ = sent.send(answer);
+                Ok(outputs)
+            }
             Some(Control::SetToken(token, in_use)) => {
                 let outputs = self.new_token(token).await;
                 // The app may have stopped waiting; the token is in use.
@@ -518,6 +544,20 @@ impl Driver {
             SessionEvent::LocalFailure { code, message, doc } => {
                 tracing::warn!(%code, message, ?doc, "sync failed locally");
                 self.set(|s| s.last_error = Some(SyncError::Local { code, message }));
+            }
+            SessionEvent::Ephemeral {
+                doc,
+                collection,
+                sender,
+                data,
+            } => {
+                // Nobody listening is fine: presence is not kept.
+                let _ = self.presence.send(Presence {
+                    doc,
+                    collection,
+                    sender,
+                    data,
+                });
             }
         }
     }

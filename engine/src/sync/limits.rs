@@ -32,6 +32,8 @@ pub struct Limits {
     /// Documents that may be announced at once above the sustained rate
     /// (a first sync of a large collection).
     pub announce_burst: f64,
+    /// Largest ephemeral (presence) payload passed on, in bytes.
+    pub max_ephemeral_bytes: usize,
 }
 
 impl Default for Limits {
@@ -44,6 +46,7 @@ impl Default for Limits {
             max_peers_per_subject: 64,
             announce_per_sec: 50_000.0,
             announce_burst: 500_000.0,
+            max_ephemeral_bytes: 16 * 1024,
         }
     }
 }
@@ -59,6 +62,7 @@ impl Limits {
             max_peers_per_subject: usize::MAX,
             announce_per_sec: f64::INFINITY,
             announce_burst: f64::INFINITY,
+            max_ephemeral_bytes: usize::MAX,
         }
     }
 }
@@ -164,6 +168,18 @@ impl Usage {
     }
 
     /// Counts a document this connection syncs.
+    /// Checks the size of an ephemeral payload.
+    pub(crate) fn ephemeral(&self, bytes: usize) -> Result<(), (ErrorCode, String)> {
+        let max = self.limits.max_ephemeral_bytes;
+        if bytes > max {
+            return Err((
+                ErrorCode::TOO_LARGE,
+                format!("an ephemeral payload may be at most {max} bytes; this one is {bytes}"),
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn doc(&mut self, doc: DocId) -> Result<(), (ErrorCode, String)> {
         if self.docs.contains(&doc) {
             return Ok(());

@@ -134,6 +134,29 @@ pub enum Frame {
         /// Human-readable explanation.
         message: String,
     },
+    /// Either way: a payload for everyone who has a document open
+    /// (presence: who is looking at what, cursors), never stored. A
+    /// replica sends it for a document of a subscribed collection; the
+    /// relay passes it to every other connection that listens to the
+    /// document (native subscribers of its collection, automerge-repo
+    /// peers that opened it), filling in `sender`, and drops it for a
+    /// connection that cannot keep up.
+    Ephemeral {
+        /// The document.
+        doc: DocId,
+        /// Its collection.
+        collection: String,
+        /// Who sent it: the relay sets the sending connection's peer id
+        /// (what a replica puts here is ignored).
+        sender: String,
+        /// The sender's session (one per connection), for telling
+        /// duplicates apart.
+        session: String,
+        /// The sender's counter within its session.
+        count: u64,
+        /// The payload, opaque to the relay.
+        data: Vec<u8>,
+    },
 }
 
 /// A document as a relay announces it.
@@ -293,6 +316,7 @@ impl Frame {
             Frame::Reauthorized { .. } => "reauthorized",
             Frame::Subscribed { .. } => "subscribed",
             Frame::SubscribeRefused { .. } => "subscribe_refused",
+            Frame::Ephemeral { .. } => "ephemeral",
         }
     }
 }

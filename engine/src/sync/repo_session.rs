@@ -27,12 +27,15 @@
 //! - Sync states are kept under the peer's storage id (or its peer id when
 //!   it has no storage), qualified by the token as for native peers, so a
 //!   returning browser resumes without sending its history again.
+//! - `ephemeral` messages (presence) for an opened document go to everyone
+//!   else who listens to it, as a native `Ephemeral` frame the registry
+//!   encodes for each listener's protocol ([`RepoOutput::Ephemeral`]).
 //! - `remote-subscription-change` and `remote-heads-changed` are accepted
 //!   and not acted on: the relay answers every sync message (with its
 //!   heads when it has nothing else to say), which is how a client learns
 //!   that the relay's storage holds its changes.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use automerge::sync::{ChunkList, Message};
 
@@ -73,6 +76,16 @@ pub enum RepoOutput {
         /// Whether the peer waits for an answer (always: a client learns
         /// from the answer that the relay stored its changes).
         want_reply: bool,
+    },
+    /// Pass an ephemeral message on, as a native frame, to everyone else
+    /// who listens to the document; never stored.
+    Ephemeral {
+        /// The document.
+        doc: DocId,
+        /// Its collection.
+        collection: Collection,
+        /// The frame to pass on (its `sender` the client's peer id).
+        frame: Frame,
     },
     /// Something was refused without closing the connection (for the
     /// operator's counters and logs).
@@ -133,8 +146,8 @@ pub struct RepoSession {
     url_token: Option<String>,
     /// Handshake progress.
     phase: Phase,
-    /// Documents the connection opened.
-    opened: BTreeSet<DocId>,
+    /// Documents the connection opened, with their collections.
+    opened: BTreeMap<DocId, Collection>,
     /// What the connection used of its limits.
     usage: Usage,
     /// Outputs of the current call.
@@ -156,7 +169,7 @@ impl RepoSession {
             default_collection,
             url_token,
             phase: Phase::Joining,
-            opened: BTreeSet::new(),
+            opened: BTreeMap::new(),
             usage: Usage::new(limits),
             out: Vec::new(),
         }
@@ -305,6 +318,17 @@ impl RepoSession {
                     data,
                 },
             ) => self.on_sync(&sender, &target, doc, &data, false, docs),
+            (
+                Phase::Ready { .. },
+                RepoMessage::Ephemeral {
+                    sender,
+                    count,
+                    session,
+                    doc,
+                    data,
+                    ..
+                },
+            ) => self.on_ephemeral(&sender, doc, session, count, data),
             (Phase::Ready { .. }, RepoMessage::Error { message }) => {
                 tracing::debug!(message, "automerge-repo peer reported an error");
             }
@@ -480,11 +504,11 @@ impl RepoSession {
             });
             message.changes = ChunkList::empty();
         }
-        if !self.opened.contains(&doc) {
+        if !self.opened.contains_key(&doc) {
             if let Err((code, text)) = self.usage.doc(doc) {
                 return self.fail(code, text);
             }
-            self.opened.insert(doc);
+            self.opened.insert(doc, collection.clone());
         }
         self.out.push(RepoOutput::Open {
             doc,
@@ -496,6 +520,46 @@ impl RepoSession {
             collection,
             message,
             want_reply: true,
+        });
+    }
+
+    /// Passes a presence message on to the document's other listeners:
+    /// only for a document this connection opened (so it may read it),
+    /// within the size limit; otherwise it is dropped and counted.
+    fn on_ephemeral(
+        &mut self,
+        sender: &str,
+        doc: DocId,
+        session: String,
+        count: u64,
+        data: Vec<u8>,
+    ) {
+        if !self.is_client(sender) {
+            return;
+        }
+        if let Err((code, reason)) = self.usage.ephemeral(data.len()) {
+            return self.out.push(RepoOutput::Refused { code, reason });
+        }
+        let Some(collection) = self.opened.get(&doc).cloned() else {
+            let reason =
+                format!("ephemeral message for {doc}, which this connection has not opened");
+            return self.out.push(RepoOutput::Refused {
+                code: ErrorCode::NOT_SUBSCRIBED,
+                reason,
+            });
+        };
+        let frame = Frame::Ephemeral {
+            doc,
+            collection: collection.to_string(),
+            sender: sender.to_owned(),
+            session,
+            count,
+            data,
+        };
+        self.out.push(RepoOutput::Ephemeral {
+            doc,
+            collection,
+            frame,
         });
     }
 
@@ -547,6 +611,21 @@ pub fn outbound(frame: &Frame, relay: &str, client: &str) -> Option<RepoMessage>
             target,
             doc: *doc,
             data: message.clone(),
+        }),
+        Frame::Ephemeral {
+            doc,
+            sender,
+            session,
+            count,
+            data,
+            ..
+        } => Some(RepoMessage::Ephemeral {
+            sender: sender.clone(),
+            target,
+            count: *count,
+            session: session.clone(),
+            doc: *doc,
+            data: data.clone(),
         }),
         Frame::Delete { doc, .. } => Some(RepoMessage::DocUnavailable {
             sender,

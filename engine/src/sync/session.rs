@@ -50,6 +50,17 @@ pub enum RelayOutput {
         /// Whether the sender waits for an answer.
         want_reply: bool,
     },
+    /// Pass an ephemeral frame (its `sender` filled in) to everyone else
+    /// who listens to the document; dropped for a connection that cannot
+    /// take it at once, never stored.
+    Ephemeral {
+        /// The document.
+        doc: DocId,
+        /// Its collection.
+        collection: Collection,
+        /// The frame to pass on.
+        frame: Frame,
+    },
     /// Tell every other subscriber of the collection about a deletion.
     Deleted {
         /// The document.
@@ -290,6 +301,17 @@ impl RelaySession {
             (Phase::Ready { .. }, Frame::Delete { doc, collection }) => {
                 self.on_delete(doc, &collection, docs)
             }
+            (
+                Phase::Ready { .. },
+                Frame::Ephemeral {
+                    doc,
+                    collection,
+                    session,
+                    count,
+                    data,
+                    ..
+                },
+            ) => self.on_ephemeral(doc, &collection, session, count, data, docs),
             (Phase::Ready { .. }, Frame::Reauth { token }) => {
                 self.on_reauth(&token, now_ms, access)
             }
@@ -579,6 +601,41 @@ impl RelaySession {
                 Some(doc),
             ),
         }
+    }
+
+    /// Passes a presence payload on: for a document of a subscribed
+    /// collection (its own), within the size limit; reading is enough.
+    fn on_ephemeral(
+        &mut self,
+        doc: DocId,
+        name: &str,
+        session: String,
+        count: u64,
+        data: Vec<u8>,
+        docs: &dyn SyncDocs,
+    ) {
+        if let Err((code, text)) = self.usage.ephemeral(data.len()) {
+            return self.fail(code, text, Some(doc));
+        }
+        let Some(collection) = self.admit(doc, name, false, docs) else {
+            return;
+        };
+        let Some(sender) = self.peer().map(|p| p.as_str().to_owned()) else {
+            return;
+        };
+        let frame = Frame::Ephemeral {
+            doc,
+            collection: collection.to_string(),
+            sender,
+            session,
+            count,
+            data,
+        };
+        self.out.push(RelayOutput::Ephemeral {
+            doc,
+            collection,
+            frame,
+        });
     }
 
     /// Applies a deletion and acknowledges it once stored (also when the

@@ -132,6 +132,19 @@ pub enum SessionEvent {
         /// The document, if the failure concerns one.
         doc: Option<DocId>,
     },
+    /// Another peer sent a presence payload for a document of a subscribed
+    /// collection (never stored).
+    Ephemeral {
+        /// The document.
+        doc: DocId,
+        /// Its collection.
+        collection: Collection,
+        /// The sender's peer id (an Accord replica's, or an automerge-repo
+        /// client's `senderId`).
+        sender: String,
+        /// The payload.
+        data: Vec<u8>,
+    },
 }
 
 /// A committed local change, as the session needs to know it.
@@ -248,6 +261,9 @@ pub struct ClientSession {
     touched: HashSet<DocId>,
     /// Counters.
     stats: SessionStats,
+    /// This session's id in the ephemeral frames it sends (random), and
+    /// how many it sent: receivers tell repeats apart by the pair.
+    presence: (String, u64),
     /// Outputs of the current call.
     out: Vec<ClientOutput>,
 }
@@ -275,8 +291,40 @@ impl ClientSession {
             token_in_force: None,
             touched: HashSet::new(),
             stats: SessionStats::default(),
+            presence: (DocId::random().to_string(), 0),
             out: Vec::new(),
         }
+    }
+
+    /// A presence payload for `doc`, for everyone else who has it open:
+    /// the frame to send, or `None` when it cannot go now (not connected,
+    /// or the document's collection is not synced on this connection);
+    /// presence is not queued, a later one replaces it.
+    pub fn ephemeral(
+        &mut self,
+        doc: DocId,
+        data: Vec<u8>,
+        docs: &dyn SyncDocs,
+    ) -> crate::Result<Option<Frame>> {
+        let Some(local) = docs.local_state(&doc)? else {
+            return Err(crate::Error::NotFound(doc));
+        };
+        let collection = local.collection;
+        let synced = self.relay_id.is_some()
+            && self.config.collections.contains(&collection)
+            && !self.skipped.contains_key(&collection);
+        if !synced {
+            return Ok(None);
+        }
+        self.presence.1 += 1;
+        Ok(Some(Frame::Ephemeral {
+            doc,
+            collection: collection.to_string(),
+            sender: String::new(),
+            session: self.presence.0.clone(),
+            count: self.presence.1,
+            data,
+        }))
     }
 
     /// The counters so far.
@@ -450,6 +498,22 @@ impl ClientSession {
                 message,
             } => self.on_subscribe_refused(collection, code, message),
             Frame::Error { code, message, doc } => self.on_error(now, code, message, doc),
+            Frame::Ephemeral {
+                doc,
+                collection,
+                sender,
+                data,
+                ..
+            } => {
+                if let Ok(collection) = Collection::new(collection) {
+                    self.out.push(ClientOutput::Event(SessionEvent::Ephemeral {
+                        doc,
+                        collection,
+                        sender,
+                        data,
+                    }));
+                }
+            }
             other => self.close(
                 ErrorCode::MALFORMED,
                 format!("unexpected {} frame from relay", other.kind()),

@@ -428,3 +428,88 @@ fn hub_frames_become_this_protocols_messages() {
     };
     assert_eq!(outbound(&other, "r", "c"), None);
 }
+
+#[test]
+fn presence_goes_on_for_opened_documents_within_the_limit() {
+    let store = Replica::open_in_memory().expect("store");
+    let note = store.create("notes", &json!({"a": 1})).expect("note");
+    let limits = Limits {
+        max_ephemeral_bytes: 8,
+        ..Limits::unlimited()
+    };
+    let mut s = RepoSession::new(
+        "relay-1",
+        collection(DEFAULT_COLLECTION),
+        limits,
+        Some("read".into()),
+    );
+    s.handle_message(join("client", None), 0, &FakeAccess, &store);
+    let ephemeral = |data: &[u8]| RepoMessage::Ephemeral {
+        sender: "client".into(),
+        target: "relay-1".into(),
+        count: 3,
+        session: "s".into(),
+        doc: note,
+        data: data.to_vec(),
+    };
+    // Not opened yet: dropped, counted.
+    let out = s.handle_message(ephemeral(b"hi"), 0, &FakeAccess, &store);
+    assert!(matches!(
+        out.as_slice(),
+        [RepoOutput::Refused {
+            code: ErrorCode::NOT_SUBSCRIBED,
+            ..
+        }]
+    ));
+    s.handle_message(request(note), 0, &FakeAccess, &store);
+    let out = s.handle_message(ephemeral(b"hi"), 0, &FakeAccess, &store);
+    match out.as_slice() {
+        [RepoOutput::Ephemeral {
+            doc,
+            collection: c,
+            frame,
+        }] => {
+            assert_eq!((*doc, c.as_str()), (note, "notes"));
+            assert_eq!(
+                *frame,
+                Frame::Ephemeral {
+                    doc: note,
+                    collection: "notes".into(),
+                    sender: "client".into(),
+                    session: "s".into(),
+                    count: 3,
+                    data: b"hi".to_vec(),
+                }
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let out = s.handle_message(ephemeral(b"far too long"), 0, &FakeAccess, &store);
+    assert!(matches!(
+        out.as_slice(),
+        [RepoOutput::Refused {
+            code: ErrorCode::TOO_LARGE,
+            ..
+        }]
+    ));
+    // And on this wire it stays the sender's message.
+    let frame = Frame::Ephemeral {
+        doc: note,
+        collection: "notes".into(),
+        sender: "other-peer".into(),
+        session: "t".into(),
+        count: 9,
+        data: vec![1],
+    };
+    assert_eq!(
+        outbound(&frame, "relay-1", "client"),
+        Some(RepoMessage::Ephemeral {
+            sender: "other-peer".into(),
+            target: "client".into(),
+            count: 9,
+            session: "t".into(),
+            doc: note,
+            data: vec![1],
+        })
+    );
+}
