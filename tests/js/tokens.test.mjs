@@ -137,9 +137,14 @@ test("forged tokens: refused with an error message, find gets nothing", { skip: 
   // Flip one character of the signature, keeping the alphabet.
   const last = valid.at(-2)
   const tampered = valid.slice(0, -2) + (last === "A" ? "B" : "A") + valid.at(-1)
+  // Claims rewritten to grant `notes`, keeping a genuine token's signature.
+  const [prefix, , signature] = (await server.token("elsewhere")).split(".")
+  const claims = Buffer.from(JSON.stringify({ exp: Math.floor(Date.now() / 1000) + 3600, c: { notes: "rw" } })).toString("base64url")
+  const widened = [prefix, claims, signature].join(".")
   for (const [what, token] of [
     ["signed with another secret", forged],
     ["tampered signature", tampered],
+    ["claims rewritten to grant notes", widened],
     ["not a token", "not-a-token"],
   ]) {
     const reason = assertRefusedRaw(await rawJoin(server.doorUrl(token)), what)
