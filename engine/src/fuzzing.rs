@@ -49,6 +49,75 @@ pub fn session(data: &[u8]) {
     });
 }
 
+/// The relay's `/automerge-repo` door, fed a sequence of messages (split
+/// as for [`session`]): its [`RepoSession`](crate::sync::RepoSession), and
+/// the document hubs its routes reach, on one store, as the relay wires
+/// them. Nothing may be said after the session closed the connection, and
+/// every route must name a document the connection opened first.
+pub fn repo_session(data: &[u8]) {
+    use std::collections::BTreeMap;
+
+    use crate::sync::repo_session::DEFAULT_COLLECTION;
+    use crate::sync::{ConnId, DocHub, HubInput, Limits, RepoOutput, RepoSession, Subscribers};
+
+    let Ok(replica) = Replica::open_in_memory() else {
+        return;
+    };
+    let Ok(default) = Collection::new(DEFAULT_COLLECTION) else {
+        return;
+    };
+    let conn = ConnId(1);
+    let mut session = RepoSession::new("fuzz-relay", default, Limits::default(), None);
+    let mut listeners = Subscribers::default();
+    let mut hubs: BTreeMap<(Collection, DocId), DocHub> = BTreeMap::new();
+    uncaught(|| {
+        let mut closed = false;
+        for (now, message) in messages(data).enumerate() {
+            let now = now as u64;
+            let out = session.handle_bytes(message, now, &OpenAccess, &replica);
+            assert!(!closed || out.is_empty(), "nothing after a close: {out:?}");
+            for output in out {
+                match output {
+                    RepoOutput::Close { .. } => closed = true,
+                    RepoOutput::Open {
+                        doc,
+                        collection,
+                        write,
+                    } => {
+                        if let Some(peer) = session.state_key() {
+                            listeners.open(conn, peer, &collection, doc, write);
+                        }
+                    }
+                    RepoOutput::Route {
+                        doc,
+                        collection,
+                        message,
+                        want_reply,
+                    } => {
+                        assert!(listeners.is_open(conn, &collection, doc), "opened first");
+                        let Some(peer) = session.state_key().cloned() else {
+                            continue;
+                        };
+                        let input = HubInput {
+                            conn,
+                            peer,
+                            write: session.can_write(&collection),
+                            message,
+                            want_reply,
+                        };
+                        let subscribers = listeners.of_doc(&collection, doc);
+                        let hub = hubs
+                            .entry((collection.clone(), doc))
+                            .or_insert_with(|| DocHub::new(doc, collection));
+                        let _ = hub.handle_batch(now, vec![input], &subscribers, &replica);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    });
+}
+
 /// Loading stored chunks: the first byte picks the chunk kind (its two low
 /// bits: a snapshot, an incremental chunk, or a code this build does not
 /// know), whether the chunk's checksums are made valid first (bit 2, so

@@ -63,6 +63,11 @@ fn repo_wire_corpus() {
 }
 
 #[test]
+fn repo_session_corpus() {
+    replay("repo_session", fuzzing::repo_session);
+}
+
+#[test]
 fn session_corpus() {
     replay("session", fuzzing::session);
 }
@@ -236,4 +241,102 @@ fn regenerate_guard_seed_corpus() {
     chunk.push(len as u8);
     chunk.extend(bomb);
     write("compressed-change-inflating-to-8-mib", &chunk);
+}
+
+/// Writes the `repo_session` target's seeds (a join, then a document
+/// created, requested, deleted, garbage and a stranger's message) when
+/// `ACCORD_REGENERATE_CORPUS=1`.
+#[test]
+fn regenerate_repo_session_seed_corpus() {
+    if std::env::var_os("ACCORD_REGENERATE_CORPUS").is_none() {
+        return;
+    }
+    use accord_engine::automerge::sync::{ChunkList, Message, MessageVersion};
+    use accord_engine::automerge::transaction::Transactable;
+    use accord_engine::automerge::{AutoCommit, ROOT};
+    use accord_engine::sync::repo_wire::{PeerMetadata, RepoMessage};
+    use accord_engine::DocId;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/repo_session");
+    std::fs::create_dir_all(&root).expect("folder");
+    let seed = |name: &str, messages: &[Vec<u8>]| {
+        let mut bytes = Vec::new();
+        for m in messages {
+            let len = u8::try_from(m.len()).expect("a seed message fits a length byte");
+            bytes.push(len);
+            bytes.extend_from_slice(m);
+        }
+        std::fs::write(root.join(name), bytes).expect("write seed");
+    };
+    let join = RepoMessage::Join {
+        sender: "c".into(),
+        versions: vec!["1".into()],
+        metadata: Some(PeerMetadata {
+            storage_id: Some("s".into()),
+            is_ephemeral: false,
+            token: None,
+        }),
+    }
+    .encode();
+    let doc_id = DocId::from_bytes([3; 16]);
+    let mut doc = AutoCommit::new();
+    doc.put(ROOT, "t", "x").expect("put");
+    let change = doc
+        .get_last_local_change()
+        .expect("change")
+        .raw_bytes()
+        .to_vec();
+    let with_change = Message {
+        heads: doc.get_heads(),
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: ChunkList::from(vec![change]),
+        flags: None,
+        version: MessageVersion::V1,
+    }
+    .encode();
+    let empty = Message {
+        heads: Vec::new(),
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: ChunkList::empty(),
+        flags: None,
+        version: MessageVersion::V1,
+    }
+    .encode();
+    let to_relay = |request: bool, data: Vec<u8>, sender: &str| {
+        let (sender, target) = (sender.to_owned(), "fuzz-relay".to_owned());
+        match request {
+            true => RepoMessage::Request {
+                sender,
+                target,
+                doc: doc_id,
+                data,
+            },
+            false => RepoMessage::Sync {
+                sender,
+                target,
+                doc: doc_id,
+                data,
+            },
+        }
+        .encode()
+    };
+    seed("join", std::slice::from_ref(&join));
+    seed(
+        "create-then-request",
+        &[
+            join.clone(),
+            to_relay(false, with_change, "c"),
+            to_relay(true, empty.clone(), "c"),
+        ],
+    );
+    seed(
+        "request-unknown",
+        &[join.clone(), to_relay(true, empty.clone(), "c")],
+    );
+    seed(
+        "stranger",
+        &[join.clone(), to_relay(false, empty, "someone")],
+    );
+    seed("garbage-after-join", &[join, b"\xa1\x64type\x07".to_vec()]);
 }

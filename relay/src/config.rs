@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use accord_engine::sync::{Access, Limits, OpenAccess};
-use accord_engine::ReplicaOptions;
+use accord_engine::{Collection, ReplicaOptions};
 
 /// The address the relay listens on when none is given: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
@@ -77,6 +77,9 @@ pub struct Config {
     pub limits: Limits,
     /// Who may do what: [`OpenAccess`] (open mode) or signed tokens.
     pub access: Arc<dyn Access>,
+    /// Where documents first created by automerge-repo clients are stored
+    /// when their token does not grant writing exactly one collection.
+    pub automerge_repo_collection: Collection,
 }
 
 impl Default for Config {
@@ -101,6 +104,10 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(60),
             limits: Limits::default(),
             access: Arc::new(OpenAccess),
+            automerge_repo_collection: Collection::new(
+                accord_engine::sync::repo_session::DEFAULT_COLLECTION,
+            )
+            .expect("the default collection name is valid"),
         }
     }
 }

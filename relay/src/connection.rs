@@ -1,9 +1,12 @@
-//! One WebSocket connection.
+//! One WebSocket connection, by either door: the native protocol at `/`
+//! (a `RelaySession`) or the automerge-repo protocol at `/automerge-repo`
+//! (a `RepoSession`, the token in `?token=`). The path is read during the
+//! WebSocket upgrade; any other path is answered with HTTP 404.
 //!
-//! The task reads frames, hands each to the connection's `RelaySession` on
-//! the blocking pool (the session reads SQLite), and carries out what it
+//! The task reads messages, hands each to the connection's session on the
+//! blocking pool (the session reads SQLite), and carries out what it
 //! returns: replies, subscriptions, routing to document actors, deletion
-//! fan-out. Frames from document actors arrive through the connection's
+//! fan-out. Both doors route to the same document actors. Frames from document actors arrive through the connection's
 //! bounded outbound queue. The task pings the peer and closes a connection
 //! that stays silent. Bad input closes this connection only, after an
 //! error frame that names the problem.
@@ -16,10 +19,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use accord_engine::sync::repo_session::closing_error;
+use accord_engine::sync::repo_wire::RepoMessage;
 use accord_engine::sync::{
-    Announcing, ConnId, ErrorCode, Frame, HubInput, RelayOutput, RelaySession,
+    Announcing, ConnId, ErrorCode, Frame, HubInput, RelayOutput, RelaySession, RepoOutput,
+    RepoSession,
 };
-use accord_engine::PeerId;
+use accord_engine::{Collection, DocId, PeerId};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -34,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::docs::HubKey;
 use crate::gate::Gate;
-use crate::peers::PeerHandle;
+use crate::peers::{PeerHandle, Wire};
 use crate::server::Shared;
 
 type Ws = WebSocketStream<Gate<TcpStream>>;
@@ -56,9 +62,11 @@ pub async fn serve(
     permit: OwnedSemaphorePermit,
 ) {
     let limit = shared.config.handshake_frame_limit();
+    let mut door = Door::Native;
+    #[allow(clippy::result_large_err)] // the signature tungstenite asks for
     let accept = tokio_tungstenite::accept_hdr_async_with_config(
         Gate::new(stream),
-        route,
+        |request: &Request, response: Response| route(request, response, &mut door),
         Some(ws_config(limit)),
     );
     let ws = match tokio::time::timeout(shared.config.handshake_timeout, accept).await {
@@ -68,7 +76,16 @@ pub async fn serve(
     };
     let (tx, rx) = mpsc::channel(shared.config.outbound_queue);
     let kick = shared.shutdown.child_token();
-    let session = RelaySession::with_limits(shared.relay_id.clone(), shared.config.limits);
+    let (relay_id, limits) = (shared.relay_id.clone(), shared.config.limits);
+    let session = match door {
+        Door::Native => Session::Native(RelaySession::with_limits(relay_id, limits)),
+        Door::Repo { token } => Session::Repo(RepoSession::new(
+            relay_id,
+            shared.config.automerge_repo_collection.clone(),
+            limits,
+            token,
+        )),
+    };
     let mut c = Connection {
         conn,
         shared,
@@ -76,6 +93,7 @@ pub async fn serve(
         session: Some(session),
         tx,
         kick,
+        replaced: CancellationToken::new(),
         registered: false,
         announce_not_before: None,
         permit: Some(permit),
@@ -84,23 +102,109 @@ pub async fn serve(
     c.finish(end).await;
 }
 
+/// The protocol a connection asked for by its URL's path.
+#[derive(Debug)]
+enum Door {
+    /// `/`: Accord's native protocol.
+    Native,
+    /// `/automerge-repo`: the automerge-repo protocol, with the URL's
+    /// `token` query parameter if it had one.
+    Repo {
+        /// The token.
+        token: Option<String>,
+    },
+}
+
 /// The doors a WebSocket upgrade may knock on: the native protocol at `/`
-/// (a query string is allowed). Any other path is answered with HTTP 404
-/// naming the path, so a client with a wrong URL hears why instead of
-/// speaking the wrong protocol or hanging.
+/// and the automerge-repo protocol at `/automerge-repo` (a query string is
+/// allowed; `token=` carries an automerge-repo client's token). Any other
+/// path is answered with HTTP 404 naming the path, so a client with a
+/// wrong URL hears why instead of speaking the wrong protocol or hanging.
 #[allow(clippy::result_large_err)] // the signature tungstenite asks for
-fn route(request: &Request, response: Response) -> Result<Response, ErrorResponse> {
+fn route(
+    request: &Request,
+    response: Response,
+    door: &mut Door,
+) -> Result<Response, ErrorResponse> {
     match request.uri().path() {
         "/" => Ok(response),
+        "/automerge-repo" => {
+            let token = request.uri().query().and_then(token_parameter);
+            *door = Door::Repo { token };
+            Ok(response)
+        }
         other => {
             let text = format!(
-                "no WebSocket endpoint at '{}': accord-relay serves its protocol at '/'\n",
+                "no WebSocket endpoint at '{}': accord-relay serves its protocol at '/' and \
+                 the automerge-repo protocol at '/automerge-repo'\n",
                 other.chars().take(200).collect::<String>()
             );
             let mut refusal = ErrorResponse::new(Some(text));
             *refusal.status_mut() = StatusCode::NOT_FOUND;
             Err(refusal)
         }
+    }
+}
+
+/// The value of the `token` parameter of a query string, percent-decoded.
+fn token_parameter(query: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == "token")
+        .map(|(_, value)| value.into_owned())
+}
+
+/// The protocol state of a connection, by the door it came in.
+#[derive(Debug)]
+enum Session {
+    /// Accord's native protocol.
+    Native(RelaySession),
+    /// The automerge-repo protocol.
+    Repo(RepoSession),
+}
+
+/// What a session asks the connection to do.
+enum Out {
+    /// A native session's output.
+    Native(RelayOutput),
+    /// An automerge-repo session's output.
+    Repo(RepoOutput),
+}
+
+impl Session {
+    fn state_key(&self) -> Option<&PeerId> {
+        match self {
+            Session::Native(s) => s.state_key(),
+            Session::Repo(s) => s.state_key(),
+        }
+    }
+
+    fn can_write(&self, collection: &str) -> bool {
+        match self {
+            Session::Native(s) => s.can_write(collection),
+            Session::Repo(s) => s.can_write(collection),
+        }
+    }
+
+    fn deadline(&self) -> Option<u64> {
+        match self {
+            Session::Native(s) => s.deadline(),
+            Session::Repo(s) => s.deadline(),
+        }
+    }
+
+    fn tick(&mut self, now_ms: u64) -> Vec<Out> {
+        match self {
+            Session::Native(s) => s.tick(now_ms).into_iter().map(Out::Native).collect(),
+            Session::Repo(s) => s.tick(now_ms).into_iter().map(Out::Repo).collect(),
+        }
+    }
+
+    fn announcing(&self) -> bool {
+        matches!(self, Session::Native(s) if s.announcing())
+    }
+
+    fn is_repo(&self) -> bool {
+        matches!(self, Session::Repo(_))
     }
 }
 
@@ -127,11 +231,14 @@ struct Connection {
     /// The socket.
     ws: Ws,
     /// The protocol state; `None` only while on the blocking pool.
-    session: Option<RelaySession>,
+    session: Option<Session>,
     /// The sending side of our outbound queue, handed to the registry.
     tx: mpsc::Sender<(&'static str, Vec<u8>)>,
     /// Cancelled to disconnect us (too slow, or shutdown).
     kick: CancellationToken,
+    /// Cancelled when a new connection of the same automerge-repo peer
+    /// replaces this one.
+    replaced: CancellationToken,
     /// Whether we are in the peer registry.
     registered: bool,
     /// The announcement budget is spent until then.
@@ -152,6 +259,10 @@ impl Connection {
             tokio::select! {
                 biased;
                 () = self.kick.cancelled() => return self.kicked(),
+                () = self.replaced.cancelled() => {
+                    let text = "the same peer joined on another connection".to_owned();
+                    return End::Error(ErrorCode::REPLACED, text);
+                }
                 () = sleep_until_some(session_deadline), if session_deadline.is_some() => {
                     if let Some(end) = self.on_tick().await {
                         return end;
@@ -204,13 +315,16 @@ impl Connection {
         let shared = Arc::clone(&self.shared);
         let now = shared.now_ms();
         let next = self
-            .with_session(move |s| s.next_announcement(now, shared.store.as_ref()))
+            .with_session(move |s| match s {
+                Session::Native(s) => s.next_announcement(now, shared.store.as_ref()),
+                Session::Repo(_) => Announcing::Idle,
+            })
             .await;
         match next {
             Ok(Announcing::Page(outputs)) => {
                 self.announce_not_before = None;
                 for output in outputs {
-                    if let Some(end) = self.carry_out(output).await {
+                    if let Some(end) = self.carry_out(Out::Native(output)).await {
                         return Some(end);
                     }
                 }
@@ -232,7 +346,7 @@ impl Connection {
     async fn with_session<T, F>(&mut self, f: F) -> Result<T, End>
     where
         T: Send + 'static,
-        F: FnOnce(&mut RelaySession) -> T + Send + 'static,
+        F: FnOnce(&mut Session) -> T + Send + 'static,
     {
         let internal = |text: &str| End::Error(ErrorCode::INTERNAL, text.to_owned());
         let Some(mut session) = self.session.take() else {
@@ -318,16 +432,24 @@ impl Connection {
         let handled = self
             .with_session(move |session| {
                 let started = Instant::now();
-                let kind = Frame::decode(&bytes)
-                    .map(|f| f.kind())
-                    .unwrap_or("undecodable");
-                shared.metrics.received(kind, bytes.len());
-                let out = session.handle_bytes(
-                    &bytes,
-                    now,
-                    shared.access.as_ref(),
-                    shared.store.as_ref(),
-                );
+                let (access, store) = (shared.access.as_ref(), shared.store.as_ref());
+                let out: Vec<Out> = match session {
+                    Session::Native(session) => {
+                        let kind = Frame::decode(&bytes)
+                            .map(|f| f.kind())
+                            .unwrap_or("undecodable");
+                        shared.metrics.received(kind, bytes.len());
+                        let out = session.handle_bytes(&bytes, now, access, store);
+                        out.into_iter().map(Out::Native).collect()
+                    }
+                    Session::Repo(session) => {
+                        let message = RepoMessage::decode(&bytes);
+                        let kind = message.as_ref().map_or("undecodable", RepoMessage::kind);
+                        shared.metrics.received(kind, bytes.len());
+                        let out = session.handle_received(message, now, access, store);
+                        out.into_iter().map(Out::Repo).collect()
+                    }
+                };
                 shared.metrics.store_time(started.elapsed());
                 out
             })
@@ -344,7 +466,82 @@ impl Connection {
         None
     }
 
-    async fn carry_out(&mut self, output: RelayOutput) -> Option<End> {
+    async fn carry_out(&mut self, output: Out) -> Option<End> {
+        match output {
+            Out::Native(output) => self.carry_out_native(output).await,
+            Out::Repo(output) => self.carry_out_repo(output).await,
+        }
+    }
+
+    async fn carry_out_repo(&mut self, output: RepoOutput) -> Option<End> {
+        match output {
+            RepoOutput::Send(message) => {
+                let joined = matches!(message, RepoMessage::Peer { .. });
+                if joined {
+                    self.register();
+                }
+                let end = self.write(message.kind(), message.encode()).await;
+                if joined && end.is_none() {
+                    self.raise_limits().await;
+                }
+                return end;
+            }
+            RepoOutput::Open {
+                doc,
+                collection,
+                write,
+            } => self.shared.peers.open(self.conn, &collection, doc, write),
+            RepoOutput::Route {
+                doc,
+                collection,
+                message,
+                want_reply,
+            } => {
+                self.route_to_hub(doc, collection, message, want_reply)
+                    .await
+            }
+            RepoOutput::Refused { code, reason } => {
+                tracing::debug!(conn = %self.conn, %code, reason, "refused");
+                self.shared.metrics.refused(code.name());
+            }
+            RepoOutput::RetireStates {
+                prefix,
+                keep,
+                current,
+            } => self.retire_states(prefix, keep, current).await,
+            RepoOutput::Close { code, reason } => return Some(End::Error(code, reason)),
+        }
+        None
+    }
+
+    /// Hands a sync message to its document's actor.
+    async fn route_to_hub(
+        &mut self,
+        doc: DocId,
+        collection: Collection,
+        message: accord_engine::automerge::sync::Message,
+        want_reply: bool,
+    ) {
+        let Some(session) = self.session.as_ref() else {
+            return;
+        };
+        let Some(peer) = session.state_key().cloned() else {
+            return;
+        };
+        let input = HubInput {
+            conn: self.conn,
+            peer,
+            write: session.can_write(&collection),
+            message,
+            want_reply,
+        };
+        self.shared
+            .docs
+            .route(HubKey { collection, doc }, input)
+            .await;
+    }
+
+    async fn carry_out_native(&mut self, output: RelayOutput) -> Option<End> {
         match output {
             RelayOutput::Send(frame) => return self.send(frame).await,
             RelayOutput::Subscribed { collection, write } => {
@@ -357,26 +554,17 @@ impl Connection {
                 message,
                 want_reply,
             } => {
-                let session = self.session.as_ref()?;
-                let peer = session.state_key().cloned()?;
-                let input = HubInput {
-                    conn: self.conn,
-                    peer,
-                    write: session.can_write(&collection),
-                    message,
-                    want_reply,
-                };
-                self.shared
-                    .docs
-                    .route(HubKey { collection, doc }, input)
-                    .await;
+                self.route_to_hub(doc, collection, message, want_reply)
+                    .await
             }
             RelayOutput::Deleted { doc, collection } => {
                 let frame = Frame::Delete {
                     doc,
                     collection: collection.to_string(),
                 };
-                self.shared.peers.broadcast(&collection, self.conn, &frame);
+                self.shared
+                    .peers
+                    .broadcast(&collection, doc, self.conn, &frame);
             }
             RelayOutput::RetireStates {
                 prefix,
@@ -454,15 +642,29 @@ impl Connection {
         let Some(session) = self.session.as_ref() else {
             return;
         };
-        let (Some(peer), Some(state_key)) = (session.peer().cloned(), session.state_key().cloned())
-        else {
+        let (peer, wire) = match session {
+            Session::Native(s) => (s.peer().cloned(), Wire::Native),
+            Session::Repo(s) => {
+                let Some(client) = s.client() else {
+                    return;
+                };
+                let wire = Wire::Repo {
+                    relay: s.relay_id().to_owned(),
+                    client: client.to_owned(),
+                };
+                (s.state_key().cloned(), wire)
+            }
+        };
+        let (Some(peer), Some(state_key)) = (peer, session.state_key().cloned()) else {
             return;
         };
         let handle = PeerHandle {
             peer,
+            wire,
             state_key,
             tx: self.tx.clone(),
             kick: self.kick.clone(),
+            replaced: self.replaced.clone(),
         };
         self.shared.peers.add(self.conn, handle);
         self.shared.metrics.connections.inc();
@@ -489,8 +691,15 @@ impl Connection {
         if code == ErrorCode::UNAUTHORIZED {
             self.shared.metrics.auth_failures.inc();
         }
-        let frame = Frame::error(code, reason, None);
-        self.shared.metrics.sent(frame.kind(), frame.encode().len());
+        let repo = self.session.as_ref().is_some_and(Session::is_repo);
+        let (kind, bytes) = if repo {
+            let message = closing_error(code, &reason);
+            (message.kind(), message.encode())
+        } else {
+            let frame = Frame::error(code, reason, None);
+            (frame.kind(), frame.encode())
+        };
+        self.shared.metrics.sent(kind, bytes.len());
         let close = CloseFrame {
             code: CloseCode::Policy,
             reason: code.name().into(),
@@ -498,7 +707,7 @@ impl Connection {
         // A peer that does not read must not hold the task: give the
         // goodbye a moment, then drop the socket.
         let goodbye = async {
-            self.ws.send(Message::Binary(frame.encode().into())).await?;
+            self.ws.send(Message::Binary(bytes.into())).await?;
             self.ws.close(Some(close)).await?;
             drain_until_closed(&mut self.ws).await
         };

@@ -245,10 +245,10 @@ impl Actor {
     async fn run_blocking(&self, mut hub: DocHub, batch: Vec<HubInput>) -> Ran {
         let senders: BTreeSet<ConnId> = batch.iter().map(|i| i.conn).collect();
         let shared = Arc::clone(&self.shared);
-        let collection = self.key.collection.clone();
+        let (collection, doc) = (self.key.collection.clone(), self.key.doc);
         let joined = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let subscribers = shared.peers.subscribers(&collection);
+            let subscribers = shared.peers.listeners(&collection, doc);
             let now = shared.now();
             let out = if batch.is_empty() {
                 hub.tick(now, &subscribers, shared.store.as_ref())

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use accord_engine::sync::{Access, Limits, OpenAccess};
+use accord_engine::Collection;
 use accord_relay::auth::{Right, Tokens};
 use accord_relay::config::{Config, DEFAULT_DB, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN};
 use anyhow::{bail, Context};
@@ -130,6 +131,17 @@ struct ServeArgs {
     /// Largest document stored, in bytes; larger ones are refused with `too_large`.
     #[arg(long, env = "ACCORD_RELAY_MAX_DOCUMENT_BYTES", default_value_t = Config::default().max_document_bytes)]
     max_document_bytes: u64,
+    /// Collection that documents first created by automerge-repo clients
+    /// (at /automerge-repo) are stored in, when their token does not grant
+    /// writing exactly one collection.
+    #[arg(long, env = "ACCORD_RELAY_AUTOMERGE_REPO_COLLECTION", value_name = "NAME",
+          default_value = accord_engine::sync::repo_session::DEFAULT_COLLECTION,
+          value_parser = parse_collection)]
+    automerge_repo_collection: Collection,
+}
+
+fn parse_collection(name: &str) -> Result<Collection, String> {
+    Collection::new(name).map_err(|e| e.to_string())
 }
 
 fn main() -> std::process::ExitCode {
@@ -332,6 +344,7 @@ fn config(args: &ServeArgs, limits: Limits, access: Arc<dyn Access>) -> Config {
         idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
         limits,
         access,
+        automerge_repo_collection: args.automerge_repo_collection.clone(),
         ..Config::default()
     }
 }

@@ -1,9 +1,12 @@
 //! The registry of live connections.
 //!
-//! Each connection registers a handle: its peer id, a bounded queue of
-//! outgoing frames and a token that disconnects it. Which connection
-//! listens to which collection is the sync core's [`Subscribers`] table,
-//! kept here behind the same lock. Sending never waits: a connection whose
+//! Each connection registers a handle: its peer id, the protocol it speaks
+//! ([`Wire`]), a bounded queue of outgoing messages and a token that
+//! disconnects it. Which connection listens to which collection (native
+//! replicas) or document (automerge-repo peers) is the sync core's
+//! [`Subscribers`] table, kept here behind the same lock. Frames are
+//! encoded for each connection's own protocol as they are queued, so a
+//! document's hub never needs to know who speaks what. Sending never waits: a connection whose
 //! queue is full cannot keep up, so it is disconnected with `too_slow` (it
 //! resyncs when it reconnects) rather than buffered without bound or
 //! silently skipped. This module is also the fan-out seam a relay cluster
@@ -12,17 +15,35 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use accord_engine::sync::repo_session::outbound;
 use accord_engine::sync::{ConnId, Frame, Subscriber, Subscribers};
-use accord_engine::{Collection, PeerId};
+use accord_engine::{Collection, DocId, PeerId};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// The protocol a connection speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wire {
+    /// Accord's own frames.
+    Native,
+    /// The automerge-repo protocol, between the relay and this client.
+    Repo {
+        /// The relay's peer id.
+        relay: String,
+        /// The client's peer id.
+        client: String,
+    },
+}
+
 /// How a connection is reached.
 #[derive(Debug, Clone)]
 pub struct PeerHandle {
-    /// The peer id from its `Hello`.
+    /// The peer id from its `Hello` (for automerge-repo peers, derived
+    /// from its `join`).
     pub peer: PeerId,
+    /// The protocol it speaks.
+    pub wire: Wire,
     /// The key its sync states are kept under (the peer id qualified by
     /// its token): what document hubs know it by.
     pub state_key: PeerId,
@@ -30,6 +51,9 @@ pub struct PeerHandle {
     pub tx: mpsc::Sender<(&'static str, Vec<u8>)>,
     /// Cancelling it disconnects the peer.
     pub kick: CancellationToken,
+    /// Cancelled when another connection joins as the same automerge-repo
+    /// peer: that one replaces this one.
+    pub replaced: CancellationToken,
 }
 
 #[derive(Debug, Default)]
@@ -47,9 +71,19 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// Registers a welcomed connection.
+    /// Registers a welcomed connection. An automerge-repo peer that joins
+    /// again (same peer id, same token and storage) replaces its earlier
+    /// connection, which is told to go, as the JS sync server does.
     pub fn add(&self, conn: ConnId, handle: PeerHandle) {
-        self.inner.lock().conns.insert(conn, handle);
+        let mut inner = self.inner.lock();
+        if matches!(handle.wire, Wire::Repo { .. }) {
+            for old in inner.conns.values() {
+                if old.wire == handle.wire && old.state_key == handle.state_key {
+                    old.replaced.cancel();
+                }
+            }
+        }
+        inner.conns.insert(conn, handle);
     }
 
     /// Forgets a connection and its subscriptions.
@@ -69,6 +103,15 @@ impl Peers {
         inner.subscribers.subscribe(conn, &key, collection, write);
     }
 
+    /// Records that a registered connection listens to one document.
+    pub fn open(&self, conn: ConnId, collection: &Collection, doc: DocId, write: bool) {
+        let mut inner = self.inner.lock();
+        let Some(key) = inner.conns.get(&conn).map(|h| h.state_key.clone()) else {
+            return;
+        };
+        inner.subscribers.open(conn, &key, collection, doc, write);
+    }
+
     /// Removes a subscription.
     pub fn unsubscribe(&self, conn: ConnId, collection: &Collection) {
         self.inner.lock().subscribers.unsubscribe(conn, collection);
@@ -77,6 +120,12 @@ impl Peers {
     /// The subscribers of a collection with their peer ids.
     pub fn subscribers(&self, collection: &Collection) -> Vec<Subscriber> {
         self.inner.lock().subscribers.of(collection)
+    }
+
+    /// Everyone who hears of a document's changes: its collection's
+    /// subscribers and the connections that opened it.
+    pub fn listeners(&self, collection: &Collection, doc: DocId) -> Vec<Subscriber> {
+        self.inner.lock().subscribers.of_doc(collection, doc)
     }
 
     /// How many collections have subscribers (the table's size).
@@ -109,13 +158,22 @@ impl Peers {
         self.len() == 0
     }
 
-    /// Queues a frame for a connection without waiting. A full queue
-    /// disconnects the peer; returns whether the frame was queued.
+    /// Queues a frame for a connection without waiting, in the
+    /// connection's protocol (a frame with no counterpart in it is
+    /// skipped). A full queue disconnects the peer; returns whether the
+    /// frame was queued.
     pub fn send(&self, conn: ConnId, frame: &Frame) -> bool {
         let Some(handle) = self.inner.lock().conns.get(&conn).cloned() else {
             return false;
         };
-        match handle.tx.try_send((frame.kind(), frame.encode())) {
+        let message = match &handle.wire {
+            Wire::Native => (frame.kind(), frame.encode()),
+            Wire::Repo { relay, client } => match outbound(frame, relay, client) {
+                Some(message) => (message.kind(), message.encode()),
+                None => return false,
+            },
+        };
+        match handle.tx.try_send(message) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(%conn, peer = %handle.peer, "peer cannot keep up; disconnecting it");
@@ -126,9 +184,10 @@ impl Peers {
         }
     }
 
-    /// Sends a frame to every subscriber of `collection` but `except`.
-    pub fn broadcast(&self, collection: &Collection, except: ConnId, frame: &Frame) {
-        for s in self.subscribers(collection) {
+    /// Sends a frame about `doc` to everyone who listens to it but
+    /// `except`.
+    pub fn broadcast(&self, collection: &Collection, doc: DocId, except: ConnId, frame: &Frame) {
+        for s in self.listeners(collection, doc) {
             if s.conn != except {
                 self.send(s.conn, frame);
             }
@@ -151,9 +210,11 @@ mod tests {
             conn,
             PeerHandle {
                 peer: peer.clone(),
+                wire: Wire::Native,
                 state_key: peer.clone(),
                 tx,
                 kick: kick.clone(),
+                replaced: CancellationToken::new(),
             },
         );
         let c = Collection::new("c").expect("valid");

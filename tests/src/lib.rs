@@ -4,6 +4,7 @@
 //! fault-injecting TCP proxy ([`proxy`]).
 
 pub mod proxy;
+pub mod samod_client;
 pub mod wire;
 
 use std::future::Future;

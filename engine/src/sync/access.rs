@@ -94,6 +94,22 @@ impl Grant {
         }
     }
 
+    /// The one collection the grant may write, if it names exactly one
+    /// (where a client that names no collection creates its documents).
+    pub fn sole_writable(&self) -> Option<&Collection> {
+        let Scope::Collections(c) = &self.scope else {
+            return None;
+        };
+        let mut writable = c
+            .iter()
+            .filter(|(_, right)| **right == Right::ReadWrite)
+            .map(|(name, _)| name);
+        match (writable.next(), writable.next()) {
+            (Some(only), None) => Some(only),
+            _ => None,
+        }
+    }
+
     /// When the grant ends (ms since the Unix epoch), if ever.
     pub fn expires_at_ms(&self) -> Option<u64> {
         self.expires_at_ms

@@ -26,6 +26,9 @@
 //! - `exchange`: the per-(peer, document) bookkeeping both ends share.
 //! - [`repo_wire`]: the automerge-repo protocol's messages and their CBOR
 //!   form, for the relay's `/automerge-repo` door.
+//! - [`repo_session`]: [`RepoSession`], the relay's side of one
+//!   automerge-repo connection (its handshake, tokens and checks; past
+//!   them, its documents go to the same hubs as native ones).
 
 pub mod access;
 pub mod client;
@@ -34,6 +37,7 @@ pub mod hub;
 pub mod limits;
 pub mod protocol;
 pub mod registry;
+pub mod repo_session;
 pub mod repo_wire;
 pub mod session;
 
@@ -50,6 +54,7 @@ pub use hub::{DocHub, HubInput, HubOutput};
 pub use limits::Limits;
 pub use protocol::{DocSummary, ErrorCode, Frame, PROTOCOL_VERSION};
 pub use registry::{ConnId, Subscriber, Subscribers};
+pub use repo_session::{RepoOutput, RepoSession};
 pub use session::{Announcing, RelayOutput, RelaySession};
 
 /// How long a sync message may wait for its answer before the exchange is

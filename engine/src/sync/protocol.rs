@@ -236,6 +236,9 @@ codes! {
     /// same connection would be refused again with the same token, but a
     /// fresh one (in `Hello` or `Reauth`) is welcome.
     TOKEN_EXPIRED = 20, "token_expired", true, false;
+    /// Another connection joined as the same automerge-repo peer (same
+    /// peer id, token and storage) and replaced this one.
+    REPLACED = 21, "replaced", true, false;
 }
 
 impl std::fmt::Display for ErrorCode {

@@ -33,6 +33,9 @@ pub const MAX_TEXT: usize = 256;
 /// The longest `error` message kept, in bytes.
 pub const MAX_ERROR_TEXT: usize = 4096;
 
+/// The longest token kept from `peerMetadata`, in bytes.
+pub const MAX_TOKEN: usize = 4096;
+
 /// The most items kept in a list (`supportedProtocolVersions`, `add`,
 /// `remove`, the heads of one storage id) and the most entries of a map
 /// (`newHeads`, the message itself).
@@ -46,6 +49,10 @@ pub struct PeerMetadata {
     /// Whether the peer will not come back with that storage (a browser
     /// tab without storage, say): its sync state need not be kept.
     pub is_ephemeral: bool,
+    /// An access token, for a client that cannot put one in the URL
+    /// (Accord's extension; the `?token=` query parameter is the usual
+    /// way). Never sent by the relay.
+    pub token: Option<String>,
 }
 
 /// The heads a storage holds of a document, and when that was seen.
@@ -438,6 +445,7 @@ fn metadata(d: &mut Decoder<'_>) -> Result<PeerMetadata, WireError> {
         match key {
             "storageId" => meta.storage_id = Some(text(d, "storageId", MAX_TEXT)?),
             "isEphemeral" => meta.is_ephemeral = d.bool()?,
+            "token" => meta.token = Some(text(d, "token", MAX_TOKEN)?),
             _ => d.skip()?,
         }
     }
@@ -610,11 +618,14 @@ fn write_texts(e: &mut Encoder<Vec<u8>>, items: &[String]) -> Written {
 }
 
 fn write_metadata(e: &mut Encoder<Vec<u8>>, meta: &PeerMetadata) -> Written {
-    e.map(1 + u64::from(meta.storage_id.is_some()))?;
+    e.map(1 + u64::from(meta.storage_id.is_some()) + u64::from(meta.token.is_some()))?;
     if let Some(storage) = &meta.storage_id {
         e.str("storageId")?.str(storage)?;
     }
     e.str("isEphemeral")?.bool(meta.is_ephemeral)?;
+    if let Some(token) = &meta.token {
+        e.str("token")?.str(token)?;
+    }
     Ok(())
 }
 

@@ -681,7 +681,7 @@ impl RelaySession {
 /// The sync-state key of `peer` under `subject`: `<subject>/<digest of
 /// the peer id>` (bounded length, grouped by subject), or the peer id
 /// itself without a subject.
-fn state_key(subject: Option<&str>, peer: &PeerId) -> PeerId {
+pub(super) fn state_key(subject: Option<&str>, peer: &PeerId) -> PeerId {
     let Some(subject) = subject else {
         return peer.clone();
     };
@@ -692,7 +692,7 @@ fn state_key(subject: Option<&str>, peer: &PeerId) -> PeerId {
 
 /// The prefix of every sync-state key under `subject` (at most 48 bytes
 /// of it are used).
-fn subject_prefix(subject: &str) -> String {
+pub(super) fn subject_prefix(subject: &str) -> String {
     let short: String = subject.chars().take(48).collect();
     format!("{short}/")
 }

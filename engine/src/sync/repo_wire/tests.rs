@@ -56,6 +56,7 @@ fn a_javascript_join_with_float_counts_undefined_and_metadata_decodes() {
             metadata: Some(PeerMetadata {
                 storage_id: Some("store-1".into()),
                 is_ephemeral: false,
+                token: None,
             }),
         }
     );
@@ -212,12 +213,18 @@ fn doc_ids() -> impl Strategy<Value = DocId> {
 }
 
 fn metadata() -> impl Strategy<Value = Option<PeerMetadata>> {
-    prop::option::of((prop::option::of(short_text()), any::<bool>()).prop_map(
-        |(storage_id, is_ephemeral)| PeerMetadata {
+    let parts = (
+        prop::option::of(short_text()),
+        any::<bool>(),
+        prop::option::of(short_text()),
+    );
+    prop::option::of(
+        parts.prop_map(|(storage_id, is_ephemeral, token)| PeerMetadata {
             storage_id,
             is_ephemeral,
-        },
-    ))
+            token,
+        }),
+    )
 }
 
 fn messages() -> impl Strategy<Value = RepoMessage> {

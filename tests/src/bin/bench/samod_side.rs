@@ -18,55 +18,18 @@ use std::time::{Duration, Instant};
 
 use accord_engine::automerge::transaction::Transactable;
 use accord_engine::automerge::{Automerge, ChangeHash, ROOT};
+use accord_tests::samod_client::NoDelayDialer;
 use anyhow::Context;
-use futures_util::future::{join_all, BoxFuture};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::future::join_all;
+use futures_util::StreamExt;
 use samod::storage::TokioFilesystemStorage;
-use samod::{BackoffConfig, DialError, DialerHandle, DocHandle, DocumentId, Repo, Transport};
-use tokio_tungstenite_samod::tungstenite::{Error as WsError, Message};
+use samod::{BackoffConfig, DialerHandle, DocHandle, DocumentId, Repo};
 
 use crate::accord_side::int_at;
 use crate::process::{ServerProcess, System};
 use crate::proxy::Proxy;
 use crate::run::{capped, poll_until, Settings};
 use crate::workloads::{self, Idle, W1, W2, W3};
-
-/// samod's tungstenite dialer with `TCP_NODELAY` set.
-#[derive(Debug)]
-pub struct NoDelayDialer {
-    /// `ws://ADDR`.
-    url: samod::Url,
-}
-
-impl samod::Dialer for NoDelayDialer {
-    type Error = Infallible;
-
-    fn url(&self) -> samod::Url {
-        self.url.clone()
-    }
-
-    fn connect(&self) -> BoxFuture<'static, Result<Transport, DialError<Infallible>>> {
-        let url = self.url.clone();
-        Box::pin(async move {
-            let (ws, _) =
-                tokio_tungstenite_samod::connect_async_with_config(url.as_str(), None, true)
-                    .await
-                    .map_err(DialError::transient)?;
-            let (sink, stream) = ws.split();
-            let stream = stream
-                .filter_map(|m| async move {
-                    match m {
-                        Ok(Message::Binary(b)) => Some(Ok(b.to_vec())),
-                        Ok(_) => None,
-                        Err(e) => Some(Err(e)),
-                    }
-                })
-                .boxed();
-            let sink = sink.with(|b: Vec<u8>| async move { Ok::<_, WsError>(Message::binary(b)) });
-            Ok(Transport::new(stream, Box::pin(sink)))
-        })
-    }
-}
 
 /// A client repo storing into `dir` (in memory when `None`).
 async fn repo(dir: Option<&Path>) -> Repo {
@@ -83,9 +46,7 @@ async fn repo(dir: Option<&Path>) -> Repo {
 
 /// Dials `url` and waits for the handshake.
 async fn dial(repo: &Repo, url: &str, cap: Duration) -> anyhow::Result<DialerHandle<Infallible>> {
-    let dialer = Arc::new(NoDelayDialer {
-        url: samod::Url::parse(url)?,
-    });
+    let dialer = Arc::new(NoDelayDialer::new(url)?);
     let handle = repo
         .dial(BackoffConfig::default(), dialer)
         .map_err(|_| anyhow::anyhow!("repo stopped"))?;
