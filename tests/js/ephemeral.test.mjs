@@ -24,7 +24,12 @@ test("a broadcast reaches the other JS client that has the document open", async
 
   const atBob = nextEvent(b, "ephemeral-message", () => true, 10_000, "alice's broadcast to reach bob")
   a.broadcast({ cursor: 3, user: "alice", at: [1, 2, 3] })
-  const got = await atBob
+  const got = await atBob.catch(e => {
+    throw new Error(
+      `${e.message}; alice sent: ${alice.adapter.sent.map(m => m.type).join(", ")}; ` +
+        `bob received: ${bob.adapter.trace()}; alice received: ${alice.adapter.trace()}`,
+    )
+  })
   assert.deepEqual(got.message, { cursor: 3, user: "alice", at: [1, 2, 3] })
   assert.equal(got.senderId, alice.repo.peerId, "the sender is alice's peer id")
 

@@ -305,7 +305,7 @@ export class ObservedAdapter extends BrowserWebSocketClientAdapter {
   }
 
   send(message) {
-    this.sent.push({ type: message.type, documentId: message.documentId, at: Date.now() })
+    this.sent.push({ type: message.type, documentId: message.documentId, data: message.data, at: Date.now() })
     super.send(message)
   }
 
@@ -368,6 +368,23 @@ export function openRepo(scope, url, { storageDir, peerId, retryInterval } = {})
 export function connected(adapter, ms = 10_000) {
   if (adapter.received.some(m => m.type === "peer")) return Promise.resolve()
   return nextEvent(adapter, "observed-message", m => m.type === "peer", ms, `the server to accept the join (received: ${adapter.trace()})`)
+}
+
+/**
+ * A document as plain JSON values. Accord writes JSON strings as Automerge
+ * str scalars (docs/storage-format.md), which the JS library reads as
+ * `ImmutableString` objects, and text written in JS as text objects; both
+ * are strings here, as `accord get` shows them.
+ */
+export function plain(doc) {
+  return JSON.parse(JSON.stringify(doc))
+}
+
+/** How many changes `adapter` sent of `documentId` in sync and request messages. */
+export function changesSent(adapter, documentId) {
+  return adapter.sent
+    .filter(m => (m.type === "sync" || m.type === "request") && m.documentId === documentId && m.data)
+    .reduce((n, m) => n + A.decodeSyncMessage(m.data).changes.length, 0)
 }
 
 /** Hex change hashes of the handle's current document. */
