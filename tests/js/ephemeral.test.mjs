@@ -1,9 +1,9 @@
 // Ephemeral messages (presence, cursors): a broadcast from one JS client
 // reaches another JS client that has the document open, and is never stored.
 //
-// TODO(presence): an Accord replica's presence (the native protocol's
-// ephemeral messages) reaching JS clients and back is not built yet; add it
-// here when the relay bridges it.
+// Presence between automerge-repo clients and Accord replicas (both
+// directions) is tested in Rust against the same relay:
+// tests/tests/automerge_repo.rs, presence_passes_between_both_protocols_...
 
 import assert from "node:assert/strict"
 import { test } from "node:test"

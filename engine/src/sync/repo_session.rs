@@ -526,6 +526,12 @@ impl RepoSession {
     /// Passes a presence message on to the document's other listeners:
     /// only for a document this connection opened (so it may read it),
     /// within the size limit; otherwise it is dropped and counted.
+    ///
+    /// automerge-repo clients pass on every ephemeral message they receive
+    /// to their other peers, the relay included, unchanged (its `senderId`
+    /// another peer's): the relay already gave the original to every
+    /// listener, so such a copy is dropped here, which also keeps presence
+    /// from circling.
     fn on_ephemeral(
         &mut self,
         sender: &str,
@@ -534,7 +540,7 @@ impl RepoSession {
         count: u64,
         data: Vec<u8>,
     ) {
-        if !self.is_client(sender) {
+        if self.client() != Some(sender) {
             return;
         }
         if let Err((code, reason)) = self.usage.ephemeral(data.len()) {

@@ -492,6 +492,18 @@ fn presence_goes_on_for_opened_documents_within_the_limit() {
             ..
         }]
     ));
+    // A copy of someone else's presence, passed back as clients do, is
+    // dropped quietly: the connection stays.
+    let relayed = RepoMessage::Ephemeral {
+        sender: "someone-else".into(),
+        target: "relay-1".into(),
+        count: 4,
+        session: "x".into(),
+        doc: note,
+        data: b"hi".to_vec(),
+    };
+    assert!(s.handle_message(relayed, 0, &FakeAccess, &store).is_empty());
+    assert_eq!(s.client(), Some("client"), "still joined");
     // And on this wire it stays the sender's message.
     let frame = Frame::Ephemeral {
         doc: note,
