@@ -4,10 +4,12 @@
 // `ws` WebSocketServer. The suite's reference target (ACCORD_JS_TARGET=js-server)
 // and the benchmark's JavaScript baseline.
 //
-//   node js-sync-server.mjs [--port 0] [--host 127.0.0.1] [--dir DIR]
+//   node js-sync-server.mjs [--port 0] [--host 127.0.0.1] [--dir DIR] [--stdin]
 //
 // Prints exactly one stdout line, `listening on HOST:PORT`, once it accepts
-// connections; stops on SIGTERM or SIGINT after flushing its storage.
+// connections; stops on SIGTERM or SIGINT after flushing its storage, and
+// with --stdin also when its standard input closes (how the benchmark
+// harness stops its servers).
 
 import os from "node:os"
 import { once } from "node:events"
@@ -22,6 +24,7 @@ const { values } = parseArgs({
     port: { type: "string", default: "0" },
     host: { type: "string", default: "127.0.0.1" },
     dir: { type: "string", default: "automerge-sync-server-data" },
+    stdin: { type: "boolean", default: false },
   },
 })
 
@@ -57,3 +60,7 @@ async function stop() {
 }
 process.on("SIGTERM", stop)
 process.on("SIGINT", stop)
+if (values.stdin) {
+  process.stdin.on("end", stop)
+  process.stdin.resume()
+}

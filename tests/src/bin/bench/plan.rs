@@ -8,7 +8,7 @@ use std::time::Duration;
 use accord_engine::Durability;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::process::System;
+use crate::process::{System, Target};
 use crate::run::{repeat, Outcome, Settings};
 use crate::stats::{Better, Figure, Row};
 use crate::workloads::{Idle, W1, W2, W3};
@@ -30,7 +30,10 @@ pub struct Args {
     /// Longest a phase may take before the row reads "> cap" [default: 120, quick 60].
     #[arg(long)]
     pub cap_secs: Option<u64>,
-    /// Only these workloads (comma-separated: w0,w1,w2,w3,w4).
+    /// Only these workloads (comma-separated: w0,w1,w2,w3,w4,servers;
+    /// `servers` is the same samod client load on W1–W3 against
+    /// accord-relay's /automerge-repo, the JS sync server and samod's
+    /// server).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Skip samod (its rows read n/a).
@@ -183,11 +186,12 @@ impl Plan {
         let mut rows = Vec::new();
         let mut peaks = Vec::new();
         type Step = fn(&Plan, &mut Vec<Row>, &mut Vec<Row>);
-        let steps: [(&str, Step); 5] = [
+        let steps: [(&str, Step); 6] = [
             ("w0", |p, r, _| p.w0(r)),
             ("w1", Plan::w1),
             ("w2", Plan::w2),
             ("w3", Plan::w3),
+            ("servers", Plan::servers),
             ("w4", |p, r, _| p.w4(r)),
         ];
         for (name, step) in steps {
@@ -258,7 +262,9 @@ impl Plan {
         for &k in &self.w1_k {
             let label = format!("W1 K={k} N={n}");
             let ours = self.accord(&label, self.reps, move || accord_side::w1(k, n, s));
-            let theirs = self.samod(&label, self.reps, move || samod_side::w1(k, n, s));
+            let theirs = self.samod(&label, self.reps, move || {
+                samod_side::w1(k, n, Target::Samod, s)
+            });
             let pair = |f: fn(&W1) -> f64| {
                 (
                     ours.figure(|r| f(&r.0)),
@@ -288,7 +294,7 @@ impl Plan {
         for &d in &self.w2_d {
             let label = format!("W2 D={d}");
             let ours = self.accord(&label, 1, move || accord_side::w2(d, reps, s));
-            let theirs = self.samod(&label, 1, move || samod_side::w2(d, reps, s));
+            let theirs = self.samod(&label, 1, move || samod_side::w2(d, reps, Target::Samod, s));
             let pair = |f: fn(&W2) -> f64| (inner(&ours, f), self.samod_or(inner(&theirs, f)));
             rows.push(row(
                 &label,
@@ -327,7 +333,9 @@ impl Plan {
         for &m in &self.w3_m {
             let label = format!("W3 M={m}");
             let ours = self.accord(&label, self.reps, move || accord_side::w3(m, s));
-            let theirs = self.samod(&label, self.reps, move || samod_side::w3(m, s));
+            let theirs = self.samod(&label, self.reps, move || {
+                samod_side::w3(m, Target::Samod, s)
+            });
             let pair = |f: fn(&W3) -> f64| {
                 (
                     ours.figure(|r| f(&r.0)),
@@ -363,6 +371,135 @@ impl Plan {
                 pair(|r| r.bytes_ratio),
             ));
             peaks.push(peak_row(&label, &ours, &theirs, self));
+        }
+    }
+
+    /// The same client load (samod repos) against three servers of the
+    /// automerge-repo protocol: accord-relay's door in the Accord column,
+    /// the JS sync server and samod's server as references, one row each.
+    fn servers(&self, rows: &mut Vec<Row>, peaks: &mut Vec<Row>) {
+        if !self.samod {
+            return;
+        }
+        let (n, reps, s) = (self.w1_n, self.reps, self.settings);
+        let others = [Target::JsServer, Target::Samod];
+        let run = |t: Target, label: &str, reps: usize| format!("{} {label} ×{reps}", t.name());
+        for &k in &self.w1_k {
+            let label = format!("samod clients W1 K={k} N={n}");
+            let w1 = |t: Target| {
+                repeat(&run(t, &label, reps), reps, s, move || {
+                    samod_side::w1(k, n, t, s)
+                })
+            };
+            let ours = w1(Target::AccordRelay);
+            for t in others {
+                let theirs = w1(t);
+                let f = |m: fn(&W1) -> f64| (ours.figure(|r| m(&r.0)), theirs.figure(|r| m(&r.0)));
+                rows.push(versus(
+                    &label,
+                    "total_s",
+                    "s",
+                    Better::Lower,
+                    f(|r| r.total_s),
+                    t,
+                ));
+                let latency = f(|r| r.last_latency_ms);
+                rows.push(versus(
+                    &label,
+                    "last_latency_ms",
+                    "ms",
+                    Better::Lower,
+                    latency,
+                    t,
+                ));
+                let rss = (ours.figure(peak_mib), theirs.figure(peak_mib));
+                peaks.push(versus(
+                    &label,
+                    "server peak RSS",
+                    "MiB",
+                    Better::Lower,
+                    rss,
+                    t,
+                ));
+            }
+        }
+        for &d in &self.w2_d {
+            let label = format!("samod clients W2 D={d}");
+            let w2 = |t: Target| {
+                repeat(&run(t, &label, 1), 1, s, move || {
+                    samod_side::w2(d, reps, t, s)
+                })
+            };
+            let ours = w2(Target::AccordRelay);
+            for t in others {
+                let theirs = w2(t);
+                let f = |m: fn(&W2) -> f64| (inner(&ours, m), inner(&theirs, m));
+                rows.push(versus(
+                    &label,
+                    "cold sync s",
+                    "s",
+                    Better::Lower,
+                    f(|r| r.warm_s),
+                    t,
+                ));
+                let restarted = f(|r| r.restarted_s);
+                rows.push(versus(
+                    &label,
+                    "after restart s",
+                    "s",
+                    Better::Lower,
+                    restarted,
+                    t,
+                ));
+                let rss = (ours.figure(peak_mib), theirs.figure(peak_mib));
+                peaks.push(versus(
+                    &label,
+                    "server peak RSS",
+                    "MiB",
+                    Better::Lower,
+                    rss,
+                    t,
+                ));
+            }
+        }
+        for &m in &self.w3_m {
+            let label = format!("samod clients W3 M={m}");
+            let w3 = |t: Target| {
+                repeat(&run(t, &label, reps), reps, s, move || {
+                    samod_side::w3(m, t, s)
+                })
+            };
+            let ours = w3(Target::AccordRelay);
+            for t in others {
+                let theirs = w3(t);
+                let f = |m: fn(&W3) -> f64| (ours.figure(|r| m(&r.0)), theirs.figure(|r| m(&r.0)));
+                let time = f(|r| r.time_s);
+                rows.push(versus(
+                    &label,
+                    "time to identical heads",
+                    "s",
+                    Better::Lower,
+                    time,
+                    t,
+                ));
+                rows.push(versus(
+                    &label,
+                    "messages",
+                    "",
+                    Better::Lower,
+                    f(|r| r.messages),
+                    t,
+                ));
+                let rss = (ours.figure(peak_mib), theirs.figure(peak_mib));
+                peaks.push(versus(
+                    &label,
+                    "server peak RSS",
+                    "MiB",
+                    Better::Lower,
+                    rss,
+                    t,
+                ));
+            }
         }
     }
 
@@ -424,6 +561,27 @@ fn row(label: &str, metric: &str, unit: &'static str, better: Better, f: (Figure
         reference: f.1,
         reference_name: "samod 0.16",
     }
+}
+
+/// A row of the three-server comparison: accord-relay's door against
+/// `reference`.
+fn versus(
+    label: &str,
+    metric: &str,
+    unit: &'static str,
+    better: Better,
+    f: (Figure, Figure),
+    reference: Target,
+) -> Row {
+    Row {
+        reference_name: reference.name(),
+        ..row(label, metric, unit, better, f)
+    }
+}
+
+/// A run's server peak RSS (its second half, KiB) in MiB.
+fn peak_mib<T>(r: &(T, u64)) -> f64 {
+    r.1 as f64 / 1024.0
 }
 
 /// The relay's peak RSS during a W1–W3 run.

@@ -23,6 +23,57 @@ pub enum System {
     Samod,
 }
 
+/// The server a samod client load runs against in the comparison of
+/// three servers: the same clients, three implementations of the
+/// automerge-repo protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// samod's own server (a samod repo accepting WebSockets).
+    Samod,
+    /// `accord-relay`'s `/automerge-repo` door.
+    AccordRelay,
+    /// The stock JS sync server (`tests/js/support/js-sync-server.mjs`:
+    /// an automerge-repo `Repo` with NodeFS storage behind the WebSocket
+    /// server adapter), run by Node.
+    JsServer,
+}
+
+impl Target {
+    /// How the table names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Samod => "samod 0.16 server",
+            Target::AccordRelay => "accord-relay /automerge-repo",
+            Target::JsServer => "JS sync server (automerge-repo 2.5)",
+        }
+    }
+
+    /// Starts it on a free loopback port, storing into `db`.
+    pub fn start(self, db: &Path) -> anyhow::Result<ServerProcess> {
+        match self {
+            Target::Samod => ServerProcess::start(System::Samod, db),
+            Target::AccordRelay => {
+                let mut server = ServerProcess::start(System::Accord, db)?;
+                server.path = "/automerge-repo";
+                Ok(server)
+            }
+            Target::JsServer => {
+                let script = concat!(env!("CARGO_MANIFEST_DIR"), "/js/support/js-sync-server.mjs");
+                let modules = concat!(env!("CARGO_MANIFEST_DIR"), "/js/node_modules");
+                anyhow::ensure!(
+                    Path::new(modules).is_dir(),
+                    "the JS sync server needs its packages: run `npm ci` in tests/js"
+                );
+                let mut node = Command::new("node");
+                node.arg(script)
+                    .args(["--port", "0", "--stdin", "--dir"])
+                    .arg(db);
+                ServerProcess::spawn(node, "")
+            }
+        }
+    }
+}
+
 /// A server running as a child process.
 #[derive(Debug)]
 pub struct ServerProcess {
@@ -34,6 +85,8 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     /// The highest VmHWM seen so far (KiB), kept across restarts by callers.
     pub peak_kib: u64,
+    /// The WebSocket path clients dial (empty: the root).
+    path: &'static str,
 }
 
 impl ServerProcess {
@@ -44,9 +97,15 @@ impl ServerProcess {
             System::Accord => "accord",
             System::Samod => "samod",
         };
-        let mut child = Command::new(exe)
-            .args(["serve", "--system", name, "--db"])
-            .arg(db)
+        let mut command = Command::new(exe);
+        command.args(["serve", "--system", name, "--db"]).arg(db);
+        Self::spawn(command, "")
+    }
+
+    /// Runs `command`, which prints `listening on ADDR` first and stops
+    /// when its standard input closes; clients dial `path`.
+    fn spawn(mut command: Command, path: &'static str) -> anyhow::Result<ServerProcess> {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -66,12 +125,19 @@ impl ServerProcess {
             stdin,
             addr,
             peak_kib: 0,
+            path,
         })
     }
 
-    /// `ws://ADDR`.
+    /// `ws://ADDR/PATH`.
     pub fn url(&self) -> String {
-        format!("ws://{}", self.addr)
+        format!("ws://{}{}", self.addr, self.path)
+    }
+
+    /// The URL of this server's endpoint through a proxy at `proxy`
+    /// (`ws://ADDR`).
+    pub fn through(&self, proxy: &str) -> String {
+        format!("{proxy}{}", self.path)
     }
 
     /// The child's process id.

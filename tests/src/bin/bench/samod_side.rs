@@ -26,7 +26,7 @@ use samod::storage::TokioFilesystemStorage;
 use samod::{BackoffConfig, DialerHandle, DocHandle, DocumentId, Repo};
 
 use crate::accord_side::int_at;
-use crate::process::{ServerProcess, System};
+use crate::process::{ServerProcess, System, Target};
 use crate::proxy::Proxy;
 use crate::run::{capped, poll_until, Settings};
 use crate::workloads::{self, Idle, W1, W2, W3};
@@ -99,10 +99,10 @@ async fn stop_all(repos: &[Repo]) {
     join_all(repos.iter().map(Repo::stop)).await;
 }
 
-/// W1 (see `accord_side::w1`).
-pub async fn w1(k: usize, n: usize, s: Settings) -> anyhow::Result<(W1, u64)> {
+/// W1 (see `accord_side::w1`), samod clients against `target`.
+pub async fn w1(k: usize, n: usize, target: Target, s: Settings) -> anyhow::Result<(W1, u64)> {
     let dir = tempfile::tempdir()?;
-    let server = ServerProcess::start(System::Samod, &dir.path().join("server"))?;
+    let server = target.start(&dir.path().join("server"))?;
     let mut repos = Vec::with_capacity(k);
     let mut dialers = Vec::with_capacity(k);
     for i in 0..k {
@@ -159,11 +159,16 @@ async fn watch(handle: DocHandle, target: i64) -> anyhow::Result<Instant> {
     }
 }
 
-/// W2 (see `accord_side::w2`).
-pub async fn w2(d: usize, reps: usize, s: Settings) -> anyhow::Result<(Vec<W2>, u64)> {
+/// W2 (see `accord_side::w2`), samod clients against `target`.
+pub async fn w2(
+    d: usize,
+    reps: usize,
+    target: Target,
+    s: Settings,
+) -> anyhow::Result<(Vec<W2>, u64)> {
     let dir = tempfile::tempdir()?;
     let store = dir.path().join("server");
-    let mut server = ServerProcess::start(System::Samod, &store)?;
+    let mut server = target.start(&store)?;
     let source = repo(Some(&dir.path().join("source"))).await;
     let dialer = dial(&source, &server.url(), s.cap).await?;
     let (ids, saved) = capped(s.cap, "W2 upload", upload(&source, &dialer, d)).await?;
@@ -174,7 +179,7 @@ pub async fn w2(d: usize, reps: usize, s: Settings) -> anyhow::Result<(Vec<W2>, 
     for rep in 0..reps {
         let warm = fresh_sync(&dir.path().join(format!("warm{rep}")), &server, &ids, s).await?;
         peak = peak.max(tokio::task::spawn_blocking(move || server.stop()).await??);
-        server = ServerProcess::start(System::Samod, &store)?;
+        server = target.start(&store)?;
         let cold = fresh_sync(&dir.path().join(format!("cold{rep}")), &server, &ids, s).await?;
         runs.push(W2::new(warm, cold, saved));
     }
@@ -217,7 +222,7 @@ async fn fresh_sync(
     let proxy = Proxy::start(server.addr).await?;
     let fresh = repo(Some(dir)).await;
     let started = Instant::now();
-    let _dialer = dial(&fresh, &proxy.url(), s.cap).await?;
+    let _dialer = dial(&fresh, &server.through(&proxy.url()), s.cap).await?;
     capped(s.cap, "W2 cold sync", async {
         let found = join_all(ids.iter().map(|id| find(&fresh, id.clone()))).await;
         found.into_iter().collect::<anyhow::Result<Vec<_>>>()
@@ -228,10 +233,10 @@ async fn fresh_sync(
     Ok((secs, proxy.totals().bytes))
 }
 
-/// W3 (see `accord_side::w3`).
-pub async fn w3(m: usize, s: Settings) -> anyhow::Result<(W3, u64)> {
+/// W3 (see `accord_side::w3`), samod clients against `target`.
+pub async fn w3(m: usize, target: Target, s: Settings) -> anyhow::Result<(W3, u64)> {
     let dir = tempfile::tempdir()?;
-    let server = ServerProcess::start(System::Samod, &dir.path().join("server"))?;
+    let server = target.start(&dir.path().join("server"))?;
     let a = repo(Some(&dir.path().join("a"))).await;
     let b = repo(Some(&dir.path().join("b"))).await;
     let (da, db) = (
@@ -259,8 +264,8 @@ pub async fn w3(m: usize, s: Settings) -> anyhow::Result<(W3, u64)> {
     let proxy = Proxy::start(server.addr).await?;
     let started = Instant::now();
     let (_da, _db) = (
-        dial(&a, &proxy.url(), s.cap).await?,
-        dial(&b, &proxy.url(), s.cap).await?,
+        dial(&a, &server.through(&proxy.url()), s.cap).await?,
+        dial(&b, &server.through(&proxy.url()), s.cap).await?,
     );
     let done = poll_until(s.cap, "W3 merge", || {
         ha.with_document(|d| d.get_heads()) == hb.with_document(|d| d.get_heads())
