@@ -747,3 +747,56 @@ async fn presence_passes_between_both_protocols_and_is_never_stored() {
     sync.close().await;
     relay.stop().await.expect("stop");
 }
+
+/// The native limits hold on this door: a client over its message rate is
+/// closed with `rate_limited`, one over its document cap with
+/// `too_many_documents`, and a message over the frame limit with
+/// `frame_too_large`.
+#[tokio::test]
+async fn the_native_limits_hold_at_the_automerge_repo_door() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = Config {
+        db: dir.path().join("relay.db"),
+        max_frame_bytes: 64 * 1024,
+        limits: accord_engine::sync::Limits {
+            rate_per_sec: 1.0,
+            burst: 5.0,
+            max_docs: 2,
+            ..accord_engine::sync::Limits::default()
+        },
+        ..Config::default()
+    };
+    let relay = TestRelay::start_with(config).await.expect("relay");
+    let empty = || {
+        AutoCommit::new()
+            .sync()
+            .generate_sync_message(&mut State::new())
+            .expect("message")
+            .encode()
+    };
+
+    let mut fast = RepoClient::join(&relay, "fast", None).await;
+    for _ in 0..10 {
+        let leave = RepoMessage::Leave {
+            sender: "fast".into(),
+        };
+        if fast.ws.send(Message::binary(leave.encode())).await.is_err() {
+            break;
+        }
+    }
+    assert!(refusal(&mut fast.ws).await.starts_with("rate_limited"));
+
+    let mut greedy = RepoClient::join(&relay, "greedy", None).await;
+    for _ in 0..3 {
+        greedy.send_sync(DocId::random(), empty(), false).await;
+    }
+    let said = refusal(&mut greedy.ws).await;
+    assert!(said.starts_with("too_many_documents"), "{said}");
+
+    let mut big = RepoClient::join(&relay, "big", None).await;
+    big.send_sync(DocId::random(), vec![0x42; 100 * 1024], false)
+        .await;
+    let said = refusal(&mut big.ws).await;
+    assert!(said.starts_with("frame_too_large"), "{said}");
+    relay.stop().await.expect("stop");
+}
