@@ -58,7 +58,9 @@ pub fn repo_session(data: &[u8]) {
     use std::collections::BTreeMap;
 
     use crate::sync::repo_session::DEFAULT_COLLECTION;
-    use crate::sync::{ConnId, DocHub, HubInput, Limits, RepoOutput, RepoSession, Subscribers};
+    use crate::sync::{
+        ConnId, DocHub, HubInput, Limits, RelayOutput, RepoOutput, RepoSession, Subscribers,
+    };
 
     let Ok(replica) = Replica::open_in_memory() else {
         return;
@@ -78,7 +80,7 @@ pub fn repo_session(data: &[u8]) {
             assert!(!closed || out.is_empty(), "nothing after a close: {out:?}");
             for output in out {
                 match output {
-                    RepoOutput::Close { .. } => closed = true,
+                    RepoOutput::Common(RelayOutput::Close { .. }) => closed = true,
                     RepoOutput::Open {
                         doc,
                         collection,
@@ -88,12 +90,12 @@ pub fn repo_session(data: &[u8]) {
                             listeners.open(conn, peer, &collection, doc, write);
                         }
                     }
-                    RepoOutput::Route {
+                    RepoOutput::Common(RelayOutput::Route {
                         doc,
                         collection,
                         message,
                         want_reply,
-                    } => {
+                    }) => {
                         assert!(listeners.is_open(conn, &collection, doc), "opened first");
                         let Some(peer) = session.state_key().cloned() else {
                             continue;

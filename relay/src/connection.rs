@@ -491,30 +491,11 @@ impl Connection {
                 collection,
                 write,
             } => self.shared.peers.open(self.conn, &collection, doc, write),
-            RepoOutput::Route {
-                doc,
-                collection,
-                message,
-                want_reply,
-            } => {
-                self.route_to_hub(doc, collection, message, want_reply)
-                    .await
-            }
-            RepoOutput::Ephemeral {
-                doc,
-                collection,
-                frame,
-            } => self.forward(&collection, doc, &frame),
+            RepoOutput::Common(output) => return self.carry_out_native(output).await,
             RepoOutput::Refused { code, reason } => {
                 tracing::debug!(conn = %self.conn, %code, reason, "refused");
                 self.shared.metrics.refused(code.name());
             }
-            RepoOutput::RetireStates {
-                prefix,
-                keep,
-                current,
-            } => self.retire_states(prefix, keep, current).await,
-            RepoOutput::Close { code, reason } => return Some(End::Error(code, reason)),
         }
         None
     }

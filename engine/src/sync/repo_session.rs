@@ -29,7 +29,7 @@
 //!   returning browser resumes without sending its history again.
 //! - `ephemeral` messages (presence) for an opened document go to everyone
 //!   else who listens to it, as a native `Ephemeral` frame the registry
-//!   encodes for each listener's protocol ([`RepoOutput::Ephemeral`]).
+//!   encodes for each listener's protocol (`RelayOutput::Ephemeral`).
 //! - `remote-subscription-change` and `remote-heads-changed` are accepted
 //!   and not acted on: the relay answers every sync message (with its
 //!   heads when it has nothing else to say), which is how a client learns
@@ -43,7 +43,7 @@ use super::access::{Access, Grant};
 use super::limits::{Limits, Usage};
 use super::protocol::{ErrorCode, Frame};
 use super::repo_wire::{PeerMetadata, RepoMessage, WireError, PROTOCOL_VERSION};
-use super::session::{state_key, subject_prefix};
+use super::session::{state_key, subject_prefix, RelayOutput};
 use super::{error_code, error_text, SyncDocs};
 use crate::id::{Collection, DocId, PeerId};
 
@@ -65,54 +65,17 @@ pub enum RepoOutput {
         /// Whether the connection may change it.
         write: bool,
     },
-    /// Deliver a sync message to the hub of (collection, document).
-    Route {
-        /// The document.
-        doc: DocId,
-        /// Its collection.
-        collection: Collection,
-        /// The decoded message (a read-only peer's changes taken out).
-        message: Message,
-        /// Whether the peer waits for an answer (always: a client learns
-        /// from the answer that the relay stored its changes).
-        want_reply: bool,
-    },
-    /// Pass an ephemeral message on, as a native frame, to everyone else
-    /// who listens to the document; never stored.
-    Ephemeral {
-        /// The document.
-        doc: DocId,
-        /// Its collection.
-        collection: Collection,
-        /// The frame to pass on (its `sender` the client's peer id).
-        frame: Frame,
-    },
+    /// What a native connection would be asked to do: route a sync
+    /// message to its hub, pass presence on, retire old sync states, or
+    /// close (for this protocol the runtime sends an `error` message,
+    /// [`closing_error`], before the WebSocket close).
+    Common(RelayOutput),
     /// Something was refused without closing the connection (for the
     /// operator's counters and logs).
     Refused {
         /// The code a native peer would have been sent.
         code: ErrorCode,
         /// What and why.
-        reason: String,
-    },
-    /// Keep the sync states of at most `keep` peers under `prefix`, the
-    /// most recently used, besides `current` (see
-    /// [`super::RelayOutput::RetireStates`]).
-    RetireStates {
-        /// The token's key prefix.
-        prefix: String,
-        /// How many peers' states to keep.
-        keep: usize,
-        /// This connection's key, never retired.
-        current: PeerId,
-    },
-    /// Close the connection: send what precedes this, then an `error`
-    /// message whose text is `code`'s name and `reason`
-    /// ([`closing_error`]), then the WebSocket close.
-    Close {
-        /// Why.
-        code: ErrorCode,
-        /// Explanation.
         reason: String,
     },
 }
@@ -348,7 +311,7 @@ impl RepoSession {
     }
 
     /// Closes the connection if `code` closes connections (the runtime
-    /// sends the `error` that says why, see [`RepoOutput::Close`]);
+    /// sends the `error` that says why, see [`RepoOutput::Common`]);
     /// otherwise only counts the refusal.
     fn fail(&mut self, code: ErrorCode, reason: String) {
         if !code.closes_connection() {
@@ -356,7 +319,8 @@ impl RepoSession {
             return;
         }
         self.phase = Phase::Closed;
-        self.out.push(RepoOutput::Close { code, reason });
+        self.out
+            .push(RepoOutput::Common(RelayOutput::Close { code, reason }));
     }
 
     fn on_join(
@@ -398,11 +362,11 @@ impl RepoSession {
         };
         let state_key = state_key(grant.subject(), &peer);
         if let Some(subject) = grant.subject() {
-            self.out.push(RepoOutput::RetireStates {
+            self.out.push(RepoOutput::Common(RelayOutput::RetireStates {
                 prefix: subject_prefix(subject),
                 keep: self.usage.limits().max_peers_per_subject,
                 current: state_key.clone(),
-            });
+            }));
         }
         self.out.push(RepoOutput::Send(RepoMessage::Peer {
             sender: self.relay_id.clone(),
@@ -515,12 +479,12 @@ impl RepoSession {
             collection: collection.clone(),
             write,
         });
-        self.out.push(RepoOutput::Route {
+        self.out.push(RepoOutput::Common(RelayOutput::Route {
             doc,
             collection,
             message,
             want_reply: true,
-        });
+        }));
     }
 
     /// Passes a presence message on to the document's other listeners:
@@ -562,11 +526,11 @@ impl RepoSession {
             count,
             data,
         };
-        self.out.push(RepoOutput::Ephemeral {
+        self.out.push(RepoOutput::Common(RelayOutput::Ephemeral {
             doc,
             collection,
             frame,
-        });
+        }));
     }
 
     /// A refusal about one document: the peer hears it as an `error`

@@ -124,18 +124,18 @@ fn request(doc: DocId) -> RepoMessage {
 
 fn closed_with(out: &[RepoOutput]) -> Option<ErrorCode> {
     out.iter().find_map(|o| match o {
-        RepoOutput::Close { code, .. } => Some(*code),
+        RepoOutput::Common(RelayOutput::Close { code, .. }) => Some(*code),
         _ => None,
     })
 }
 
 fn routed_to(out: &[RepoOutput]) -> Option<(Collection, Message)> {
     out.iter().find_map(|o| match o {
-        RepoOutput::Route {
+        RepoOutput::Common(RelayOutput::Route {
             collection,
             message,
             ..
-        } => Some((collection.clone(), message.clone())),
+        }) => Some((collection.clone(), message.clone())),
         _ => None,
     })
 }
@@ -372,7 +372,7 @@ fn sync_states_are_kept_by_storage_for_returning_peers_and_by_peer_otherwise() {
         let out = s.handle_message(join(sender, meta), 0, &FakeAccess, &store);
         assert!(
             out.iter()
-                .any(|o| matches!(o, RepoOutput::RetireStates { .. })),
+                .any(|o| matches!(o, RepoOutput::Common(RelayOutput::RetireStates { .. }))),
             "a token's states are bounded"
         );
         s.state_key().cloned().expect("joined")
@@ -464,11 +464,11 @@ fn presence_goes_on_for_opened_documents_within_the_limit() {
     s.handle_message(request(note), 0, &FakeAccess, &store);
     let out = s.handle_message(ephemeral(b"hi"), 0, &FakeAccess, &store);
     match out.as_slice() {
-        [RepoOutput::Ephemeral {
+        [RepoOutput::Common(RelayOutput::Ephemeral {
             doc,
             collection: c,
             frame,
-        }] => {
+        })] => {
             assert_eq!((*doc, c.as_str()), (note, "notes"));
             assert_eq!(
                 *frame,
