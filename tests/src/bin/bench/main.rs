@@ -15,7 +15,8 @@
 //! # Layout
 //!
 //! - `w0`: local durable writes against a bare Automerge + SQLite loop.
-//! - `accord_side`, `samod_side`: W1–W4 on each system.
+//! - `accord_side`, `samod_side`: W1–W4 on each system; `js_side`: the
+//!   stock JS client's W1–W3 (Node) for the three-server comparison.
 //! - `workloads`: the documents and result types both sides share.
 //! - `process`, `serve`: servers in child processes (this binary, run as
 //!   `bench serve`), and their RSS and CPU from `/proc`.
@@ -24,6 +25,7 @@
 //! - `stats`: medians and the table.
 
 mod accord_side;
+mod js_side;
 mod plan;
 mod process;
 mod proxy;

@@ -12,7 +12,7 @@ use crate::process::{System, Target};
 use crate::run::{repeat, Outcome, Settings};
 use crate::stats::{Better, Figure, Row};
 use crate::workloads::{Idle, W1, W2, W3};
-use crate::{accord_side, samod_side, w0};
+use crate::{accord_side, js_side, samod_side, w0};
 
 /// Accord against the machine's limits and against samod 0.16.
 #[derive(Debug, Parser)]
@@ -374,21 +374,29 @@ impl Plan {
         }
     }
 
-    /// The same client load (samod repos) against three servers of the
-    /// automerge-repo protocol: accord-relay's door in the Accord column,
-    /// the JS sync server and samod's server as references, one row each.
+    /// The same client load against three servers of the automerge-repo
+    /// protocol, driven by samod repos and then by the stock JS client:
+    /// accord-relay's door in the Accord column, the JS sync server and
+    /// samod's server as references, one row each.
     fn servers(&self, rows: &mut Vec<Row>, peaks: &mut Vec<Row>) {
         if !self.samod {
             return;
         }
+        for client in [Client::Samod, Client::Js] {
+            self.servers_with(client, rows, peaks);
+        }
+    }
+
+    fn servers_with(&self, client: Client, rows: &mut Vec<Row>, peaks: &mut Vec<Row>) {
         let (n, reps, s) = (self.w1_n, self.reps, self.settings);
         let others = [Target::JsServer, Target::Samod];
         let run = |t: Target, label: &str, reps: usize| format!("{} {label} ×{reps}", t.name());
+        let who = client.name();
         for &k in &self.w1_k {
-            let label = format!("samod clients W1 K={k} N={n}");
+            let label = format!("{who} W1 K={k} N={n}");
             let w1 = |t: Target| {
                 repeat(&run(t, &label, reps), reps, s, move || {
-                    samod_side::w1(k, n, t, s)
+                    client.w1(k, n, t, s)
                 })
             };
             let ours = w1(Target::AccordRelay);
@@ -424,12 +432,8 @@ impl Plan {
             }
         }
         for &d in &self.w2_d {
-            let label = format!("samod clients W2 D={d}");
-            let w2 = |t: Target| {
-                repeat(&run(t, &label, 1), 1, s, move || {
-                    samod_side::w2(d, reps, t, s)
-                })
-            };
+            let label = format!("{who} W2 D={d}");
+            let w2 = |t: Target| repeat(&run(t, &label, 1), 1, s, move || client.w2(d, reps, t, s));
             let ours = w2(Target::AccordRelay);
             for t in others {
                 let theirs = w2(t);
@@ -463,12 +467,8 @@ impl Plan {
             }
         }
         for &m in &self.w3_m {
-            let label = format!("samod clients W3 M={m}");
-            let w3 = |t: Target| {
-                repeat(&run(t, &label, reps), reps, s, move || {
-                    samod_side::w3(m, t, s)
-                })
-            };
+            let label = format!("{who} W3 M={m}");
+            let w3 = |t: Target| repeat(&run(t, &label, reps), reps, s, move || client.w3(m, t, s));
             let ours = w3(Target::AccordRelay);
             for t in others {
                 let theirs = w3(t);
@@ -560,6 +560,51 @@ fn row(label: &str, metric: &str, unit: &'static str, better: Better, f: (Figure
         accord: f.0,
         reference: f.1,
         reference_name: "samod 0.16",
+    }
+}
+
+/// The automerge-repo client a three-server row is measured with.
+#[derive(Debug, Clone, Copy)]
+enum Client {
+    /// samod 0.16 repos, in the harness's process.
+    Samod,
+    /// The stock JS client (automerge-repo 2.5.6), in Node processes.
+    Js,
+}
+
+impl Client {
+    fn name(self) -> &'static str {
+        match self {
+            Client::Samod => "samod clients",
+            Client::Js => "JS clients",
+        }
+    }
+
+    async fn w1(self, k: usize, n: usize, t: Target, s: Settings) -> anyhow::Result<(W1, u64)> {
+        match self {
+            Client::Samod => samod_side::w1(k, n, t, s).await,
+            Client::Js => js_side::w1(k, n, t, s).await,
+        }
+    }
+
+    async fn w2(
+        self,
+        d: usize,
+        reps: usize,
+        t: Target,
+        s: Settings,
+    ) -> anyhow::Result<(Vec<W2>, u64)> {
+        match self {
+            Client::Samod => samod_side::w2(d, reps, t, s).await,
+            Client::Js => js_side::w2(d, reps, t, s).await,
+        }
+    }
+
+    async fn w3(self, m: usize, t: Target, s: Settings) -> anyhow::Result<(W3, u64)> {
+        match self {
+            Client::Samod => samod_side::w3(m, t, s).await,
+            Client::Js => js_side::w3(m, t, s).await,
+        }
     }
 }
 
