@@ -348,3 +348,28 @@ fn presence_is_passed_on_with_its_sender_for_subscribed_collections_only() {
         })]
     ));
 }
+
+/// The session id travels to every listener too, so it is bounded like
+/// the payload: a long one is refused with `too_large`, nothing passed on.
+#[test]
+fn a_presence_frame_with_a_long_session_id_is_refused() {
+    let (mut session, store, _) = welcomed("notes-read");
+    subscribe(&mut session, &store, &["notes"], 0);
+    let doc = store.create("notes", &serde_json::json!({})).expect("doc");
+    let frame = Frame::Ephemeral {
+        doc,
+        collection: "notes".into(),
+        sender: String::new(),
+        session: "s".repeat(accord_engine::sync::limits::MAX_EPHEMERAL_SESSION + 1),
+        count: 1,
+        data: b"hi".to_vec(),
+    };
+    let out = session.handle_frame(frame, 1, &FakeAccess, &store);
+    assert!(matches!(
+        out.as_slice(),
+        [RelayOutput::Send(Frame::Error {
+            code: ErrorCode::TOO_LARGE,
+            ..
+        })]
+    ));
+}

@@ -67,6 +67,33 @@ impl Limits {
     }
 }
 
+/// The longest session id an ephemeral frame may carry, in bytes (what the
+/// automerge-repo codec keeps of any text field).
+pub const MAX_EPHEMERAL_SESSION: usize = super::repo_wire::MAX_TEXT;
+
+/// Whether an ephemeral frame fits: its payload at most `max_bytes`, its
+/// session id at most [`MAX_EPHEMERAL_SESSION`]. Both are passed on to
+/// every listener, so both are bounded before anything is.
+pub(crate) fn check_ephemeral(
+    max_bytes: usize,
+    session: &str,
+    data: &[u8],
+) -> Result<(), (ErrorCode, String)> {
+    let (bytes, id) = (data.len(), session.len());
+    if bytes > max_bytes {
+        let text =
+            format!("an ephemeral payload may be at most {max_bytes} bytes; this one is {bytes}");
+        return Err((ErrorCode::TOO_LARGE, text));
+    }
+    if id > MAX_EPHEMERAL_SESSION {
+        let text = format!(
+            "an ephemeral session id may be at most {MAX_EPHEMERAL_SESSION} bytes; this one is {id}"
+        );
+        return Err((ErrorCode::TOO_LARGE, text));
+    }
+    Ok(())
+}
+
 /// What one connection has used of its limits.
 #[derive(Debug, Clone)]
 pub(crate) struct Usage {
@@ -168,16 +195,9 @@ impl Usage {
     }
 
     /// Counts a document this connection syncs.
-    /// Checks the size of an ephemeral payload.
-    pub(crate) fn ephemeral(&self, bytes: usize) -> Result<(), (ErrorCode, String)> {
-        let max = self.limits.max_ephemeral_bytes;
-        if bytes > max {
-            return Err((
-                ErrorCode::TOO_LARGE,
-                format!("an ephemeral payload may be at most {max} bytes; this one is {bytes}"),
-            ));
-        }
-        Ok(())
+    /// Checks the size of an ephemeral payload and its session id.
+    pub(crate) fn ephemeral(&self, session: &str, data: &[u8]) -> Result<(), (ErrorCode, String)> {
+        check_ephemeral(self.limits.max_ephemeral_bytes, session, data)
     }
 
     pub(crate) fn doc(&mut self, doc: DocId) -> Result<(), (ErrorCode, String)> {

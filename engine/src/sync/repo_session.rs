@@ -507,7 +507,7 @@ impl RepoSession {
         if self.client() != Some(sender) {
             return;
         }
-        if let Err((code, reason)) = self.usage.ephemeral(data.len()) {
+        if let Err((code, reason)) = self.usage.ephemeral(&session, &data) {
             return self.out.push(RepoOutput::Refused { code, reason });
         }
         let Some(collection) = self.opened.get(&doc).cloned() else {

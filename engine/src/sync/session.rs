@@ -614,7 +614,7 @@ impl RelaySession {
         data: Vec<u8>,
         docs: &dyn SyncDocs,
     ) {
-        if let Err((code, text)) = self.usage.ephemeral(data.len()) {
+        if let Err((code, text)) = self.usage.ephemeral(&session, &data) {
             return self.fail(code, text, Some(doc));
         }
         let Some(collection) = self.admit(doc, name, false, docs) else {

@@ -502,10 +502,17 @@ impl ClientSession {
                 doc,
                 collection,
                 sender,
+                session,
                 data,
                 ..
             } => {
-                if let Ok(collection) = Collection::new(collection) {
+                // Held until the app reads it: bounded as at the relay, so
+                // a hostile relay cannot fill the app's presence buffer
+                // with large frames.
+                let max = super::Limits::default().max_ephemeral_bytes;
+                let fits = super::limits::check_ephemeral(max, &session, &data).is_ok()
+                    && sender.len() <= crate::id::MAX_PEER_ID_LEN.max(super::repo_wire::MAX_TEXT);
+                if let (true, Ok(collection)) = (fits, Collection::new(collection)) {
                     self.out.push(ClientOutput::Event(SessionEvent::Ephemeral {
                         doc,
                         collection,
