@@ -19,7 +19,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use accord_engine::sync::repo_session::closing_error;
+use accord_engine::sync::repo_session::error_message;
 use accord_engine::sync::repo_wire::RepoMessage;
 use accord_engine::sync::{
     Announcing, ConnId, ErrorCode, Frame, HubInput, RelayOutput, RelaySession, RepoOutput,
@@ -692,7 +692,7 @@ impl Connection {
         }
         let repo = self.session.as_ref().is_some_and(Session::is_repo);
         let (kind, bytes) = if repo {
-            let message = closing_error(code, &reason);
+            let message = error_message(code, &reason);
             (message.kind(), message.encode())
         } else {
             let frame = Frame::error(code, reason, None);

@@ -42,7 +42,7 @@ use automerge::sync::{ChunkList, Message};
 use super::access::{Access, Grant};
 use super::limits::{Limits, Usage};
 use super::protocol::{ErrorCode, Frame};
-use super::repo_wire::{PeerMetadata, RepoMessage, WireError, PROTOCOL_VERSION};
+use super::repo_wire::{clip, PeerMetadata, RepoMessage, WireError, PROTOCOL_VERSION};
 use super::session::{state_key, subject_prefix, RelayOutput};
 use super::{error_code, error_text, SyncDocs};
 use crate::id::{Collection, DocId, PeerId};
@@ -68,7 +68,7 @@ pub enum RepoOutput {
     /// What a native connection would be asked to do: route a sync
     /// message to its hub, pass presence on, retire old sync states, or
     /// close (for this protocol the runtime sends an `error` message,
-    /// [`closing_error`], before the WebSocket close).
+    /// [`error_message`], before the WebSocket close).
     Common(RelayOutput),
     /// Something was refused without closing the connection (for the
     /// operator's counters and logs).
@@ -392,7 +392,7 @@ impl RepoSession {
         }
         let text = format!(
             "senderId '{}' is not the peer that joined on this connection",
-            sender.chars().take(40).collect::<String>()
+            clip(sender)
         );
         self.fail(ErrorCode::MALFORMED, text);
         false
@@ -424,7 +424,7 @@ impl RepoSession {
         if target != self.relay_id {
             let text = format!(
                 "targetId '{}' is not this relay ('{}'); peers are not forwarded",
-                target.chars().take(40).collect::<String>(),
+                clip(target),
                 self.relay_id
             );
             return self.fail(ErrorCode::MALFORMED, text);
@@ -468,17 +468,20 @@ impl RepoSession {
             });
             message.changes = ChunkList::empty();
         }
-        if !self.opened.contains_key(&doc) {
+        // The registry hears of a document once, not with every message
+        // (again only if the document turned out to live elsewhere than
+        // first thought: created meanwhile by someone else).
+        if self.opened.get(&doc) != Some(&collection) {
             if let Err((code, text)) = self.usage.doc(doc) {
                 return self.fail(code, text);
             }
             self.opened.insert(doc, collection.clone());
+            self.out.push(RepoOutput::Open {
+                doc,
+                collection: collection.clone(),
+                write,
+            });
         }
-        self.out.push(RepoOutput::Open {
-            doc,
-            collection: collection.clone(),
-            write,
-        });
         self.out.push(RepoOutput::Common(RelayOutput::Route {
             doc,
             collection,
@@ -536,9 +539,8 @@ impl RepoSession {
     /// A refusal about one document: the peer hears it as an `error`
     /// (which its client logs) and the connection stays open.
     fn fail_doc(&mut self, code: ErrorCode, reason: String) {
-        self.out.push(RepoOutput::Send(RepoMessage::Error {
-            message: format!("{}: {reason}", code.name()),
-        }));
+        self.out
+            .push(RepoOutput::Send(error_message(code, &reason)));
         self.out.push(RepoOutput::Refused { code, reason });
     }
 
@@ -560,8 +562,10 @@ impl RepoSession {
     }
 }
 
-/// The `error` message sent before the relay closes a connection.
-pub fn closing_error(code: ErrorCode, reason: &str) -> RepoMessage {
+/// The `error` message naming `code` (its stable name first) and why: sent
+/// before the relay closes a connection, and for a refusal about one
+/// document.
+pub fn error_message(code: ErrorCode, reason: &str) -> RepoMessage {
     RepoMessage::Error {
         message: format!("{}: {reason}", code.name()),
     }
@@ -617,11 +621,9 @@ pub fn outbound(frame: &Frame, relay: &str, client: &str) -> Option<RepoMessage>
                 doc: *doc,
             })
         }
-        Frame::Error { code, message, doc } => Some(RepoMessage::Error {
-            message: match doc {
-                Some(doc) => format!("{}: document {doc}: {message}", code.name()),
-                None => format!("{}: {message}", code.name()),
-            },
+        Frame::Error { code, message, doc } => Some(match doc {
+            Some(doc) => error_message(*code, &format!("document {doc}: {message}")),
+            None => error_message(*code, message),
         }),
         _ => None,
     }

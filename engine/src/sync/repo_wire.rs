@@ -354,7 +354,7 @@ fn doc_id(text: Option<String>) -> Result<DocId, WireError> {
 }
 
 /// At most 40 characters of peer-supplied text, for an error message.
-fn clip(text: &str) -> String {
+pub(crate) fn clip(text: &str) -> String {
     text.chars().take(40).collect()
 }
 
@@ -370,25 +370,25 @@ fn absent(d: &mut Decoder<'_>) -> Result<bool, WireError> {
 
 /// A definite map's number of entries, at most [`MAX_ITEMS`].
 fn map_len(d: &mut Decoder<'_>, what: &str) -> Result<u64, WireError> {
-    let len = d
-        .map()?
-        .ok_or_else(|| WireError(format!("{what} is an indefinite-length map")))?;
-    if len > MAX_ITEMS {
-        return Err(WireError(format!(
-            "{what} has {len} entries, more than {MAX_ITEMS}"
-        )));
-    }
-    Ok(len)
+    bounded(d.map()?, what, "an indefinite-length map", "entries")
 }
 
 /// A definite array's length, at most [`MAX_ITEMS`].
 fn array_len(d: &mut Decoder<'_>, what: &str) -> Result<u64, WireError> {
-    let len = d
-        .array()?
-        .ok_or_else(|| WireError(format!("'{what}' is an indefinite-length list")))?;
+    bounded(
+        d.array()?,
+        &format!("'{what}'"),
+        "an indefinite-length list",
+        "items",
+    )
+}
+
+/// A declared length, refused when indefinite or above [`MAX_ITEMS`].
+fn bounded(len: Option<u64>, what: &str, indefinite: &str, unit: &str) -> Result<u64, WireError> {
+    let len = len.ok_or_else(|| WireError(format!("{what} is {indefinite}")))?;
     if len > MAX_ITEMS {
         return Err(WireError(format!(
-            "'{what}' has {len} items, more than {MAX_ITEMS}"
+            "{what} has {len} {unit}, more than {MAX_ITEMS}"
         )));
     }
     Ok(len)
