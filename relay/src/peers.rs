@@ -192,14 +192,18 @@ impl Peers {
         except: ConnId,
         frame: &Frame,
     ) -> (u64, u64) {
+        let handles: Vec<PeerHandle> = {
+            let inner = self.inner.lock();
+            inner
+                .subscribers
+                .of_doc(collection, doc)
+                .iter()
+                .filter(|s| s.conn != except)
+                .filter_map(|s| inner.conns.get(&s.conn).cloned())
+                .collect()
+        };
         let (mut passed, mut dropped) = (0, 0);
-        for s in self.listeners(collection, doc) {
-            if s.conn == except {
-                continue;
-            }
-            let Some(handle) = self.inner.lock().conns.get(&s.conn).cloned() else {
-                continue;
-            };
+        for handle in handles {
             let Some(message) = encode_for(&handle.wire, frame) else {
                 continue;
             };
