@@ -305,21 +305,7 @@ fn regenerate_repo_session_seed_corpus() {
     .encode();
     let to_relay = |request: bool, data: Vec<u8>, sender: &str| {
         let (sender, target) = (sender.to_owned(), "fuzz-relay".to_owned());
-        match request {
-            true => RepoMessage::Request {
-                sender,
-                target,
-                doc: doc_id,
-                data,
-            },
-            false => RepoMessage::Sync {
-                sender,
-                target,
-                doc: doc_id,
-                data,
-            },
-        }
-        .encode()
+        RepoMessage::about_doc(request, sender, target, doc_id, data).encode()
     };
     seed("join", std::slice::from_ref(&join));
     seed(

@@ -139,21 +139,7 @@ impl RepoClient {
 
     async fn send_sync(&mut self, doc: DocId, data: Vec<u8>, request: bool) {
         let (sender, target) = (self.me.clone(), self.relay.clone());
-        let message = if request {
-            RepoMessage::Request {
-                sender,
-                target,
-                doc,
-                data,
-            }
-        } else {
-            RepoMessage::Sync {
-                sender,
-                target,
-                doc,
-                data,
-            }
-        };
+        let message = RepoMessage::about_doc(request, sender, target, doc, data);
         send(&mut self.ws, &message).await;
     }
 

@@ -250,6 +250,32 @@ impl RepoMessage {
         e.into_writer()
     }
 
+    /// A `request` (when `request`; the first message about a document the
+    /// sender wants) or a `sync` carrying the Automerge sync message `data`.
+    pub fn about_doc(
+        request: bool,
+        sender: String,
+        target: String,
+        doc: DocId,
+        data: Vec<u8>,
+    ) -> RepoMessage {
+        if request {
+            RepoMessage::Request {
+                sender,
+                target,
+                doc,
+                data,
+            }
+        } else {
+            RepoMessage::Sync {
+                sender,
+                target,
+                doc,
+                data,
+            }
+        }
+    }
+
     /// The message's `type`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -285,27 +311,13 @@ impl Fields {
             "leave" => RepoMessage::Leave {
                 sender: need(self.sender, "senderId")?,
             },
-            "request" | "sync" => {
-                let sender = need(self.sender, "senderId")?;
-                let target = need(self.target, "targetId")?;
-                let doc = doc_id(self.doc)?;
-                let data = need(self.data, "data")?;
-                if kind == "request" {
-                    RepoMessage::Request {
-                        sender,
-                        target,
-                        doc,
-                        data,
-                    }
-                } else {
-                    RepoMessage::Sync {
-                        sender,
-                        target,
-                        doc,
-                        data,
-                    }
-                }
-            }
+            "request" | "sync" => RepoMessage::about_doc(
+                kind == "request",
+                need(self.sender, "senderId")?,
+                need(self.target, "targetId")?,
+                doc_id(self.doc)?,
+                need(self.data, "data")?,
+            ),
             "doc-unavailable" => RepoMessage::DocUnavailable {
                 sender: need(self.sender, "senderId")?,
                 target: need(self.target, "targetId")?,

@@ -253,20 +253,8 @@ fn messages() -> impl Strategy<Value = RepoMessage> {
             bytes(),
             any::<bool>()
         )
-            .prop_map(|(sender, target, doc, data, request)| if request {
-                RepoMessage::Request {
-                    sender,
-                    target,
-                    doc,
-                    data,
-                }
-            } else {
-                RepoMessage::Sync {
-                    sender,
-                    target,
-                    doc,
-                    data,
-                }
+            .prop_map(|(sender, target, doc, data, request)| {
+                RepoMessage::about_doc(request, sender, target, doc, data)
             }),
         (short_text(), short_text(), doc_ids()).prop_map(|(sender, target, doc)| {
             RepoMessage::DocUnavailable {
