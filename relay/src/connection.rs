@@ -708,10 +708,25 @@ impl Connection {
         let goodbye = async {
             self.ws.send(Message::Binary(bytes.into())).await?;
             self.ws.close(Some(close)).await?;
-            drain_until_closed(&mut self.ws).await
+            if drain_until_closed(&mut self.ws).await.is_err() {
+                // What stopped tungstenite (a frame over the limit, bytes
+                // that are no WebSocket) may still be arriving: drop it
+                // unread until the peer closes, or closing would reset the
+                // connection under the error frame before the peer reads it.
+                discard_until_eof(self.ws.get_mut()).await;
+            }
+            Ok::<(), WsError>(())
         };
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), goodbye).await;
     }
+}
+
+/// Reads and drops bytes until the stream ends or fails (callers bound the
+/// time).
+async fn discard_until_eof<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) {
+    use tokio::io::AsyncReadExt;
+    let mut scratch = [0u8; 16 * 1024];
+    while matches!(stream.read(&mut scratch).await, Ok(n) if n > 0) {}
 }
 
 /// Sleeps until `deadline`; never wakes without one (the `select!` branch
