@@ -7,7 +7,6 @@
 //! - `output`: stdout, colours, tables, times, JSON; no `println!`.
 //! - `graph`: orders a change DAG newest first and draws it like
 //!   `git log --graph`.
-//! - `patch`: Automerge patches as JSON.
 //!
 //! Exit status: 0 on success (also when the reader of stdout goes away),
 //! 1 on an error or when `check` finds damage, 2 on a malformed command line,
@@ -17,7 +16,6 @@ mod args;
 mod commands;
 mod graph;
 mod output;
-mod patch;
 
 use std::io::{self, Write};
 use std::process::ExitCode;

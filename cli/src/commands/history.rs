@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::{resolve_heads, Ctx};
 use crate::graph::{newest_first, Graph, Node};
 use crate::output::{align_right, json_time_secs, short, Output, Tint};
-use crate::patch::patch_json;
+use accord_engine::patch_json;
 
 /// `accord log`: the history, newest first.
 pub fn log(ctx: &mut Ctx, id: &DocId, graph: bool, max: Option<usize>) -> Result<()> {

@@ -25,6 +25,7 @@ mod conflicts;
 mod events;
 mod history;
 mod live;
+mod patch;
 mod projection;
 mod query;
 mod remote;
@@ -53,6 +54,7 @@ pub use events::{
 };
 pub use history::{describe_patch, ChangeInfo};
 pub use live::LiveQuery;
+pub use patch::patch_json;
 pub use projection::{ProjectionIssue, ProjectionProblem, ReindexReport};
 
 /// How many leading bytes of an actor id name the device (the database

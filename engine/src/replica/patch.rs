@@ -1,4 +1,5 @@
-//! Automerge patches as JSON, for `accord diff --json`.
+//! Automerge patches as JSON: what `accord diff --json` prints and what
+//! the Python package's `diff` returns.
 //!
 //! Every patch becomes an object with an `action` (`put`, `insert`,
 //! `splice`, `increment`, `conflict`, `delete`, `mark`), the `path` to what
@@ -6,13 +7,14 @@
 //! index last), the fields of that action, and the engine's one-line
 //! `description`.
 
-use accord_engine::automerge::marks::Mark;
-use accord_engine::automerge::{ObjType, Patch, PatchAction, Prop, Value as AmValue};
-use accord_engine::describe_patch;
-use accord_engine::json::scalar_to_json;
+use automerge::marks::Mark;
+use automerge::{ObjType, Patch, PatchAction, Prop, Value as AmValue};
+
+use super::describe_patch;
+use crate::json::scalar_to_json;
 use serde_json::{json, Map, Value};
 
-/// One patch as a JSON object.
+/// One patch as a JSON object (see the module doc for its fields).
 pub fn patch_json(patch: &Patch) -> Value {
     let (action, leaf, mut fields) = parts(&patch.action);
     let mut path: Vec<Value> = patch.path.iter().map(|(_, p)| prop_json(p)).collect();
