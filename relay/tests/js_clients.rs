@@ -4,12 +4,17 @@
 //! suite's pinned packages with `npm ci` when `tests/js/node_modules` is
 //! missing or older than `package-lock.json`.
 
-use std::io::Read;
+mod external;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread;
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
+
+use external::{binaries, run, tool_version};
+
+/// What `node` and `npm` are needed by, for the failure that says they
+/// are missing.
+const NEEDED_BY: &str = "the JS client suite (tests/js) needs Node 20+ and npm on PATH";
 
 /// The whole Node run may take this long before it is killed.
 const SUITE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -21,16 +26,9 @@ const TEST_TIMEOUT_MS: u32 = 120_000;
 #[test]
 fn stock_automerge_repo_js_clients_against_the_relay() {
     let js_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/js");
-    let relay = PathBuf::from(env!("CARGO_BIN_EXE_accord-relay"));
-    let accord = relay.with_file_name(format!("accord{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        accord.is_file(),
-        "the accord CLI is not next to accord-relay at {}: build it with cargo build -p accord-cli \
-         (cargo test --workspace builds it)",
-        accord.display()
-    );
+    let (relay, accord) = binaries();
 
-    let node_version = tool_version("node");
+    let node_version = tool_version("node", NEEDED_BY);
     let major: u32 = node_version
         .trim()
         .trim_start_matches('v')
@@ -43,7 +41,7 @@ fn stock_automerge_repo_js_clients_against_the_relay() {
         "the JS client suite needs Node 20 or later; `node --version` says {}",
         node_version.trim()
     );
-    tool_version("npm");
+    tool_version("npm", NEEDED_BY);
 
     if needs_install(&js_dir) {
         let mut npm = Command::new("npm");
@@ -77,21 +75,6 @@ fn stock_automerge_repo_js_clients_against_the_relay() {
     );
 }
 
-/// `TOOL --version`, or a failure naming the missing tool.
-fn tool_version(tool: &str) -> String {
-    let output = Command::new(tool).arg("--version").output();
-    match output {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
-        Ok(o) => panic!(
-            "`{tool} --version` failed ({}): the JS client suite (tests/js) needs Node 20+ and npm",
-            o.status
-        ),
-        Err(e) => panic!(
-            "`{tool}` not found ({e}): the JS client suite (tests/js) needs Node 20+ and npm on PATH"
-        ),
-    }
-}
-
 /// Whether `node_modules` is missing or older than `package-lock.json`
 /// (npm writes `node_modules/.package-lock.json` on every install).
 fn needs_install(js_dir: &Path) -> bool {
@@ -103,67 +86,4 @@ fn needs_install(js_dir: &Path) -> bool {
         Some(installed) => installed < lock,
         None => true,
     }
-}
-
-/// Runs `cmd` with its output captured; kills it after `timeout`.
-fn run(mut cmd: Command, timeout: Duration, what: &str) -> (ExitStatus, String, String) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let (out, out_reader) = drain(&mut child, true);
-    let (err, err_reader) = drain(&mut child, false);
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                // Grandchildren may still hold the pipes: show what came so far.
-                panic!(
-                    "{what} did not finish within {timeout:?}; killed. Its output so far:\n{}\n{}",
-                    text(&out),
-                    text(&err)
-                );
-            }
-            Ok(None) => thread::sleep(Duration::from_millis(100)),
-            Err(e) => panic!("waiting for {what}: {e}"),
-        }
-    };
-    let _ = out_reader.join();
-    let _ = err_reader.join();
-    (status, text(&out), text(&err))
-}
-
-type Captured = Arc<Mutex<Vec<u8>>>;
-
-fn text(captured: &Captured) -> String {
-    let bytes = captured.lock().unwrap_or_else(|e| e.into_inner());
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-/// Copies the child's stdout (or stderr) into a buffer on a thread, as it comes.
-fn drain(child: &mut Child, stdout: bool) -> (Captured, thread::JoinHandle<()>) {
-    let mut pipe: Box<dyn Read + Send> = if stdout {
-        Box::new(child.stdout.take().expect("stdout is piped"))
-    } else {
-        Box::new(child.stderr.take().expect("stderr is piped"))
-    };
-    let captured = Captured::default();
-    let sink = Arc::clone(&captured);
-    let reader = thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend_from_slice(&buf[..n]);
-        }
-    });
-    (captured, reader)
 }
