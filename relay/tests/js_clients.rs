@@ -6,11 +6,11 @@
 
 mod external;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
-use external::{binaries, run, tool_version};
+use external::{binaries, must_run, run_suite, stale, tool_version};
 
 /// What `node` and `npm` are needed by, for the failure that says they
 /// are missing.
@@ -43,16 +43,13 @@ fn stock_automerge_repo_js_clients_against_the_relay() {
     );
     tool_version("npm", NEEDED_BY);
 
-    if needs_install(&js_dir) {
+    // npm writes node_modules/.package-lock.json on every install.
+    let installed = js_dir.join("node_modules/.package-lock.json");
+    if stale(&installed, &js_dir.join("package-lock.json")) {
         let mut npm = Command::new("npm");
         npm.args(["ci", "--no-audit", "--no-fund"])
             .current_dir(&js_dir);
-        let (status, out, err) = run(npm, INSTALL_TIMEOUT, "npm ci");
-        assert!(
-            status.success(),
-            "npm ci in {} failed ({status}):\n{out}\n{err}",
-            js_dir.display()
-        );
+        must_run(npm, INSTALL_TIMEOUT, "npm ci in tests/js");
     }
 
     let mut node = Command::new("node");
@@ -62,28 +59,5 @@ fn stock_automerge_repo_js_clients_against_the_relay() {
         .env("ACCORD_RELAY_BIN", &relay)
         .env("ACCORD_BIN", &accord)
         .env_remove("ACCORD_JS_TARGET");
-    let started = Instant::now();
-    let (status, out, err) = run(node, SUITE_TIMEOUT, "node --test");
-    println!(
-        "node --test in {} took {:.1} s",
-        js_dir.display(),
-        started.elapsed().as_secs_f64()
-    );
-    assert!(
-        status.success(),
-        "the JS client suite failed ({status}); node's output:\n{out}\n{err}"
-    );
-}
-
-/// Whether `node_modules` is missing or older than `package-lock.json`
-/// (npm writes `node_modules/.package-lock.json` on every install).
-fn needs_install(js_dir: &Path) -> bool {
-    let modified =
-        |p: PathBuf| -> Option<SystemTime> { p.metadata().and_then(|m| m.modified()).ok() };
-    let lock = modified(js_dir.join("package-lock.json"))
-        .unwrap_or_else(|| panic!("no package-lock.json in {}", js_dir.display()));
-    match modified(js_dir.join("node_modules/.package-lock.json")) {
-        Some(installed) => installed < lock,
-        None => true,
-    }
+    run_suite(node, SUITE_TIMEOUT, "node --test", &js_dir);
 }

@@ -12,9 +12,9 @@ mod external;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use external::{binaries, run, tool_version};
+use external::{binaries, must_run, run_suite, stale, tool_version};
 
 /// Creating the environment and installing its packages may take this long.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -36,13 +36,10 @@ fn python_package_against_the_relay() {
     let venv = package.join(".venv");
     let bin = venv.join("bin");
     let stamp = venv.join(".accord-requirements");
-    if needs_install(&package.join("requirements-dev.txt"), &stamp) {
+    if stale(&stamp, &package.join("requirements-dev.txt")) {
         let mut make = Command::new(&python);
         make.args(["-m", "venv", "--clear"]).arg(&venv);
-        check(
-            run(make, INSTALL_TIMEOUT, "python -m venv"),
-            "python -m venv",
-        );
+        must_run(make, INSTALL_TIMEOUT, "python -m venv");
         let mut pip = Command::new(bin.join("python"));
         pip.args([
             "-m",
@@ -53,10 +50,7 @@ fn python_package_against_the_relay() {
             "-r",
         ])
         .arg(package.join("requirements-dev.txt"));
-        check(
-            run(pip, INSTALL_TIMEOUT, "pip install"),
-            "pip install -r requirements-dev.txt",
-        );
+        must_run(pip, INSTALL_TIMEOUT, "pip install -r requirements-dev.txt");
         std::fs::write(&stamp, "installed\n").expect("write the venv's stamp");
     }
 
@@ -70,10 +64,7 @@ fn python_package_against_the_relay() {
         .env("VIRTUAL_ENV", &venv)
         .env("PATH", path_with(&bin));
     let started = Instant::now();
-    check(
-        run(maturin, BUILD_TIMEOUT, "maturin develop"),
-        "maturin develop",
-    );
+    must_run(maturin, BUILD_TIMEOUT, "maturin develop");
     println!(
         "maturin develop took {:.1} s",
         started.elapsed().as_secs_f64()
@@ -87,17 +78,7 @@ fn python_package_against_the_relay() {
         .env("ACCORD_BIN", &accord)
         .env("QT_QPA_PLATFORM", "offscreen")
         .env("PATH", path_with(&bin));
-    let started = Instant::now();
-    let (status, out, err) = run(pytest, SUITE_TIMEOUT, "pytest");
-    println!(
-        "pytest in {} took {:.1} s:\n{out}",
-        package.display(),
-        started.elapsed().as_secs_f64()
-    );
-    assert!(
-        status.success(),
-        "the Python package's tests failed ({status}); pytest's output:\n{out}\n{err}"
-    );
+    run_suite(pytest, SUITE_TIMEOUT, "pytest", &package);
 }
 
 /// Fails unless `Python 3.N` with N ≥ 9.
@@ -112,22 +93,6 @@ fn check_version(version: &str) {
         "{NEEDED_BY}; `--version` says {}",
         version.trim()
     );
-}
-
-fn check((status, out, err): (std::process::ExitStatus, String, String), what: &str) {
-    assert!(status.success(), "{what} failed ({status}):\n{out}\n{err}");
-}
-
-/// Whether the environment is missing or older than the requirements.
-fn needs_install(requirements: &Path, stamp: &Path) -> bool {
-    let modified =
-        |p: &Path| -> Option<SystemTime> { p.metadata().and_then(|m| m.modified()).ok() };
-    let wanted = modified(requirements)
-        .unwrap_or_else(|| panic!("no {} to install from", requirements.display()));
-    match modified(stamp) {
-        Some(installed) => installed < wanted,
-        None => true,
-    }
 }
 
 /// `PATH` with `dir` first.

@@ -4,11 +4,11 @@
 //! command with its output captured and a deadline.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The `accord-relay` binary this build made, and the `accord` CLI beside it.
 pub fn binaries() -> (PathBuf, PathBuf) {
@@ -35,6 +35,42 @@ pub fn tool_version(tool: &str, needed_by: &str) -> String {
         Ok(o) => panic!("`{tool} --version` failed ({}): {needed_by}", o.status),
         Err(e) => panic!("`{tool}` not found ({e}): {needed_by}"),
     }
+}
+
+/// Whether `installed` (a file an install writes) is missing or older than
+/// `wanted` (the lock or requirements file it installs from).
+pub fn stale(installed: &Path, wanted: &Path) -> bool {
+    let modified =
+        |p: &Path| -> Option<SystemTime> { p.metadata().and_then(|m| m.modified()).ok() };
+    let wanted =
+        modified(wanted).unwrap_or_else(|| panic!("no {} to install from", wanted.display()));
+    match modified(installed) {
+        Some(installed) => installed < wanted,
+        None => true,
+    }
+}
+
+/// Runs a setup step (an install, a build) and fails with its output
+/// unless it succeeds.
+pub fn must_run(cmd: Command, timeout: Duration, what: &str) {
+    let (status, out, err) = run(cmd, timeout, what);
+    assert!(status.success(), "{what} failed ({status}):\n{out}\n{err}");
+}
+
+/// Runs a whole suite (`what`, in `dir`) and fails with its output unless
+/// it passes; prints how long it took and what it said.
+pub fn run_suite(cmd: Command, timeout: Duration, what: &str, dir: &Path) {
+    let started = Instant::now();
+    let (status, out, err) = run(cmd, timeout, what);
+    println!(
+        "{what} in {} took {:.1} s:\n{out}",
+        dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        status.success(),
+        "{what} failed ({status}); its output:\n{out}\n{err}"
+    );
 }
 
 /// Runs `cmd` with its output captured; kills it after `timeout`.
