@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from . import _accord
+from . import _accord, _errors
 from ._errors import (
     AccordError,
     Closed,
@@ -59,21 +59,7 @@ __all__ = [
     "Subscription",
     "Sync",
     "SyncStatus",
-    "AccordError",
-    "NotFound",
-    "Deleted",
-    "InvalidId",
-    "InvalidPath",
-    "InvalidValue",
-    "InvalidCollection",
-    "UnknownChange",
-    "QueryError",
-    "StorageError",
-    "Closed",
-    "SyncError",
-    "Unreachable",
-    "Forbidden",
-    "Timeout",
+    *_errors.__all__,
 ]
 
 Heads = Union[str, Sequence[str]]
