@@ -425,5 +425,8 @@ fn _accord(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyReplica>()?;
     m.add_class::<events::PySubscription>()?;
     m.add_class::<sync::PySync>()?;
+    // Whether the engine was built without optimisations (`maturin
+    // develop` without `--release`): several times slower.
+    m.add("debug_build", cfg!(debug_assertions))?;
     Ok(())
 }

@@ -21,6 +21,8 @@
 //! - `process`, `serve`: servers in child processes (this binary, run as
 //!   `bench serve`), and their RSS and CPU from `/proc`.
 //! - `proxy`: a counting loopback proxy (bytes, messages, round trips).
+//! - `python`: the Python package's calls against the same calls in Rust
+//!   (`--only python`).
 //! - `run`: repetitions, each in a fresh runtime, under a time cap.
 //! - `stats`: medians and the table.
 
@@ -29,6 +31,7 @@ mod js_side;
 mod plan;
 mod process;
 mod proxy;
+mod python;
 mod run;
 mod samod_side;
 mod serve;

@@ -9,6 +9,7 @@ use accord_engine::Durability;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::process::{System, Target};
+use crate::python;
 use crate::run::{repeat, Outcome, Settings};
 use crate::stats::{Better, Figure, Row};
 use crate::workloads::{Idle, W1, W2, W3};
@@ -30,10 +31,12 @@ pub struct Args {
     /// Longest a phase may take before the row reads "> cap" [default: 120, quick 60].
     #[arg(long)]
     pub cap_secs: Option<u64>,
-    /// Only these workloads (comma-separated: w0,w1,w2,w3,w4,servers;
-    /// `servers` is the same samod client load on W1–W3 against
+    /// Only these workloads (comma-separated: w0,w1,w2,w3,w4,servers,
+    /// python; `servers` is the same samod client load on W1–W3 against
     /// accord-relay's /automerge-repo, the JS sync server and samod's
-    /// server).
+    /// server; `python` runs only when named: the Python package's calls
+    /// against the same calls in Rust, which needs a release build of the
+    /// package in bindings/python/.venv).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Skip samod (its rows read n/a).
@@ -186,16 +189,18 @@ impl Plan {
         let mut rows = Vec::new();
         let mut peaks = Vec::new();
         type Step = fn(&Plan, &mut Vec<Row>, &mut Vec<Row>);
-        let steps: [(&str, Step); 6] = [
+        let steps: [(&str, Step); 7] = [
             ("w0", |p, r, _| p.w0(r)),
             ("w1", Plan::w1),
             ("w2", Plan::w2),
             ("w3", Plan::w3),
             ("servers", Plan::servers),
             ("w4", |p, r, _| p.w4(r)),
+            ("python", |p, r, _| p.python(r)),
         ];
         for (name, step) in steps {
-            if !self.wants(name) {
+            let named = self.only.iter().any(|o| o == name);
+            if !self.wants(name) || (name == "python" && !named) {
                 continue;
             }
             if name == "w4" {
@@ -253,6 +258,44 @@ impl Plan {
                 accord: ours.figure(|v| *v),
                 reference: bare.figure(|v| *v),
                 reference_name: "bare Automerge+SQLite loop",
+            });
+        }
+    }
+
+    /// The Python package's calls against the same calls in Rust.
+    fn python(&self, rows: &mut Vec<Row>) {
+        let (writes, queries) = (self.w0_changes, 500);
+        let py = repeat("Python", self.reps, self.settings, move || async move {
+            python::python(writes, queries)
+        });
+        let rust = repeat("Rust", self.reps, self.settings, move || async move {
+            python::rust(writes, queries)
+        });
+        type Metric = fn(&python::Figures) -> f64;
+        let metrics: [(&str, &str, &'static str, Better, Metric); 3] = [
+            (
+                "single put",
+                "durable writes/s",
+                "/s",
+                Better::Higher,
+                |f| f.put_per_s,
+            ),
+            ("create", "durable creates/s", "/s", Better::Higher, |f| {
+                f.create_per_s
+            }),
+            ("query", "median latency", "ms", Better::Lower, |f| {
+                f.query_ms
+            }),
+        ];
+        for (what, metric, unit, better, f) in metrics {
+            rows.push(Row {
+                workload: format!("Python {what}"),
+                metric: metric.into(),
+                unit,
+                better,
+                accord: py.figure(f),
+                reference: rust.figure(f),
+                reference_name: "the same calls in Rust",
             });
         }
     }
