@@ -72,7 +72,7 @@ fn python_package_against_the_relay() {
 
     let mut pytest = Command::new(bin.join("python"));
     pytest
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"])
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
         .current_dir(&package)
         .env("ACCORD_RELAY_BIN", &relay)
         .env("ACCORD_BIN", &accord)
