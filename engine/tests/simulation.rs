@@ -444,10 +444,38 @@ impl Sim {
                 session.handle_bytes(&frame.encode(), self.now, &OpenAccess, &self.relay.replica);
             self.relay_outputs(conn, out);
         } else if let Some(i) = self.client_of(conn) {
+            // As the driver does: the frames already waiting (here a random
+            // run of them) are handled in one commit, with the sync states
+            // they produce, and nothing goes out before it.
+            let mut run = vec![frame];
+            if !faults && self.rng.random_bool(0.5) {
+                let extra = self.rng.random_range(0..8);
+                let link = self.links.get_mut(&conn).expect("busy link exists");
+                while run.len() <= extra {
+                    let Some(next) = link.to_client.pop_front() else {
+                        break;
+                    };
+                    self.log.push(describe(conn, false, &next));
+                    run.push(next);
+                }
+            }
+            let now = self.now;
             let client = &mut self.clients[i];
-            let out = client
-                .session
-                .handle_frame(self.now, frame, &client.replica);
+            let (session, replica) = (&mut client.session, &client.replica);
+            let mut out = Vec::new();
+            SyncDocs::commit_together(replica, &mut || {
+                for frame in run.drain(..) {
+                    for output in session.handle_frame(now, frame, replica) {
+                        match output {
+                            ClientOutput::SaveStates { relay, states } => replica
+                                .save_sync_states(&relay, states)
+                                .expect("save states"),
+                            other => out.push(other),
+                        }
+                    }
+                }
+            })
+            .expect("commit a run of frames");
             self.client_outputs(i, out);
         }
         true

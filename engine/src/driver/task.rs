@@ -9,7 +9,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use rand::Rng;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -37,6 +37,12 @@ pub(super) enum Control {
     /// went out.
     Broadcast(DocId, Vec<u8>, oneshot::Sender<Result<bool, SyncError>>),
 }
+
+/// At most this many frames from the relay are handled, and committed,
+/// together (see `Driver::on_messages`).
+const RUN_FRAMES: usize = 256;
+/// ...and at most this many bytes of them.
+const RUN_BYTES: usize = 8 * 1024 * 1024;
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -318,7 +324,7 @@ impl Driver {
                 }
                 msg = ws.next() => {
                     heard = tokio::time::Instant::now();
-                    self.on_message(msg).await
+                    self.on_messages(msg, &mut ws).await
                 }
                 event = self.events.recv_async() => self.on_local(event).await,
                 control = self.control.recv() => self.on_control(control).await,
@@ -340,10 +346,87 @@ impl Driver {
         }
     }
 
-    async fn on_message(
+    /// A message arrived: it and every further frame already waiting (up
+    /// to [`RUN_FRAMES`] frames or [`RUN_BYTES`] bytes) are handled in one
+    /// blocking call whose writes are committed together, before any
+    /// reply leaves (a cold sync is hundreds of documents arriving back to
+    /// back). If that commit fails, nothing generated from the run is
+    /// sent and the connection starts over with a fresh session.
+    async fn on_messages(
         &mut self,
-        msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+        first: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+        ws: &mut Ws,
     ) -> Result<Vec<ClientOutput>, Ended> {
+        let mut frames = Vec::new();
+        let mut bytes = 0;
+        let mut end = None;
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match self.frame_of(msg) {
+                Ok(Some((frame, len))) => {
+                    frames.push(frame);
+                    bytes += len;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    end = Some(e);
+                    break;
+                }
+            }
+            if frames.len() < RUN_FRAMES && bytes < RUN_BYTES {
+                next = ws.next().now_or_never();
+            }
+        }
+        let now = self.now();
+        let outputs = if frames.is_empty() {
+            Vec::new()
+        } else {
+            let together = self
+                .blocking(move |s, r| {
+                    let mut outputs = Vec::new();
+                    let committed = SyncDocs::commit_together(r, &mut || {
+                        for frame in frames.drain(..) {
+                            outputs.extend(s.handle_frame(now, frame, r));
+                        }
+                        outputs = persist(r, std::mem::take(&mut outputs));
+                    });
+                    committed.map(|()| outputs)
+                })
+                .await?;
+            match together {
+                Ok(outputs) => outputs,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not commit what the relay sent; starting over");
+                    self.session = Some(ClientSession::new(self.config.clone()));
+                    let error = SyncError::Local {
+                        code: crate::sync::error_code(&e),
+                        message: format!("could not store what the relay sent: {e}"),
+                    };
+                    self.set(|s| s.last_error = Some(error.clone()));
+                    return Err(Ended::Retry(error));
+                }
+            }
+        };
+        match end {
+            None => Ok(outputs),
+            Some(end) => {
+                // What came before the end was handled and decides first
+                // (a refusal the relay sent before closing stops the
+                // driver); its replies go out if they still can.
+                match self.carry_out(ws, outputs).await {
+                    Some(decided) => Err(decided),
+                    None => Err(end),
+                }
+            }
+        }
+    }
+
+    /// The frame in a WebSocket message (`None` for pings and the like),
+    /// with its size, or why the connection ends.
+    fn frame_of(
+        &self,
+        msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Result<Option<(Frame, usize)>, Ended> {
         let unreachable = |reason: String| SyncError::Unreachable {
             url: self.url.clone(),
             reason,
@@ -354,7 +437,7 @@ impl Driver {
                 let reason = "the relay closed the connection".into();
                 return Err(Ended::Retry(unreachable(reason)));
             }
-            Some(Ok(_)) => return Ok(Vec::new()),
+            Some(Ok(_)) => return Ok(None),
             Some(Err(e)) => return Err(Ended::Retry(unreachable(e.to_string()))),
         };
         let frame = Frame::decode(&bytes).map_err(|e| {
@@ -363,9 +446,7 @@ impl Driver {
                 message: format!("relay sent {e}"),
             })
         })?;
-        let now = self.now();
-        self.outputs(move |s, r| s.handle_frame(now, frame, r))
-            .await
+        Ok(Some((frame, bytes.len())))
     }
 
     /// Local changes were committed: push them. If the change feed

@@ -54,7 +54,14 @@ impl Replica {
     ) -> Result<Option<&'a mut DocState>> {
         let epoch = self.inner.committer.foreign_epoch();
         if let Some(state) = cached.as_ref() {
-            if state.checked_epoch != epoch && !self.still_stored(id, state)? {
+            // A document this thread holds a write of (inside
+            // `commit_together`) is ahead of the file by that write; if
+            // another process wrote it meanwhile, the held write fails as
+            // stale when committed.
+            if state.checked_epoch != epoch
+                && !self.inner.committer.holds(id)
+                && !self.still_stored(id, state)?
+            {
                 *cached = None;
             }
         }

@@ -16,16 +16,68 @@
 //! on an idle writer, nothing while a commit is in flight (the leader reads
 //! it), and the epoch never moves while this process is the only writer.
 
+//!
+//! A thread may also hold its writes for one commit
+//! ([`Committer::hold`]/[`Committer::release`]): while it holds, its groups
+//! are queued and `submit` returns at once; `release` commits whatever is
+//! still queued (often everything, in one transaction) and reports the
+//! first group that failed, with every document the held groups touched.
+//! The sync driver holds while it applies a run of received frames, so a
+//! cold sync commits once per run instead of once per document; nothing
+//! it generated from those writes leaves before `release` succeeds.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use crate::error::StoreError;
+use crate::id::DocId;
 use crate::store::{Store, WriteOp};
 
 /// Where a leader leaves one queued group's result.
 type Outcome = Arc<Mutex<Option<Result<(), StoreError>>>>;
+
+/// The groups a thread holds for one commit.
+#[derive(Debug)]
+struct Held {
+    /// Which committer they were submitted to (its address).
+    committer: usize,
+    /// Their outcomes, filled when they are committed, and the documents
+    /// each writes.
+    groups: Vec<(Outcome, Vec<DocId>)>,
+}
+
+thread_local! {
+    /// What this thread holds, if it holds.
+    static HELD: RefCell<Option<Held>> = const { RefCell::new(None) };
+}
+
+/// Why held writes were not committed.
+#[derive(Debug)]
+pub(crate) struct NotCommitted {
+    /// The first failure.
+    pub error: StoreError,
+    /// Every document the held writes touched: their cached state may be
+    /// ahead of the store.
+    pub docs: BTreeSet<DocId>,
+    /// The documents of the groups that failed (the others committed).
+    pub failed: BTreeSet<DocId>,
+}
+
+/// The documents a group writes.
+fn docs_of(ops: &[WriteOp]) -> impl Iterator<Item = DocId> + '_ {
+    ops.iter().filter_map(|op| match op {
+        WriteOp::Append { doc, .. }
+        | WriteOp::Compact { doc, .. }
+        | WriteOp::Delete { doc, .. }
+        | WriteOp::Project { doc, .. }
+        | WriteOp::SyncState { doc, .. } => Some(*doc),
+        _ => None,
+    })
+}
 
 /// The write path of a replica.
 #[derive(Debug)]
@@ -80,13 +132,39 @@ impl Committer {
         writer.data_version = now;
     }
 
-    /// Writes one group atomically; returns once it is committed.
+    fn address(&self) -> usize {
+        self as *const Committer as usize
+    }
+
+    /// Writes one group atomically; returns once it is committed, or at
+    /// once if this thread holds its writes (see [`Committer::hold`]).
     pub(crate) fn submit(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
         let outcome: Outcome = Arc::default();
+        let held = HELD.with_borrow_mut(|held| match held {
+            Some(h) if h.committer == self.address() => {
+                h.groups
+                    .push((Arc::clone(&outcome), docs_of(&ops).collect()));
+                true
+            }
+            _ => false,
+        });
         self.queue.lock().push((ops, Arc::clone(&outcome)));
+        if held {
+            return Ok(());
+        }
+        self.lead_unless_done(&outcome);
+        let result = outcome.lock().take();
+        // Our group was queued before we took the lock, so this leader's
+        // batch contained it and filled the outcome.
+        result.unwrap_or_else(|| Err(StoreError::Batch("write was not committed".into())))
+    }
+
+    /// Takes the write connection and commits the whole queue, unless
+    /// `outcome` was filled meanwhile by another leader.
+    fn lead_unless_done(&self, outcome: &Outcome) {
         let mut writer = self.store.lock();
-        if let Some(done) = outcome.lock().take() {
-            return done;
+        if outcome.lock().is_some() {
+            return;
         }
         self.note_foreign_commits(&mut writer);
         let batch = std::mem::take(&mut *self.queue.lock());
@@ -104,11 +182,61 @@ impl Committer {
                 }
             }
         }
-        drop(writer);
-        let result = outcome.lock().take();
-        // Our group was queued before we took the lock, so this leader's
-        // batch contained it and filled the outcome.
-        result.unwrap_or_else(|| Err(StoreError::Batch("write was not committed".into())))
+    }
+
+    /// Starts holding this thread's writes to this committer; `false` if
+    /// the thread already holds (its writes then join that commit).
+    pub(crate) fn hold(&self) -> bool {
+        HELD.with_borrow_mut(|held| {
+            if held.is_some() {
+                return false;
+            }
+            *held = Some(Held {
+                committer: self.address(),
+                groups: Vec::new(),
+            });
+            true
+        })
+    }
+
+    /// Stops holding and commits what this thread held and is not
+    /// committed yet (another leader may have taken some of it already);
+    /// returns once all of it is.
+    pub(crate) fn release(&self) -> Result<(), NotCommitted> {
+        let Some(held) = HELD.take() else {
+            return Ok(());
+        };
+        debug_assert_eq!(held.committer, self.address());
+        let mut first = None;
+        let (mut docs, mut failed) = (BTreeSet::new(), BTreeSet::new());
+        for (outcome, written) in &held.groups {
+            self.lead_unless_done(outcome);
+            let result = outcome.lock().take();
+            let result =
+                result.unwrap_or_else(|| Err(StoreError::Batch("write was not committed".into())));
+            docs.extend(written.iter().copied());
+            if let Err(e) = result {
+                failed.extend(written.iter().copied());
+                first.get_or_insert(e);
+            }
+        }
+        match first {
+            None => Ok(()),
+            Some(error) => Err(NotCommitted {
+                error,
+                docs,
+                failed,
+            }),
+        }
+    }
+
+    /// Whether this thread holds a write of `doc` to this committer.
+    pub(crate) fn holds(&self, doc: &DocId) -> bool {
+        HELD.with_borrow(|held| {
+            held.as_ref().is_some_and(|h| {
+                h.committer == self.address() && h.groups.iter().any(|(_, docs)| docs.contains(doc))
+            })
+        })
     }
 
     /// Runs a read on the write connection (for in-memory replicas, which

@@ -30,6 +30,7 @@ mod projection;
 mod query;
 mod remote;
 mod repair;
+mod together;
 mod typed;
 mod write;
 
@@ -593,7 +594,7 @@ impl Replica {
         origin: Origin,
         heads: Heads,
     ) {
-        self.inner.listeners.emit(ChangeEvent {
+        self.deliver(ChangeEvent {
             doc,
             collection: collection.clone(),
             kind,

@@ -141,6 +141,10 @@ impl SyncDocs for Replica {
         Ok(self.inner.committer.submit(vec![op])?)
     }
 
+    fn commit_together(&self, work: &mut dyn FnMut()) -> Result<()> {
+        Replica::commit_together(self, work)
+    }
+
     fn save_sync_states(&self, peer: &PeerId, states: Vec<EncodedState>) -> Result<()> {
         if states.is_empty() {
             return Ok(());

@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use crate::error::StoreError;
 use automerge::transaction::Transactable;
 use automerge::ROOT;
 use serde_json::json;
@@ -494,4 +495,88 @@ fn import_and_merge_of_bytes_that_make_automerge_panic_are_errors() {
         "{merged:?}"
     );
     assert!(r.list("c").expect("list").is_empty(), "nothing was stored");
+}
+
+#[test]
+fn commit_together_commits_at_the_end_and_delivers_events_after() {
+    let (dir, r) = file_replica();
+    let other = Replica::open(dir.path().join("r.db")).expect("second connection");
+    let events = r.subscribe(Filter::Collection("c".into()));
+    let ids = r
+        .commit_together(|| {
+            let ids: Vec<DocId> = (0..3)
+                .map(|i| r.create("c", &json!({ "i": i })).expect("held create"))
+                .collect();
+            r.put(&ids[0], "i", &json!(10), None).expect("held put");
+            // Nothing is committed or announced before the end.
+            assert!(other.list("c").expect("list").is_empty());
+            assert!(events.try_recv().is_none());
+            // This thread reads what it wrote.
+            assert_eq!(r.get(&ids[0]).expect("get").value, json!({"i": 10}));
+            ids
+        })
+        .expect("commit");
+    assert_eq!(other.list("c").expect("list").len(), 3);
+    assert_eq!(other.get(&ids[0]).expect("get").value, json!({"i": 10}));
+    let kinds: Vec<_> = std::iter::from_fn(|| events.try_recv())
+        .map(|e| e.expect("event").kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ChangeKind::Created,
+            ChangeKind::Created,
+            ChangeKind::Created,
+            ChangeKind::Changed
+        ]
+    );
+    // Outside, writes commit as they return again.
+    r.put(&ids[1], "i", &json!(11), None).expect("put");
+    assert_eq!(other.get(&ids[1]).expect("get").value, json!({"i": 11}));
+}
+
+#[test]
+fn a_failed_commit_together_reports_it_and_drops_what_it_held() {
+    let (dir, r) = file_replica();
+    let other = Replica::open(dir.path().join("r.db")).expect("second connection");
+    let x = r.create("c", &json!({"a": 0})).expect("create");
+    other.get(&x).expect("load in the other connection");
+    let events = r.subscribe(Filter::Doc(x));
+    let outcome = r.commit_together(|| {
+        r.put(&x, "a", &json!(1), None).expect("held put");
+        // Another writer commits on top of what is stored meanwhile: the
+        // held write's base is stale by the end.
+        other.put(&x, "b", &json!(2), None).expect("other put");
+    });
+    assert!(
+        matches!(outcome, Err(Error::Store(StoreError::Stale { .. }))),
+        "{outcome:?}"
+    );
+    // The held change is gone from memory too: reads show what is stored.
+    assert_eq!(r.get(&x).expect("get").value, json!({"a": 0, "b": 2}));
+    let event = events.try_recv().expect("an event").expect("not lagged");
+    assert_eq!(event.heads, other.heads(&x).expect("heads"));
+    // And the next write goes through.
+    r.put(&x, "a", &json!(3), None).expect("put after");
+    assert_eq!(other.get(&x).expect("get").value, json!({"a": 3, "b": 2}));
+}
+
+#[test]
+fn a_panic_inside_commit_together_still_commits_and_stops_holding() {
+    let (dir, r) = file_replica();
+    let other = Replica::open(dir.path().join("r.db")).expect("second connection");
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        r.commit_together(|| {
+            r.create("c", &json!({"before": "the panic"}))
+                .expect("held");
+            panic!("a bug in the work");
+        })
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(other.list("c").expect("list").len(), 1);
+    let id = r.create("c", &json!({"after": true})).expect("create");
+    assert_eq!(
+        other.get(&id).expect("committed at once").value,
+        json!({"after": true})
+    );
 }

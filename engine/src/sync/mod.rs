@@ -133,6 +133,14 @@ pub trait SyncDocs: std::fmt::Debug {
     fn load_sync_state(&self, peer: &PeerId, doc: &DocId) -> Result<Option<State>>;
     /// Persists sync states of a peer.
     fn save_sync_states(&self, peer: &PeerId, states: Vec<EncodedState>) -> Result<()>;
+    /// Runs `work` with every write it makes held for one commit at the
+    /// end, and fails if that commit does (then nothing derived inside may
+    /// be sent: the caller starts over). Stores without such batching run
+    /// `work` and commit as they go.
+    fn commit_together(&self, work: &mut dyn FnMut()) -> Result<()> {
+        work();
+        Ok(())
+    }
     /// Drops the sync states of the peers whose keys start with `prefix`,
     /// all but the `keep` most recently updated and `current`.
     fn retire_sync_states(&self, prefix: &str, keep: usize, current: &PeerId) -> Result<()>;
