@@ -36,6 +36,19 @@ impl SyncDocs for Replica {
     }
 
     fn local_state(&self, doc: &DocId) -> Result<Option<LocalState>> {
+        if self.inner.committer.holds(doc) {
+            // Written inside this thread's open `commit_together`: the
+            // cached document is ahead of the file by what is held.
+            let entry = self.inner.cache.entry(doc);
+            let mut cached = entry.lock();
+            if let Some(state) = self.current(doc, &mut cached)? {
+                return Ok(Some(LocalState {
+                    heads: Heads::new(state.doc.get_heads()),
+                    collection: state.collection.clone(),
+                    deleted: state.deleted,
+                }));
+            }
+        }
         let meta = self.read_store(|s| s.meta(doc))?;
         Ok(meta.map(|m| LocalState {
             heads: self.inner.repairs.heads(&m.id).unwrap_or(m.heads),
