@@ -56,6 +56,21 @@ fn resolve(replica: &Replica, id: &DocId, at: &[String]) -> PyResult<Heads> {
         .map_err(errors::engine)
 }
 
+/// A read of the record now, or, given change hashes (`at`), as of them.
+fn now_or_at<T>(
+    replica: &Replica,
+    id: &DocId,
+    at: Option<Vec<String>>,
+    now: impl FnOnce() -> accord_engine::Result<T>,
+    then: impl FnOnce(&[accord_engine::automerge::ChangeHash]) -> accord_engine::Result<T>,
+) -> PyResult<T> {
+    match at {
+        Some(at) => then(resolve(replica, id, &at)?.as_slice()),
+        None => now(),
+    }
+    .map_err(errors::engine)
+}
+
 #[pymethods]
 impl PyReplica {
     /// Opens (creating if missing) the replica at `path`, or an in-memory
@@ -142,14 +157,14 @@ impl PyReplica {
     ) -> PyResult<Bound<'py, PyDict>> {
         let replica = self.live()?;
         let id = parse_id(id)?;
-        let record = py.detach(|| match at {
-            Some(at) => {
-                let heads = resolve(&replica, &id, &at)?;
-                replica
-                    .get_at(&id, heads.as_slice())
-                    .map_err(errors::engine)
-            }
-            None => replica.get(&id).map_err(errors::engine),
+        let record = py.detach(|| {
+            now_or_at(
+                &replica,
+                &id,
+                at,
+                || replica.get(&id),
+                |heads| replica.get_at(&id, heads),
+            )
         })?;
         let dict = PyDict::new(py);
         dict.set_item("id", record.id.to_string())?;
@@ -302,14 +317,14 @@ impl PyReplica {
     ) -> PyResult<Bound<'py, PyAny>> {
         let replica = self.live()?;
         let id = parse_id(id)?;
-        let conflicts = py.detach(|| match at {
-            Some(at) => {
-                let heads = resolve(&replica, &id, &at)?;
-                replica
-                    .conflicts_at(&id, heads.as_slice())
-                    .map_err(errors::engine)
-            }
-            None => replica.conflicts(&id).map_err(errors::engine),
+        let conflicts = py.detach(|| {
+            now_or_at(
+                &replica,
+                &id,
+                at,
+                || replica.conflicts(&id),
+                |heads| replica.conflicts_at(&id, heads),
+            )
         })?;
         let json = serde_json::to_value(&conflicts)
             .map_err(|e| errors::AccordError::new_err(e.to_string()))?;
