@@ -15,24 +15,26 @@
 //! the file again before use (see `access`). Reading it costs one pragma
 //! on an idle writer, nothing while a commit is in flight (the leader reads
 //! it), and the epoch never moves while this process is the only writer.
-
 //!
 //! A thread may also hold its writes for one commit
 //! ([`Committer::hold`]/[`Committer::release`]): while it holds, its groups
-//! are queued and `submit` returns at once; `release` commits whatever is
-//! still queued (often everything, in one transaction) and reports the
-//! first group that failed, with every document the held groups touched.
+//! are queued and `submit` returns at once, and the change events of those
+//! writes wait with them; `release` commits whatever is still queued (often
+//! everything, in one transaction) and hands the events back, or reports
+//! the first group that failed, with every document the held groups
+//! touched.
 //! The sync driver holds while it applies a run of received frames, so a
 //! cold sync commits once per run instead of once per document; nothing
 //! it generated from those writes leaves before `release` succeeds.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use super::events::ChangeEvent;
 use crate::error::StoreError;
 use crate::id::DocId;
 use crate::store::{Store, WriteOp};
@@ -48,6 +50,10 @@ struct Held {
     /// Their outcomes, filled when they are committed, and the documents
     /// each writes.
     groups: Vec<(Outcome, Vec<DocId>)>,
+    /// Every document they write.
+    docs: HashSet<DocId>,
+    /// The change events of those writes, delivered after the commit.
+    events: Vec<ChangeEvent>,
 }
 
 thread_local! {
@@ -65,6 +71,8 @@ pub(crate) struct NotCommitted {
     pub docs: BTreeSet<DocId>,
     /// The documents of the groups that failed (the others committed).
     pub failed: BTreeSet<DocId>,
+    /// The held change events.
+    pub events: Vec<ChangeEvent>,
 }
 
 /// The documents a group writes.
@@ -142,8 +150,9 @@ impl Committer {
         let outcome: Outcome = Arc::default();
         let held = HELD.with_borrow_mut(|held| match held {
             Some(h) if h.committer == self.address() => {
-                h.groups
-                    .push((Arc::clone(&outcome), docs_of(&ops).collect()));
+                let docs: Vec<DocId> = docs_of(&ops).collect();
+                h.docs.extend(docs.iter().copied());
+                h.groups.push((Arc::clone(&outcome), docs));
                 true
             }
             _ => false,
@@ -194,48 +203,61 @@ impl Committer {
             *held = Some(Held {
                 committer: self.address(),
                 groups: Vec::new(),
+                docs: HashSet::new(),
+                events: Vec::new(),
             });
             true
         })
     }
 
+    /// Keeps `event` until the commit if this thread holds its writes to
+    /// this committer; gives it back to be delivered now otherwise.
+    pub(crate) fn hold_event(&self, event: ChangeEvent) -> Option<ChangeEvent> {
+        HELD.with_borrow_mut(|held| match held {
+            Some(h) if h.committer == self.address() => {
+                h.events.push(event);
+                None
+            }
+            _ => Some(event),
+        })
+    }
+
     /// Stops holding and commits what this thread held and is not
     /// committed yet (another leader may have taken some of it already);
-    /// returns once all of it is.
-    pub(crate) fn release(&self) -> Result<(), NotCommitted> {
+    /// returns once all of it is, with the held events.
+    pub(crate) fn release(&self) -> Result<Vec<ChangeEvent>, Box<NotCommitted>> {
         let Some(held) = HELD.take() else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         debug_assert_eq!(held.committer, self.address());
         let mut first = None;
-        let (mut docs, mut failed) = (BTreeSet::new(), BTreeSet::new());
+        let mut failed = BTreeSet::new();
         for (outcome, written) in &held.groups {
             self.lead_unless_done(outcome);
             let result = outcome.lock().take();
             let result =
                 result.unwrap_or_else(|| Err(StoreError::Batch("write was not committed".into())));
-            docs.extend(written.iter().copied());
             if let Err(e) = result {
                 failed.extend(written.iter().copied());
                 first.get_or_insert(e);
             }
         }
         match first {
-            None => Ok(()),
-            Some(error) => Err(NotCommitted {
+            None => Ok(held.events),
+            Some(error) => Err(Box::new(NotCommitted {
                 error,
-                docs,
+                docs: held.docs.into_iter().collect(),
                 failed,
-            }),
+                events: held.events,
+            })),
         }
     }
 
     /// Whether this thread holds a write of `doc` to this committer.
     pub(crate) fn holds(&self, doc: &DocId) -> bool {
         HELD.with_borrow(|held| {
-            held.as_ref().is_some_and(|h| {
-                h.committer == self.address() && h.groups.iter().any(|(_, docs)| docs.contains(doc))
-            })
+            held.as_ref()
+                .is_some_and(|h| h.committer == self.address() && h.docs.contains(doc))
         })
     }
 

@@ -9,17 +9,9 @@
 //! nothing it generated inside before that commit succeeded, so an
 //! acknowledgement never leaves ahead of what it acknowledges.
 
-use std::cell::RefCell;
-
 use super::events::ChangeEvent;
 use super::{ChangeKind, Replica};
 use crate::error::{Error, Result};
-
-thread_local! {
-    /// The events held back by this thread's `commit_together`, with the
-    /// replica (its address) they belong to.
-    static HELD_EVENTS: RefCell<Option<(usize, Vec<ChangeEvent>)>> = const { RefCell::new(None) };
-}
 
 /// Ends a `commit_together` however its work ends (a panic included, so
 /// the thread never stays holding).
@@ -34,14 +26,9 @@ impl Holding<'_> {
     /// store) and tells subscribers of those documents to look again.
     fn finish(&mut self) -> Result<()> {
         self.finished = true;
-        let events = HELD_EVENTS
-            .take()
-            .map(|(_, events)| events)
-            .unwrap_or_default();
-        let outcome = self.replica.inner.committer.release();
         let listeners = &self.replica.inner.listeners;
-        match outcome {
-            Ok(()) => {
+        match self.replica.inner.committer.release() {
+            Ok(events) => {
                 events.into_iter().for_each(|e| listeners.emit(e));
                 Ok(())
             }
@@ -49,7 +36,7 @@ impl Holding<'_> {
                 for doc in &not.docs {
                     *self.replica.inner.cache.entry(doc).lock() = None;
                 }
-                for e in events {
+                for e in not.events {
                     if !not.failed.contains(&e.doc) {
                         listeners.emit(e);
                     } else if let Ok(heads) = self.replica.heads(&e.doc) {
@@ -77,10 +64,6 @@ impl Drop for Holding<'_> {
 }
 
 impl Replica {
-    fn address(&self) -> usize {
-        std::sync::Arc::as_ptr(&self.inner) as usize
-    }
-
     /// Runs `work`, committing every write this thread makes to this
     /// replica meanwhile in one SQLite commit at the end (several, if
     /// other threads' commits take some of them first). Inside, writes
@@ -94,7 +77,6 @@ impl Replica {
         if !self.inner.committer.hold() {
             return Ok(work());
         }
-        HELD_EVENTS.set(Some((self.address(), Vec::new())));
         let mut holding = Holding {
             replica: self,
             finished: false,
@@ -107,14 +89,7 @@ impl Replica {
     /// Delivers `event` now, or after the commit if this thread is inside
     /// [`Replica::commit_together`].
     pub(super) fn deliver(&self, event: ChangeEvent) {
-        let event = HELD_EVENTS.with_borrow_mut(|held| match held {
-            Some((replica, events)) if *replica == self.address() => {
-                events.push(event);
-                None
-            }
-            _ => Some(event),
-        });
-        if let Some(event) = event {
+        if let Some(event) = self.inner.committer.hold_event(event) {
             self.inner.listeners.emit(event);
         }
     }
