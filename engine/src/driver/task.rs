@@ -279,25 +279,39 @@ impl Driver {
             }
             Err(e) => {
                 tracing::error!(error = %e, "sync session panicked; reconnecting with a fresh one");
-                self.session = Some(ClientSession::new(self.config.clone()));
                 let error = SyncError::Internal(format!("the sync session panicked: {e}"));
-                self.set(|s| s.last_error = Some(error.clone()));
-                Err(Ended::Retry(error))
+                Err(self.start_over(error))
             }
         }
     }
 
-    /// Like [`Driver::blocking`] for calls that return outputs: persists
-    /// their sync states there too and returns the rest.
+    /// Ends the connection with a fresh session for the next one (which
+    /// resyncs from the persisted sync states), reporting `error`.
+    fn start_over(&mut self, error: SyncError) -> Ended {
+        self.session = Some(ClientSession::new(self.config.clone()));
+        self.set(|s| s.last_error = Some(error.clone()));
+        Ended::Retry(error)
+    }
+
+    /// Like [`Driver::blocking`] for calls that return outputs: whatever
+    /// the call writes is committed together with the sync states it
+    /// produces (`Replica::commit_together`) before any output is carried
+    /// out, so nothing it sends acknowledges what is not stored; if that
+    /// commit fails, nothing is sent and the connection starts over.
     async fn outputs<F>(&mut self, f: F) -> Result<Vec<ClientOutput>, Ended>
     where
         F: FnOnce(&mut ClientSession, &Replica) -> Vec<ClientOutput> + Send + 'static,
     {
-        self.blocking(move |s, r| {
-            let outputs = f(s, r);
-            persist(r, outputs)
+        let committed = self
+            .blocking(move |s, r| r.commit_together(|| persist(r, f(s, r))))
+            .await?;
+        committed.map_err(|e| {
+            tracing::warn!(error = %e, "could not commit what the session wrote; starting over");
+            self.start_over(SyncError::Local {
+                code: crate::sync::error_code(&e),
+                message: format!("could not store what syncing wrote: {e}"),
+            })
         })
-        .await
     }
 
     async fn connection(&mut self, mut ws: Ws) -> Ended {
@@ -348,10 +362,8 @@ impl Driver {
 
     /// A message arrived: it and every further frame already waiting (up
     /// to [`RUN_FRAMES`] frames or [`RUN_BYTES`] bytes) are handled in one
-    /// blocking call whose writes are committed together, before any
-    /// reply leaves (a cold sync is hundreds of documents arriving back to
-    /// back). If that commit fails, nothing generated from the run is
-    /// sent and the connection starts over with a fresh session.
+    /// call of [`Driver::outputs`], so their writes cost one commit (a cold
+    /// sync is hundreds of documents arriving back to back).
     async fn on_messages(
         &mut self,
         first: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
@@ -381,31 +393,13 @@ impl Driver {
         let outputs = if frames.is_empty() {
             Vec::new()
         } else {
-            let together = self
-                .blocking(move |s, r| {
-                    let mut outputs = Vec::new();
-                    let committed = SyncDocs::commit_together(r, &mut || {
-                        for frame in frames.drain(..) {
-                            outputs.extend(s.handle_frame(now, frame, r));
-                        }
-                        outputs = persist(r, std::mem::take(&mut outputs));
-                    });
-                    committed.map(|()| outputs)
-                })
-                .await?;
-            match together {
-                Ok(outputs) => outputs,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not commit what the relay sent; starting over");
-                    self.session = Some(ClientSession::new(self.config.clone()));
-                    let error = SyncError::Local {
-                        code: crate::sync::error_code(&e),
-                        message: format!("could not store what the relay sent: {e}"),
-                    };
-                    self.set(|s| s.last_error = Some(error.clone()));
-                    return Err(Ended::Retry(error));
-                }
-            }
+            self.outputs(move |s, r| {
+                frames
+                    .into_iter()
+                    .flat_map(|frame| s.handle_frame(now, frame, r))
+                    .collect()
+            })
+            .await?
         };
         match end {
             None => Ok(outputs),
