@@ -146,6 +146,29 @@ pub fn from_json<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyA
     }
 }
 
+/// An engine value with a serde form (history, conflicts) as Python, the
+/// same shape as the CLI's `--json` output.
+pub fn from_serde<'py>(
+    py: Python<'py>,
+    value: &impl serde::Serialize,
+) -> PyResult<Bound<'py, PyAny>> {
+    let json = serde_json::to_value(value)
+        .map_err(|e| crate::errors::AccordError::new_err(e.to_string()))?;
+    from_json(py, &json)
+}
+
+/// A timeout in seconds from Python, refused unless finite and not
+/// negative.
+pub fn seconds(timeout: f64) -> PyResult<std::time::Duration> {
+    if timeout >= 0.0 && timeout.is_finite() {
+        Ok(std::time::Duration::from_secs_f64(timeout))
+    } else {
+        Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "timeout must be a non-negative number of seconds, not {timeout}"
+        )))
+    }
+}
+
 /// A query parameter: `None`, `bool`/`int`, `float`, `str` or `bytes`.
 pub fn to_sql(value: &Bound<'_, PyAny>, index: usize) -> PyResult<SqlValue> {
     if value.is_none() {

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::{JoinHandle, ThreadId};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use accord_engine::{ChangeEvent, ChangeKind, Origin, RecvError, Subscription};
@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::convert::hashes;
+use crate::convert::{hashes, seconds};
 use crate::errors;
 
 /// How long a blocked wait sleeps before it lets Python handle signals
@@ -29,9 +29,6 @@ pub struct PySubscription {
     stop: Arc<AtomicBool>,
     /// The callback thread, if one was started.
     thread: Mutex<Option<JoinHandle<()>>>,
-    /// Its id, so a callback that closes its own subscription does not
-    /// wait for itself.
-    thread_id: Mutex<Option<ThreadId>>,
 }
 
 impl PySubscription {
@@ -40,7 +37,6 @@ impl PySubscription {
             subscription: Mutex::new(Some(Arc::new(subscription))),
             stop: Arc::new(AtomicBool::new(false)),
             thread: Mutex::new(None),
-            thread_id: Mutex::new(None),
         }
     }
 
@@ -52,29 +48,33 @@ impl PySubscription {
     }
 }
 
-/// What one receive gave: an event, a count of missed events, nothing yet,
-/// or the end.
-enum Received {
+/// What reaches Python: an event, or how many were missed.
+enum Delivery {
     Event(ChangeEvent),
     Missed(u64),
+}
+
+/// What one receive gave: something to deliver, nothing yet, or the end.
+enum Received {
+    Deliver(Delivery),
     Nothing,
     Ended,
 }
 
 fn receive(subscription: &Subscription, wait: Duration) -> Received {
     match subscription.recv_timeout(wait) {
-        Ok(event) => Received::Event(event),
-        Err(RecvError::Lagged(n)) => Received::Missed(n),
+        Ok(event) => Received::Deliver(Delivery::Event(event)),
+        Err(RecvError::Lagged(n)) => Received::Deliver(Delivery::Missed(n)),
         Err(RecvError::Timeout) => Received::Nothing,
         Err(RecvError::Closed) => Received::Ended,
     }
 }
 
-/// An event as the dict `accord.ChangeEvent` is built from.
-fn event_dict<'py>(py: Python<'py>, received: &Received) -> PyResult<Option<Bound<'py, PyDict>>> {
+/// A delivery as the dict `accord.ChangeEvent` is built from.
+fn event_dict<'py>(py: Python<'py>, delivery: &Delivery) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    match received {
-        Received::Event(e) => {
+    match delivery {
+        Delivery::Event(e) => {
             d.set_item("id", e.doc.to_string())?;
             d.set_item("collection", e.collection.as_str())?;
             let kind = match e.kind {
@@ -90,7 +90,7 @@ fn event_dict<'py>(py: Python<'py>, received: &Received) -> PyResult<Option<Boun
             d.set_item("heads", hashes(e.heads.as_slice()))?;
             d.set_item("missed", 0)?;
         }
-        Received::Missed(n) => {
+        Delivery::Missed(n) => {
             d.set_item("id", py.None())?;
             d.set_item("collection", py.None())?;
             d.set_item("kind", "missed")?;
@@ -98,9 +98,8 @@ fn event_dict<'py>(py: Python<'py>, received: &Received) -> PyResult<Option<Boun
             d.set_item("heads", Vec::<String>::new())?;
             d.set_item("missed", *n)?;
         }
-        Received::Nothing | Received::Ended => return Ok(None),
     }
-    Ok(Some(d))
+    Ok(d)
 }
 
 #[pymethods]
@@ -116,12 +115,7 @@ impl PySubscription {
     ) -> PyResult<Option<Bound<'py, PyDict>>> {
         let subscription = self.current()?;
         let deadline = match timeout {
-            Some(t) if !(t >= 0.0 && t.is_finite()) => {
-                return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                    "timeout must be a non-negative number of seconds, not {t}"
-                )))
-            }
-            Some(t) => Some(Instant::now() + Duration::from_secs_f64(t)),
+            Some(t) => Some(Instant::now() + seconds(t)?),
             None => None,
         };
         loop {
@@ -145,7 +139,7 @@ impl PySubscription {
                         return Err(errors::Closed::new_err("the subscription is closed"));
                     }
                 }
-                received => return event_dict(py, &received),
+                Received::Deliver(delivery) => return event_dict(py, &delivery).map(Some),
             }
         }
     }
@@ -166,7 +160,6 @@ impl PySubscription {
             .name("accord-events".into())
             .spawn(move || deliver(&subscription, &stop, &callback))
             .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
-        *self.thread_id.lock() = Some(handle.thread().id());
         *thread = Some(handle);
         Ok(())
     }
@@ -175,13 +168,13 @@ impl PySubscription {
     fn close(&self, py: Python<'_>) {
         self.stop.store(true, Ordering::SeqCst);
         self.subscription.lock().take();
-        let own = *self.thread_id.lock() == Some(std::thread::current().id());
-        if let Some(thread) = self.thread.lock().take() {
-            if !own {
-                py.detach(|| {
-                    let _ = thread.join();
-                });
-            }
+        let thread = self.thread.lock().take();
+        // A callback that closes its own subscription does not wait for
+        // itself.
+        if let Some(thread) = thread.filter(|t| t.thread().id() != std::thread::current().id()) {
+            py.detach(|| {
+                let _ = thread.join();
+            });
         }
     }
 
@@ -198,12 +191,12 @@ fn deliver(subscription: &Subscription, stop: &AtomicBool, callback: &Py<PyAny>)
         match received {
             Received::Ended => return,
             Received::Nothing => continue,
-            received => Python::attach(|py| {
+            Received::Deliver(delivery) => Python::attach(|py| {
                 if stop.load(Ordering::SeqCst) {
                     return;
                 }
                 let outcome =
-                    event_dict(py, &received).and_then(|d| callback.call1(py, (d,)).map(drop));
+                    event_dict(py, &delivery).and_then(|d| callback.call1(py, (d,)).map(drop));
                 if let Err(e) = outcome {
                     e.write_unraisable(py, Some(callback.bind(py)));
                 }

@@ -17,6 +17,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Weak};
 
 use accord_engine::json::Path as JsonPath;
+use accord_engine::replica::check_collection;
 use accord_engine::{patch_json, DocId, Filter, Heads, ListOptions, Replica};
 use parking_lot::{Mutex, RwLock};
 use pyo3::prelude::*;
@@ -27,7 +28,7 @@ mod errors;
 mod events;
 mod sync;
 
-use convert::{from_json, from_sql, hashes, to_json, to_sql};
+use convert::{from_json, from_serde, from_sql, hashes, to_json, to_sql};
 
 /// A replica on one SQLite file (or in memory): the native half of
 /// `accord.Replica`.
@@ -212,8 +213,7 @@ impl PyReplica {
     ) -> PyResult<Bound<'py, PyList>> {
         let replica = self.live()?;
         if let Some(c) = &collection {
-            c.parse::<accord_engine::Collection>()
-                .map_err(|e| errors::InvalidCollection::new_err(e.to_string()))?;
+            check_collection(c).map_err(errors::engine)?;
         }
         let options = ListOptions {
             collection,
@@ -254,24 +254,12 @@ impl PyReplica {
     }
 
     /// Every change of a record, oldest first, as dicts.
-    fn log<'py>(&self, py: Python<'py>, id: &str) -> PyResult<Bound<'py, PyList>> {
+    fn log<'py>(&self, py: Python<'py>, id: &str) -> PyResult<Bound<'py, PyAny>> {
         let replica = self.live()?;
         let id = parse_id(id)?;
         let changes = py.detach(|| replica.history(&id)).map_err(errors::engine)?;
-        let list = PyList::empty(py);
-        for c in changes {
-            let d = PyDict::new(py);
-            d.set_item("hash", c.hash.to_string())?;
-            d.set_item("actor", c.actor)?;
-            d.set_item("device", c.device)?;
-            d.set_item("seq", c.seq)?;
-            d.set_item("time", c.time)?;
-            d.set_item("message", c.message)?;
-            d.set_item("deps", hashes(&c.deps))?;
-            d.set_item("ops", c.ops)?;
-            list.append(d)?;
-        }
-        Ok(list)
+        // The engine's serde form (`accord log --json` prints the same).
+        from_serde(py, &changes)
     }
 
     /// The patches from `before` to `after` (now if `None`), as dicts.
@@ -326,9 +314,7 @@ impl PyReplica {
                 |heads| replica.conflicts_at(&id, heads),
             )
         })?;
-        let json = serde_json::to_value(&conflicts)
-            .map_err(|e| errors::AccordError::new_err(e.to_string()))?;
-        from_json(py, &json)
+        from_serde(py, &conflicts)
     }
 
     /// One read-only SQL statement; every row as a dict keyed by column.
@@ -406,8 +392,7 @@ impl PyReplica {
                 ))
             }
             (Some(c), None) => {
-                c.parse::<accord_engine::Collection>()
-                    .map_err(|e| errors::InvalidCollection::new_err(e.to_string()))?;
+                check_collection(&c).map_err(errors::engine)?;
                 Filter::Collection(c)
             }
             (None, Some(id)) => Filter::Doc(parse_id(&id)?),
@@ -426,10 +411,10 @@ impl PyReplica {
         reconnect: bool,
     ) -> PyResult<sync::PySync> {
         let replica = self.live()?;
-        let (py_sync, shared) = sync::PySync::start(&replica, url, token, collections, reconnect);
+        let py_sync = sync::PySync::start(&replica, url, token, collections, reconnect);
         let mut syncs = self.syncs.lock();
         syncs.retain(|w| w.strong_count() > 0);
-        syncs.push(Arc::downgrade(&shared));
+        syncs.push(Arc::downgrade(&py_sync.shared));
         Ok(py_sync)
     }
 }

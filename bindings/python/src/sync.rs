@@ -14,6 +14,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::convert::seconds;
 use crate::errors;
 use crate::events::SLICE;
 
@@ -60,7 +61,8 @@ impl Shared {
 #[pyclass(module = "accord._accord", name = "Sync", frozen)]
 #[derive(Debug)]
 pub struct PySync {
-    shared: Arc<Shared>,
+    /// Shared with the replica, which closes it when it closes.
+    pub shared: Arc<Shared>,
 }
 
 impl PySync {
@@ -71,7 +73,7 @@ impl PySync {
         token: String,
         collections: Vec<String>,
         reconnect: bool,
-    ) -> (PySync, Arc<Shared>) {
+    ) -> PySync {
         let options = ConnectOptions {
             token,
             collections,
@@ -82,17 +84,13 @@ impl PySync {
             let _entered = runtime().enter();
             replica.connect(url, options)
         };
-        let shared = Arc::new(Shared {
-            status: handle.watch(),
-            handle: tokio::sync::Mutex::new(Some(handle)),
-            closing: CancellationToken::new(),
-        });
-        (
-            PySync {
-                shared: Arc::clone(&shared),
-            },
-            shared,
-        )
+        PySync {
+            shared: Arc::new(Shared {
+                status: handle.watch(),
+                handle: tokio::sync::Mutex::new(Some(handle)),
+                closing: CancellationToken::new(),
+            }),
+        }
     }
 
     /// Runs `wait` against the handle, with the GIL released, handling
@@ -141,16 +139,6 @@ impl PySync {
                 }
             }
         }
-    }
-}
-
-fn seconds(timeout: f64) -> PyResult<Duration> {
-    if timeout >= 0.0 && timeout.is_finite() {
-        Ok(Duration::from_secs_f64(timeout))
-    } else {
-        Err(pyo3::exceptions::PyValueError::new_err(format!(
-            "timeout must be a non-negative number of seconds, not {timeout}"
-        )))
     }
 }
 

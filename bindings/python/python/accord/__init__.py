@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 from . import _accord, _errors
 from ._errors import (
@@ -77,8 +77,12 @@ def _heads(at: Optional[Heads]) -> Optional[List[str]]:
     return [str(h) for h in at]
 
 
+def _from_seconds(seconds: Optional[float]) -> Optional[datetime]:
+    return None if seconds is None else datetime.fromtimestamp(seconds, tz=timezone.utc)
+
+
 def _from_millis(ms: Optional[int]) -> Optional[datetime]:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return None if ms is None else _from_seconds(ms / 1000)
 
 
 @dataclass(frozen=True)
@@ -284,13 +288,7 @@ class Sync:
     def status(self) -> SyncStatus:
         """The driver's state now."""
         d = self._native.status()
-        expires = d.pop("token_expires")
-        return SyncStatus(
-            token_expires=None
-            if expires is None
-            else datetime.fromtimestamp(expires, tz=timezone.utc),
-            **d,
-        )
+        return SyncStatus(token_expires=_from_seconds(d.pop("token_expires")), **d)
 
     @property
     def state(self) -> str:
@@ -467,7 +465,7 @@ class Replica:
                 actor=d["actor"],
                 device=d["device"],
                 seq=d["seq"],
-                time=datetime.fromtimestamp(d["time"], tz=timezone.utc) if d["time"] else None,
+                time=_from_seconds(d["time"] or None),  # 0: not recorded
                 message=d["message"],
                 deps=d["deps"],
                 ops=d["ops"],
