@@ -147,14 +147,16 @@ impl PyReplica {
     }
 
     /// The record as `{id, collection, heads, value}`, now or at `at`;
-    /// `value` is the whole content, or what is at the dot `path`.
-    #[pyo3(signature = (id, at=None, path=None))]
+    /// `value` is the whole content, or what is at the dot `path` (left
+    /// out if `missing_ok` and the path leads nowhere).
+    #[pyo3(signature = (id, at=None, path=None, missing_ok=false))]
     fn get<'py>(
         &self,
         py: Python<'py>,
         id: &str,
         at: Option<Vec<String>>,
         path: Option<&str>,
+        missing_ok: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
         let replica = self.live()?;
         let id = parse_id(id)?;
@@ -171,9 +173,17 @@ impl PyReplica {
         dict.set_item("id", record.id.to_string())?;
         dict.set_item("collection", record.collection.as_str())?;
         dict.set_item("heads", hashes(record.heads.as_slice()))?;
-        let value = match path {
-            Some(path) => record.get(path).map_err(errors::engine)?,
+        let value = match path.map(|path| record.get(path)) {
             None => &record.value,
+            Some(Ok(value)) => value,
+            // A well-formed path that leads nowhere: no "value", for the
+            // caller's default.
+            Some(Err(accord_engine::Error::Path(e)))
+                if missing_ok && !matches!(e, accord_engine::PathError::Syntax { .. }) =>
+            {
+                return Ok(dict);
+            }
+            Some(Err(e)) => return Err(errors::engine(e)),
         };
         dict.set_item("value", from_json(py, value)?)?;
         Ok(dict)

@@ -21,6 +21,9 @@ def test_create_get_put_delete_list(tmp_path: Path) -> None:
         assert r.get(ada, "name") == "Ada"
         assert r.get(ada, "tags.0") == "math"
         assert r.get(ada, "email", default=None) is None
+        assert r.get(ada, "tags.5", default="none") == "none"
+        with pytest.raises(accord.InvalidPath, match="may not be empty"):
+            r.get(ada, "address..city", default=None)  # malformed, not missing
 
         r.put(ada, "email", "ada@example.org", message="add email")
         r.put(ada, "tags.1", "poetry")  # index == length appends

@@ -402,17 +402,14 @@ class Replica:
         """A record's content (a dict), or the value at a dot ``path`` in it
         (``"address.city"``, ``"tags.0"``); as of the change hashes ``at``
         if given (see :meth:`log`). With ``default``, a path that leads
-        nowhere gives ``default`` instead of :class:`InvalidPath`.
+        nowhere gives ``default`` instead of :class:`InvalidPath` (a
+        malformed one, such as ``"a..b"``, still raises).
 
         Raises :class:`NotFound` (or :class:`Deleted`), :class:`InvalidId`,
         :class:`InvalidPath`, :class:`UnknownChange`.
         """
-        try:
-            return self._native.get(id, _heads(at), path)["value"]
-        except InvalidPath:
-            if default is _MISSING or path is None:
-                raise
-            return default
+        d = self._native.get(id, _heads(at), path, default is not _MISSING)
+        return d.get("value", default)
 
     def record(self, id: str, *, at: Optional[Heads] = None) -> Record:
         """The record with its id, collection and heads."""
