@@ -244,6 +244,13 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Serve the inspector page and the read-only HTTP API over this
+    /// database, and print its URL (see docs/inspector.md).
+    Inspect {
+        /// Where to listen; port 0 (the default) lets the OS choose.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
     /// Sync with a relay until both sides agree, then print a summary.
     ///
     /// Syncs the collections named with `--collection`, or else every

@@ -1718,3 +1718,90 @@ fn the_sync_summary_counts_deletions_and_new_records() {
     let json = b.json(&["--json", "sync", "--relay", &relay.url]);
     assert_eq!(json["deletions_received"], json!(1), "{json}");
 }
+
+// ---- inspect ----
+
+/// `GET path` over HTTP; the status code and the body as JSON.
+fn http_json(addr: &str, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .expect("timeout");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    (status, serde_json::from_str(body).unwrap_or_default())
+}
+
+#[test]
+fn inspect_serves_the_page_and_a_read_only_api_over_the_file_and_prints_its_url() {
+    let env = Env::new();
+    let id = env.new_record("contacts", r#"{"name": "Ada"}"#);
+    env.ok(&["put", &id, "name", r#""Ada Lovelace""#]);
+    let mut child = env
+        .cmd(&["inspect", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn accord inspect");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the URL line");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("a URL in {line:?}"));
+    assert!(line.contains("read-only"), "{line}");
+    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+
+    let (status, info) = http_json(addr, "GET", "/v1/info", "");
+    assert_eq!(status, 200);
+    assert_eq!(info["server"], "accord inspect");
+    assert_eq!(info["read_only"], true);
+    assert_eq!(info["auth"], "open");
+    let (_, collections) = http_json(addr, "GET", "/v1/collections", "");
+    assert_eq!(collections["collections"][0]["name"], "contacts");
+    assert_eq!(collections["collections"][0]["writable"], false);
+    let (_, record) = http_json(addr, "GET", &format!("/v1/records/{id}"), "");
+    assert_eq!(record["value"]["name"], "Ada Lovelace");
+    let (_, history) = http_json(addr, "GET", &format!("/v1/records/{id}/history"), "");
+    assert_eq!(history["total"], 2);
+    let (status, refused) = http_json(addr, "POST", "/v1/collections/contacts/records", "{}");
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (403, Some("read_only"))
+    );
+    let (status, refused) = http_json(addr, "DELETE", &format!("/v1/records/{id}"), "");
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (403, Some("read_only"))
+    );
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+    // Nothing was written.
+    assert_eq!(env.json(&["get", &id])["name"], "Ada Lovelace");
+}
+
+#[test]
+fn inspect_refuses_a_missing_file_and_a_bad_address() {
+    let env = Env::new();
+    let err = env.fails(1, &["inspect"]);
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!env.db.exists(), "inspect creates no database");
+    let err = env.fails(2, &["inspect", "--listen", "nowhere"]);
+    assert!(err.contains("--listen"), "{err}");
+}

@@ -16,8 +16,11 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
 /// The database file the relay uses when none is given.
 pub const DEFAULT_DB: &str = "accord-relay.db";
 
-/// Where `/health` and `/metrics` are served when nothing else is given.
-pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:7421";
+/// Where a separate `/health` and `/metrics` listener is bound when
+/// nothing else is given: nowhere, since the main port serves both; a
+/// fixed second port would keep a second relay on the machine from
+/// starting.
+pub const DEFAULT_METRICS_LISTEN: &str = "off";
 
 /// The largest message before `Welcome`: room for a `Hello` with a long
 /// token (a token naming many collections) and a `Subscribe` behind it.

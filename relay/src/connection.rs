@@ -40,10 +40,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::docs::HubKey;
 use crate::gate::Gate;
+use crate::http::head::{read_head, Prefixed, Wants};
 use crate::peers::{PeerHandle, Wire};
 use crate::server::Shared;
 
-type Ws = WebSocketStream<Gate<TcpStream>>;
+type Ws = WebSocketStream<Gate<Prefixed<TcpStream>>>;
 
 /// Why the connection ends.
 enum End {
@@ -61,6 +62,9 @@ pub async fn serve(
     shared: Arc<Shared>,
     permit: OwnedSemaphorePermit,
 ) {
+    let Some(stream) = websocket_or_http(stream, conn, &shared).await else {
+        return; // plain HTTP was served, or the head was bad
+    };
     let limit = shared.config.handshake_frame_limit();
     let mut door = Door::Native;
     #[allow(clippy::result_large_err)] // the signature tungstenite asks for
@@ -100,6 +104,39 @@ pub async fn serve(
     };
     let end = c.run(rx).await;
     c.finish(end).await;
+}
+
+/// Reads the connection's first request head: a WebSocket upgrade is
+/// returned to go on with; plain HTTP is served here (the connection's
+/// place against the limit held meanwhile) and `None` returned, as for a
+/// head that is bad (answered with 400 or 431) or does not come in time.
+async fn websocket_or_http(
+    stream: TcpStream,
+    conn: ConnId,
+    shared: &Shared,
+) -> Option<Prefixed<TcpStream>> {
+    let head = tokio::time::timeout(shared.config.handshake_timeout, read_head(stream)).await;
+    match head {
+        Ok(Ok((Wants::WebSocket, stream))) => Some(stream),
+        Ok(Ok((Wants::Http, stream))) => {
+            let shutdown = shared.shutdown.clone();
+            crate::http::serve_connection(stream, shared.http.clone(), shutdown).await;
+            None
+        }
+        Ok(Err((error, mut stream))) => {
+            tracing::debug!(%conn, %error, "bad request head");
+            if let Some(response) = error.response() {
+                use tokio::io::AsyncWriteExt;
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            }
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%conn, "request head timed out");
+            None
+        }
+    }
 }
 
 /// The protocol a connection asked for by its URL's path.
@@ -503,6 +540,9 @@ impl Connection {
     /// Passes a presence frame on to the document's other listeners,
     /// counting what slow ones missed.
     fn forward(&self, collection: &Collection, doc: DocId, frame: &Frame) {
+        if let Frame::Ephemeral { sender, .. } = frame {
+            self.shared.presence.saw(doc, self.conn, sender);
+        }
         let (passed, dropped) = self.shared.peers.forward(collection, doc, self.conn, frame);
         self.shared.metrics.ephemeral_forwarded.inc_by(passed);
         self.shared.metrics.ephemeral_dropped.inc_by(dropped);
@@ -673,6 +713,7 @@ impl Connection {
     /// Unregisters, sends the error frame if any, and closes the socket.
     async fn finish(mut self, end: End) {
         self.shared.peers.remove(self.conn);
+        self.shared.presence.gone(self.conn);
         drop(self.permit.take());
         if self.registered {
             self.shared.metrics.connections.dec();

@@ -41,6 +41,16 @@ pub struct HubKey {
     pub doc: DocId,
 }
 
+/// What reaches a document actor.
+#[derive(Debug)]
+pub enum ActorInput {
+    /// A peer's sync message.
+    Sync(HubInput),
+    /// The document changed in the store without a peer's message (the
+    /// HTTP API wrote it): tell every subscriber.
+    StoreChanged,
+}
+
 /// The set of document actors.
 #[derive(Debug, Clone)]
 pub struct DocActors {
@@ -50,7 +60,7 @@ pub struct DocActors {
 #[derive(Debug)]
 struct Shared {
     /// Inbox of each running actor.
-    actors: Mutex<HashMap<HubKey, mpsc::Sender<HubInput>>>,
+    actors: Mutex<HashMap<HubKey, mpsc::Sender<ActorInput>>>,
     /// Where documents live: the storage seam (the engine's `Replica` on
     /// SQLite today; a shared database for a cluster later).
     store: Arc<dyn SyncDocs + Send + Sync>,
@@ -100,7 +110,17 @@ impl DocActors {
 
     /// Delivers a message to its hub's actor, starting it if needed.
     /// Waits while the actor's queue is full.
-    pub async fn route(&self, key: HubKey, mut input: HubInput) {
+    pub async fn route(&self, key: HubKey, input: HubInput) {
+        self.deliver(key, ActorInput::Sync(input)).await;
+    }
+
+    /// Tells the document's actor (starting one) that the document
+    /// changed in the store, so its subscribers hear of it.
+    pub async fn store_changed(&self, key: HubKey) {
+        self.deliver(key, ActorInput::StoreChanged).await;
+    }
+
+    async fn deliver(&self, key: HubKey, mut input: ActorInput) {
         loop {
             let tx = self.sender(&key);
             match tx.send(input).await {
@@ -117,7 +137,7 @@ impl DocActors {
         }
     }
 
-    fn sender(&self, key: &HubKey) -> mpsc::Sender<HubInput> {
+    fn sender(&self, key: &HubKey) -> mpsc::Sender<ActorInput> {
         let mut actors = self.inner.actors.lock();
         if let Some(tx) = actors.get(key) {
             return tx.clone();
@@ -138,7 +158,7 @@ impl DocActors {
 
 impl Shared {
     /// Removes an actor's entry if it is still `tx`'s.
-    fn forget(&self, key: &HubKey, tx: &mpsc::Sender<HubInput>) {
+    fn forget(&self, key: &HubKey, tx: &mpsc::Sender<ActorInput>) {
         let mut actors = self.actors.lock();
         if actors.get(key).is_some_and(|t| t.same_channel(tx)) {
             actors.remove(key);
@@ -157,7 +177,7 @@ struct Actor {
     /// Its hub's key.
     key: HubKey,
     /// Its own inbox's sender, to recognise its entry in the table.
-    me: mpsc::Sender<HubInput>,
+    me: mpsc::Sender<ActorInput>,
 }
 
 /// How a hub comes back from the blocking pool.
@@ -169,7 +189,7 @@ enum Ran {
 }
 
 impl Actor {
-    async fn run(self, hub: DocHub, mut rx: mpsc::Receiver<HubInput>) {
+    async fn run(self, hub: DocHub, mut rx: mpsc::Receiver<ActorInput>) {
         let mut hub = Some(hub);
         while let Some(current) = hub.take() {
             let deadline = current.next_deadline();
@@ -200,7 +220,7 @@ impl Actor {
                 self.process(current, rest).await
             };
         } else {
-            self.lost(rest.iter().map(|i| i.conn).collect());
+            self.lost(senders(&rest));
         }
         if let Some(current) = hub {
             let shared = Arc::clone(&self.shared);
@@ -216,7 +236,7 @@ impl Actor {
     }
 
     /// The first input and whatever else is queued, up to a bound.
-    fn take_batch(first: HubInput, rx: &mut mpsc::Receiver<HubInput>) -> Vec<HubInput> {
+    fn take_batch(first: ActorInput, rx: &mut mpsc::Receiver<ActorInput>) -> Vec<ActorInput> {
         let mut batch = vec![first];
         while batch.len() < 1024 {
             match rx.try_recv() {
@@ -229,7 +249,7 @@ impl Actor {
 
     /// Runs one batch (or a tick, if empty) on the blocking pool and
     /// delivers its output; `None` if the hub panicked.
-    async fn process(&self, hub: DocHub, batch: Vec<HubInput>) -> Option<DocHub> {
+    async fn process(&self, hub: DocHub, batch: Vec<ActorInput>) -> Option<DocHub> {
         match self.run_blocking(hub, batch).await {
             Ran::Done(hub, out) => {
                 self.deliver(out);
@@ -242,8 +262,8 @@ impl Actor {
         }
     }
 
-    async fn run_blocking(&self, mut hub: DocHub, batch: Vec<HubInput>) -> Ran {
-        let senders: BTreeSet<ConnId> = batch.iter().map(|i| i.conn).collect();
+    async fn run_blocking(&self, mut hub: DocHub, batch: Vec<ActorInput>) -> Ran {
+        let senders = senders(&batch);
         let shared = Arc::clone(&self.shared);
         let (collection, doc) = (self.key.collection.clone(), self.key.doc);
         let joined = tokio::task::spawn_blocking(move || {
@@ -253,7 +273,14 @@ impl Actor {
             let out = if batch.is_empty() {
                 hub.tick(now, &subscribers, shared.store.as_ref())
             } else {
-                hub.handle_batch(now, batch, &subscribers, shared.store.as_ref())
+                let mut messages = Vec::with_capacity(batch.len());
+                for input in batch {
+                    match input {
+                        ActorInput::Sync(message) => messages.push(message),
+                        ActorInput::StoreChanged => hub.store_changed(),
+                    }
+                }
+                hub.handle_batch(now, messages, &subscribers, shared.store.as_ref())
             };
             shared.metrics.store_time(started.elapsed());
             (hub, out)
@@ -299,6 +326,17 @@ impl Actor {
         let offset = std::time::Duration::from_millis(ms);
         TokioInstant::from_std(self.shared.started + offset)
     }
+}
+
+/// The connections whose messages are in `inputs`.
+fn senders(inputs: &[ActorInput]) -> BTreeSet<ConnId> {
+    inputs
+        .iter()
+        .filter_map(|i| match i {
+            ActorInput::Sync(message) => Some(message.conn),
+            ActorInput::StoreChanged => None,
+        })
+        .collect()
 }
 
 async fn sleep_until(at: Option<TokioInstant>) {

@@ -28,6 +28,12 @@
 //!   relay off a database file one already serves (used by the binary).
 //! - [`open_files`]: raises the open-file limit at start and checks that
 //!   `--max-connections` fits in it (used by the binary).
+//! - [`http`]: the plain-HTTP door on the main port: the inspector page,
+//!   the JSON API under `/v1/` (also served by `accord inspect`), live
+//!   change streams, `/health` and `/metrics`; [`http::head`] tells a
+//!   WebSocket upgrade from a plain request.
+//! - [`presence`]: who sent presence about which document lately, for
+//!   the API's "open now by".
 //! - [`docs`]: one actor per live document, owning its `DocHub`; actors
 //!   stop when idle so memory stays bounded.
 
@@ -37,10 +43,12 @@ pub mod connection;
 pub mod db_lock;
 pub mod docs;
 mod gate;
+pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod open_files;
 pub mod peers;
+pub mod presence;
 pub mod server;
 
 pub use config::Config;

@@ -68,7 +68,8 @@ struct ServeArgs {
     /// SQLite file holding every document.
     #[arg(long, env = "ACCORD_RELAY_DB", default_value = DEFAULT_DB)]
     db: PathBuf,
-    /// Address of the /health and /metrics endpoints ("off" disables them).
+    /// A separate address serving /health and /metrics, besides the main
+    /// port, which always serves them ("off", the default: none).
     #[arg(long, env = "ACCORD_RELAY_METRICS_LISTEN", default_value = DEFAULT_METRICS_LISTEN)]
     metrics_listen: String,
     /// Run without a secret: every connection may read and write every

@@ -235,13 +235,18 @@ pub async fn serve_http(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(prometheus))
-        .with_state(metrics);
-    axum::serve(listener, app)
+    axum::serve(listener, routes(metrics))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
+}
+
+/// `/health` and `/metrics`, for the main port's HTTP door and the
+/// separate listener alike.
+pub fn routes(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(prometheus))
+        .with_state(metrics)
 }
 
 async fn health(State(m): State<Arc<Metrics>>) -> impl IntoResponse {

@@ -29,8 +29,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::docs::DocActors;
+use crate::http::{Api, RelayLinks};
 use crate::metrics::Metrics;
 use crate::peers::Peers;
+use crate::presence::Presence;
 
 /// State shared by every task of one relay.
 #[derive(Debug)]
@@ -53,6 +55,10 @@ pub struct Shared {
     pub docs: DocActors,
     /// Cancelled to shut down.
     pub shutdown: CancellationToken,
+    /// Who sent presence about which document lately.
+    pub presence: Arc<Presence>,
+    /// What plain HTTP requests on the main port are served by.
+    pub http: axum::Router,
     /// Clock origin for the sync core.
     started: Instant,
 }
@@ -155,6 +161,20 @@ pub async fn start_with(
         shutdown.clone(),
         Arc::clone(&metrics),
     );
+    let presence = Arc::new(Presence::default());
+    let links = RelayLinks {
+        docs: docs.clone(),
+        peers: peers.clone(),
+        presence: Arc::clone(&presence),
+        metrics: Arc::clone(&metrics),
+    };
+    let http = Api::relay(
+        replica.clone(),
+        Arc::clone(&config.access),
+        links,
+        shutdown.clone(),
+    )
+    .router();
     let shared = Shared {
         relay_id: replica.peer_id().to_string(),
         access: Arc::clone(&config.access),
@@ -165,6 +185,8 @@ pub async fn start_with(
         peers,
         docs,
         shutdown,
+        presence,
+        http,
         started: Instant::now(),
     };
     Ok(Relay {

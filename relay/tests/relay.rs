@@ -754,3 +754,70 @@ async fn a_second_relay_on_the_same_database_is_refused_and_the_first_keeps_serv
         json!({"still": "served"})
     );
 }
+
+/// `GET path` over plain HTTP on the relay's main port; the status line
+/// and the body.
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    (status, body.to_owned())
+}
+
+#[test]
+fn two_relays_with_default_settings_start_side_by_side_and_serve_http_on_their_port() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spawn = |name: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
+            .args(["--open", "--listen", "127.0.0.1:0", "--db"])
+            .arg(dir.path().join(name))
+            .env_remove("ACCORD_RELAY_METRICS_LISTEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("startup line");
+        (child, line)
+    };
+    let (mut first, first_line) = spawn("a.db");
+    let (mut second, second_line) = spawn("b.db");
+    let addrs: Vec<String> = [&first_line, &second_line]
+        .iter()
+        .map(|line| {
+            line.split("listening on ")
+                .nth(1)
+                .unwrap_or_else(|| panic!("both relays start: {line:?}"))
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    for addr in &addrs {
+        let (status, body) = http_get(addr, "/health");
+        assert!(status.contains(" 200 "), "{addr}: {status}");
+        assert!(body.contains("\"status\":\"ok\""), "{addr}: {body}");
+        let (status, body) = http_get(addr, "/metrics");
+        assert!(status.contains(" 200 "), "{addr}: {status}");
+        assert!(body.contains("accord_relay_"), "{addr}: {body}");
+        let (status, body) = http_get(addr, "/");
+        assert!(status.contains(" 200 "), "{addr}: {status}");
+        assert!(body.contains("<html"), "{addr}: the inspector page");
+    }
+    for child in [&mut first, &mut second] {
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+    }
+}

@@ -3,6 +3,7 @@
 //! helpers to wait on conditions with a timeout instead of sleeping, and a
 //! fault-injecting TCP proxy ([`proxy`]).
 
+pub mod http;
 pub mod proxy;
 pub mod samod_client;
 pub mod wire;

@@ -7,9 +7,11 @@
 //! - `transfer`: `export`, `import` (Automerge files and JSON Lines).
 //! - `maintenance`: `compact`, `check`.
 //! - `query`: `query`, `index`, `reindex` (SQL over the records).
-//! - `sync`: `sync`, the one command that needs an async runtime.
+//! - `sync`: `sync`, which needs an async runtime.
+//! - `inspect`: the inspector page and read-only HTTP API over the file.
 
 mod history;
+mod inspect;
 mod listing;
 mod maintenance;
 mod query;
@@ -132,6 +134,7 @@ fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode> {
             timeout,
             strict,
         } => return sync::sync(ctx, &relay, token, collections, timeout, strict),
+        Command::Inspect { listen } => inspect::inspect(ctx, listen)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -86,6 +86,13 @@ impl Grant {
         }
     }
 
+    /// Whether the grant reads every collection, present and future (open
+    /// mode): what reading across collections, such as SQL over the
+    /// `records` view, needs.
+    pub fn reads_everything(&self) -> bool {
+        matches!(self.scope, Scope::Everything)
+    }
+
     /// Whether documents of `collection` may be changed.
     pub fn can_write(&self, collection: &str) -> bool {
         match &self.scope {

@@ -94,6 +94,10 @@ pub struct DocHub {
     peers: BTreeMap<ConnId, HubPeer>,
     /// States of detached peers not persisted yet.
     leaving: Vec<(PeerId, EncodedState)>,
+    /// The document changed in the store without a peer's message (a
+    /// write through the relay's HTTP API): the next batch tells every
+    /// subscriber, as for a change a peer sent.
+    changed_in_store: bool,
 }
 
 impl DocHub {
@@ -104,6 +108,7 @@ impl DocHub {
             collection,
             peers: BTreeMap::new(),
             leaving: Vec::new(),
+            changed_in_store: false,
         }
     }
 
@@ -146,7 +151,10 @@ impl DocHub {
         subscribers: &[Subscriber],
         docs: &dyn SyncDocs,
     ) -> HubOutput {
-        let mut out = HubOutput::default();
+        let mut out = HubOutput {
+            changed: std::mem::take(&mut self.changed_in_store),
+            ..HubOutput::default()
+        };
         for input in inputs {
             self.receive(input, docs, &mut out);
         }
@@ -159,6 +167,13 @@ impl DocHub {
         self.flush(now, docs, &mut out);
         self.save_states(docs, &mut out);
         out
+    }
+
+    /// The document changed in the store by a write that no peer sent (the
+    /// relay's own API): the next [`DocHub::handle_batch`], with or
+    /// without messages, offers the change to every subscriber.
+    pub fn store_changed(&mut self) {
+        self.changed_in_store = true;
     }
 
     /// Time passed: restarts exchanges whose answer is overdue.
@@ -343,5 +358,38 @@ impl DocHub {
                 out.failures.push(self.failure(None, &e));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Replica;
+
+    #[test]
+    fn a_change_made_in_the_store_is_offered_to_every_subscriber() {
+        let relay = Replica::open_in_memory().expect("replica");
+        let collection = Collection::new("contacts").expect("collection");
+        let doc = relay
+            .create("contacts", &serde_json::json!({"name": "Ada"}))
+            .expect("create");
+        let mut hub = DocHub::new(doc, collection);
+        let subscribers = [Subscriber {
+            conn: ConnId(7),
+            peer: PeerId::new("phone").expect("peer id"),
+            write: true,
+        }];
+        let quiet = hub.handle_batch(0, Vec::new(), &subscribers, &relay);
+        assert!(quiet.frames.is_empty(), "nothing happened yet");
+        hub.store_changed();
+        let out = hub.handle_batch(1, Vec::new(), &subscribers, &relay);
+        assert!(out.changed);
+        assert!(
+            matches!(out.frames.as_slice(), [(ConnId(7), Frame::Sync { doc: d, .. })] if *d == doc),
+            "the subscriber is offered the document: {:?}",
+            out.frames
+        );
+        let again = hub.handle_batch(2, Vec::new(), &subscribers, &relay);
+        assert!(!again.changed, "told once");
     }
 }
