@@ -54,7 +54,8 @@ pub use error::{Error, PathError, QueryError, Result, StoreError};
 pub use id::{Collection, DocId, Heads, ParseDocIdError, PeerId};
 pub use replica::{
     describe_patch, patch_json, AsyncReplica, ChangeEvent, ChangeInfo, ChangeKind, Conflict,
-    ConflictValue, Filter, ListOptions, LiveQuery, Origin, ProjectionIssue, ProjectionProblem,
-    Record, RecordMeta, RecvError, ReindexReport, Replica, ReplicaOptions, Subscription,
+    ConflictValue, FeedEntry, Filter, ListOptions, LiveQuery, Origin, ProjectionIssue,
+    ProjectionProblem, Record, RecordMeta, RecvError, ReindexReport, Replica, ReplicaOptions,
+    Subscription,
 };
 pub use store::{Durability, QueryIndex, QueryRows, SqlValue};

@@ -253,6 +253,23 @@ fn a_v1_database_opens_with_its_content_listing_tombstone_and_history() {
         json!({"title": "from A", "body": "from B", "n": 0})
     );
     assert_eq!(r.history(&merged).expect("history").len(), 3);
+
+    // Schema 4 numbered the file's documents per collection, each once, in
+    // order of their last write, and the next write takes the next number.
+    for (collection, count) in [("contacts", 3), ("notes", 2)] {
+        let feed = r.changes_since(collection, 0, 100).expect("feed");
+        let seqs: Vec<u64> = feed.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=count).collect::<Vec<u64>>(), "{collection}");
+        assert_eq!(r.collection_seq(collection).expect("seq"), count);
+    }
+    let feed = r.changes_since("contacts", 0, 100).expect("feed");
+    assert!(feed
+        .iter()
+        .any(|e| e.kind == accord_engine::ChangeKind::Deleted));
+    r.put(&ada, "v", &json!(2), None).expect("put");
+    let after = r.changes_since("contacts", 3, 100).expect("feed");
+    assert_eq!(after.len(), 1);
+    assert_eq!((after[0].id, after[0].seq), (ada, 4));
 }
 
 #[test]

@@ -23,6 +23,7 @@ mod cache;
 mod commit;
 mod conflicts;
 mod events;
+mod feed;
 mod history;
 mod live;
 mod patch;
@@ -53,6 +54,7 @@ pub use conflicts::{Conflict, ConflictValue};
 pub use events::{
     ChangeEvent, ChangeKind, Filter, Origin, RecvError, Subscription, SUBSCRIPTION_CAPACITY,
 };
+pub use feed::FeedEntry;
 pub use history::{describe_patch, ChangeInfo};
 pub use live::LiveQuery;
 pub use patch::patch_json;

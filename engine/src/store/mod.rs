@@ -71,6 +71,26 @@ impl ChunkKind {
     }
 }
 
+/// A document as a collection's change feed reports it: its place in the
+/// collection's sequence and its state after its latest write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangedDoc {
+    /// The document.
+    pub id: DocId,
+    /// The number of its latest commit or tombstone.
+    pub seq: u64,
+    /// The number of its first (when this store first stored it).
+    pub created_seq: u64,
+    /// Whether it carries a tombstone.
+    pub deleted: bool,
+    /// Its heads.
+    pub heads: Heads,
+    /// When this store last wrote it (ms since the epoch).
+    pub updated_at: i64,
+    /// Its projected JSON (`None` if the projection has no row yet).
+    pub json: Option<String>,
+}
+
 /// What the `docs` table knows about a document, without loading it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocMeta {
@@ -441,6 +461,61 @@ impl Store {
             Ok((DocId::from_bytes(bytes), collection))
         })
         .collect()
+    }
+
+    /// The documents of `collection` whose latest commit or tombstone has
+    /// a number above `since` in the collection's sequence, in that order,
+    /// at most `limit`, each with its projected content.
+    pub fn changed_since(
+        &self,
+        collection: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<ChangedDoc>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT d.id, d.seq, d.created_seq, d.deleted, d.heads, d.updated_at, p.json
+             FROM docs d LEFT JOIN projection p ON p.doc = d.id
+             WHERE d.collection = ?1 AND d.seq > ?2 ORDER BY d.seq LIMIT ?3",
+        )?;
+        let since = i64::try_from(since).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![collection, since, limit], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, Option<String>>(6)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (id, seq, created_seq, deleted, heads, updated_at, json) = row?;
+            let id = DocId::from_slice(&id)
+                .ok_or_else(|| StoreError::BadRow(format!("document id of {} bytes", id.len())))?;
+            let heads = Heads::from_bytes(&heads)
+                .ok_or_else(|| StoreError::BadRow(format!("heads of {id}")))?;
+            Ok(ChangedDoc {
+                id,
+                seq: seq as u64,
+                created_seq: created_seq as u64,
+                deleted: deleted != 0,
+                heads,
+                updated_at,
+                json,
+            })
+        })
+        .collect()
+    }
+
+    /// The last number `collection`'s sequence gave out (0: none yet).
+    pub fn collection_seq(&self, collection: &str) -> Result<u64, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT last FROM collection_seqs WHERE collection = ?1")?;
+        let last: Option<i64> = stmt.query_row([collection], |r| r.get(0)).optional()?;
+        Ok(last.unwrap_or(0) as u64)
     }
 
     /// The collections and how many live documents each holds.

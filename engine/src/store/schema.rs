@@ -16,13 +16,21 @@
 //! `records`, and the `live_records` view (records not deleted). Existing
 //! rows are dropped and the projection flagged, so the replica recomputes
 //! every row (and its conflict count) on open.
+//!
+//! Version 4 adds each collection's sequence: `collection_seqs` holds the
+//! last number given out per collection, and `docs.seq` the number of a
+//! document's latest commit or tombstone (`docs.created_seq`: its first).
+//! Triggers on `docs` give the next number to every insert or update that
+//! changes a document's heads or tombstone, in the writing transaction, so
+//! no write path can forget it and commit order is number order. Existing
+//! documents are numbered in order of their last write.
 
 use rusqlite::{Connection, TransactionBehavior};
 
 use crate::error::StoreError;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// `application_id` of an Accord database: ASCII "ACRD".
 pub const APPLICATION_ID: i64 = 0x4143_5244;
@@ -115,6 +123,47 @@ const MIGRATIONS: &[&str] = &[
     CREATE VIEW live_records AS
         SELECT id, collection, created_at, updated_at, json, conflicts, created, updated
         FROM records WHERE deleted = 0;
+    "#,
+    // 3 -> 4: each collection's sequence (the change feed's cursor, and
+    // what a reconnecting replica asks from).
+    r#"
+    CREATE TABLE collection_seqs (
+        collection TEXT PRIMARY KEY,
+        last       INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    ALTER TABLE docs ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE docs ADD COLUMN created_seq INTEGER NOT NULL DEFAULT 0;
+
+    UPDATE docs SET seq = numbered.n, created_seq = numbered.n
+        FROM (SELECT id, row_number() OVER (PARTITION BY collection ORDER BY updated_at, id) AS n
+              FROM docs) AS numbered
+        WHERE docs.id = numbered.id;
+    INSERT INTO collection_seqs (collection, last)
+        SELECT collection, max(seq) FROM docs GROUP BY collection;
+    CREATE INDEX docs_by_seq ON docs (collection, seq);
+
+    CREATE TRIGGER docs_numbered_on_insert AFTER INSERT ON docs
+        WHEN NEW.heads != x'' OR NEW.deleted = 1
+    BEGIN
+        INSERT INTO collection_seqs (collection, last) VALUES (NEW.collection, 1)
+            ON CONFLICT (collection) DO UPDATE SET last = last + 1;
+        UPDATE docs SET
+            seq = (SELECT last FROM collection_seqs WHERE collection = NEW.collection),
+            created_seq = (SELECT last FROM collection_seqs WHERE collection = NEW.collection)
+            WHERE id = NEW.id;
+    END;
+    CREATE TRIGGER docs_numbered_on_update AFTER UPDATE OF heads, deleted ON docs
+        WHEN NEW.heads IS NOT OLD.heads OR NEW.deleted IS NOT OLD.deleted
+    BEGIN
+        INSERT INTO collection_seqs (collection, last) VALUES (NEW.collection, 1)
+            ON CONFLICT (collection) DO UPDATE SET last = last + 1;
+        UPDATE docs SET
+            seq = (SELECT last FROM collection_seqs WHERE collection = NEW.collection),
+            created_seq = CASE WHEN created_seq = 0
+                THEN (SELECT last FROM collection_seqs WHERE collection = NEW.collection)
+                ELSE created_seq END
+            WHERE id = NEW.id;
+    END;
     "#,
 ];
 
