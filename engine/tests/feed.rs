@@ -122,7 +122,9 @@ fn changes_that_arrive_by_sync_are_numbered_like_local_ones() {
     use accord_engine::sync::SyncDocs;
     let a = Replica::open_in_memory().expect("a");
     let b = Replica::open_in_memory().expect("b");
-    let id = a.create("contacts", &json!({"name": "Ada"})).expect("create");
+    let id = a
+        .create("contacts", &json!({"name": "Ada"}))
+        .expect("create");
     // Move the document from a to b through the sync seam, as a relay's
     // hub does: a's messages applied by b until a has nothing to say.
     let collection = accord_engine::Collection::new("contacts").expect("collection");
