@@ -244,6 +244,32 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Print a collection's change feed from a relay: every record changed
+    /// after a cursor, once each, in commit order (see docs/change-feed.md).
+    Feed {
+        /// The relay's URL (ws://, wss://, http:// or https://).
+        #[arg(long, value_name = "URL", env = "ACCORD_RELAY")]
+        relay: String,
+        /// The token to present (for a relay that requires one).
+        #[arg(
+            long,
+            value_name = "T",
+            env = "ACCORD_TOKEN",
+            default_value = "",
+            hide_env_values = true
+        )]
+        token: String,
+        /// The collection to follow.
+        #[arg(long, value_name = "C")]
+        collection: String,
+        /// Start after this cursor (from an earlier event; default: from
+        /// the beginning).
+        #[arg(long, value_name = "CURSOR", default_value_t = 0)]
+        since: u64,
+        /// Keep printing changes as they happen, until interrupted.
+        #[arg(long)]
+        follow: bool,
+    },
     /// Serve the inspector page and the read-only HTTP API over this
     /// database, and print its URL (see docs/inspector.md).
     Inspect {

@@ -1805,3 +1805,81 @@ fn inspect_refuses_a_missing_file_and_a_bad_address() {
     let err = env.fails(2, &["inspect", "--listen", "nowhere"]);
     assert!(err.contains("--listen"), "{err}");
 }
+
+#[test]
+fn feed_prints_every_change_after_a_cursor_and_the_cursor_to_resume_from() {
+    let env = Env::new();
+    let relay = Relay::start(env.path().join("relay.db"));
+    let ada = env.new_record("contacts", r#"{"name": "Ada"}"#);
+    let grace = env.new_record("contacts", r#"{"name": "Grace"}"#);
+    env.ok(&["sync", "--relay", &relay.url]);
+
+    let run = env.run(&[
+        "--json",
+        "feed",
+        "--relay",
+        &relay.url,
+        "--collection",
+        "contacts",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let events: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let ids: Vec<&str> = events
+        .iter()
+        .map(|e| e["id"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(ids.len(), 2, "{events:?}");
+    assert!(ids.contains(&ada.as_str()) && ids.contains(&grace.as_str()));
+    assert!(events.iter().all(|e| e["event"] == "created"));
+    let cursor = events[1]["cursor"].as_str().expect("cursor").to_owned();
+    assert!(
+        run.stderr.contains(&format!("cursor: {cursor}")),
+        "{}",
+        run.stderr
+    );
+
+    // After the cursor: only what changed since, as a table line.
+    env.ok(&["put", &ada, "name", r#""Ada Lovelace""#]);
+    env.ok(&["sync", "--relay", &relay.url]);
+    let run = env.run(&[
+        "feed",
+        "--relay",
+        &relay.url,
+        "--collection",
+        "contacts",
+        "--since",
+        &cursor,
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let out = run.stdout;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert!(
+        lines[0].contains("changed") && lines[0].contains("Ada Lovelace"),
+        "{out}"
+    );
+
+    // Bad input is named.
+    let err = env.fails(
+        1,
+        &["feed", "--relay", "ftp://x", "--collection", "contacts"],
+    );
+    assert!(err.contains("bad relay URL"), "{err}");
+    let err = env.fails(
+        2,
+        &[
+            "feed",
+            "--relay",
+            &relay.url,
+            "--collection",
+            "c",
+            "--since",
+            "x",
+        ],
+    );
+    assert!(err.contains("--since"), "{err}");
+}

@@ -36,6 +36,7 @@ async fn send(
     path: &str,
     token: Option<&str>,
     body: Option<Bytes>,
+    headers: &[(&str, &str)],
 ) -> hyper::Response<Incoming> {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -51,6 +52,9 @@ async fn send(
     }
     if body.is_some() {
         request = request.header("content-type", "application/json");
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
     }
     let request = request
         .body(Full::new(body.unwrap_or_default()))
@@ -78,7 +82,7 @@ pub async fn call_raw(
     token: Option<&str>,
     body: Option<Bytes>,
 ) -> Answer {
-    let response = send(addr, method, path, token, body).await;
+    let response = send(addr, method, path, token, body, &[]).await;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let bytes = response
@@ -117,7 +121,17 @@ pub struct Events {
 impl Events {
     /// Opens `path` as an event stream.
     pub async fn open(addr: SocketAddr, path: &str, token: Option<&str>) -> Events {
-        let response = send(addr, "GET", path, token, None).await;
+        Self::open_with(addr, path, token, &[]).await
+    }
+
+    /// Opens `path` as an event stream with extra request headers.
+    pub async fn open_with(
+        addr: SocketAddr,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Events {
+        let response = send(addr, "GET", path, token, None, headers).await;
         Events {
             status: response.status().as_u16(),
             body: response.into_body(),

@@ -8,8 +8,10 @@
 //! - `maintenance`: `compact`, `check`.
 //! - `query`: `query`, `index`, `reindex` (SQL over the records).
 //! - `sync`: `sync`, which needs an async runtime.
+//! - `feed`: a relay's change feed over HTTP.
 //! - `inspect`: the inspector page and read-only HTTP API over the file.
 
+mod feed;
 mod history;
 mod inspect;
 mod listing;
@@ -134,6 +136,13 @@ fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode> {
             timeout,
             strict,
         } => return sync::sync(ctx, &relay, token, collections, timeout, strict),
+        Command::Feed {
+            relay,
+            token,
+            collection,
+            since,
+            follow,
+        } => return feed::feed(ctx, &relay, &token, &collection, since, follow),
         Command::Inspect { listen } => inspect::inspect(ctx, listen)?,
     }
     Ok(ExitCode::SUCCESS)

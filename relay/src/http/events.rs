@@ -29,7 +29,31 @@ use super::{Api, ApiError, ApiResult};
 const PRESENCE_CHECK: Duration = Duration::from_secs(5);
 
 /// How often a comment keeps proxies from closing an idle stream.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// A place among the live streams, or `503 too_many_streams`.
+pub fn stream_permit(api: &Api) -> ApiResult<OwnedSemaphorePermit> {
+    std::sync::Arc::clone(&api.inner.streams)
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_streams",
+                format!(
+                    "{} live streams are open; try again later",
+                    super::MAX_STREAMS
+                ),
+            )
+        })
+}
+
+/// How long until a token expiring at `expires_at_ms` expires.
+pub fn until_expiry(expires_at_ms: Option<u64>) -> Option<Duration> {
+    expires_at_ms.map(|at| {
+        let now = accord_engine::store::now_ms().max(0) as u64;
+        Duration::from_millis(at.saturating_sub(now))
+    })
+}
 
 /// `GET /v1/events?collection=NAME` or `?record=ID`.
 pub async fn stream(
@@ -57,18 +81,7 @@ pub async fn stream(
             ))
         }
     };
-    let permit = std::sync::Arc::clone(&api.inner.streams)
-        .try_acquire_owned()
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too_many_streams",
-                format!(
-                    "{} live streams are open; try again later",
-                    super::MAX_STREAMS
-                ),
-            )
-        })?;
+    let permit = stream_permit(&api)?;
     let presence = match (&api.inner.relay, doc) {
         (Some(links), Some(_)) => Some(links.presence.changes()),
         _ => None,
@@ -116,10 +129,7 @@ impl Live {
             if let Some(event) = self.presence_changed() {
                 return Some(event);
             }
-            let expiry = self.expires_at_ms.map(|at| {
-                let now = accord_engine::store::now_ms().max(0) as u64;
-                Duration::from_millis(at.saturating_sub(now))
-            });
+            let expiry = until_expiry(self.expires_at_ms);
             tokio::select! {
                 () = self.shutdown.cancelled() => return None,
                 () = sleep(expiry) => return None,

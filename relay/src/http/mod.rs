@@ -15,11 +15,13 @@
 //! Layout: [`head`] tells upgrades from requests; `error` maps failures to
 //! codes and statuses; `records` serves collections, records, history,
 //! diffs and writes; `query` the SQL endpoint; `events` the live stream
-//! (server-sent events); `assets` the embedded page.
+//! (server-sent events); `feed` a collection's change feed (cursors from
+//! the collection's sequence); `assets` the embedded page.
 
 mod assets;
 mod error;
 mod events;
+mod feed;
 pub mod head;
 mod query;
 mod records;
@@ -155,6 +157,7 @@ impl Api {
                     .patch(records::set)
                     .delete(records::delete),
             )
+            .route("/v1/collections/{collection}/changes", get(feed::changes))
             .route("/v1/records/{id}/history", get(records::history))
             .route("/v1/records/{id}/diff", get(records::diff))
             .route("/v1/records/{id}/presence", get(records::presence))
