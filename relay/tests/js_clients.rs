@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use external::{binaries, must_run, run_suite, stale, tool_version};
+use external::{binaries, node_packages, run_suite};
 
 /// What `node` and `npm` are needed by, for the failure that says they
 /// are missing.
@@ -28,29 +28,7 @@ fn stock_automerge_repo_js_clients_against_the_relay() {
     let js_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/js");
     let (relay, accord) = binaries();
 
-    let node_version = tool_version("node", NEEDED_BY);
-    let major: u32 = node_version
-        .trim()
-        .trim_start_matches('v')
-        .split('.')
-        .next()
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
-    assert!(
-        major >= 20,
-        "the JS client suite needs Node 20 or later; `node --version` says {}",
-        node_version.trim()
-    );
-    tool_version("npm", NEEDED_BY);
-
-    // npm writes node_modules/.package-lock.json on every install.
-    let installed = js_dir.join("node_modules/.package-lock.json");
-    if stale(&installed, &js_dir.join("package-lock.json")) {
-        let mut npm = Command::new("npm");
-        npm.args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&js_dir);
-        must_run(npm, INSTALL_TIMEOUT, "npm ci in tests/js");
-    }
+    node_packages(&js_dir, NEEDED_BY, INSTALL_TIMEOUT);
 
     let mut node = Command::new("node");
     node.arg("--test")

@@ -13,6 +13,11 @@ const SCRIPT: &str = include_str!("assets/inspector.js");
 /// Its styles.
 const STYLE: &str = include_str!("assets/inspector.css");
 
+/// What the page may load and reach: its own script, styles and API,
+/// nothing else (no inline script, no framing).
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
 /// `/`, `/assets/inspector.js` and `/assets/inspector.css`.
 pub fn routes() -> Router {
     Router::new()
@@ -37,6 +42,8 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
             (header::CACHE_CONTROL, "no-cache"),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
             (header::X_FRAME_OPTIONS, "DENY"),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::REFERRER_POLICY, "no-referrer"),
         ],
         body,
     )

@@ -1,5 +1,5 @@
-//! Running the test suites written in other languages (the Node suite in
-//! `tests/js`, the Python package's pytest suite) against this build's
+//! Running the test suites written in other languages (the Node suites in
+//! `tests/js` and `tests/browser`, the Python package's pytest suite) against this build's
 //! binaries: finding the binaries, checking the tools, and running a
 //! command with its output captured and a deadline.
 
@@ -134,4 +134,36 @@ fn drain(child: &mut Child, stdout: bool) -> (Captured, thread::JoinHandle<()>) 
         }
     });
     (captured, reader)
+}
+
+/// Checks for Node 20+ and npm (failing with `needed_by` when missing)
+/// and installs the Node package in `dir` with `npm ci` when its
+/// `node_modules` is missing or older than its `package-lock.json`.
+#[allow(dead_code)] // each test binary compiles this module; the Python one needs no Node
+pub fn node_packages(dir: &Path, needed_by: &str, install_timeout: Duration) {
+    let node_version = tool_version("node", needed_by);
+    let major: u32 = node_version
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        major >= 20,
+        "{needed_by}: Node 20 or later; `node --version` says {}",
+        node_version.trim()
+    );
+    tool_version("npm", needed_by);
+    // npm writes node_modules/.package-lock.json on every install.
+    let installed = dir.join("node_modules/.package-lock.json");
+    if stale(&installed, &dir.join("package-lock.json")) {
+        let mut npm = Command::new("npm");
+        npm.args(["ci", "--no-audit", "--no-fund"]).current_dir(dir);
+        must_run(
+            npm,
+            install_timeout,
+            &format!("npm ci in {}", dir.display()),
+        );
+    }
 }

@@ -32,8 +32,8 @@ const state = {
   collections: [],
   /** The records table: rows shown, the cursor of the next page, the filters' total. */
   table: { key: null, records: [], next: null, total: 0 },
-  /** The open record's history entries by hash (for diffs' deps and titles). */
-  history: { id: null, changes: [], next: null, total: 0 },
+  /** The open record as it is now, and its history entries (for diffs' deps and titles). */
+  history: { id: null, current: null, changes: [], next: null, total: 0 },
   /** The live streams now open, by what they follow. */
   streams: { collection: null, record: null },
 }
@@ -161,6 +161,7 @@ async function submitToken(event) {
   if (!token) return
   state.token = token
   sessionStorage.setItem(TOKEN_KEY, token)
+  show($("token-error"), false)
   show($("token-view"), false)
   await enter()
 }
@@ -485,13 +486,27 @@ function renderTable(r) {
   const shown = records.length < total ? `, ${records.length.toLocaleString("en")} shown` : ""
   $("table-total").textContent = `${fmtCount(total, r.q ? "match" : "record", r.q ? "matches" : "records")}${shown}`
   $("records").replaceChildren(...records.map(rec => recordRow(r, rec)))
+  // The change count shows only when the server gives it.
+  $("records-table").classList.toggle("no-changes", !records.some(rec => rec.changes !== undefined))
   show($("records-empty"), records.length === 0)
   show($("more"), Boolean(next))
 }
 
+/**
+ * A one-line summary of a record's content: its plain fields first
+ * (`name: "Ada"`), then its objects and lists as `{…}` and `[n]`.
+ */
 function preview(value) {
-  const text = JSON.stringify(value) ?? ""
-  return text.length > 160 ? `${text.slice(0, 159)}…` : text
+  let text
+  if (isContainer(value) && !Array.isArray(value)) {
+    const fields = Object.entries(value)
+    const plain = fields.filter(([, v]) => !isContainer(v)).map(([k, v]) => `${k}: ${JSON.stringify(v)}`)
+    const nested = fields.filter(([, v]) => isContainer(v)).map(([k, v]) => `${k}: ${Array.isArray(v) ? `[${v.length}]` : "{…}"}`)
+    text = [...plain, ...nested].join(", ") || "{}"
+  } else {
+    text = JSON.stringify(value) ?? ""
+  }
+  return text.length > 200 ? `${text.slice(0, 199)}…` : text
 }
 
 function recordRow(r, rec) {
@@ -510,7 +525,7 @@ function recordRow(r, rec) {
     h("td", { class: "mono" }, h("a", { href: link, "data-testid": "record-link" }, rec.id)),
     h("td", { class: "preview mono" }, preview(rec.value)),
     h("td", { class: "nowrap" }, timeEl(rec.updated)),
-    h("td", { class: "num" }, rec.changes ?? "—"),
+    h("td", { class: "num changes" }, rec.changes ?? ""),
     h(
       "td",
       { class: "badges" },
@@ -548,9 +563,9 @@ const refreshRecord = coalesce(async () => {
     relay ? api(`${base}/presence`) : null,
   ])
   if (route().record !== r.record) return
-  state.history = { id: r.record, changes: history.changes, next: history.next, total: history.total }
+  state.history = { id: r.record, current, changes: history.changes, next: history.next, total: history.total }
   renderRecord(r, current, asOf)
-  renderHistory(r)
+  renderHistory(r, current)
   renderPresence(presence?.peers ?? null)
   await renderDiff(r)
 })
@@ -610,16 +625,20 @@ async function moreHistory() {
     if (state.history.id !== id) return
     state.history.changes.push(...page.changes)
     state.history.next = page.next
-    renderHistory(r)
+    renderHistory(r, state.history.current)
   } catch (e) {
     showError(e)
   }
 }
 
-function renderHistory(r) {
+function renderHistory(r, current) {
   const { changes, next, total } = state.history
   $("history-total").textContent = `(${fmtCount(total, "change")})`
-  $("history").replaceChildren(...changes.map((c, i) => historyEntry(r, c, i === 0)))
+  // A deletion is a tombstone, not a change: shown on top, with when this server stored it.
+  const tombstone = current?.deleted
+    ? h("li", { class: "tombstone", "data-testid": "history-tombstone" }, h("div", { class: "entry-head" }, timeEl(current.updated)), h("div", { class: "entry-message" }, "deleted"))
+    : null
+  $("history").replaceChildren(...[tombstone, ...changes.map((c, i) => historyEntry(r, c, i === 0))].filter(Boolean))
   show($("history-more"), Boolean(next))
 }
 
