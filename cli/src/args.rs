@@ -270,6 +270,29 @@ pub enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// Show a relay's webhooks (how far each has delivered) and their dead
+    /// letters; replay or drop a dead letter.
+    Webhooks {
+        /// The relay's URL (ws://, wss://, http:// or https://).
+        #[arg(long, value_name = "URL", env = "ACCORD_RELAY")]
+        relay: String,
+        /// The token to present (it must read every collection of a
+        /// webhook to see it).
+        #[arg(
+            long,
+            value_name = "T",
+            env = "ACCORD_TOKEN",
+            default_value = "",
+            hide_env_values = true
+        )]
+        token: String,
+        /// Deliver this dead letter again now: WEBHOOK/ID.
+        #[arg(long, value_name = "WEBHOOK/ID", conflicts_with = "drop")]
+        replay: Option<String>,
+        /// Forget this dead letter: WEBHOOK/ID.
+        #[arg(long, value_name = "WEBHOOK/ID")]
+        drop: Option<String>,
+    },
     /// Serve the inspector page and the read-only HTTP API over this
     /// database, and print its URL (see docs/inspector.md).
     Inspect {

@@ -1883,3 +1883,91 @@ fn feed_prints_every_change_after_a_cursor_and_the_cursor_to_resume_from() {
     );
     assert!(err.contains("--since"), "{err}");
 }
+
+#[test]
+fn webhooks_shows_dead_letters_and_replays_and_drops_them() {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    use std::sync::Arc;
+    let env = Env::new();
+    // A receiver that refuses until told otherwise.
+    let answer = Arc::new(AtomicU16::new(400));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let status = Arc::clone(&answer);
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            tx.send(listener.local_addr().expect("addr")).expect("send");
+            let app = axum::Router::new().route(
+                "/hook",
+                axum::routing::post(move || {
+                    let status = Arc::clone(&status);
+                    async move {
+                        axum::http::StatusCode::from_u16(status.load(Ordering::SeqCst))
+                            .expect("status")
+                    }
+                }),
+            );
+            axum::serve(listener, app).await.expect("serve");
+        });
+    });
+    let hook_addr = rx.recv().expect("receiver address");
+    let hooks = env.path().join("hooks.toml");
+    std::fs::write(
+        &hooks,
+        format!(
+            "[[webhook]]\nname = \"search\"\nurl = \"http://{hook_addr}/hook\"\n\
+             collections = [\"contacts\"]\nsecret = \"a secret long enough here\"\n"
+        ),
+    )
+    .expect("hooks");
+    let relay = Relay::start_with(accord_relay::Config {
+        db: env.path().join("relay.db"),
+        webhooks: accord_relay::webhooks::load(&hooks).expect("load"),
+        ..accord_relay::Config::default()
+    });
+    env.new_record("contacts", r#"{"name": "Ada"}"#);
+    env.ok(&["sync", "--relay", &relay.url]);
+
+    // The 400 made a dead letter; wait for it to show.
+    let listing = (0..600)
+        .map(|_| {
+            let out = env.ok(&["--json", "webhooks", "--relay", &relay.url]);
+            let value: serde_json::Value = serde_json::from_str(&out).expect("json");
+            if value["webhooks"][0]["dead_letters"]
+                .as_array()
+                .is_some_and(|l| !l.is_empty())
+            {
+                Some(value)
+            } else {
+                std::thread::park_timeout(std::time::Duration::from_millis(50));
+                None
+            }
+        })
+        .find_map(|v| v)
+        .expect("a dead letter within 30 s");
+    let letter = &listing["webhooks"][0]["dead_letters"][0];
+    assert_eq!(letter["error"], "HTTP 400 Bad Request");
+    let name = format!("search/{}", letter["id"]);
+    let table = env.ok(&["webhooks", "--relay", &relay.url]);
+    assert!(table.contains(&format!("dead letter {name}")), "{table}");
+    assert!(table.contains("HTTP 400"), "{table}");
+
+    // Replay while the receiver still refuses: an error, the letter stays.
+    let err = env.fails(1, &["webhooks", "--relay", &relay.url, "--replay", &name]);
+    assert!(err.contains("HTTP 400"), "{err}");
+    answer.store(200, Ordering::SeqCst);
+    let out = env.ok(&["webhooks", "--relay", &relay.url, "--replay", &name]);
+    assert_eq!(out.trim(), format!("delivered {name}"));
+    let table = env.ok(&["webhooks", "--relay", &relay.url]);
+    assert!(table.contains("no dead letters"), "{table}");
+    let err = env.fails(1, &["webhooks", "--relay", &relay.url, "--drop", &name]);
+    assert!(err.contains("no dead letter"), "{err}");
+    let err = env.fails(
+        1,
+        &["webhooks", "--relay", &relay.url, "--drop", "nonsense"],
+    );
+    assert!(err.contains("WEBHOOK/ID"), "{err}");
+}

@@ -58,4 +58,4 @@ pub use replica::{
     ProjectionProblem, Record, RecordMeta, RecvError, ReindexReport, Replica, ReplicaOptions,
     Subscription,
 };
-pub use store::{Durability, QueryIndex, QueryRows, SqlValue};
+pub use store::{DeadLetter, Durability, QueryIndex, QueryRows, SqlValue};

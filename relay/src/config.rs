@@ -83,6 +83,8 @@ pub struct Config {
     /// Where documents first created by automerge-repo clients are stored
     /// when their token does not grant writing exactly one collection.
     pub automerge_repo_collection: Collection,
+    /// Endpoints that receive collections' change feeds (`--webhooks`).
+    pub webhooks: Vec<crate::webhooks::Webhook>,
 }
 
 impl Default for Config {
@@ -111,6 +113,7 @@ impl Default for Config {
                 accord_engine::sync::repo_session::DEFAULT_COLLECTION,
             )
             .expect("the default collection name is valid"),
+            webhooks: Vec::new(),
         }
     }
 }

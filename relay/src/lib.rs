@@ -34,6 +34,9 @@
 //!   WebSocket upgrade from a plain request.
 //! - [`presence`]: who sent presence about which document lately, for
 //!   the API's "open now by".
+//! - [`webhooks`]: one delivery task per configured endpoint, reading the
+//!   change feed from the store after a durable cursor; signed batches,
+//!   retries, dead letters.
 //! - [`docs`]: one actor per live document, owning its `DocHub`; actors
 //!   stop when idle so memory stays bounded.
 
@@ -50,6 +53,7 @@ pub mod open_files;
 pub mod peers;
 pub mod presence;
 pub mod server;
+pub mod webhooks;
 
 pub use config::Config;
 pub use server::{run, Relay};

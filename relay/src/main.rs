@@ -139,6 +139,11 @@ struct ServeArgs {
           default_value = accord_engine::sync::repo_session::DEFAULT_COLLECTION,
           value_parser = parse_collection)]
     automerge_repo_collection: Collection,
+    /// A file of webhooks (TOML `[[webhook]]` tables: name, url,
+    /// collections, secret or secret_file; see docs/change-feed.md) that
+    /// receive their collections' changes.
+    #[arg(long, env = "ACCORD_RELAY_WEBHOOKS", value_name = "FILE")]
+    webhooks: Option<PathBuf>,
 }
 
 fn parse_collection(name: &str) -> Result<Collection, String> {
@@ -221,7 +226,10 @@ fn serve(args: ServeArgs, secret_args: &SecretArgs) -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let limits = checked_limits(&args)?;
-    let config = config(&args, limits, access(&args, secret_args)?);
+    let mut config = config(&args, limits, access(&args, secret_args)?);
+    if let Some(file) = &args.webhooks {
+        config.webhooks = accord_relay::webhooks::load(file)?;
+    }
     // Held until the relay has stopped: a second relay on this file is refused.
     let lock = accord_relay::db_lock::DbLock::acquire(&config.db)?;
     let files = accord_relay::open_files::raise_for(config.max_connections)?;

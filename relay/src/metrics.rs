@@ -28,6 +28,16 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// Labels of a webhook's metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabel {
+    /// The webhook's name.
+    pub webhook: String,
+    /// An outcome (`delivered`, `retried`, `dead_lettered`) or a
+    /// collection, by metric.
+    pub what: String,
+}
+
 /// Every metric of one relay.
 #[derive(Debug)]
 pub struct Metrics {
@@ -72,6 +82,14 @@ pub struct Metrics {
     /// Ephemeral messages not passed on because the listener's queue was
     /// full (presence is dropped for a slow peer, never queued).
     pub ephemeral_dropped: Counter,
+    /// Webhook batches by outcome (`delivered`, `retried`: a try that
+    /// failed and will be retried, `dead_lettered`).
+    pub webhook_batches: Family<WebhookLabel, Counter>,
+    /// Sequence numbers a webhook is behind, per collection.
+    pub webhook_lags: Family<WebhookLabel, Gauge>,
+    /// Time from a change's commit to its delivery (the oldest of each
+    /// delivered batch), seconds.
+    pub webhook_latency_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -96,8 +114,27 @@ impl Default for Metrics {
             dropped_connections: Counter::default(),
             ephemeral_forwarded: Counter::default(),
             ephemeral_dropped: Counter::default(),
+            webhook_batches: Family::default(),
+            webhook_lags: Family::default(),
+            // 1 ms to ~9 h.
+            webhook_latency_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 25)),
         };
         let r = &mut m.registry;
+        r.register(
+            "webhook_batches",
+            "Webhook batches by outcome (what: delivered, retried, dead_lettered)",
+            m.webhook_batches.clone(),
+        );
+        r.register(
+            "webhook_lag",
+            "Sequence numbers a webhook is behind, per collection (what)",
+            m.webhook_lags.clone(),
+        );
+        r.register(
+            "webhook_latency_seconds",
+            "Time from a change's commit to its webhook delivery",
+            m.webhook_latency_seconds.clone(),
+        );
         r.register(
             "connections",
             "Welcomed connections open now",
@@ -217,6 +254,35 @@ impl Metrics {
     /// Records storage time.
     pub fn store_time(&self, took: Duration) {
         self.store_seconds.observe(took.as_secs_f64());
+    }
+
+    /// The counter of a webhook's batches with `outcome`.
+    pub fn webhook_outcome(&self, webhook: &str, outcome: &str) -> Counter {
+        self.webhook_batches
+            .get_or_create(&WebhookLabel {
+                webhook: webhook.to_owned(),
+                what: outcome.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The gauge of how far `webhook` is behind in `collection`.
+    pub fn webhook_lag(&self, webhook: &str, collection: &str) -> Gauge {
+        self.webhook_lags
+            .get_or_create(&WebhookLabel {
+                webhook: webhook.to_owned(),
+                what: collection.to_owned(),
+            })
+            .clone()
+    }
+
+    /// A batch was delivered; its oldest change was committed at
+    /// `oldest_ms` (ms since the epoch).
+    pub fn webhook_delivered(&self, webhook: &str, oldest_ms: i64) {
+        self.webhook_outcome(webhook, "delivered").inc();
+        let now = accord_engine::store::now_ms();
+        self.webhook_latency_seconds
+            .observe((now - oldest_ms).max(0) as f64 / 1000.0);
     }
 
     /// The Prometheus text exposition.

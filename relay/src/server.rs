@@ -153,6 +153,7 @@ pub async fn start_with(
     let tracker = TaskTracker::new();
     let metrics = Arc::new(Metrics::default());
     let store = store(replica.clone());
+    crate::webhooks::start(&config.webhooks, &replica, &metrics, &tracker, &shutdown);
     let docs = DocActors::new(
         Arc::clone(&store),
         peers.clone(),
@@ -167,6 +168,7 @@ pub async fn start_with(
         peers: peers.clone(),
         presence: Arc::clone(&presence),
         metrics: Arc::clone(&metrics),
+        webhooks: config.webhooks.clone(),
     };
     let http = Api::relay(
         replica.clone(),

@@ -3,90 +3,23 @@
 //! `--follow` the event stream, forever. Each event is one line (a JSON
 //! object per line with `--json`); the cursor to resume from is the last
 //! event's, and is printed on stderr when the command ends.
+//!
+//! `accord webhooks`: the relay's webhooks and their dead letters
+//! (`/v1/webhooks`), and replaying or dropping one.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
-use http_body_util::{BodyExt, Empty};
+use accord_relay::http::client::{send, Target};
+use anyhow::{bail, Context, Result};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Ctx;
 use crate::output::short;
 
 /// Events asked for per page.
 const PAGE: usize = 500;
-
-/// Where the relay is: host, port, and whether over TLS.
-#[derive(Debug, Clone)]
-struct Target {
-    host: String,
-    port: u16,
-    tls: bool,
-}
-
-impl Target {
-    fn parse(url: &str) -> Result<Self> {
-        let (tls, rest) = if let Some(rest) = url.strip_prefix("wss://") {
-            (true, rest)
-        } else if let Some(rest) = url.strip_prefix("https://") {
-            (true, rest)
-        } else if let Some(rest) = url.strip_prefix("ws://") {
-            (false, rest)
-        } else if let Some(rest) = url.strip_prefix("http://") {
-            (false, rest)
-        } else {
-            bail!("bad relay URL '{url}': expected ws://, wss://, http:// or https://HOST:PORT");
-        };
-        let authority = rest.split('/').next().unwrap_or_default();
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
-                let port = port
-                    .parse()
-                    .map_err(|_| anyhow!("bad port in relay URL '{url}'"))?;
-                (host.trim_matches(['[', ']']).to_owned(), port)
-            }
-            _ => (authority.to_owned(), if tls { 443 } else { 80 }),
-        };
-        if host.is_empty() {
-            bail!("bad relay URL '{url}': no host");
-        }
-        Ok(Target { host, port, tls })
-    }
-
-    fn authority(&self) -> String {
-        format!("{}:{}", self.host, self.port)
-    }
-}
-
-/// A byte stream to the relay, plain or TLS.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-async fn connect(target: &Target) -> Result<Box<dyn Io>> {
-    let tcp = tokio::net::TcpStream::connect(target.authority())
-        .await
-        .with_context(|| format!("cannot reach the relay at {}", target.authority()))?;
-    if !target.tls {
-        return Ok(Box::new(tcp));
-    }
-    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let config = tokio_rustls::rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(target.host.clone())
-        .with_context(|| format!("bad host name '{}'", target.host))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .with_context(|| format!("TLS with {} failed", target.host))?;
-    Ok(Box::new(tls))
-}
 
 /// Sends a GET and returns the response, or an error naming the relay's
 /// error answer.
@@ -96,22 +29,26 @@ async fn get(
     token: &str,
     stream: bool,
 ) -> Result<hyper::Response<Incoming>> {
-    let io = connect(target).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .context("HTTP handshake with the relay failed")?;
-    tokio::spawn(conn);
-    let mut request = Request::get(path).header("host", target.authority());
+    call(target, "GET", path, token, stream).await
+}
+
+/// Sends a request without a body; the response, or an error naming the
+/// relay's error answer.
+async fn call(
+    target: &Target,
+    method: &str,
+    path: &str,
+    token: &str,
+    stream: bool,
+) -> Result<hyper::Response<Incoming>> {
+    let mut request = target.request(method, path);
     if !token.is_empty() {
         request = request.header("authorization", format!("Bearer {token}"));
     }
     if stream {
         request = request.header("accept", "text/event-stream");
     }
-    let response = sender
-        .send_request(request.body(Empty::<Bytes>::new())?)
-        .await
-        .context("the relay did not answer")?;
+    let response = send(target, request.body(Full::new(Bytes::new()))?).await?;
     if response.status().is_success() {
         return Ok(response);
     }
@@ -133,7 +70,7 @@ pub fn feed(
     since: u64,
     follow: bool,
 ) -> Result<ExitCode> {
-    let target = Target::parse(relay)?;
+    let target = relay_target(relay)?;
     accord_engine::replica::check_collection(collection)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let last = runtime.block_on(async {
@@ -252,22 +189,103 @@ fn print(ctx: &mut Ctx, change: &Value) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::Target;
+fn relay_target(relay: &str) -> Result<Target> {
+    Target::parse(relay).map_err(|e| anyhow::anyhow!("bad relay URL: {e:#}"))
+}
 
-    #[test]
-    fn relay_urls_of_every_scheme_name_host_port_and_tls() {
-        let t = Target::parse("ws://127.0.0.1:7420").expect("ws");
-        assert_eq!((t.host.as_str(), t.port, t.tls), ("127.0.0.1", 7420, false));
-        let t = Target::parse("wss://relay.example.com/").expect("wss");
-        assert_eq!(
-            (t.host.as_str(), t.port, t.tls),
-            ("relay.example.com", 443, true)
-        );
-        let t = Target::parse("http://[::1]:8080").expect("v6");
-        assert_eq!((t.host.as_str(), t.port), ("::1", 8080));
-        assert!(Target::parse("ftp://x").is_err());
-        assert!(Target::parse("http://host:notaport").is_err());
+/// A request's JSON answer.
+async fn json(target: &Target, method: &str, path: &str, token: &str) -> Result<Value> {
+    let body = call(target, method, path, token, false)
+        .await?
+        .into_body()
+        .collect()
+        .await?
+        .to_bytes();
+    serde_json::from_slice(&body).context("the relay's answer is not JSON")
+}
+
+/// `accord webhooks`.
+pub fn webhooks(
+    ctx: &mut Ctx,
+    relay: &str,
+    token: &str,
+    replay: Option<&str>,
+    drop: Option<&str>,
+) -> Result<()> {
+    let target = relay_target(relay)?;
+    let letter = |text: &str| -> Result<(String, i64)> {
+        let (name, id) = text
+            .split_once('/')
+            .and_then(|(n, i)| Some((n.to_owned(), i.parse().ok()?)))
+            .ok_or_else(|| anyhow::anyhow!("'{text}' is not WEBHOOK/ID (such as search/3)"))?;
+        Ok((name, id))
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        if let Some(text) = replay {
+            let (name, id) = letter(text)?;
+            let path = format!("/v1/webhooks/{name}/dead-letters/{id}/replay");
+            json(&target, "POST", &path, token).await?;
+            return Ok(ctx.out.line(&format!("delivered {name}/{id}"))?);
+        }
+        if let Some(text) = drop {
+            let (name, id) = letter(text)?;
+            let path = format!("/v1/webhooks/{name}/dead-letters/{id}");
+            json(&target, "DELETE", &path, token).await?;
+            return Ok(ctx.out.line(&format!("dropped {name}/{id}"))?);
+        }
+        let mut hooks = json(&target, "GET", "/v1/webhooks", token).await?["webhooks"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for hook in &mut hooks {
+            let name = hook["name"].as_str().unwrap_or_default().to_owned();
+            let path = format!("/v1/webhooks/{name}/dead-letters");
+            hook["dead_letters"] =
+                json(&target, "GET", &path, token).await?["dead_letters"].clone();
+        }
+        if ctx.out.json {
+            return Ok(ctx
+                .out
+                .json_value(&serde_json::json!({ "webhooks": hooks }))?);
+        }
+        for hook in &hooks {
+            print_hook(ctx, hook)?;
+        }
+        Ok(())
+    })
+}
+
+/// A webhook, its collections and its dead letters, as lines.
+fn print_hook(ctx: &mut Ctx, hook: &Value) -> Result<()> {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    ctx.out
+        .line(&format!("{}  {}", text(&hook["name"]), text(&hook["url"])))?;
+    for c in hook["collections"].as_array().into_iter().flatten() {
+        ctx.out.line(&format!(
+            "  {}: delivered to cursor {}, {} behind",
+            text(&c["collection"]),
+            text(&c["cursor"]),
+            c["behind"]
+        ))?;
     }
+    let letters = hook["dead_letters"].as_array().cloned().unwrap_or_default();
+    if letters.is_empty() {
+        return Ok(ctx.out.line("  no dead letters")?);
+    }
+    for l in &letters {
+        ctx.out.line(&format!(
+            "  dead letter {}/{}: {} cursors {}-{}, {} event(s), {} attempt(s), {}: {}",
+            text(&hook["name"]),
+            l["id"],
+            text(&l["collection"]),
+            text(&l["first_cursor"]),
+            text(&l["last_cursor"]),
+            l["events"],
+            l["attempts"],
+            text(&l["failed"]),
+            text(&l["error"])
+        ))?;
+    }
+    Ok(())
 }

@@ -8,7 +8,8 @@
 //! - `maintenance`: `compact`, `check`.
 //! - `query`: `query`, `index`, `reindex` (SQL over the records).
 //! - `sync`: `sync`, which needs an async runtime.
-//! - `feed`: a relay's change feed over HTTP.
+//! - `feed`: a relay's change feed and webhooks over HTTP (`feed`,
+//!   `webhooks`).
 //! - `inspect`: the inspector page and read-only HTTP API over the file.
 
 mod feed;
@@ -143,6 +144,12 @@ fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode> {
             since,
             follow,
         } => return feed::feed(ctx, &relay, &token, &collection, since, follow),
+        Command::Webhooks {
+            relay,
+            token,
+            replay,
+            drop,
+        } => feed::webhooks(ctx, &relay, &token, replay.as_deref(), drop.as_deref())?,
         Command::Inspect { listen } => inspect::inspect(ctx, listen)?,
     }
     Ok(ExitCode::SUCCESS)

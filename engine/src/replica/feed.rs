@@ -12,6 +12,7 @@
 use super::{ChangeKind, Replica};
 use crate::error::Result;
 use crate::id::{DocId, Heads};
+use crate::store::{DeadLetter, WriteOp};
 
 /// One record in a collection's change feed.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,5 +81,55 @@ impl Replica {
     /// The last number `collection`'s sequence gave out (0 if it has none).
     pub fn collection_seq(&self, collection: &str) -> Result<u64> {
         Ok(self.read_store(|s| s.collection_seq(collection))?)
+    }
+
+    /// Where the named consumer `consumer` (a relay's webhook) stands in
+    /// `collection`'s feed: the last number it dealt with (0: none).
+    pub fn feed_cursor(&self, consumer: &str, collection: &str) -> Result<u64> {
+        Ok(self.read_store(|s| s.feed_cursor(consumer, collection))?)
+    }
+
+    /// Durably moves `consumer`'s cursor in `collection`'s feed.
+    pub fn set_feed_cursor(&self, consumer: &str, collection: &str, cursor: u64) -> Result<()> {
+        let op = WriteOp::FeedCursor {
+            consumer: consumer.to_owned(),
+            collection: collection.to_owned(),
+            cursor,
+        };
+        Ok(self.inner.committer.submit(vec![op])?)
+    }
+
+    /// Keeps a batch its consumer gave up on and moves the consumer past
+    /// it, in one commit: the batch is never lost and never holds up what
+    /// comes after it.
+    pub fn give_up(&self, letter: DeadLetter) -> Result<()> {
+        let op = WriteOp::FeedCursor {
+            consumer: letter.consumer.clone(),
+            collection: letter.collection.clone(),
+            cursor: letter.last_seq,
+        };
+        Ok(self
+            .inner
+            .committer
+            .submit(vec![WriteOp::DeadLetter(letter), op])?)
+    }
+
+    /// The dead letters of `consumer` (of every consumer with `None`),
+    /// oldest first.
+    pub fn dead_letters(&self, consumer: Option<&str>) -> Result<Vec<DeadLetter>> {
+        Ok(self.read_store(|s| s.dead_letters(consumer, None))?)
+    }
+
+    /// The dead letter `id`, if it exists.
+    pub fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>> {
+        Ok(self.read_store(|s| s.dead_letters(None, Some(id)))?.pop())
+    }
+
+    /// Forgets dead letter `id` (delivered on replay, or dropped).
+    pub fn drop_dead_letter(&self, id: i64) -> Result<()> {
+        Ok(self
+            .inner
+            .committer
+            .submit(vec![WriteOp::DropDeadLetter { id }])?)
     }
 }

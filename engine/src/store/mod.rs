@@ -71,6 +71,29 @@ impl ChunkKind {
     }
 }
 
+/// A batch a named consumer of the change feed gave up delivering.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetter {
+    /// Its id (0 until stored).
+    pub id: i64,
+    /// The consumer.
+    pub consumer: String,
+    /// The collection.
+    pub collection: String,
+    /// The first and last sequence numbers the batch reported.
+    pub first_seq: u64,
+    /// See `first_seq`.
+    pub last_seq: u64,
+    /// What would have been delivered.
+    pub body: String,
+    /// How many times delivery was tried.
+    pub attempts: u32,
+    /// Why the last try failed.
+    pub error: String,
+    /// When it was given up (ms since the epoch; set when stored).
+    pub failed_at: i64,
+}
+
 /// A document as a collection's change feed reports it: its place in the
 /// collection's sequence and its state after its latest write.
 #[derive(Debug, Clone, PartialEq)]
@@ -193,6 +216,22 @@ pub enum WriteOp {
         keep: usize,
         /// A peer never dropped (the one connecting).
         current: String,
+    },
+    /// Moves a named consumer of a collection's change feed to `cursor`.
+    FeedCursor {
+        /// The consumer (a webhook's name).
+        consumer: String,
+        /// The collection.
+        collection: String,
+        /// The last number it has dealt with.
+        cursor: u64,
+    },
+    /// Keeps a batch a consumer gave up delivering.
+    DeadLetter(DeadLetter),
+    /// Forgets a dead letter (delivered on replay, or dropped).
+    DropDeadLetter {
+        /// Its id.
+        id: i64,
     },
     /// Stores a peer's sync state for a document.
     SyncState {
@@ -518,6 +557,45 @@ impl Store {
         Ok(last.unwrap_or(0) as u64)
     }
 
+    /// Where a named consumer of `collection`'s feed stands (0: nowhere).
+    pub fn feed_cursor(&self, consumer: &str, collection: &str) -> Result<u64, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT cursor FROM feed_cursors WHERE consumer = ?1 AND collection = ?2",
+        )?;
+        let cursor: Option<i64> = stmt
+            .query_row([consumer, collection], |r| r.get(0))
+            .optional()?;
+        Ok(cursor.unwrap_or(0) as u64)
+    }
+
+    /// A consumer's dead letters, oldest first (every consumer's with
+    /// `None`); or the one with `id`.
+    pub fn dead_letters(
+        &self,
+        consumer: Option<&str>,
+        id: Option<i64>,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, consumer, collection, first_seq, last_seq, body, attempts, error, failed_at
+             FROM feed_dead_letters WHERE (?1 IS NULL OR consumer = ?1) AND (?2 IS NULL OR id = ?2)
+             ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![consumer, id], |r| {
+            Ok(DeadLetter {
+                id: r.get(0)?,
+                consumer: r.get(1)?,
+                collection: r.get(2)?,
+                first_seq: r.get::<_, i64>(3)? as u64,
+                last_seq: r.get::<_, i64>(4)? as u64,
+                body: r.get(5)?,
+                attempts: r.get(6)?,
+                error: r.get(7)?,
+                failed_at: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The collections and how many live documents each holds.
     pub fn collections(&self) -> Result<Vec<(String, u64)>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
@@ -697,6 +775,38 @@ fn apply_one(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError
             )?
             .execute(params![doc.as_bytes().as_slice(), collection.as_str(), at, now])?;
             projection::write(conn, doc, content.as_ref())?;
+        }
+        WriteOp::FeedCursor {
+            consumer,
+            collection,
+            cursor,
+        } => {
+            conn.prepare_cached(
+                "INSERT INTO feed_cursors (consumer, collection, cursor, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (consumer, collection) DO UPDATE SET cursor = ?3, updated_at = ?4",
+            )?
+            .execute(params![consumer, collection, *cursor as i64, now])?;
+        }
+        WriteOp::DeadLetter(letter) => {
+            conn.prepare_cached(
+                "INSERT INTO feed_dead_letters
+                   (consumer, collection, first_seq, last_seq, body, attempts, error, failed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                letter.consumer,
+                letter.collection,
+                letter.first_seq as i64,
+                letter.last_seq as i64,
+                letter.body,
+                letter.attempts,
+                letter.error,
+                now
+            ])?;
+        }
+        WriteOp::DropDeadLetter { id } => {
+            conn.prepare_cached("DELETE FROM feed_dead_letters WHERE id = ?1")?
+                .execute([id])?;
         }
         WriteOp::SyncState { peer, doc, state } => {
             conn.prepare_cached(

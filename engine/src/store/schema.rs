@@ -23,7 +23,9 @@
 //! Triggers on `docs` give the next number to every insert or update that
 //! changes a document's heads or tombstone, in the writing transaction, so
 //! no write path can forget it and commit order is number order. Existing
-//! documents are numbered in order of their last write.
+//! documents are numbered in order of their last write. It also adds the
+//! bookkeeping of the feed's named consumers (the relay's webhooks):
+//! `feed_cursors` and `feed_dead_letters`.
 
 use rusqlite::{Connection, TransactionBehavior};
 
@@ -164,6 +166,28 @@ const MIGRATIONS: &[&str] = &[
                 ELSE created_seq END
             WHERE id = NEW.id;
     END;
+
+    -- Named consumers of the change feed (the relay's webhooks): how far
+    -- each has delivered per collection, and the batches it gave up on.
+    CREATE TABLE feed_cursors (
+        consumer   TEXT NOT NULL,
+        collection TEXT NOT NULL,
+        cursor     INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (consumer, collection)
+    ) WITHOUT ROWID;
+    CREATE TABLE feed_dead_letters (
+        id         INTEGER PRIMARY KEY,
+        consumer   TEXT NOT NULL,
+        collection TEXT NOT NULL,
+        first_seq  INTEGER NOT NULL,
+        last_seq   INTEGER NOT NULL,
+        body       TEXT NOT NULL,
+        attempts   INTEGER NOT NULL,
+        error      TEXT NOT NULL,
+        failed_at  INTEGER NOT NULL
+    );
+    CREATE INDEX feed_dead_letters_by_consumer ON feed_dead_letters (consumer, id);
     "#,
 ];
 

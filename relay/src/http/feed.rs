@@ -149,8 +149,8 @@ async fn read(
         .await
 }
 
-/// One event as JSON.
-fn entry_json(collection: &Collection, entry: &FeedEntry) -> Value {
+/// One event as JSON: what the feed and webhooks send.
+pub fn entry_json(collection: &str, entry: &FeedEntry) -> Value {
     let event = match entry.kind {
         ChangeKind::Created => "created",
         ChangeKind::Changed => "changed",
@@ -159,7 +159,7 @@ fn entry_json(collection: &Collection, entry: &FeedEntry) -> Value {
     json!({
         "cursor": entry.seq.to_string(),
         "id": entry.id.to_string(),
-        "collection": collection.to_string(),
+        "collection": collection,
         "event": event,
         "heads": entry.heads.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "time": rfc3339(entry.updated_at),

@@ -16,15 +16,19 @@
 //! codes and statuses; `records` serves collections, records, history,
 //! diffs and writes; `query` the SQL endpoint; `events` the live stream
 //! (server-sent events); `feed` a collection's change feed (cursors from
-//! the collection's sequence); `assets` the embedded page.
+//! the collection's sequence); `webhooks` the webhooks' state and dead
+//! letters; `client` the HTTP client of `accord feed` and webhooks;
+//! `assets` the embedded page.
 
 mod assets;
+pub mod client;
 mod error;
 mod events;
 mod feed;
 pub mod head;
 mod query;
 mod records;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +46,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub use error::{ApiError, ApiResult};
+pub use feed::entry_json as feed_event;
 
 use crate::docs::{DocActors, HubKey};
 use crate::metrics::Metrics;
@@ -93,6 +98,8 @@ pub struct RelayLinks {
     pub presence: Arc<Presence>,
     /// Served at `/health` and `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The webhooks, for `/v1/webhooks`.
+    pub webhooks: Vec<crate::webhooks::Webhook>,
 }
 
 impl Api {
@@ -163,6 +170,19 @@ impl Api {
             .route("/v1/records/{id}/presence", get(records::presence))
             .route("/v1/query", post(query::run))
             .route("/v1/events", get(events::stream))
+            .route("/v1/webhooks", get(webhooks::list))
+            .route(
+                "/v1/webhooks/{name}/dead-letters",
+                get(webhooks::dead_letters),
+            )
+            .route(
+                "/v1/webhooks/{name}/dead-letters/{id}",
+                axum::routing::delete(webhooks::drop_letter),
+            )
+            .route(
+                "/v1/webhooks/{name}/dead-letters/{id}/replay",
+                post(webhooks::replay),
+            )
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(self.clone());
         let page = assets::routes();
@@ -210,6 +230,14 @@ impl Api {
     fn open(&self) -> bool {
         let now = accord_engine::store::now_ms().max(0) as u64;
         self.inner.access.check("", now).is_ok()
+    }
+
+    /// The relay's webhooks (none for `accord inspect`).
+    fn webhooks(&self) -> &[crate::webhooks::Webhook] {
+        self.inner
+            .relay
+            .as_ref()
+            .map_or(&[], |links| links.webhooks.as_slice())
     }
 
     /// Runs `work` on the replica on the blocking pool.

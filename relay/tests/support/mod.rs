@@ -1,6 +1,8 @@
 //! Running the real `accord-relay` binary from the relay's tests, and a
 //! raw protocol client to talk to it ([`wire`]).
 
+#[allow(dead_code)] // not every test binary receives webhooks
+pub mod receiver;
 pub mod wire;
 
 use std::io::{BufRead, BufReader};
@@ -23,7 +25,14 @@ impl Drop for RelayProcess {
 /// Starts `accord-relay` in open mode (no tokens; these tests are about
 /// storage and crashes, not access) on a free loopback port and reads the
 /// port from its startup line (which also proves it opened `db`).
+#[allow(dead_code)] // only some test binaries start it without arguments
 pub fn spawn_relay(db: &Path) -> RelayProcess {
+    spawn_relay_with(db, &[])
+}
+
+/// [`spawn_relay`] with more arguments.
+#[allow(dead_code)] // only some test binaries pass any
+pub fn spawn_relay_with(db: &Path, args: &[&str]) -> RelayProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
         .args([
             "--open",
@@ -34,6 +43,7 @@ pub fn spawn_relay(db: &Path) -> RelayProcess {
             "--db",
         ])
         .arg(db)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -1,0 +1,165 @@
+//! A small HTTP client over hyper and rustls: what `accord feed` reads the
+//! change feed with and what webhooks deliver with. One request per
+//! connection (deliveries are seconds apart or retried after a failure;
+//! nothing to pool), plain or TLS (the web PKI's roots, as the sync
+//! client's WebSocket uses).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Where requests go: a URL's scheme, host, port and path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The host name or address (IPv6 without brackets).
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// Whether over TLS (`https`, `wss`).
+    pub tls: bool,
+    /// The URL's path and query (`/` if it had none).
+    pub path: String,
+}
+
+impl Target {
+    /// Parses an `http`, `https`, `ws` or `wss` URL.
+    pub fn parse(url: &str) -> Result<Self> {
+        let uri: Uri = url.parse().map_err(|e| anyhow!("bad URL '{url}': {e}"))?;
+        let tls = match uri.scheme_str() {
+            Some("https" | "wss") => true,
+            Some("http" | "ws") => false,
+            _ => bail!("bad URL '{url}': expected http://, https://, ws:// or wss://HOST[:PORT]"),
+        };
+        let host = uri
+            .host()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| anyhow!("bad URL '{url}': no host"))?
+            .trim_matches(['[', ']'])
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let path = uri
+            .path_and_query()
+            .map_or("/".to_owned(), |p| p.as_str().to_owned());
+        Ok(Target {
+            host,
+            port,
+            tls,
+            path,
+        })
+    }
+
+    /// `host:port`, as the `Host` header and the socket address want it.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Starts a request to `path` on this target, with its `Host` header.
+    pub fn request(&self, method: &str, path: &str) -> hyper::http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.authority())
+            .header("user-agent", concat!("accord/", env!("CARGO_PKG_VERSION")))
+    }
+}
+
+/// A byte stream to a server, plain or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+async fn connect(target: &Target) -> Result<Box<dyn Io>> {
+    let tcp = tokio::net::TcpStream::connect(target.authority())
+        .await
+        .with_context(|| format!("cannot reach {}", target.authority()))?;
+    let _ = tcp.set_nodelay(true);
+    if !target.tls {
+        return Ok(Box::new(tcp));
+    }
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let config = tokio_rustls::rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(target.host.clone())
+        .with_context(|| format!("bad host name '{}'", target.host))?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .with_context(|| format!("TLS with {} failed", target.host))?;
+    Ok(Box::new(tls))
+}
+
+/// Sends `request` to `target` and returns the response head and its
+/// streaming body.
+pub async fn send(target: &Target, request: Request<Full<Bytes>>) -> Result<Response<Incoming>> {
+    let io = connect(target).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .with_context(|| format!("HTTP handshake with {} failed", target.authority()))?;
+    tokio::spawn(conn);
+    sender
+        .send_request(request)
+        .await
+        .with_context(|| format!("{} did not answer", target.authority()))
+}
+
+/// Sends `request` and reads the whole answer, at most `limit` bytes of
+/// body, within `timeout`.
+pub async fn fetch(
+    target: &Target,
+    request: Request<Full<Bytes>>,
+    limit: usize,
+    timeout: Duration,
+) -> Result<(hyper::StatusCode, Bytes)> {
+    let exchange = async {
+        let response = send(target, request).await?;
+        let status = response.status();
+        let body = http_body_util::Limited::new(response.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| anyhow!("reading the answer from {}: {e}", target.authority()))?
+            .to_bytes();
+        Ok((status, body))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| anyhow!("{} did not answer within {timeout:?}", target.authority()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Target;
+
+    #[test]
+    fn urls_of_every_scheme_name_host_port_tls_and_path() {
+        let t = Target::parse("ws://127.0.0.1:7420").expect("ws");
+        assert_eq!(
+            (t.host.as_str(), t.port, t.tls, t.path.as_str()),
+            ("127.0.0.1", 7420, false, "/")
+        );
+        let t = Target::parse("wss://relay.example.com/").expect("wss");
+        assert_eq!(
+            (t.host.as_str(), t.port, t.tls),
+            ("relay.example.com", 443, true)
+        );
+        let t = Target::parse("http://[::1]:8080/hooks/accord?x=1").expect("v6");
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path.as_str()),
+            ("::1", 8080, "/hooks/accord?x=1")
+        );
+        assert_eq!(t.authority(), "[::1]:8080");
+        assert!(Target::parse("ftp://x").is_err());
+        assert!(Target::parse("http://host:notaport").is_err());
+        assert!(Target::parse("not a url").is_err());
+    }
+}
