@@ -34,7 +34,7 @@ use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::http::client::{fetch, Target};
+use crate::http::client::{Connection, Target};
 use crate::metrics::Metrics;
 
 /// The header carrying a delivery's signature: `t=<unix seconds>,v1=<hex
@@ -203,6 +203,7 @@ pub fn start(
 ) {
     for hook in hooks {
         let worker = Worker {
+            connection: tokio::sync::Mutex::new(Connection::new(hook.target.clone())),
             hook: hook.clone(),
             replica: replica.clone(),
             metrics: Arc::clone(metrics),
@@ -226,6 +227,8 @@ enum Outcome {
 
 /// One endpoint's delivery task.
 struct Worker {
+    /// The kept-alive connection to the endpoint.
+    connection: tokio::sync::Mutex<Connection>,
     hook: Webhook,
     replica: Replica,
     metrics: Arc<Metrics>,
@@ -392,9 +395,15 @@ impl Worker {
         json!({ "webhook": self.hook.name, "collection": collection, "events": events })
     }
 
-    /// One delivery try; the endpoint's status.
+    /// One delivery try on the kept-alive connection; the endpoint's
+    /// status.
     async fn post(&self, body: &str, key: &str) -> Result<hyper::StatusCode> {
-        post(&self.hook, body, key).await
+        let request = signed(&self.hook, body, key)?;
+        let mut connection = self.connection.lock().await;
+        let (status, _) = connection
+            .fetch(request, ANSWER_LIMIT, self.hook.timeout)
+            .await?;
+        Ok(status)
     }
 
     /// Exponential backoff with full jitter, capped.
@@ -417,12 +426,12 @@ impl Worker {
     }
 }
 
-/// POSTs `body` to `hook`, signed; returns the endpoint's status.
-pub async fn post(hook: &Webhook, body: &str, key: &str) -> Result<hyper::StatusCode> {
+/// A delivery of `body` to `hook`, signed now.
+fn signed(hook: &Webhook, body: &str, key: &str) -> Result<hyper::Request<Full<Bytes>>> {
     let t = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let request = hook
+    Ok(hook
         .target
         .request("POST", &hook.target.path)
         .header("content-type", "application/json")
@@ -432,8 +441,15 @@ pub async fn post(hook: &Webhook, body: &str, key: &str) -> Result<hyper::Status
         )
         .header("x-accord-webhook", &hook.name)
         .header("idempotency-key", key)
-        .body(Full::new(Bytes::from(body.to_owned())))?;
-    let (status, _) = fetch(&hook.target, request, ANSWER_LIMIT, hook.timeout).await?;
+        .body(Full::new(Bytes::from(body.to_owned())))?)
+}
+
+/// POSTs `body` to `hook` on a connection of its own (a replay), signed;
+/// returns the endpoint's status.
+pub async fn post(hook: &Webhook, body: &str, key: &str) -> Result<hyper::StatusCode> {
+    let request = signed(hook, body, key)?;
+    let (status, _) =
+        crate::http::client::fetch(&hook.target, request, ANSWER_LIMIT, hook.timeout).await?;
     Ok(status)
 }
 

@@ -1,8 +1,9 @@
 //! A small HTTP client over hyper and rustls: what `accord feed` reads the
-//! change feed with and what webhooks deliver with. One request per
-//! connection (deliveries are seconds apart or retried after a failure;
-//! nothing to pool), plain or TLS (the web PKI's roots, as the sync
-//! client's WebSocket uses).
+//! change feed with and what webhooks deliver with, plain or TLS (the web
+//! PKI's roots, as the sync client's WebSocket uses). [`send`] and
+//! [`fetch`] use a connection per request; a [`Connection`] keeps one open
+//! across requests to one server (a webhook's deliveries), so a busy
+//! endpoint costs one TCP and TLS handshake, not one per batch.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,6 +135,86 @@ pub async fn fetch(
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| anyhow!("{} did not answer within {timeout:?}", target.authority()))?
+}
+
+/// One kept-alive HTTP/1.1 connection to a target, opened on first use
+/// and again after it failed or the server closed it.
+#[derive(Debug)]
+pub struct Connection {
+    /// Where it goes.
+    target: Target,
+    /// The open connection's sender, if one is open.
+    sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+}
+
+impl Connection {
+    /// A connection to `target`, not opened yet.
+    pub fn new(target: Target) -> Self {
+        Connection {
+            target,
+            sender: None,
+        }
+    }
+
+    /// Like [`fetch`], on the kept-alive connection (a fresh one if it is
+    /// closed); a failure closes it.
+    pub async fn fetch(
+        &mut self,
+        request: Request<Full<Bytes>>,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<(hyper::StatusCode, Bytes)> {
+        let result = tokio::time::timeout(timeout, self.exchange(request, limit)).await;
+        let outcome = result
+            .map_err(|_| {
+                anyhow!(
+                    "{} did not answer within {timeout:?}",
+                    self.target.authority()
+                )
+            })
+            .and_then(|r| r);
+        if outcome.is_err() {
+            self.sender = None;
+        }
+        outcome
+    }
+
+    async fn exchange(
+        &mut self,
+        request: Request<Full<Bytes>>,
+        limit: usize,
+    ) -> Result<(hyper::StatusCode, Bytes)> {
+        let reusable = self.sender.as_mut().is_some_and(|s| !s.is_closed());
+        if !reusable {
+            let io = connect(&self.target).await?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+                .await
+                .with_context(|| {
+                    format!("HTTP handshake with {} failed", self.target.authority())
+                })?;
+            tokio::spawn(conn);
+            self.sender = Some(sender);
+        }
+        let sender = self
+            .sender
+            .as_mut()
+            .ok_or_else(|| anyhow!("no connection"))?;
+        sender
+            .ready()
+            .await
+            .with_context(|| format!("{} closed the connection", self.target.authority()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .with_context(|| format!("{} did not answer", self.target.authority()))?;
+        let status = response.status();
+        let body = http_body_util::Limited::new(response.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| anyhow!("reading the answer from {}: {e}", self.target.authority()))?
+            .to_bytes();
+        Ok((status, body))
+    }
 }
 
 #[cfg(test)]

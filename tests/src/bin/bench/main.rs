@@ -21,12 +21,15 @@
 //! - `process`, `serve`: servers in child processes (this binary, run as
 //!   `bench serve`), and their RSS and CPU from `/proc`.
 //! - `proxy`: a counting loopback proxy (bytes, messages, round trips).
+//! - `feed`: the change feed over HTTP and webhooks (latency, and sync
+//!   with a webhook attached).
 //! - `python`: the Python package's calls against the same calls in Rust
 //!   (`--only python`).
 //! - `run`: repetitions, each in a fresh runtime, under a time cap.
 //! - `stats`: medians and the table.
 
 mod accord_side;
+mod feed;
 mod js_side;
 mod plan;
 mod process;

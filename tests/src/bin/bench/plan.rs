@@ -8,6 +8,7 @@ use std::time::Duration;
 use accord_engine::Durability;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::feed;
 use crate::process::{System, Target};
 use crate::python;
 use crate::run::{repeat, Outcome, Settings};
@@ -32,7 +33,7 @@ pub struct Args {
     #[arg(long)]
     pub cap_secs: Option<u64>,
     /// Only these workloads (comma-separated: w0,w1,w2,w3,w4,servers,
-    /// python; `servers` is the same samod client load on W1–W3 against
+    /// feed, python; `servers` is the same samod client load on W1–W3 against
     /// accord-relay's /automerge-repo, the JS sync server and samod's
     /// server; `python` runs only when named: the Python package's calls
     /// against the same calls in Rust, which needs a release build of the
@@ -115,6 +116,10 @@ pub struct Plan {
     w3_m: Vec<usize>,
     w4: (usize, usize, usize),
     idle_window: Duration,
+    /// Records of the feed workloads (read, push with a webhook).
+    feed_records: usize,
+    /// Webhook latency: changes per second, for how many seconds.
+    feed_rate: (usize, usize),
 }
 
 fn or_list(given: &[usize], quick: bool, q: &[usize], full: &[usize]) -> Vec<usize> {
@@ -153,6 +158,8 @@ impl Plan {
                 pick(a.w4_idle, 50, 1000),
             ),
             idle_window: Duration::from_secs(a.idle_window_secs.unwrap_or(if q { 1 } else { 10 })),
+            feed_records: pick(None, 500, 10_000),
+            feed_rate: (100, pick(None, 1, 5)),
         };
         anyhow::ensure!(plan.w1_k.iter().all(|&k| k >= 2), "W1 needs K >= 2");
         anyhow::ensure!(plan.w4.1 <= plan.w4.0, "W4 live must not exceed stored");
@@ -189,13 +196,14 @@ impl Plan {
         let mut rows = Vec::new();
         let mut peaks = Vec::new();
         type Step = fn(&Plan, &mut Vec<Row>, &mut Vec<Row>);
-        let steps: [(&str, Step); 7] = [
+        let steps: [(&str, Step); 8] = [
             ("w0", |p, r, _| p.w0(r)),
             ("w1", Plan::w1),
             ("w2", Plan::w2),
             ("w3", Plan::w3),
             ("servers", Plan::servers),
             ("w4", |p, r, _| p.w4(r)),
+            ("feed", |p, r, _| p.feed(r)),
             ("python", |p, r, _| p.python(r)),
         ];
         for (name, step) in steps {
@@ -260,6 +268,49 @@ impl Plan {
                 reference_name: "bare Automerge+SQLite loop",
             });
         }
+    }
+
+    /// The change feed and webhooks (see `feed`).
+    fn feed(&self, rows: &mut Vec<Row>) {
+        let (n, s) = (self.feed_records, self.settings);
+        let read = self.accord("feed read", self.reps, move || feed::feed_read(n, s));
+        rows.push(Row {
+            workload: format!("feed read {n} records"),
+            metric: "events/s".into(),
+            unit: "/s",
+            better: Better::Higher,
+            accord: read.figure(|v| v.0),
+            reference: read.figure(|v| v.1),
+            reference_name: "Replica::changes_since in-process",
+        });
+        let (rate, secs) = self.feed_rate;
+        let latency = self.accord("webhook latency", self.reps, move || {
+            feed::webhook_latency(rate, secs, s)
+        });
+        rows.push(Row {
+            workload: format!("webhook at {rate} changes/s"),
+            metric: "latency p50 / p99".into(),
+            unit: "ms",
+            better: Better::Lower,
+            accord: latency.figure(|v| v.0),
+            reference: latency.figure(|v| v.1),
+            reference_name: "(the p99)",
+        });
+        let with = self.accord("push with a webhook", self.reps, move || {
+            feed::push(n, true, s)
+        });
+        let without = self.accord("push without a webhook", self.reps, move || {
+            feed::push(n, false, s)
+        });
+        rows.push(Row {
+            workload: format!("push {n} records, webhook attached"),
+            metric: "time to synced".into(),
+            unit: "s",
+            better: Better::Lower,
+            accord: with.figure(|v| *v),
+            reference: without.figure(|v| *v),
+            reference_name: "the same without a webhook",
+        });
     }
 
     /// The Python package's calls against the same calls in Rust.
