@@ -247,18 +247,8 @@ pub enum Command {
     /// Print a collection's change feed from a relay: every record changed
     /// after a cursor, once each, in commit order (see docs/change-feed.md).
     Feed {
-        /// The relay's URL (ws://, wss://, http:// or https://).
-        #[arg(long, value_name = "URL", env = "ACCORD_RELAY")]
-        relay: String,
-        /// The token to present (for a relay that requires one).
-        #[arg(
-            long,
-            value_name = "T",
-            env = "ACCORD_TOKEN",
-            default_value = "",
-            hide_env_values = true
-        )]
-        token: String,
+        #[command(flatten)]
+        relay: RelayArgs,
         /// The collection to follow.
         #[arg(long, value_name = "C")]
         collection: String,
@@ -273,19 +263,8 @@ pub enum Command {
     /// Show a relay's webhooks (how far each has delivered) and their dead
     /// letters; replay or drop a dead letter.
     Webhooks {
-        /// The relay's URL (ws://, wss://, http:// or https://).
-        #[arg(long, value_name = "URL", env = "ACCORD_RELAY")]
-        relay: String,
-        /// The token to present (it must read every collection of a
-        /// webhook to see it).
-        #[arg(
-            long,
-            value_name = "T",
-            env = "ACCORD_TOKEN",
-            default_value = "",
-            hide_env_values = true
-        )]
-        token: String,
+        #[command(flatten)]
+        relay: RelayArgs,
         /// Deliver this dead letter again now: WEBHOOK/ID.
         #[arg(long, value_name = "WEBHOOK/ID", conflicts_with = "drop")]
         replay: Option<String>,
@@ -305,18 +284,8 @@ pub enum Command {
     /// Syncs the collections named with `--collection`, or else every
     /// collection this database has records in.
     Sync {
-        /// The relay's WebSocket URL, such as ws://127.0.0.1:7420.
-        #[arg(long, value_name = "URL", env = "ACCORD_RELAY")]
-        relay: String,
-        /// The token to present (for a relay that requires one).
-        #[arg(
-            long,
-            value_name = "T",
-            env = "ACCORD_TOKEN",
-            default_value = "",
-            hide_env_values = true
-        )]
-        token: String,
+        #[command(flatten)]
+        relay: RelayArgs,
         /// Sync only this collection (repeatable); without it, every
         /// collection the database holds records of. Naming one lets sync
         /// create the database to fetch into.
@@ -330,6 +299,26 @@ pub enum Command {
         #[arg(long)]
         strict: bool,
     },
+}
+
+/// Where a relay is and the token to present, for the commands that talk
+/// to one (`sync`, `feed`, `webhooks`).
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// The relay's URL, such as ws://127.0.0.1:7420 (`feed` and `webhooks`
+    /// also take http:// and https://: the same port).
+    #[arg(long, value_name = "URL", env = "ACCORD_RELAY")]
+    pub relay: String,
+    /// The token to present (for a relay that requires one; a webhook is
+    /// shown only to a token that reads every collection it receives).
+    #[arg(
+        long,
+        value_name = "T",
+        env = "ACCORD_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub token: String,
 }
 
 /// `accord index` subcommands.

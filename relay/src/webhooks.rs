@@ -181,6 +181,11 @@ fn webhook(entry: Entry, base: &Path) -> Result<Webhook> {
     Ok(hook)
 }
 
+/// A batch's `Idempotency-Key`: the same for every try and replay of it.
+pub fn batch_key(webhook: &str, collection: &str, first_seq: u64, last_seq: u64) -> String {
+    format!("{webhook}:{collection}:{first_seq}-{last_seq}")
+}
+
 /// The signature header's value for `body` at `t` (Unix seconds).
 pub fn signature(secret: &[u8], t: u64, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
@@ -278,7 +283,7 @@ impl Worker {
         let last_seq = entries[entries.len() - 1].seq;
         let oldest = entries.iter().map(|e| e.updated_at).min().unwrap_or(0);
         let body = self.body(collection, &entries).to_string();
-        let key = format!("{}:{collection}:{first_seq}-{last_seq}", self.hook.name);
+        let key = batch_key(&self.hook.name, collection, first_seq, last_seq);
         let mut attempts = 0;
         loop {
             attempts += 1;

@@ -16,6 +16,7 @@ use hyper::body::{Bytes, Incoming};
 use serde_json::Value;
 
 use super::Ctx;
+use crate::args::RelayArgs;
 use crate::output::short;
 
 /// Events asked for per page.
@@ -64,13 +65,12 @@ async fn call(
 /// `accord feed`.
 pub fn feed(
     ctx: &mut Ctx,
-    relay: &str,
-    token: &str,
+    relay: &RelayArgs,
     collection: &str,
     since: u64,
     follow: bool,
 ) -> Result<ExitCode> {
-    let target = relay_target(relay)?;
+    let (target, token) = (relay_target(&relay.relay)?, relay.token.as_str());
     accord_engine::replica::check_collection(collection)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let last = runtime.block_on(async {
@@ -95,13 +95,7 @@ async fn pages(
 ) -> Result<u64> {
     loop {
         let path = format!("/v1/collections/{collection}/changes?since={since}&limit={PAGE}");
-        let body = get(target, &path, token, false)
-            .await?
-            .into_body()
-            .collect()
-            .await?
-            .to_bytes();
-        let page: Value = serde_json::from_slice(&body).context("the relay's answer")?;
+        let page = json(target, "GET", &path, token).await?;
         let changes = page["changes"].as_array().cloned().unwrap_or_default();
         for change in &changes {
             print(ctx, change)?;
@@ -207,12 +201,11 @@ async fn json(target: &Target, method: &str, path: &str, token: &str) -> Result<
 /// `accord webhooks`.
 pub fn webhooks(
     ctx: &mut Ctx,
-    relay: &str,
-    token: &str,
+    relay: &RelayArgs,
     replay: Option<&str>,
     drop: Option<&str>,
 ) -> Result<()> {
-    let target = relay_target(relay)?;
+    let (target, token) = (relay_target(&relay.relay)?, relay.token.as_str());
     let letter = |text: &str| -> Result<(String, i64)> {
         let (name, id) = text
             .split_once('/')

@@ -132,24 +132,21 @@ fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode> {
         Command::Backup { dest, force } => maintenance::backup(ctx, &dest, force)?,
         Command::Sync {
             relay,
-            token,
             collections,
             timeout,
             strict,
-        } => return sync::sync(ctx, &relay, token, collections, timeout, strict),
+        } => return sync::sync(ctx, &relay.relay, relay.token, collections, timeout, strict),
         Command::Feed {
             relay,
-            token,
             collection,
             since,
             follow,
-        } => return feed::feed(ctx, &relay, &token, &collection, since, follow),
+        } => return feed::feed(ctx, &relay, &collection, since, follow),
         Command::Webhooks {
             relay,
-            token,
             replay,
             drop,
-        } => feed::webhooks(ctx, &relay, &token, replay.as_deref(), drop.as_deref())?,
+        } => feed::webhooks(ctx, &relay, replay.as_deref(), drop.as_deref())?,
         Command::Inspect { listen } => inspect::inspect(ctx, listen)?,
     }
     Ok(ExitCode::SUCCESS)

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::records::rfc3339;
 use super::{Api, ApiError, ApiResult};
-use crate::webhooks::{post, Webhook};
+use crate::webhooks::{batch_key, post, Webhook};
 
 /// The webhook `name`, if the caller may see it.
 fn visible<'a>(api: &'a Api, grant: &Grant, name: &str) -> ApiResult<&'a Webhook> {
@@ -95,6 +95,25 @@ pub async fn dead_letters(
     Ok(Json(json!({ "dead_letters": letters })))
 }
 
+/// The webhook `name`, if the caller may see it, and its dead letter `id`.
+async fn hook_letter(
+    api: &Api,
+    headers: &HeaderMap,
+    name: &str,
+    id: &str,
+) -> ApiResult<(Webhook, DeadLetter)> {
+    let grant = api.grant(headers)?;
+    let hook = visible(api, &grant, name)?.clone();
+    let letter = letter(api, &hook, id).await?;
+    Ok((hook, letter))
+}
+
+/// Forgets dead letter `id`.
+async fn forget(api: &Api, id: i64) -> ApiResult<()> {
+    api.blocking(move |replica| Ok(replica.drop_dead_letter(id)?))
+        .await
+}
+
 /// The dead letter `id` of webhook `name`.
 async fn letter(api: &Api, hook: &Webhook, id: &str) -> ApiResult<DeadLetter> {
     let id: i64 = id
@@ -117,18 +136,16 @@ pub async fn replay(
     headers: HeaderMap,
     Path((name, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let grant = api.grant(&headers)?;
-    let hook = visible(&api, &grant, &name)?.clone();
-    let letter = letter(&api, &hook, &id).await?;
-    let key = format!(
-        "{}:{}:{}-{}",
-        hook.name, letter.collection, letter.first_seq, letter.last_seq
+    let (hook, letter) = hook_letter(&api, &headers, &name, &id).await?;
+    let key = batch_key(
+        &hook.name,
+        &letter.collection,
+        letter.first_seq,
+        letter.last_seq,
     );
     match post(&hook, &letter.body, &key).await {
         Ok(status) if status.is_success() => {
-            let id = letter.id;
-            api.blocking(move |replica| Ok(replica.drop_dead_letter(id)?))
-                .await?;
+            forget(&api, letter.id).await?;
             Ok(Json(
                 json!({ "delivered": true, "status": status.as_u16() }),
             ))
@@ -148,11 +165,7 @@ pub async fn drop_letter(
     headers: HeaderMap,
     Path((name, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let grant = api.grant(&headers)?;
-    let hook = visible(&api, &grant, &name)?.clone();
-    let letter = letter(&api, &hook, &id).await?;
-    let id = letter.id;
-    api.blocking(move |replica| Ok(replica.drop_dead_letter(id)?))
-        .await?;
+    let (_, letter) = hook_letter(&api, &headers, &name, &id).await?;
+    forget(&api, letter.id).await?;
     Ok(Json(json!({ "dropped": true })))
 }
