@@ -43,6 +43,16 @@ impl Target {
             .ok_or_else(|| anyhow!("bad URL '{url}': no host"))?
             .trim_matches(['[', ']'])
             .to_owned();
+        // `Uri` takes any text after the host's colon; a port must be a
+        // number.
+        let authority = uri.authority().map_or("", |a| a.as_str());
+        let after_host = authority.rfind(']').unwrap_or(0);
+        if let Some(colon) = authority[after_host..].rfind(':') {
+            let port = &authority[after_host + colon + 1..];
+            if port.parse::<u16>().is_err() {
+                bail!("bad URL '{url}': the port '{port}' is not a number from 0 to 65535");
+            }
+        }
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let path = uri
             .path_and_query()
