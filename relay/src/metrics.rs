@@ -82,6 +82,8 @@ pub struct Metrics {
     /// Ephemeral messages not passed on because the listener's queue was
     /// full (presence is dropped for a slow peer, never queued).
     pub ephemeral_dropped: Counter,
+    /// Plain HTTP requests answered, by status class (`2xx`, `4xx`, ...).
+    pub http_requests: Family<KindLabel, Counter>,
     /// Webhook batches by outcome (`delivered`, `retried`: a try that
     /// failed and will be retried, `dead_lettered`).
     pub webhook_batches: Family<WebhookLabel, Counter>,
@@ -114,12 +116,18 @@ impl Default for Metrics {
             dropped_connections: Counter::default(),
             ephemeral_forwarded: Counter::default(),
             ephemeral_dropped: Counter::default(),
+            http_requests: Family::default(),
             webhook_batches: Family::default(),
             webhook_lags: Family::default(),
             // 1 ms to ~9 h.
             webhook_latency_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 25)),
         };
         let r = &mut m.registry;
+        r.register(
+            "http_requests",
+            "Plain HTTP requests answered, by status class (kind: 2xx, 3xx, 4xx, 5xx)",
+            m.http_requests.clone(),
+        );
         r.register(
             "webhook_batches",
             "Webhook batches by outcome (what: delivered, retried, dead_lettered)",
@@ -254,6 +262,15 @@ impl Metrics {
     /// Records storage time.
     pub fn store_time(&self, took: Duration) {
         self.store_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Counts an answered HTTP request of status class `class`.
+    pub fn http_request(&self, class: &str) {
+        self.http_requests
+            .get_or_create(&KindLabel {
+                kind: class.to_owned(),
+            })
+            .inc();
     }
 
     /// The counter of a webhook's batches with `outcome`.

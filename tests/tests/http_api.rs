@@ -518,6 +518,15 @@ async fn bad_input_gets_its_documented_code_and_changes_nothing() {
         "method_not_allowed",
     );
 
+    // The operator sees the refusals counted.
+    let metrics = get(addr, "/metrics", None).await;
+    let text = metrics.body.as_str().expect("metrics text");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("accord_relay_http_requests_total{kind=\"4xx\"}")),
+        "{text}"
+    );
+
     // SQL: writes, several statements and garbage are refused by name.
     let open = TestRelay::start(&dir.path().join("open.db"))
         .await

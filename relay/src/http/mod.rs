@@ -190,10 +190,18 @@ impl Api {
             Some(links) => crate::metrics::routes(Arc::clone(&links.metrics)),
             None => Router::new(),
         };
-        page.merge(ops)
+        let router = page
+            .merge(ops)
             .merge(api)
             .fallback(records::no_route)
-            .method_not_allowed_fallback(records::wrong_method)
+            .method_not_allowed_fallback(records::wrong_method);
+        match &self.inner.relay {
+            Some(links) => router.layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&links.metrics),
+                count_request,
+            )),
+            None => router,
+        }
     }
 
     /// The caller's rights, from its `Authorization: Bearer` header (an
@@ -289,6 +297,23 @@ impl Api {
                 .broadcast(collection, doc, accord_engine::sync::ConnId(0), &frame);
         }
     }
+}
+
+/// Counts each answered request by its status class, for `/metrics`.
+async fn count_request(
+    axum::extract::State(metrics): axum::extract::State<Arc<Metrics>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(request).await;
+    let class = match response.status().as_u16() {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics.http_request(class);
+    response
 }
 
 /// Serves HTTP on one connection (whose first request head `io` replays)
