@@ -103,6 +103,27 @@ fn a_cursor_of_this_relay_lists_only_what_changed_since() {
 }
 
 #[test]
+fn compaction_is_not_a_change_and_a_restart_keeps_the_numbers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("relay.db");
+    let store = Replica::open(&path).expect("store");
+    let ids: Vec<DocId> = (0..3)
+        .map(|i| store.create("notes", &json!({ "i": i })).expect("create"))
+        .collect();
+    for i in 0..5 {
+        store.put(&ids[0], "i", &json!(i), None).expect("change");
+    }
+    let cursor = store.collection_seq("notes").expect("seq");
+    store.compact_all().expect("compact");
+    drop(store);
+    let store = Replica::open(&path).expect("reopen");
+    let (mut session, _) = welcomed(&store, PROTOCOL_VERSION);
+    let (docs, headers) = announced(&answer(&mut session, &store, since("relay", Some(cursor))));
+    assert!(docs.is_empty(), "compacting changed nothing: {docs:?}");
+    assert_eq!(headers, vec![(Some(cursor), cursor)]);
+}
+
+#[test]
 fn a_cursor_of_another_relay_or_beyond_the_sequence_lists_everything() {
     let (store, ids) = relay_store(4);
     let seq = store.collection_seq("notes").expect("seq");
