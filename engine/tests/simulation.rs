@@ -21,8 +21,8 @@ use accord_engine::automerge::transaction::Transactable;
 use accord_engine::automerge::{ObjType, ReadDoc, ROOT};
 use accord_engine::sync::client::LocalChange;
 use accord_engine::sync::{
-    Announcing, ClientConfig, ClientOutput, ClientSession, ConnId, DocHub, Frame, HubInput,
-    HubOutput, OpenAccess, RelayOutput, RelaySession, Subscribers, SyncDocs,
+    Announcing, ClientConfig, ClientOutput, ClientSession, ConnId, DocHub, DocSummary, Frame,
+    HubInput, HubOutput, OpenAccess, RelayOutput, RelaySession, Subscribers, SyncDocs,
 };
 use accord_engine::{
     ChangeKind, Collection, DocId, Filter, ListOptions, Origin, Replica, ReplicaOptions,
@@ -59,6 +59,9 @@ struct Actor {
 }
 
 struct Relay {
+    /// The id it says in `Welcome`: cursors name it. A restart may change
+    /// it (another relay on the same database), which voids every cursor.
+    id: String,
     path: PathBuf,
     replica: Replica,
     sessions: HashMap<ConnId, RelaySession>,
@@ -76,6 +79,17 @@ struct Sim {
     next_conn: u64,
     faults: bool,
     log: Vec<String>,
+    /// Listings the relay started since a cursor, and in full.
+    listings: Listings,
+}
+
+/// How the relay's listings went out.
+#[derive(Debug, Default, Clone, Copy)]
+struct Listings {
+    /// Since a cursor.
+    since: u64,
+    /// In full.
+    full: u64,
 }
 
 fn open(path: &std::path::Path, seed: u64) -> Replica {
@@ -113,6 +127,7 @@ impl Sim {
         let dir = tempfile::tempdir().expect("tempdir");
         let relay_path = dir.path().join("relay.db");
         let relay = Relay {
+            id: "relay".into(),
             replica: open(&relay_path, seed ^ 0xfeed),
             path: relay_path,
             sessions: HashMap::new(),
@@ -132,6 +147,7 @@ impl Sim {
             next_conn: 1,
             faults: true,
             log: Vec::new(),
+            listings: Listings::default(),
         }
     }
 
@@ -143,8 +159,10 @@ impl Sim {
         self.next_conn += 1;
         self.clients[i].conn = Some(conn);
         self.links.insert(conn, Link::default());
-        self.relay.sessions.insert(conn, RelaySession::new("relay"));
-        let out = self.clients[i].session.connected();
+        let session = RelaySession::new(self.relay.id.clone());
+        self.relay.sessions.insert(conn, session);
+        let client = &mut self.clients[i];
+        let out = client.session.connected(&client.replica);
         self.client_outputs(i, out);
     }
 
@@ -279,6 +297,12 @@ impl Sim {
     }
 
     fn send_to_client(&mut self, conn: ConnId, frame: Frame) {
+        if let Frame::Listing { since, .. } = &frame {
+            match since {
+                Some(_) => self.listings.since += 1,
+                None => self.listings.full += 1,
+            }
+        }
         if let Some(link) = self.links.get_mut(&conn) {
             link.to_client.push_back(frame);
         }
@@ -619,8 +643,13 @@ impl Sim {
             }
         }
         self.relay.replica = open(&self.relay.path, self.rng.random());
-        self.log
-            .push(format!("relay restarts (graceful: {graceful})"));
+        if self.rng.random_range(0..4) == 0 {
+            self.relay.id = format!("relay-{}", self.rng.random::<u16>());
+        }
+        self.log.push(format!(
+            "relay restarts (graceful: {graceful}, id {})",
+            self.relay.id
+        ));
     }
 
     fn step(&mut self) {
@@ -645,6 +674,48 @@ impl Sim {
             }
         }
         self.drain_local_events();
+        self.assert_cursors_sound();
+    }
+
+    /// What a stored cursor promises holds at every moment, whatever was
+    /// dropped, restarted or left half done: every relay document last
+    /// written at or below the cursor's relay number is held by the
+    /// client, and every client document last written at or below its
+    /// local number is held by the relay. A cursor that broke this would
+    /// make a later reconnect skip a change.
+    fn assert_cursors_sound(&self) {
+        for (i, client) in self.clients.iter().enumerate() {
+            for name in COLLECTIONS {
+                let collection: Collection = name.parse().expect("valid");
+                let Some(cursor) = client.replica.sync_cursor(&collection).expect("cursor") else {
+                    continue;
+                };
+                let relay = &self.relay.replica;
+                let relay_docs = relay
+                    .summaries_since(&collection, 0, usize::MAX)
+                    .expect("relay docs");
+                for n in relay_docs.iter().filter(|n| n.seq <= cursor.relay_seq) {
+                    assert!(
+                        holds(&client.replica, &n.summary),
+                        "client {i}: cursor {cursor:?} of {name} skips relay change {:?} (seq {})",
+                        n.summary,
+                        n.seq
+                    );
+                }
+                let local = client
+                    .replica
+                    .summaries_since(&collection, 0, usize::MAX)
+                    .expect("client docs");
+                for n in local.iter().filter(|n| n.seq <= cursor.local_seq) {
+                    assert!(
+                        holds(relay, &n.summary),
+                        "client {i}: cursor {cursor:?} of {name} skips local change {:?} (seq {})",
+                        n.summary,
+                        n.seq
+                    );
+                }
+            }
+        }
     }
 
     /// Stops faults, connects everyone and runs until quiet and synced.
@@ -770,6 +841,23 @@ impl Sim {
     }
 }
 
+/// Whether `store` holds what `summary` says another store holds: its
+/// tombstone, or (unless deleted here) every change up to its heads.
+fn holds(store: &Replica, summary: &DocSummary) -> bool {
+    let Some(here) = store.local_state(&summary.doc).expect("local state") else {
+        return summary.heads.is_empty() && !summary.deleted;
+    };
+    if summary.deleted {
+        return here.deleted;
+    }
+    here.deleted
+        || here.heads.contains_all(&summary.heads)
+        || store
+            .covers(&summary.doc, &summary.heads, &here.heads)
+            .expect("covers")
+            == Some(true)
+}
+
 /// One line about a delivered frame, for failure reports.
 fn describe(conn: ConnId, up: bool, frame: &Frame) -> String {
     let dir = if up { "->relay" } else { "<-relay" };
@@ -790,11 +878,16 @@ fn describe(conn: ConnId, up: bool, frame: &Frame) -> String {
                 m.changes.len()
             )
         }
+        Frame::Listing {
+            collection,
+            since,
+            seq,
+        } => format!("{dir} conn {conn} listing {collection} since={since:?} seq={seq}"),
         other => format!("{dir} conn {conn} {}", other.kind()),
     }
 }
 
-fn run_seed(seed: u64, steps: usize) {
+fn run_seed(seed: u64, steps: usize) -> Listings {
     let mut sim = Sim::new(seed, 3);
     for _ in 0..steps {
         sim.step();
@@ -831,26 +924,44 @@ fn run_seed(seed: u64, steps: usize) {
         "traffic continued after convergence:\n{}",
         sim.log[quiet_from.min(sim.log.len())..].join("\n")
     );
+    sim.assert_cursors_sound();
+    sim.listings
 }
 
 #[test]
 fn replicas_converge_under_faults_restarts_and_deletes() {
     if let Ok(seed) = std::env::var("ACCORD_SIM_SEED") {
         let seed: u64 = seed.parse().expect("ACCORD_SIM_SEED is a number");
-        return run_seed(seed, 400);
+        run_seed(seed, 400);
+        return;
     }
     let seeds: u64 = std::env::var("ACCORD_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100);
+    let mut listings = Listings::default();
     for seed in 0..seeds {
         if std::env::var_os("ACCORD_SIM_VERBOSE").is_some() {
             eprintln!("seed {seed}");
         }
-        let result = std::panic::catch_unwind(|| run_seed(seed, 400));
-        if let Err(panic) = result {
-            eprintln!("simulation failed for seed {seed}; replay with ACCORD_SIM_SEED={seed}");
-            std::panic::resume_unwind(panic);
+        match std::panic::catch_unwind(|| run_seed(seed, 400)) {
+            Ok(seen) => {
+                listings.since += seen.since;
+                listings.full += seen.full;
+            }
+            Err(panic) => {
+                eprintln!("simulation failed for seed {seed}; replay with ACCORD_SIM_SEED={seed}");
+                std::panic::resume_unwind(panic);
+            }
         }
+    }
+    eprintln!(
+        "listings since a cursor: {}, full: {}",
+        listings.since, listings.full
+    );
+    if seeds >= 10 {
+        // Reconnects resume from cursors, and voided cursors fall back.
+        assert!(listings.since > 0, "no listing resumed from a cursor");
+        assert!(listings.full > 0, "no full listing");
     }
 }

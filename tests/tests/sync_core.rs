@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use accord_engine::automerge::sync::{Message, State};
-use accord_engine::sync::{EncodedState, ErrorCode, LocalState, SyncDocs};
+use accord_engine::sync::{
+    EncodedState, ErrorCode, LocalState, NumberedSummary, SyncCursor, SyncDocs,
+};
 use accord_engine::{
     Collection, ConnectOptions, DocId, Heads, PeerId, Replica, ReplicaOptions, SyncError,
 };
@@ -161,6 +163,23 @@ impl SyncDocs for PanicOnce {
         limit: usize,
     ) -> accord_engine::Result<Vec<accord_engine::sync::DocSummary>> {
         self.replica.summaries_page(c, after, limit)
+    }
+    fn collection_seq(&self, c: &Collection) -> accord_engine::Result<u64> {
+        self.replica.collection_seq(c)
+    }
+    fn summaries_since(
+        &self,
+        c: &Collection,
+        since: u64,
+        limit: usize,
+    ) -> accord_engine::Result<Vec<NumberedSummary>> {
+        self.replica.summaries_since(c, since, limit)
+    }
+    fn sync_cursor(&self, c: &Collection) -> accord_engine::Result<Option<SyncCursor>> {
+        self.replica.sync_cursor(c)
+    }
+    fn save_sync_cursor(&self, c: &Collection, cursor: &SyncCursor) -> accord_engine::Result<()> {
+        self.replica.save_sync_cursor(c, cursor)
     }
     fn local_state(&self, doc: &DocId) -> accord_engine::Result<Option<LocalState>> {
         self.replica.local_state(doc)

@@ -315,7 +315,7 @@ impl Driver {
     }
 
     async fn connection(&mut self, mut ws: Ws) -> Ended {
-        match self.outputs(|s, _| s.connected()).await {
+        match self.outputs(|s, r| s.connected(r)).await {
             Ok(hello) => {
                 if let Some(end) = self.carry_out(&mut ws, hello).await {
                     return end;

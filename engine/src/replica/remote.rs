@@ -16,8 +16,8 @@ use super::write::{same_collection, IfUnknown};
 use super::{Origin, Replica};
 use crate::error::{Error, Result};
 use crate::id::{Collection, DocId, Heads, PeerId};
-use crate::store::WriteOp;
-use crate::sync::{DocSummary, EncodedState, LocalState, SyncDocs};
+use crate::store::{StoredCursor, WriteOp};
+use crate::sync::{DocSummary, EncodedState, LocalState, NumberedSummary, SyncCursor, SyncDocs};
 
 impl SyncDocs for Replica {
     fn summaries(&self, collection: &Collection) -> Result<Vec<DocSummary>> {
@@ -33,6 +33,50 @@ impl SyncDocs for Replica {
     ) -> Result<Vec<DocSummary>> {
         let metas = self.read_store(|s| s.list_page(collection, after, limit))?;
         Ok(metas.into_iter().map(|m| self.summary(m)).collect())
+    }
+
+    fn collection_seq(&self, collection: &Collection) -> Result<u64> {
+        Ok(self.read_store(|s| s.collection_seq(collection))?)
+    }
+
+    fn summaries_since(
+        &self,
+        collection: &Collection,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<NumberedSummary>> {
+        let rows = self.read_store(|s| s.metas_since(collection, since, limit))?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, meta)| NumberedSummary {
+                seq,
+                summary: self.summary(meta),
+            })
+            .collect())
+    }
+
+    fn sync_cursor(&self, collection: &Collection) -> Result<Option<SyncCursor>> {
+        let Some(stored) = self.read_store(|s| s.sync_cursor(collection))? else {
+            return Ok(None);
+        };
+        // A relay id that no longer parses only costs a full listing.
+        Ok(PeerId::new(stored.relay).ok().map(|relay| SyncCursor {
+            relay,
+            relay_seq: stored.relay_seq,
+            local_seq: stored.local_seq,
+        }))
+    }
+
+    fn save_sync_cursor(&self, collection: &Collection, cursor: &SyncCursor) -> Result<()> {
+        let op = WriteOp::SyncCursor {
+            collection: collection.to_string(),
+            cursor: StoredCursor {
+                relay: cursor.relay.to_string(),
+                relay_seq: cursor.relay_seq,
+                local_seq: cursor.local_seq,
+            },
+        };
+        Ok(self.inner.committer.submit(vec![op])?)
     }
 
     fn local_state(&self, doc: &DocId) -> Result<Option<LocalState>> {

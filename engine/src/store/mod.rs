@@ -233,6 +233,14 @@ pub enum WriteOp {
         /// Its id.
         id: i64,
     },
+    /// Replaces the sync cursor of a collection (the meta key
+    /// `sync_cursor:<collection>`, see [`Store::sync_cursor`]).
+    SyncCursor {
+        /// The collection.
+        collection: String,
+        /// The cursor, as stored.
+        cursor: StoredCursor,
+    },
     /// Stores a peer's sync state for a document.
     SyncState {
         /// The peer's id.
@@ -242,6 +250,23 @@ pub enum WriteOp {
         /// `automerge::sync::State::encode()`.
         state: Vec<u8>,
     },
+}
+
+/// A replica's sync cursor of one collection, as stored: see
+/// `sync::SyncCursor` and docs/storage-format.md.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredCursor {
+    /// The relay's id.
+    pub relay: String,
+    /// A number of the relay's sequence of the collection.
+    pub relay_seq: u64,
+    /// A number of this database's sequence of the collection.
+    pub local_seq: u64,
+}
+
+/// The meta key of a collection's sync cursor.
+fn cursor_key(collection: &str) -> String {
+    format!("sync_cursor:{collection}")
 }
 
 /// A document's stored chunks, in order.
@@ -361,7 +386,9 @@ impl Store {
             && groups.iter().flat_map(|g| g.iter()).all(|op| {
                 matches!(
                     op,
-                    WriteOp::SyncState { .. } | WriteOp::RetireSyncStates { .. }
+                    WriteOp::SyncState { .. }
+                        | WriteOp::RetireSyncStates { .. }
+                        | WriteOp::SyncCursor { .. }
                 )
             });
         if relaxed {
@@ -546,6 +573,49 @@ impl Store {
             })
         })
         .collect()
+    }
+
+    /// The documents of `collection` (deleted ones included) whose latest
+    /// write is numbered above `since` (`since` 0: every document, also one
+    /// never numbered), in number order, at most `limit`, each with its
+    /// number: read from the `docs` table alone, through `docs_by_seq`.
+    pub fn metas_since(
+        &self,
+        collection: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, DocMeta)>, StoreError> {
+        let sql = format!(
+            "SELECT {META_COLUMNS}, seq FROM docs WHERE collection = ?1 AND seq > ?2 ORDER BY seq, id LIMIT ?3"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        // From the start: `seq > -1` also takes rows no write numbered.
+        let since = if since == 0 {
+            -1
+        } else {
+            i64::try_from(since).unwrap_or(i64::MAX)
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![collection, since, limit], |r| {
+            Ok((r.get::<_, i64>(10)?, read_meta(r)))
+        })?;
+        rows.map(|row| {
+            let (seq, meta) = row?;
+            Ok((seq.max(0) as u64, meta?))
+        })
+        .collect()
+    }
+
+    /// The sync cursor kept for `collection` (meta key
+    /// `sync_cursor:<collection>`, a JSON object), if any. A value that
+    /// does not parse reads as none: it only costs a full listing.
+    pub fn sync_cursor(&self, collection: &str) -> Result<Option<StoredCursor>, StoreError> {
+        let value: Option<String> = self
+            .conn
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row([cursor_key(collection)], |r| r.get(0))
+            .optional()?;
+        Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
     }
 
     /// The last number `collection`'s sequence gave out (0: none yet).
@@ -814,6 +884,15 @@ fn apply_one(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError
                  ON CONFLICT (peer, doc) DO UPDATE SET state = ?3, updated_at = ?4",
             )?
             .execute(params![peer, doc.as_bytes().as_slice(), state, now])?;
+        }
+        WriteOp::SyncCursor { collection, cursor } => {
+            let value = serde_json::to_string(cursor)
+                .map_err(|e| StoreError::BadRow(format!("sync cursor: {e}")))?;
+            conn.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = ?2",
+            )?
+            .execute(params![cursor_key(collection), value])?;
         }
         WriteOp::RetireSyncStates {
             prefix,

@@ -52,7 +52,9 @@ pub use client::{
 };
 pub use hub::{DocHub, HubInput, HubOutput};
 pub use limits::Limits;
-pub use protocol::{DocSummary, ErrorCode, Frame, PROTOCOL_VERSION};
+pub use protocol::{
+    Cursor, DocSummary, ErrorCode, Frame, SubscribeFrom, OLDEST_ACCEPTED_VERSION, PROTOCOL_VERSION,
+};
 pub use registry::{ConnId, Subscriber, Subscribers};
 pub use repo_session::{RepoOutput, RepoSession};
 pub use session::{Announcing, RelayOutput, RelaySession};
@@ -86,6 +88,34 @@ pub struct EncodedState {
     pub bytes: Vec<u8>,
 }
 
+/// A document with the number of its latest write in its collection's
+/// sequence (in the database that read it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumberedSummary {
+    /// The number.
+    pub seq: u64,
+    /// The document.
+    pub summary: DocSummary,
+}
+
+/// How far a replica has fully synced a collection with a relay: what it
+/// keeps between connections to ask only for what changed since.
+///
+/// Two sequences meet here and must not be confused: `relay_seq` numbers
+/// the relay database's writes, `local_seq` this replica's own. The pair
+/// says: every change the relay numbered up to `relay_seq` is held here,
+/// and every local document last written at or below `local_seq` was held
+/// by the relay, when the cursor was saved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncCursor {
+    /// The relay (its `Welcome.relay_id`) whose sequence `relay_seq` is.
+    pub relay: PeerId,
+    /// A number of the relay's sequence of the collection.
+    pub relay_seq: u64,
+    /// A number of this replica's own sequence of the collection.
+    pub local_seq: u64,
+}
+
 /// The documents a sync session works on.
 pub trait SyncDocs: std::fmt::Debug {
     /// Every document of a collection (deleted ones included), with heads.
@@ -98,6 +128,23 @@ pub trait SyncDocs: std::fmt::Debug {
         after: Option<&DocId>,
         limit: usize,
     ) -> Result<Vec<DocSummary>>;
+    /// The last number the collection's sequence gave out (0: none yet).
+    fn collection_seq(&self, collection: &Collection) -> Result<u64>;
+    /// At most `limit` documents of a collection whose latest write is
+    /// numbered above `since` in its sequence, in number order (deleted
+    /// ones included; `since` 0: every document).
+    fn summaries_since(
+        &self,
+        collection: &Collection,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<NumberedSummary>>;
+    /// The cursor this side keeps for a collection (a replica keeps one,
+    /// for the relay it last fully synced it with).
+    fn sync_cursor(&self, collection: &Collection) -> Result<Option<SyncCursor>>;
+    /// Replaces a collection's cursor; committed with the writes it is
+    /// made inside of (`commit_together`), never before them.
+    fn save_sync_cursor(&self, collection: &Collection, cursor: &SyncCursor) -> Result<()>;
     /// A document's collection, heads and tombstone, if it is known.
     fn local_state(&self, doc: &DocId) -> Result<Option<LocalState>>;
     /// The document's current heads (empty if unknown).

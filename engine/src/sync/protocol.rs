@@ -14,9 +14,19 @@ use crate::id::{DocId, Heads};
 
 /// The protocol version this build speaks. Version 2 added `DeleteAck`,
 /// the token's expiry in `Welcome`, `Reauth`/`Reauthorized`, and the
-/// `storage_unavailable` and `token_expired` codes; a relay refuses other
-/// versions with `unsupported_version` before anything else happens.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// `storage_unavailable` and `token_expired` codes. Version 3 added
+/// collection cursors: `SubscribeSince` and `Listing`, so a reconnecting
+/// replica is told only what changed since the last number of the
+/// collection's sequence it fully saw.
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// The oldest version a relay of this build still accepts: a version-2
+/// replica never sends `SubscribeSince`, so it gets full listings, as from
+/// a version-2 relay. A relay refuses versions outside
+/// `OLDEST_ACCEPTED_VERSION..=PROTOCOL_VERSION` with `unsupported_version`
+/// before anything else happens, and answers an accepted one in its own
+/// version (`Welcome.version` is the replica's).
+pub const OLDEST_ACCEPTED_VERSION: u32 = 2;
 
 /// One message on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,6 +167,54 @@ pub enum Frame {
         /// The payload, opaque to the relay.
         data: Vec<u8>,
     },
+    /// Replica → relay (since version 3): like `Subscribe`, and for each
+    /// collection the cursor of the last listing this replica fully
+    /// synced, if it has one. The relay then lists only the documents
+    /// changed after the cursor's number; it lists everything when the
+    /// cursor names another relay or a number above its sequence (a
+    /// restored database). Every listing this frame asks for starts with
+    /// a `Listing` frame.
+    SubscribeSince {
+        /// Collections, each with its cursor.
+        collections: Vec<SubscribeFrom>,
+    },
+    /// Relay → replica (since version 3, only in answer to
+    /// `SubscribeSince`): the `Announce` frames that follow for this
+    /// collection, up to the complete one, list the documents changed
+    /// after number `since` of its sequence (`None`: every document), and
+    /// with them the replica has seen every change up to `seq`.
+    Listing {
+        /// The collection.
+        collection: String,
+        /// The number the listing starts after, the cursor's when the
+        /// relay honoured it; `None` for a full listing.
+        since: Option<u64>,
+        /// The collection's sequence number read before the listing's first
+        /// page: every change numbered up to it is in the listing or
+        /// before `since`. The replica's next cursor.
+        seq: u64,
+    },
+}
+
+/// One collection of a `SubscribeSince`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribeFrom {
+    /// The collection.
+    pub collection: String,
+    /// Where the replica's last fully synced listing of it ended, if
+    /// anywhere.
+    pub cursor: Option<Cursor>,
+}
+
+/// A point in a relay database's collection sequence, as a replica keeps
+/// it: meaningful only to the relay that issued it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// The id of the relay whose sequence `seq` is a number of (its
+    /// `Welcome.relay_id`).
+    pub relay_id: String,
+    /// The number.
+    pub seq: u64,
 }
 
 /// A document as a relay announces it.
@@ -317,6 +375,8 @@ impl Frame {
             Frame::Subscribed { .. } => "subscribed",
             Frame::SubscribeRefused { .. } => "subscribe_refused",
             Frame::Ephemeral { .. } => "ephemeral",
+            Frame::SubscribeSince { .. } => "subscribe_since",
+            Frame::Listing { .. } => "listing",
         }
     }
 }
@@ -371,6 +431,26 @@ mod tests {
                 collection: "c".into(),
                 code: ErrorCode::FORBIDDEN,
                 message: "no".into(),
+            },
+            Frame::SubscribeSince {
+                collections: vec![
+                    SubscribeFrom {
+                        collection: "c".into(),
+                        cursor: Some(Cursor {
+                            relay_id: "r".into(),
+                            seq: 42,
+                        }),
+                    },
+                    SubscribeFrom {
+                        collection: "d".into(),
+                        cursor: None,
+                    },
+                ],
+            },
+            Frame::Listing {
+                collection: "c".into(),
+                since: Some(42),
+                seq: 50,
             },
         ];
         for f in frames {
@@ -441,9 +521,31 @@ mod tests {
             expires_at_ms: Some(1_700_000_000_000),
         };
         let expected = [
-            1, 2, 1, b'r', 1, 0xfd, 0x00, 0x68, 0xe5, 0xcf, 0x8b, 0x01, 0, 0,
+            1, 3, 1, b'r', 1, 0xfd, 0x00, 0x68, 0xe5, 0xcf, 0x8b, 0x01, 0, 0,
         ];
         assert_eq!(welcome.encode(), expected);
+    }
+
+    #[test]
+    fn cursor_frames_come_after_every_version_2_frame() {
+        // Version 2 ended with `Ephemeral` (13); a version-2 peer never
+        // sees the version-3 frames, and they never move older indices.
+        let subscribe = Frame::SubscribeSince {
+            collections: vec![SubscribeFrom {
+                collection: "c".into(),
+                cursor: Some(Cursor {
+                    relay_id: "r".into(),
+                    seq: 5,
+                }),
+            }],
+        };
+        assert_eq!(subscribe.encode(), vec![14, 1, 1, b'c', 1, 1, b'r', 5]);
+        let listing = Frame::Listing {
+            collection: "c".into(),
+            since: None,
+            seq: 7,
+        };
+        assert_eq!(listing.encode(), vec![15, 1, b'c', 0, 7]);
     }
 
     #[test]

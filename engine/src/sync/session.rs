@@ -19,7 +19,9 @@ use automerge::sync::Message;
 
 use super::access::{Access, Grant};
 use super::limits::{Limits, Usage};
-use super::protocol::{ErrorCode, Frame, PROTOCOL_VERSION};
+use super::protocol::{
+    Cursor, DocSummary, ErrorCode, Frame, SubscribeFrom, OLDEST_ACCEPTED_VERSION, PROTOCOL_VERSION,
+};
 use super::{error_code, error_text, SyncDocs};
 use crate::guard::GuardError;
 use crate::id::{Collection, DocId, PeerId};
@@ -118,16 +120,40 @@ pub const MAX_SUBSCRIBE_NAMES: usize = 64;
 struct Listing {
     /// The collection.
     collection: Collection,
-    /// The last document announced; `None` before the first page.
-    after: Option<DocId>,
-    /// Whether a page went out (a later `Subscribe` then needs a listing
-    /// of its own, which sees what changed meanwhile).
-    started: bool,
+    /// The cursor the replica asked to resume from (`SubscribeSince`).
+    cursor: Option<Cursor>,
+    /// Whether a `Listing` frame heads it (it was asked for by
+    /// `SubscribeSince`; a version-2 `Subscribe` gets none).
+    framed: bool,
+    /// Where the listing stands, once its first page went out (a later
+    /// `Subscribe` then needs a listing of its own, which sees what
+    /// changed meanwhile).
+    started: Option<Started>,
     /// `Subscribe`s of the same collection that arrived before this
     /// listing started: each is answered by this listing (which is newer
     /// than all of them) plus one empty complete frame, so a client that
     /// counts complete announcements per `Subscribe` still counts right.
     repeats: u32,
+}
+
+/// A listing under way.
+#[derive(Debug, Clone, Copy)]
+struct Started {
+    /// The number it starts after (`None`: every document).
+    since: Option<u64>,
+    /// The collection's sequence number read before the first page.
+    seq: u64,
+    /// The last thing announced.
+    after: Position,
+}
+
+/// The last document a listing announced.
+#[derive(Debug, Clone, Copy)]
+enum Position {
+    /// A full listing goes in id order.
+    Id(Option<DocId>),
+    /// A listing since a number goes in sequence order.
+    Seq(u64),
 }
 
 /// What [`RelaySession::next_announcement`] has to say.
@@ -248,7 +274,7 @@ impl RelaySession {
             Ok(frame) => self.handle_frame(frame, now_ms, access, docs),
             Err(e) => {
                 match (&self.phase, Frame::hello_version(bytes)) {
-                    (Phase::Handshake, Some(v)) if v != PROTOCOL_VERSION => {
+                    (Phase::Handshake, Some(v)) if !accepted(v) => {
                         self.fail(ErrorCode::VERSION, unsupported(v), None)
                     }
                     _ => self.fail(ErrorCode::MALFORMED, e.to_string(), None),
@@ -284,7 +310,17 @@ impl RelaySession {
                 self.fail(ErrorCode::NOT_HANDSHAKEN, text, None);
             }
             (Phase::Ready { .. }, Frame::Subscribe { collections }) => {
-                self.on_subscribe(collections)
+                let from = collections
+                    .into_iter()
+                    .map(|collection| SubscribeFrom {
+                        collection,
+                        cursor: None,
+                    })
+                    .collect();
+                self.on_subscribe(from, false)
+            }
+            (Phase::Ready { .. }, Frame::SubscribeSince { collections }) => {
+                self.on_subscribe(collections, true)
             }
             (Phase::Ready { .. }, Frame::Unsubscribe { collections }) => {
                 self.on_unsubscribe(collections)
@@ -347,7 +383,7 @@ impl RelaySession {
         now_ms: u64,
         access: &dyn Access,
     ) {
-        if version != PROTOCOL_VERSION {
+        if !accepted(version) {
             return self.fail(ErrorCode::VERSION, unsupported(version), None);
         }
         let peer = match PeerId::new(peer_id) {
@@ -371,7 +407,9 @@ impl RelaySession {
                     state_key,
                 };
                 self.out.push(RelayOutput::Send(Frame::Welcome {
-                    version: PROTOCOL_VERSION,
+                    // A version-2 replica is answered in its version: every
+                    // frame it may receive is one it knows.
+                    version,
                     relay_id: self.relay_id.clone(),
                     expires_at_ms,
                 }));
@@ -395,7 +433,9 @@ impl RelaySession {
     /// and owes each a listing; the listings are sent by
     /// [`RelaySession::next_announcement`], paced by the connection's
     /// announcement budget.
-    fn on_subscribe(&mut self, names: Vec<String>) {
+    /// `framed`: the listings are headed by `Listing` frames (asked for by
+    /// `SubscribeSince`).
+    fn on_subscribe(&mut self, names: Vec<SubscribeFrom>, framed: bool) {
         if names.len() > MAX_SUBSCRIBE_NAMES {
             let text = format!(
                 "a Subscribe may name at most {MAX_SUBSCRIBE_NAMES} collections; this one names {}",
@@ -404,15 +444,19 @@ impl RelaySession {
             return self.fail(ErrorCode::TOO_LARGE, text, None);
         }
         let mut seen = HashSet::new();
-        for name in names {
-            if seen.insert(name.clone()) {
-                self.subscribe_one(name);
+        for from in names {
+            if seen.insert(from.collection.clone()) {
+                self.subscribe_one(from, framed);
             }
         }
     }
 
     /// Subscribes to one collection, or says why not (the others go on).
-    fn subscribe_one(&mut self, name: String) {
+    fn subscribe_one(&mut self, from: SubscribeFrom, framed: bool) {
+        let SubscribeFrom {
+            collection: name,
+            cursor,
+        } = from;
         let collection = match Collection::new(name.as_str()) {
             Ok(c) => c,
             Err(e) => return self.refuse_subscription(name, ErrorCode::BAD_NAME, e.to_string()),
@@ -430,7 +474,9 @@ impl RelaySession {
             self.subscriptions.insert(collection.clone());
         }
         self.confirm_subscription(&collection);
-        self.owe_listing(collection);
+        // A cursor another relay issued means nothing here.
+        let cursor = cursor.filter(|c| c.relay_id == self.relay_id);
+        self.owe_listing(collection, cursor, framed);
     }
 
     /// Registers a subscription with its right and tells the peer.
@@ -456,18 +502,27 @@ impl RelaySession {
     }
 
     /// Owes a listing of `collection`; one not started yet answers this
-    /// request too.
-    fn owe_listing(&mut self, collection: Collection) {
+    /// request too (from the older of the two cursors: it then covers
+    /// what both asked for).
+    fn owe_listing(&mut self, collection: Collection, cursor: Option<Cursor>, framed: bool) {
         let waiting = self
             .listings
             .iter_mut()
-            .find(|l| l.collection == collection && !l.started);
+            .find(|l| l.collection == collection && l.started.is_none());
         match waiting {
-            Some(listing) => listing.repeats += 1,
+            Some(listing) => {
+                listing.repeats += 1;
+                listing.framed |= framed;
+                listing.cursor = match (listing.cursor.take(), cursor) {
+                    (Some(a), Some(b)) => Some(if a.seq <= b.seq { a } else { b }),
+                    _ => None,
+                };
+            }
             None => self.listings.push_back(Listing {
                 collection,
-                after: None,
-                started: false,
+                cursor,
+                framed,
+                started: None,
                 repeats: 0,
             }),
         }
@@ -491,6 +546,13 @@ impl RelaySession {
     /// announcement budget. The caller sends it and asks again (when the
     /// connection has room), so a listing of any size costs one page of
     /// memory and proceeds at the pace the peer reads.
+    ///
+    /// A listing's first page reads the collection's sequence number
+    /// before any document: whatever changes while the listing goes out is
+    /// numbered above it, so a replica resuming from that number misses
+    /// nothing. A listing since a cursor goes in sequence order (a document
+    /// changed meanwhile moves ahead and is announced again, never
+    /// skipped); a full one in id order.
     pub fn next_announcement(&mut self, now_ms: u64, docs: &dyn SyncDocs) -> Announcing {
         let Some(listing) = self.listings.front_mut() else {
             return Announcing::Idle;
@@ -499,36 +561,71 @@ impl RelaySession {
             Ok(n) => n,
             Err(at) => return Announcing::NotBefore(at),
         };
-        let page = match docs.summaries_page(&listing.collection, listing.after.as_ref(), allowed) {
-            Ok(page) => page,
+        let read = start(listing, docs).and_then(|started| {
+            let page = match started.after {
+                Position::Id(after) => {
+                    let page = docs.summaries_page(&listing.collection, after.as_ref(), allowed)?;
+                    let after = page.last().map(|s| s.doc).or(after);
+                    (page, Position::Id(after))
+                }
+                Position::Seq(after) => {
+                    let page = docs.summaries_since(&listing.collection, after, allowed)?;
+                    let after = page.last().map_or(after, |n| n.seq);
+                    (
+                        page.into_iter().map(|n| n.summary).collect(),
+                        Position::Seq(after),
+                    )
+                }
+            };
+            Ok((started, page))
+        });
+        let (started, (page, after)) = match read {
+            Ok(read) => read,
             Err(e) => {
                 self.listings.pop_front();
                 self.fail(error_code(&e), error_text(&e), None);
                 return Announcing::Page(std::mem::take(&mut self.out));
             }
         };
-        self.usage.announced(page.len().max(1));
-        listing.started = true;
-        listing.after = page.last().map(|s| s.doc).or(listing.after);
-        let complete = page.len() < allowed;
         let collection = listing.collection.to_string();
+        if listing.framed && listing.started.is_none() {
+            self.out
+                .push(RelayOutput::Send(listing_frame(&collection, started)));
+        }
+        self.usage.announced(page.len().max(1));
+        listing.started = Some(Started { after, ..started });
+        let complete = page.len() < allowed;
         self.out.push(RelayOutput::Send(Frame::Announce {
             collection: collection.clone(),
             docs: page,
             complete,
         }));
         if complete {
-            let repeats = listing.repeats;
+            let (repeats, framed) = (listing.repeats, listing.framed);
             self.listings.pop_front();
-            for _ in 0..repeats {
-                self.out.push(RelayOutput::Send(Frame::Announce {
-                    collection: collection.clone(),
-                    docs: Vec::new(),
-                    complete: true,
-                }));
-            }
+            self.answer_repeats(&collection, repeats, framed.then_some(started.seq));
         }
         Announcing::Page(std::mem::take(&mut self.out))
+    }
+
+    /// Answers the `Subscribe`s a listing also answered: one empty complete
+    /// frame each, headed (for `SubscribeSince`) by an empty `Listing`
+    /// from the listing's number to itself.
+    fn answer_repeats(&mut self, collection: &str, repeats: u32, seq: Option<u64>) {
+        for _ in 0..repeats {
+            if let Some(seq) = seq {
+                self.out.push(RelayOutput::Send(Frame::Listing {
+                    collection: collection.to_owned(),
+                    since: Some(seq),
+                    seq,
+                }));
+            }
+            self.out.push(RelayOutput::Send(Frame::Announce {
+                collection: collection.to_owned(),
+                docs: Vec::<DocSummary>::new(),
+                complete: true,
+            }));
+        }
     }
 
     /// Checks that a document frame may be applied: a valid collection,
@@ -754,8 +851,41 @@ pub(super) fn subject_prefix(subject: &str) -> String {
     format!("{short}/")
 }
 
+/// Where a listing stands: as it was, or, before its first page, from the
+/// collection's sequence number read now and the cursor if it still holds
+/// (a number above the sequence means the database is not the one that
+/// issued it, such as a restored copy: everything is listed then).
+fn start(listing: &Listing, docs: &dyn SyncDocs) -> crate::Result<Started> {
+    if let Some(started) = listing.started {
+        return Ok(started);
+    }
+    let seq = docs.collection_seq(&listing.collection)?;
+    let since = listing.cursor.as_ref().map(|c| c.seq).filter(|s| *s <= seq);
+    let after = match since {
+        Some(since) => Position::Seq(since),
+        None => Position::Id(None),
+    };
+    Ok(Started { since, seq, after })
+}
+
+/// The `Listing` frame that heads a listing.
+fn listing_frame(collection: &str, started: Started) -> Frame {
+    Frame::Listing {
+        collection: collection.to_owned(),
+        since: started.since,
+        seq: started.seq,
+    }
+}
+
+/// Whether this relay speaks protocol `version`.
+fn accepted(version: u32) -> bool {
+    (OLDEST_ACCEPTED_VERSION..=PROTOCOL_VERSION).contains(&version)
+}
+
 fn unsupported(version: u32) -> String {
-    format!("protocol version {version} is not supported; this relay speaks {PROTOCOL_VERSION}")
+    format!(
+        "protocol version {version} is not supported; this relay speaks {OLDEST_ACCEPTED_VERSION} to {PROTOCOL_VERSION}"
+    )
 }
 
 /// The code a peer is told when the guard refuses its bytes.

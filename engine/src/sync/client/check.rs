@@ -20,17 +20,22 @@ use std::collections::HashMap;
 use super::{ClientOutput, ClientSession};
 use crate::error::Result;
 use crate::id::{Collection, DocId};
-use crate::sync::{DocSummary, SyncDocs};
+use crate::sync::{DocSummary, NumberedSummary, SyncDocs};
 
 /// A pending `wait_synced` or `wait_agreed`.
 #[derive(Debug, Clone, Default)]
 pub struct SyncCheck {
     /// Documents not yet known to be held, with their collection and
-    /// their state then.
-    pending: HashMap<DocId, (Collection, DocSummary)>,
-    /// The connection epoch last looked at; until it is the current one,
-    /// every pending document is looked at, after that only news.
-    epoch: Option<u64>,
+    /// their state (and local number) then.
+    pending: HashMap<DocId, (Collection, NumberedSummary)>,
+    /// Per collection, the local number the snapshot was read from: the
+    /// documents at or below it were left out as held by the cursor. If
+    /// the relay does not honour the cursor, they are read in after all.
+    from: HashMap<Collection, u64>,
+    /// The connection epoch and baseline moves last looked at; until they
+    /// are the current ones, every pending document is looked at, after
+    /// that only news.
+    epoch: Option<(u64, u64)>,
     /// Whether agreement is asked for.
     agree: bool,
     /// For agreement: the connection and the per-collection counts of
@@ -68,16 +73,20 @@ impl ClientSession {
         docs: &dyn SyncDocs,
     ) -> Result<(SyncCheck, Vec<ClientOutput>)> {
         let mut pending = HashMap::new();
+        let mut from = HashMap::new();
         for collection in &self.config.collections {
-            let summaries = docs.summaries(collection)?;
+            let start = self.check_from(collection, docs)?;
+            let written = self.local_since(collection, start, docs)?;
             pending.extend(
-                summaries
+                written
                     .into_iter()
-                    .map(|s| (s.doc, (collection.clone(), s))),
+                    .map(|n| (n.summary.doc, (collection.clone(), n))),
             );
+            from.insert(collection.clone(), start);
         }
         let mut check = SyncCheck {
             pending,
+            from,
             epoch: None,
             agree,
             fresh: None,
@@ -122,9 +131,9 @@ impl ClientSession {
     pub fn unpushed(&self, docs: &dyn SyncDocs) -> Result<Vec<DocId>> {
         let mut out = Vec::new();
         for collection in &self.read_only {
-            for summary in docs.summaries(collection)? {
-                if !self.relay_holds(&summary, docs) {
-                    out.push(summary.doc);
+            for n in self.local_since(collection, self.baseline(collection), docs)? {
+                if !self.held_by_cursor(collection, &n) && !self.relay_holds(&n.summary, docs) {
+                    out.push(n.summary.doc);
                 }
             }
         }
@@ -139,7 +148,12 @@ impl ClientSession {
         check
             .pending
             .retain(|_, (c, _)| !self.skipped.contains_key(c));
-        if check.epoch == Some(self.epoch) {
+        if let Err(e) = self.read_in_unhonoured(check, docs) {
+            self.local_failure(None, &e);
+            return false;
+        }
+        let now = (self.epoch, self.baseline_moves);
+        if check.epoch == Some(now) {
             for doc in &news {
                 if check
                     .pending
@@ -150,10 +164,32 @@ impl ClientSession {
                 }
             }
         } else {
-            check.epoch = Some(self.epoch);
+            check.epoch = Some(now);
             check.pending.retain(|_, (c, s)| !self.settled(c, s, docs));
         }
         self.all_announced() && check.pending.is_empty()
+    }
+
+    /// Reads into `check` the documents it left out as held by a cursor
+    /// the relay did not honour (its listing completed with a lower
+    /// baseline): up to the snapshot's number, they are waited for too.
+    fn read_in_unhonoured(&self, check: &mut SyncCheck, docs: &dyn SyncDocs) -> Result<()> {
+        for (collection, from) in check.from.iter_mut() {
+            if !self.baseline_known(collection) || self.baseline(collection) >= *from {
+                continue;
+            }
+            let upto = *from;
+            for n in self.local_since(collection, self.baseline(collection), docs)? {
+                if n.seq <= upto {
+                    check
+                        .pending
+                        .entry(n.summary.doc)
+                        .or_insert_with(|| (collection.clone(), n));
+                }
+            }
+            *from = self.baseline(collection);
+        }
+        Ok(())
     }
 
     fn all_announced(&self) -> bool {
@@ -168,7 +204,16 @@ impl ClientSession {
     /// Whether nothing more can happen for `local` on this connection: the
     /// relay holds it, or (read-only collection) this replica pulled what
     /// the relay holds and keeps the rest local.
-    fn settled(&self, collection: &Collection, local: &DocSummary, docs: &dyn SyncDocs) -> bool {
+    fn settled(
+        &self,
+        collection: &Collection,
+        local: &NumberedSummary,
+        docs: &dyn SyncDocs,
+    ) -> bool {
+        if self.held_by_cursor(collection, local) {
+            return true;
+        }
+        let local = &local.summary;
         if self.relay_holds(local, docs) {
             return true;
         }
@@ -219,8 +264,8 @@ impl ClientSession {
             if self.skipped.contains_key(collection) {
                 continue;
             }
-            for summary in docs.summaries(collection)? {
-                if !self.settled(collection, &summary, docs) {
+            for n in self.local_since(collection, self.baseline(collection), docs)? {
+                if !self.settled(collection, &n, docs) {
                     return Ok(false);
                 }
             }

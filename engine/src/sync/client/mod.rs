@@ -26,12 +26,14 @@
 //! [`check`] holds what `wait_synced` and `wait_agreed` wait for.
 
 mod check;
+mod cursor;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use automerge::sync::Message;
 
 pub use check::{CheckOutcome, SyncCheck};
+pub use cursor::CURSOR_RETRY_MS;
 
 use super::exchange::{heads_only, Exchange};
 use super::protocol::{DocSummary, ErrorCode, Frame, PROTOCOL_VERSION};
@@ -235,6 +237,10 @@ pub struct ClientSession {
     /// Counts connections: a check made in an earlier one looks at all of
     /// its documents again.
     epoch: u64,
+    /// Counts the moves of a baseline (see `cursor`): a check made before
+    /// one looks at all of its documents again, as some may be held by
+    /// the cursor now.
+    baseline_moves: u64,
     /// Per collection, `Subscribe` frames sent on this connection.
     subscribes_sent: HashMap<Collection, u64>,
     /// Per collection, complete announcements received on it.
@@ -264,6 +270,9 @@ pub struct ClientSession {
     /// This session's id in the ephemeral frames it sends (random), and
     /// how many it sent: receivers tell repeats apart by the pair.
     presence: (String, u64),
+    /// Per collection, this connection's progress through the relay's
+    /// sequence, and the cursor to save (see `cursor`).
+    progress: HashMap<Collection, cursor::Progress>,
     /// Outputs of the current call.
     out: Vec<ClientOutput>,
 }
@@ -280,6 +289,7 @@ impl ClientSession {
             announcing: HashMap::new(),
             relay_news: HashSet::new(),
             epoch: 0,
+            baseline_moves: 0,
             subscribes_sent: HashMap::new(),
             announces_done: HashMap::new(),
             docs: HashMap::new(),
@@ -292,6 +302,7 @@ impl ClientSession {
             touched: HashSet::new(),
             stats: SessionStats::default(),
             presence: (DocId::random().to_string(), 0),
+            progress: HashMap::new(),
             out: Vec::new(),
         }
     }
@@ -362,8 +373,12 @@ impl ClientSession {
     /// A connection opened: say hello, and subscribe at once (the relay
     /// handles frames in order, so the announcements start one round trip
     /// earlier than after `Welcome`).
-    pub fn connected(&mut self) -> Vec<ClientOutput> {
+    ///
+    /// Each subscription carries the collection's stored cursor
+    /// (`SubscribeSince`), so the relay lists only what changed since.
+    pub fn connected(&mut self, docs: &dyn SyncDocs) -> Vec<ClientOutput> {
         self.reset();
+        self.load_cursors(docs);
         self.unanswered_tokens.push_back(self.config.token.clone());
         self.out.push(ClientOutput::Send(Frame::Hello {
             version: PROTOCOL_VERSION,
@@ -387,9 +402,9 @@ impl ClientSession {
         }
         // A relay accepts a bounded number of names per frame.
         for names in collections.chunks(MAX_SUBSCRIBE_NAMES) {
-            let collections = names.iter().map(ToString::to_string).collect();
+            let collections = names.iter().map(|c| self.subscribe_from(c)).collect();
             self.out
-                .push(ClientOutput::Send(Frame::Subscribe { collections }));
+                .push(ClientOutput::Send(Frame::SubscribeSince { collections }));
         }
     }
 
@@ -418,6 +433,7 @@ impl ClientSession {
         self.open = false;
         self.unanswered_tokens.clear();
         self.token_in_force = None;
+        self.progress.clear();
     }
 
     /// A fresh token from the app: used by every later `Hello`, and sent at
@@ -478,6 +494,11 @@ impl ClientSession {
                 expires_at_ms,
             } => self.on_welcome(version, relay_id, expires_at_ms),
             Frame::Reauthorized { expires_at_ms } => self.on_authorized(expires_at_ms),
+            Frame::Listing {
+                collection,
+                since,
+                seq,
+            } => self.on_listing(&collection, since, seq),
             Frame::Announce {
                 collection,
                 docs: list,
@@ -527,7 +548,7 @@ impl ClientSession {
             ),
         }
         self.pump(now, docs);
-        self.finish()
+        self.finish(now, docs)
     }
 
     /// A local change was committed.
@@ -547,7 +568,7 @@ impl ClientSession {
             LocalChange::Content => self.enqueue(doc),
         }
         self.pump(now, docs);
-        self.finish()
+        self.finish(now, docs)
     }
 
     /// The driver could not tell which local changes were committed (its
@@ -559,14 +580,19 @@ impl ClientSession {
             self.stats.local_resyncs += 1;
             let announced: Vec<Collection> = self.announced.iter().cloned().collect();
             for collection in announced {
-                match docs.summaries(&collection) {
-                    Ok(list) => self.offer_changed(&collection, list, docs),
+                // At or below the baseline, the relay holds them all.
+                let from = self.baseline(&collection);
+                match self.local_since(&collection, from, docs) {
+                    Ok(list) => {
+                        let list = list.into_iter().map(|n| n.summary).collect();
+                        self.offer_changed(&collection, list, docs);
+                    }
                     Err(e) => self.local_failure(None, &e),
                 }
             }
             self.pump(now, docs);
         }
-        self.finish()
+        self.finish(now, docs)
     }
 
     /// Offers the documents of `local` the relay is not known to hold.
@@ -615,7 +641,7 @@ impl ClientSession {
             self.retry(id, docs);
         }
         self.pump(now, docs);
-        self.finish()
+        self.finish(now, docs)
     }
 
     /// Offers a document again after the relay could not store it.
@@ -684,10 +710,17 @@ impl ClientSession {
             *self.announces_done.entry(collection.clone()).or_default() += 1;
             let seen = self.announcing.remove(&collection).unwrap_or_default();
             self.announced.insert(collection.clone());
-            match docs.summaries(&collection) {
+            // After a listing since the cursor, only the local documents
+            // written since its local number can be news to the relay.
+            let from = self.listing_completed(&collection);
+            match self.local_since(&collection, from, docs) {
                 Ok(local) => {
-                    let unannounced = local.into_iter().filter(|s| !seen.contains(&s.doc));
-                    self.offer_unannounced(&collection, unannounced.collect(), docs);
+                    let unannounced = local
+                        .into_iter()
+                        .map(|n| n.summary)
+                        .filter(|s| !seen.contains(&s.doc));
+                    let unannounced = unannounced.collect();
+                    self.offer_unannounced(&collection, unannounced, from == 0, docs);
                 }
                 Err(e) => self.local_failure(None, &e),
             }
@@ -763,11 +796,14 @@ impl ClientSession {
         }
     }
 
-    /// Offers the relay the local documents it did not announce.
+    /// Offers the relay the local documents it did not announce; `absent`:
+    /// the listing was full, so the relay does not have them (after a
+    /// listing since a cursor, it may hold an older state).
     fn offer_unannounced(
         &mut self,
         collection: &Collection,
         local: Vec<DocSummary>,
+        absent: bool,
         docs: &dyn SyncDocs,
     ) {
         for summary in local {
@@ -781,7 +817,9 @@ impl ClientSession {
                 // complete listing right after the full one.)
                 continue;
             }
-            d.relay_heads = Some(Heads::empty());
+            if absent {
+                d.relay_heads = Some(Heads::empty());
+            }
             self.relay_news.insert(summary.doc);
             if summary.deleted {
                 self.send_delete(summary.doc, collection, docs);
@@ -1108,7 +1146,8 @@ impl ClientSession {
         self.docs.get_mut(&doc)
     }
 
-    fn finish(&mut self) -> Vec<ClientOutput> {
+    fn finish(&mut self, now: u64, docs: &dyn SyncDocs) -> Vec<ClientOutput> {
+        self.save_cursors(now, docs);
         self.save_states();
         std::mem::take(&mut self.out)
     }

@@ -1,4 +1,4 @@
-//! Accord's side of W1–W4: `accord_engine::Replica`s, each on its own
+//! Accord's side of W1–W5: `accord_engine::Replica`s, each on its own
 //! SQLite file with its own WebSocket, against an Accord relay in a child
 //! process.
 
@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use accord_engine::automerge::transaction::Transactable;
 use accord_engine::automerge::{Automerge, ReadDoc, ScalarValue, Value, ROOT};
+use accord_engine::sync::SyncDocs;
 use accord_engine::{
     ConnectOptions, DocId, Durability, Filter, RecvError, Replica, ReplicaOptions, SyncHandle,
 };
@@ -15,7 +16,7 @@ use anyhow::Context;
 use crate::process::{ServerProcess, System};
 use crate::proxy::Proxy;
 use crate::run::{capped, poll_until, Settings};
-use crate::workloads::{self, Idle, W1, W2, W3};
+use crate::workloads::{self, Idle, W1, W2, W3, W5};
 
 /// Opens a replica on `dir/name.db`.
 fn open(dir: &Path, name: &str, durability: Durability) -> anyhow::Result<Replica> {
@@ -174,6 +175,82 @@ async fn fresh_sync(
     anyhow::ensure!(have == d, "fresh replica has {have} of {d} documents");
     handle.close().await;
     Ok((secs, proxy.totals().bytes))
+}
+
+/// W5: replica `b` holds an `n`-record collection in sync and
+/// disconnects; `changed` records change at replica `a` and reach the
+/// relay; `b` reconnects. Measures `b`'s first sync and its reconnect
+/// (connect to agreed), time and bytes through a counting proxy.
+pub async fn w5(n: usize, changed: usize, s: Settings) -> anyhow::Result<W5> {
+    let dir = tempfile::tempdir()?;
+    let server = ServerProcess::start(System::Accord, &dir.path().join("relay.db"))?;
+    let a = open(dir.path(), "a", Durability::Normal)?;
+    let ids = {
+        let a = a.clone();
+        let import = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<DocId>> {
+            (0..n)
+                .map(|i| Ok(a.import("w5", &workloads::small_doc(i).save())?))
+                .collect()
+        });
+        capped(s.cap * 10, "W5 populate", async { import.await? }).await?
+    };
+    let url = server.url();
+    let upload = connect(&a, &url, "w5", s.cap * 10);
+    capped(s.cap * 10, "W5 upload", upload).await?.close().await;
+
+    let b = open(dir.path(), "b", s.durability)?;
+    let (first_s, first_bytes) = synced_through_proxy(&b, &server, s, "W5 first sync").await?;
+    anyhow::ensure!(b.list("w5")?.len() == n, "b misses records");
+    // The cursor is saved once everything agrees (at the latest at the
+    // next tick of the session); reconnecting before would list all.
+    let collection = "w5".parse()?;
+    poll_until(s.cap, "W5 cursor saved", || {
+        matches!(SyncDocs::sync_cursor(&b, &collection), Ok(Some(_)))
+    })
+    .await?;
+
+    for (i, id) in ids.iter().take(changed).enumerate() {
+        a.change(id, None, |tx| tx.put(ROOT, "n", -(i as i64)))?;
+    }
+    let push = connect(&a, &url, "w5", s.cap);
+    capped(s.cap, "W5 changes elsewhere", push)
+        .await?
+        .close()
+        .await;
+
+    let (reconnect_s, reconnect_bytes) =
+        synced_through_proxy(&b, &server, s, "W5 reconnect").await?;
+    for id in ids.iter().take(changed) {
+        anyhow::ensure!(b.heads(id)? == a.heads(id)?, "b misses the change of {id}");
+    }
+    tokio::task::spawn_blocking(move || server.stop()).await??;
+    Ok(W5 {
+        first_s,
+        first_bytes,
+        reconnect_s,
+        reconnect_bytes,
+    })
+}
+
+/// `r` connects through a counting proxy and waits until it agrees with
+/// the relay; returns seconds and bytes on the wire.
+async fn synced_through_proxy(
+    r: &Replica,
+    server: &ServerProcess,
+    s: Settings,
+    what: &'static str,
+) -> anyhow::Result<(f64, u64)> {
+    let proxy = Proxy::start(server.addr).await?;
+    let started = Instant::now();
+    let mut handle = r.connect(&proxy.url(), options("w5"));
+    capped(s.cap, what, async {
+        handle.wait_agreed(s.cap).await.context("wait_agreed")
+    })
+    .await?;
+    let secs = started.elapsed().as_secs_f64();
+    let bytes = proxy.totals().bytes;
+    handle.close().await;
+    Ok((secs, bytes))
 }
 
 /// W3: two replicas share a record, go offline, make `m` changes each,

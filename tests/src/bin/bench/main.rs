@@ -15,7 +15,8 @@
 //! # Layout
 //!
 //! - `w0`: local durable writes against a bare Automerge + SQLite loop.
-//! - `accord_side`, `samod_side`: W1–W4 on each system; `js_side`: the
+//! - `accord_side`, `samod_side`: W1–W4 on each system (and W5, a
+//!   reconnect resuming from collection cursors, on Accord); `js_side`: the
 //!   stock JS client's W1–W3 (Node) for the three-server comparison.
 //! - `workloads`: the documents and result types both sides share.
 //! - `process`, `serve`: servers in child processes (this binary, run as

@@ -13,7 +13,7 @@ use crate::process::{System, Target};
 use crate::python;
 use crate::run::{repeat, Outcome, Settings};
 use crate::stats::{Better, Figure, Row};
-use crate::workloads::{Idle, W1, W2, W3};
+use crate::workloads::{Idle, W1, W2, W3, W5};
 use crate::{accord_side, js_side, samod_side, w0};
 
 /// Accord against the machine's limits and against samod 0.16.
@@ -32,7 +32,7 @@ pub struct Args {
     /// Longest a phase may take before the row reads "> cap" [default: 120, quick 60].
     #[arg(long)]
     pub cap_secs: Option<u64>,
-    /// Only these workloads (comma-separated: w0,w1,w2,w3,w4,servers,
+    /// Only these workloads (comma-separated: w0,w1,w2,w3,w4,w5,servers,
     /// feed, python; `servers` is the same samod client load on W1–W3 against
     /// accord-relay's /automerge-repo, the JS sync server and samod's
     /// server; `python` runs only when named: the Python package's calls
@@ -70,6 +70,12 @@ pub struct Args {
     /// W4: idle connections [default: 1000, quick 50].
     #[arg(long)]
     pub w4_idle: Option<usize>,
+    /// W5: records in the collection [default: 100000, quick 500].
+    #[arg(long)]
+    pub w5_records: Option<usize>,
+    /// W5: records changed elsewhere while the replica is away [default: 10].
+    #[arg(long)]
+    pub w5_changed: Option<usize>,
     /// W4: seconds of idle CPU measurement [default: 10, quick 1].
     #[arg(long)]
     pub idle_window_secs: Option<u64>,
@@ -115,6 +121,8 @@ pub struct Plan {
     w2_d: Vec<usize>,
     w3_m: Vec<usize>,
     w4: (usize, usize, usize),
+    /// W5: records, and how many change while the replica is away.
+    w5: (usize, usize),
     idle_window: Duration,
     /// Records of the feed workloads (read, push with a webhook).
     feed_records: usize,
@@ -157,10 +165,18 @@ impl Plan {
                 pick(a.w4_live, 50, 1000),
                 pick(a.w4_idle, 50, 1000),
             ),
+            w5: (
+                pick(a.w5_records, 500, 100_000).max(1),
+                a.w5_changed.unwrap_or(10),
+            ),
             idle_window: Duration::from_secs(a.idle_window_secs.unwrap_or(if q { 1 } else { 10 })),
             feed_records: pick(None, 500, 10_000),
             feed_rate: (100, pick(None, 1, 5)),
         };
+        anyhow::ensure!(
+            plan.w5.1 <= plan.w5.0,
+            "W5 cannot change more records than exist"
+        );
         anyhow::ensure!(plan.w1_k.iter().all(|&k| k >= 2), "W1 needs K >= 2");
         anyhow::ensure!(plan.w4.1 <= plan.w4.0, "W4 live must not exceed stored");
         Ok(plan)
@@ -169,7 +185,7 @@ impl Plan {
     /// One line saying what will run.
     pub fn describe(&self) -> String {
         format!(
-            "bench: reps={} cap={}s durability={:?} W0 changes={} W1 K={:?} N={} W2 D={:?} W3 M={:?} W4 stored={} live={} idle={} window={}s{}",
+            "bench: reps={} cap={}s durability={:?} W0 changes={} W1 K={:?} N={} W2 D={:?} W3 M={:?} W4 stored={} live={} idle={} window={}s W5 records={} changed={}{}",
             self.reps,
             self.settings.cap.as_secs(),
             self.settings.durability,
@@ -182,6 +198,8 @@ impl Plan {
             self.w4.1,
             self.w4.2,
             self.idle_window.as_secs(),
+            self.w5.0,
+            self.w5.1,
             if self.samod { "" } else { " (samod skipped)" },
         )
     }
@@ -196,7 +214,7 @@ impl Plan {
         let mut rows = Vec::new();
         let mut peaks = Vec::new();
         type Step = fn(&Plan, &mut Vec<Row>, &mut Vec<Row>);
-        let steps: [(&str, Step); 8] = [
+        let steps: [(&str, Step); 9] = [
             ("w0", |p, r, _| p.w0(r)),
             ("w1", Plan::w1),
             ("w2", Plan::w2),
@@ -204,6 +222,7 @@ impl Plan {
             ("servers", Plan::servers),
             ("w4", |p, r, _| p.w4(r)),
             ("feed", |p, r, _| p.feed(r)),
+            ("w5", |p, r, _| p.w5(r)),
             ("python", |p, r, _| p.python(r)),
         ];
         for (name, step) in steps {
@@ -630,6 +649,35 @@ impl Plan {
             Better::Lower,
             pair(|i| i.cpu_us_per_conn_s),
         ));
+    }
+
+    /// W5: reconnect cost with collection cursors. samod has no
+    /// collections to resume, so the reference column reads n/a.
+    fn w5(&self, rows: &mut Vec<Row>) {
+        let ((n, changed), s) = (self.w5, self.settings);
+        let label = format!("W5 {n} records, {changed} changed");
+        let ours = self.accord(&label, self.reps, move || accord_side::w5(n, changed, s));
+        type Metric = (&'static str, &'static str, fn(&W5) -> f64);
+        let metrics: [Metric; 4] = [
+            ("first sync to agreed", "s", |r| r.first_s),
+            ("first sync wire", "KB", |r| r.first_bytes as f64 / 1000.0),
+            ("reconnect to agreed", "s", |r| r.reconnect_s),
+            ("reconnect wire", "KB", |r| {
+                r.reconnect_bytes as f64 / 1000.0
+            }),
+        ];
+        for (metric, unit, f) in metrics {
+            rows.push(Row {
+                reference_name: "(no equivalent)",
+                ..row(
+                    &label,
+                    metric,
+                    unit,
+                    Better::Lower,
+                    (ours.figure(f), Figure::NotApplicable),
+                )
+            });
+        }
     }
 
     fn samod_figure<T>(&self, o: &Outcome<T>, f: impl Fn(&T) -> f64) -> Figure {

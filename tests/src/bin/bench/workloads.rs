@@ -92,6 +92,20 @@ impl W3 {
     }
 }
 
+/// W5's figures: a replica's first sync of a collection, and its
+/// reconnect after a few records changed elsewhere.
+#[derive(Debug, Clone, Copy)]
+pub struct W5 {
+    /// First sync: seconds to agreed.
+    pub first_s: f64,
+    /// First sync: bytes on the wire, both ways.
+    pub first_bytes: u64,
+    /// Reconnect: seconds from connecting to agreed.
+    pub reconnect_s: f64,
+    /// Reconnect: bytes on the wire, both ways.
+    pub reconnect_bytes: u64,
+}
+
 /// W4's idle-connection figures.
 #[derive(Debug, Clone, Copy)]
 pub struct Idle {

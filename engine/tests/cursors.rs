@@ -1,0 +1,365 @@
+//! Collection cursors in the sans-IO sessions: what a relay lists for a
+//! cursor (only what changed since it, or everything when it names
+//! another relay or a number its sequence never reached), how a
+//! version-2 replica is still served, and what a replica offers and saves
+//! around a listing.
+
+use accord_engine::sync::{
+    Announcing, ClientConfig, ClientOutput, ClientSession, Cursor, DocSummary, Frame, OpenAccess,
+    RelayOutput, RelaySession, SubscribeFrom, SyncCursor, SyncDocs, PROTOCOL_VERSION,
+};
+use accord_engine::{Collection, DocId, PeerId, Replica};
+use serde_json::json;
+
+fn notes() -> Collection {
+    Collection::new("notes").expect("a valid name")
+}
+
+/// A relay store holding `n` notes, created one after the other.
+fn relay_store(n: usize) -> (Replica, Vec<DocId>) {
+    let store = Replica::open_in_memory().expect("store");
+    let ids = (0..n)
+        .map(|i| store.create("notes", &json!({ "i": i })).expect("create"))
+        .collect();
+    (store, ids)
+}
+
+/// A relay session named `relay`, welcomed in protocol `version`.
+fn welcomed(store: &Replica, version: u32) -> (RelaySession, Vec<RelayOutput>) {
+    let mut session = RelaySession::new("relay");
+    let hello = Frame::Hello {
+        version,
+        peer_id: "peer".into(),
+        token: String::new(),
+    };
+    let out = session.handle_frame(hello, 0, &OpenAccess, store);
+    (session, out)
+}
+
+/// Every frame the relay sends for `frame` and the listings it owes.
+fn answer(session: &mut RelaySession, store: &Replica, frame: Frame) -> Vec<Frame> {
+    let mut out = session.handle_frame(frame, 0, &OpenAccess, store);
+    loop {
+        match session.next_announcement(0, store) {
+            Announcing::Page(page) => out.extend(page),
+            Announcing::Idle => break,
+            Announcing::NotBefore(_) => panic!("unlimited sessions are never paced"),
+        }
+    }
+    out.into_iter()
+        .filter_map(|o| match o {
+            RelayOutput::Send(f) => Some(f),
+            _ => None,
+        })
+        .collect()
+}
+
+fn since(relay_id: &str, seq: Option<u64>) -> Frame {
+    Frame::SubscribeSince {
+        collections: vec![SubscribeFrom {
+            collection: "notes".into(),
+            cursor: seq.map(|seq| Cursor {
+                relay_id: relay_id.into(),
+                seq,
+            }),
+        }],
+    }
+}
+
+/// The documents announced in `frames`, and the `Listing` headers.
+fn announced(frames: &[Frame]) -> (Vec<DocId>, Vec<(Option<u64>, u64)>) {
+    let mut docs = Vec::new();
+    let mut headers = Vec::new();
+    for f in frames {
+        match f {
+            Frame::Announce { docs: list, .. } => docs.extend(list.iter().map(|s| s.doc)),
+            Frame::Listing { since, seq, .. } => headers.push((*since, *seq)),
+            _ => {}
+        }
+    }
+    (docs, headers)
+}
+
+#[test]
+fn a_cursor_of_this_relay_lists_only_what_changed_since() {
+    let (store, ids) = relay_store(5);
+    let cursor = store.collection_seq("notes").expect("seq");
+    store.put(&ids[1], "i", &json!(10), None).expect("change");
+    store.delete(&ids[3]).expect("delete");
+    let created = store.create("notes", &json!({})).expect("create");
+    let now = store.collection_seq("notes").expect("seq");
+
+    let (mut session, _) = welcomed(&store, PROTOCOL_VERSION);
+    let frames = answer(&mut session, &store, since("relay", Some(cursor)));
+    let (docs, headers) = announced(&frames);
+    assert_eq!(headers, vec![(Some(cursor), now)]);
+    // In sequence order: the change, the tombstone, the new record.
+    assert_eq!(docs, vec![ids[1], ids[3], created]);
+    let deleted = frames.iter().any(|f| {
+        matches!(f, Frame::Announce { docs, .. }
+            if docs.iter().any(|s: &DocSummary| s.doc == ids[3] && s.deleted))
+    });
+    assert!(deleted, "tombstones are listed too");
+}
+
+#[test]
+fn compaction_is_not_a_change_and_a_restart_keeps_the_numbers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("relay.db");
+    let store = Replica::open(&path).expect("store");
+    let ids: Vec<DocId> = (0..3)
+        .map(|i| store.create("notes", &json!({ "i": i })).expect("create"))
+        .collect();
+    for i in 0..5 {
+        store.put(&ids[0], "i", &json!(i), None).expect("change");
+    }
+    let cursor = store.collection_seq("notes").expect("seq");
+    store.compact_all().expect("compact");
+    drop(store);
+    let store = Replica::open(&path).expect("reopen");
+    let (mut session, _) = welcomed(&store, PROTOCOL_VERSION);
+    let (docs, headers) = announced(&answer(&mut session, &store, since("relay", Some(cursor))));
+    assert!(docs.is_empty(), "compacting changed nothing: {docs:?}");
+    assert_eq!(headers, vec![(Some(cursor), cursor)]);
+}
+
+#[test]
+fn a_cursor_of_another_relay_or_beyond_the_sequence_lists_everything() {
+    let (store, ids) = relay_store(4);
+    let seq = store.collection_seq("notes").expect("seq");
+    for frame in [
+        since("another-relay", Some(1)),
+        since("relay", Some(seq + 1)), // a restored, older copy
+        since("relay", None),
+    ] {
+        let (mut session, _) = welcomed(&store, PROTOCOL_VERSION);
+        let (mut docs, headers) = announced(&answer(&mut session, &store, frame));
+        docs.sort();
+        let mut all = ids.clone();
+        all.sort();
+        assert_eq!(docs, all);
+        assert_eq!(headers, vec![(None, seq)]);
+    }
+}
+
+#[test]
+fn a_listing_since_a_cursor_pages_in_sequence_order() {
+    let (store, _) = relay_store(1_200); // more than two pages
+    let (mut session, _) = welcomed(&store, PROTOCOL_VERSION);
+    let (docs, headers) = announced(&answer(&mut session, &store, since("relay", Some(100))));
+    assert_eq!(docs.len(), 1_100);
+    assert_eq!(headers, vec![(Some(100), 1_200)]);
+    let unique: std::collections::HashSet<_> = docs.iter().collect();
+    assert_eq!(unique.len(), docs.len(), "no document twice");
+}
+
+#[test]
+fn a_version_2_replica_is_answered_in_version_2_with_full_listings() {
+    let (store, ids) = relay_store(3);
+    let (mut session, out) = welcomed(&store, 2);
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, RelayOutput::Send(Frame::Welcome { version: 2, .. }))));
+    let frames = answer(
+        &mut session,
+        &store,
+        Frame::Subscribe {
+            collections: vec!["notes".into()],
+        },
+    );
+    let (docs, headers) = announced(&frames);
+    assert_eq!(docs.len(), ids.len());
+    assert!(headers.is_empty(), "no version-3 frame reaches it");
+    // Versions outside 2..=3 are refused.
+    let (_, out) = welcomed(&store, 1);
+    assert!(out.iter().any(|o| matches!(o, RelayOutput::Close { .. })));
+}
+
+#[test]
+fn a_repeated_subscribe_before_the_listing_starts_is_answered_by_it() {
+    let (store, ids) = relay_store(3);
+    let seq = store.collection_seq("notes").expect("seq");
+    let (mut session, _) = welcomed(&store, PROTOCOL_VERSION);
+    session.handle_frame(since("relay", Some(1)), 0, &OpenAccess, &store);
+    // The older of the two cursors wins: it covers what both asked for.
+    let frames = answer(&mut session, &store, since("relay", None));
+    let (docs, headers) = announced(&frames);
+    assert_eq!(docs.len(), ids.len());
+    assert_eq!(headers, vec![(None, seq), (Some(seq), seq)]);
+    let complete = frames
+        .iter()
+        .filter(|f| matches!(f, Frame::Announce { complete: true, .. }))
+        .count();
+    assert_eq!(complete, 2, "one complete listing per request");
+}
+
+// The replica's side.
+
+fn client(collections: &[&str]) -> ClientSession {
+    ClientSession::new(ClientConfig {
+        peer_id: PeerId::new("replica").expect("peer id"),
+        token: String::new(),
+        collections: collections
+            .iter()
+            .map(|c| Collection::new(*c).expect("name"))
+            .collect(),
+        max_in_flight: 8,
+        max_frame_bytes: usize::MAX,
+    })
+}
+
+fn sent(out: &[ClientOutput]) -> Vec<&Frame> {
+    out.iter()
+        .filter_map(|o| match o {
+            ClientOutput::Send(f) => Some(f),
+            _ => None,
+        })
+        .collect()
+}
+
+fn welcome() -> Frame {
+    Frame::Welcome {
+        version: PROTOCOL_VERSION,
+        relay_id: "relay".into(),
+        expires_at_ms: None,
+    }
+}
+
+fn complete(docs: Vec<DocSummary>) -> Frame {
+    Frame::Announce {
+        collection: "notes".into(),
+        docs,
+        complete: true,
+    }
+}
+
+#[test]
+fn a_replica_sends_its_stored_cursor_and_offers_only_what_it_wrote_since() {
+    let local = Replica::open_in_memory().expect("replica");
+    for i in 0..50 {
+        local.create("notes", &json!({ "i": i })).expect("create");
+    }
+    let local_seq = local.collection_seq("notes").expect("seq");
+    let cursor = SyncCursor {
+        relay: PeerId::new("relay").expect("id"),
+        relay_seq: 7,
+        local_seq,
+    };
+    local.save_sync_cursor(&notes(), &cursor).expect("save");
+    let written = local
+        .create("notes", &json!({ "new": true }))
+        .expect("create");
+
+    let mut session = client(&["notes"]);
+    let out = session.connected(&local);
+    assert!(sent(&out).contains(&&since("relay", Some(7))));
+    session.handle_frame(0, welcome(), &local);
+    let listing = Frame::Listing {
+        collection: "notes".into(),
+        since: Some(7),
+        seq: 9,
+    };
+    session.handle_frame(0, listing, &local);
+    let out = session.handle_frame(0, complete(Vec::new()), &local);
+    let offered: Vec<DocId> = sent(&out)
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Sync { doc, .. } => Some(*doc),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(offered, vec![written], "only the record written since");
+    // Not agreed yet (the relay has not answered): the old cursor stays.
+    assert_eq!(local.sync_cursor(&notes()).expect("read"), Some(cursor));
+}
+
+#[test]
+fn a_replica_saves_the_listing_number_once_everything_agrees() {
+    let local = Replica::open_in_memory().expect("replica");
+    let doc = local.create("notes", &json!({ "a": 1 })).expect("create");
+    let heads = local.meta(&doc).expect("meta").heads;
+    let mut session = client(&["notes"]);
+    session.connected(&local);
+    session.handle_frame(0, welcome(), &local);
+    let listing = Frame::Listing {
+        collection: "notes".into(),
+        since: None,
+        seq: 41,
+    };
+    session.handle_frame(0, listing, &local);
+    // The relay holds the same heads: nothing to sync, all agrees.
+    let summary = DocSummary {
+        doc,
+        heads,
+        deleted: false,
+    };
+    let out = session.handle_frame(0, complete(vec![summary]), &local);
+    assert!(sent(&out).is_empty(), "nothing to exchange");
+    let saved = local.sync_cursor(&notes()).expect("read").expect("saved");
+    assert_eq!(saved.relay.as_str(), "relay");
+    assert_eq!(saved.relay_seq, 41);
+    assert_eq!(saved.local_seq, local.collection_seq("notes").expect("seq"));
+}
+
+#[test]
+fn a_replica_keeps_its_cursor_while_an_announced_change_is_missing() {
+    let relay = Replica::open_in_memory().expect("relay");
+    let doc = relay.create("notes", &json!({ "a": 1 })).expect("create");
+    let heads = relay.meta(&doc).expect("meta").heads;
+    let local = Replica::open_in_memory().expect("replica");
+    let mut session = client(&["notes"]);
+    session.connected(&local);
+    session.handle_frame(0, welcome(), &local);
+    let listing = Frame::Listing {
+        collection: "notes".into(),
+        since: None,
+        seq: 3,
+    };
+    session.handle_frame(0, listing, &local);
+    let summary = DocSummary {
+        doc,
+        heads,
+        deleted: false,
+    };
+    let out = session.handle_frame(0, complete(vec![summary]), &local);
+    assert!(
+        sent(&out)
+            .iter()
+            .any(|f| matches!(f, Frame::Sync { doc: d, .. } if *d == doc)),
+        "the missing record is asked for"
+    );
+    session.tick(60_000, &local);
+    assert_eq!(local.sync_cursor(&notes()).expect("read"), None);
+}
+
+#[test]
+fn a_cursor_of_another_relay_is_sent_and_a_full_listing_compares_everything() {
+    let local = Replica::open_in_memory().expect("replica");
+    let doc = local.create("notes", &json!({ "a": 1 })).expect("create");
+    let cursor = SyncCursor {
+        relay: PeerId::new("relay").expect("id"),
+        relay_seq: 7,
+        local_seq: local.collection_seq("notes").expect("seq"),
+    };
+    local.save_sync_cursor(&notes(), &cursor).expect("save");
+    let mut session = client(&["notes"]);
+    session.connected(&local);
+    // Another relay answers: it lists everything (here: nothing), so
+    // the record the old cursor covered is offered after all.
+    let other = Frame::Welcome {
+        version: PROTOCOL_VERSION,
+        relay_id: "other".into(),
+        expires_at_ms: None,
+    };
+    session.handle_frame(0, other, &local);
+    let listing = Frame::Listing {
+        collection: "notes".into(),
+        since: None,
+        seq: 2,
+    };
+    session.handle_frame(0, listing, &local);
+    let out = session.handle_frame(0, complete(Vec::new()), &local);
+    assert!(sent(&out)
+        .iter()
+        .any(|f| matches!(f, Frame::Sync { doc: d, .. } if *d == doc)));
+}
