@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use accord_engine::replica::Filter;
+use accord_engine::replica::{Filter, RecvError};
 use accord_engine::{DeadLetter, FeedEntry, Replica};
 use anyhow::{bail, Context, Result};
 use hmac::{Hmac, Mac};
@@ -263,9 +263,17 @@ impl Worker {
             if delivered_any {
                 continue;
             }
-            tokio::select! {
-                () = self.shutdown.cancelled() => return,
-                _ = changes.recv_async() => {}
+            // Sleep until a change in one of its collections (a lagged
+            // subscription may have missed one: look again).
+            loop {
+                tokio::select! {
+                    () = self.shutdown.cancelled() => return,
+                    received = changes.recv_async() => match received {
+                        Ok(change) if !self.hook.collections.iter().any(|c| *c == *change.collection) => continue,
+                        Err(RecvError::Closed) => return,
+                        _ => break,
+                    },
+                }
             }
         }
     }

@@ -582,6 +582,16 @@ async fn sql_runs_read_only_over_the_records_view_in_open_mode() {
     assert_eq!(rows["columns"], json!(["name"]));
     assert_eq!(rows["rows"], json!([["Ada"], ["Grace"]]));
     assert_eq!(rows["truncated"], false);
+
+    // An answer stops at its byte budget, whatever the row limit.
+    let big = json!({
+        "sql": "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 40) \
+                SELECT hex(zeroblob(500000)) FROM n",
+    });
+    let rows = ok(call(addr, "POST", "/v1/query", None, Some(&big)).await);
+    let kept = rows["rows"].as_array().map_or(0, Vec::len);
+    assert_eq!(rows["truncated"], true);
+    assert!((1..40).contains(&kept), "{kept} rows of 1 MB kept");
     relay.stop().await.expect("stop");
 }
 

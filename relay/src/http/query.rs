@@ -28,6 +28,11 @@ const DEFAULT_ROWS: u64 = 1000;
 /// The most rows one request may ask for.
 const MAX_ROWS: u64 = 10_000;
 
+/// The most bytes of values one answer holds: rows past it are left out
+/// (`truncated`), however few rows that is, so a query of large records
+/// cannot make the relay build an answer of any size.
+pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
 /// `POST /v1/query`: `{"sql", "params"?, "limit"?}`.
 pub async fn run(State(api): State<Api>, headers: HeaderMap, body: Body) -> ApiResult<Json<Value>> {
     let grant = api.grant(&headers)?;
@@ -63,9 +68,10 @@ pub async fn run(State(api): State<Api>, headers: HeaderMap, body: Body) -> ApiR
     };
     api.blocking(move |replica| {
         let mut rows: Vec<Value> = Vec::new();
-        let mut truncated = false;
+        let (mut truncated, mut bytes) = (false, 0);
         let columns = replica.query_each_within(TIME_LIMIT, &sql, &params, |_, row| {
-            if rows.len() as u64 == limit {
+            bytes += row.iter().map(value_bytes).sum::<usize>();
+            if rows.len() as u64 == limit || bytes > MAX_ANSWER_BYTES {
                 truncated = true;
                 return ControlFlow::Break(());
             }
@@ -76,6 +82,15 @@ pub async fn run(State(api): State<Api>, headers: HeaderMap, body: Body) -> ApiR
     })
     .await
     .map(Json)
+}
+
+/// About how many bytes a value takes in the answer.
+fn value_bytes(value: &SqlValue) -> usize {
+    match value {
+        SqlValue::Text(t) => t.len(),
+        SqlValue::Blob(b) => b.len() * 2,
+        _ => 8,
+    }
 }
 
 /// One positional parameter: a string, number, boolean or null.
