@@ -1,14 +1,13 @@
 //! A small HTTP client for the relay's HTTP door: one request per
-//! connection over a real socket (hyper's client), JSON in and out, and a
+//! connection over a real socket (the relay's own `http::client`), JSON in and out, and a
 //! reader of server-sent events.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use accord_relay::http::client::{self, sse_event, Target};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 /// An answer: status, headers, and the body (JSON if it parses, else the
@@ -38,15 +37,8 @@ async fn send(
     body: Option<Bytes>,
     headers: &[(&str, &str)],
 ) -> hyper::Response<Incoming> {
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("http handshake");
-    tokio::spawn(conn);
-    let mut request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string());
+    let target = Target::parse(&format!("http://{addr}")).expect("address");
+    let mut request = target.request(method, path);
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
     }
@@ -59,7 +51,7 @@ async fn send(
     let request = request
         .body(Full::new(body.unwrap_or_default()))
         .expect("request");
-    sender.send_request(request).await.expect("response")
+    client::send(&target, request).await.expect("response")
 }
 
 /// Sends a request with an optional JSON body and reads the whole answer.
@@ -172,18 +164,7 @@ impl Events {
 }
 
 fn parse_event(block: &str) -> Option<Event> {
-    let mut name = String::from("message");
-    let mut data = String::new();
-    for line in block.lines() {
-        if let Some(v) = line.strip_prefix("event:") {
-            name = v.trim().to_owned();
-        } else if let Some(v) = line.strip_prefix("data:") {
-            data.push_str(v.trim_start());
-        }
-    }
-    if data.is_empty() {
-        return None; // a comment (keep-alive)
-    }
+    let (name, data) = sse_event(block)?;
     Some(Event {
         name,
         data: serde_json::from_str(&data).unwrap_or(Value::String(data)),

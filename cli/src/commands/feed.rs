@@ -9,7 +9,7 @@
 
 use std::process::ExitCode;
 
-use accord_relay::http::client::{send, Target};
+use accord_relay::http::client::{send, sse_event, Target};
 use anyhow::{bail, Context, Result};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -137,16 +137,11 @@ async fn stream(
         buffer.push_str(&String::from_utf8_lossy(&data));
         while let Some(end) = buffer.find("\n\n") {
             let block: String = buffer.drain(..end + 2).collect();
-            let data: String = block
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(str::trim_start)
-                .collect();
-            if data.is_empty() {
+            let Some((name, data)) = sse_event(&block) else {
                 continue; // a keep-alive comment
-            }
+            };
             let event: Value = serde_json::from_str(&data).context("an event's data")?;
-            if block.lines().any(|l| l.trim() == "event: error") {
+            if name == "error" {
                 bail!("the relay failed: {}", event["message"]);
             }
             print(ctx, &event)?;

@@ -147,6 +147,22 @@ pub async fn fetch(
         .map_err(|_| anyhow!("{} did not answer within {timeout:?}", target.authority()))?
 }
 
+/// One server-sent event's name (`message` if it gives none) and data,
+/// from a block of lines that ended with a blank line; `None` for a block
+/// without data (a keep-alive comment).
+pub fn sse_event(block: &str) -> Option<(String, String)> {
+    let mut name = String::from("message");
+    let mut data = String::new();
+    for line in block.lines() {
+        if let Some(v) = line.strip_prefix("event:") {
+            name = v.trim().to_owned();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            data.push_str(v.trim_start());
+        }
+    }
+    (!data.is_empty()).then_some((name, data))
+}
+
 /// One kept-alive HTTP/1.1 connection to a target, opened on first use
 /// and again after it failed or the server closed it.
 #[derive(Debug)]
@@ -252,5 +268,12 @@ mod tests {
         assert!(Target::parse("ftp://x").is_err());
         assert!(Target::parse("http://host:notaport").is_err());
         assert!(Target::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn server_sent_events_are_read_by_name_and_data() {
+        let event = super::sse_event("event: change\nid: 7\ndata: {\"a\":1}\n\n");
+        assert_eq!(event, Some(("change".to_owned(), "{\"a\":1}".to_owned())));
+        assert_eq!(super::sse_event(": keep-alive\n\n"), None);
     }
 }
