@@ -173,16 +173,17 @@ pub async fn set(
         Some(Value::String(m)) => Some(m.clone()),
         Some(_) => return Err(ApiError::bad("invalid_json", "'message' is a string")),
     };
-    let check = grant.clone();
-    let collection = api
-        .blocking(move |replica| visible(replica, &check, id))
-        .await?;
-    api.writable(&grant, &collection)?;
-    let (path, value) = (path.to_owned(), value.clone());
-    api.blocking(move |replica| Ok(replica.put(&id, &path, &value, message.as_deref())?))
+    let (path, value, writer) = (path.to_owned(), value.clone(), api.clone());
+    let (collection, changed) = api
+        .blocking(move |replica| {
+            let collection = visible(replica, &grant, id)?;
+            writer.writable(&grant, &collection)?;
+            replica.put(&id, &path, &value, message.as_deref())?;
+            Ok((collection, record(replica, id, None)?))
+        })
         .await?;
     api.changed(collection, id).await;
-    api.blocking(move |r| record(r, id, None)).await.map(Json)
+    Ok(Json(changed))
 }
 
 /// `DELETE /v1/records/{id}`.
@@ -193,18 +194,20 @@ pub async fn delete(
 ) -> ApiResult<Json<Value>> {
     let grant = api.grant(&headers)?;
     let id = doc_id(&id)?;
-    let check = grant.clone();
-    let collection = api
-        .blocking(move |replica| visible(replica, &check, id))
+    let writer = api.clone();
+    let (collection, deleted) = api
+        .blocking(move |replica| {
+            let collection = visible(replica, &grant, id)?;
+            writer.writable(&grant, &collection)?;
+            match replica.delete(&id) {
+                Ok(()) | Err(accord_engine::Error::Deleted(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            Ok((collection, record(replica, id, None)?))
+        })
         .await?;
-    api.writable(&grant, &collection)?;
-    api.blocking(move |replica| match replica.delete(&id) {
-        Ok(()) | Err(accord_engine::Error::Deleted(_)) => Ok(()),
-        Err(e) => Err(e.into()),
-    })
-    .await?;
     api.deleted(&collection, id);
-    api.blocking(move |r| record(r, id, None)).await.map(Json)
+    Ok(Json(deleted))
 }
 
 /// `GET /v1/records/{id}/history`: newest first, paged.
