@@ -52,6 +52,10 @@ pub enum StoreError {
     /// A database that must exist does not.
     #[error("database {0} does not exist")]
     Missing(String),
+    /// A store other than SQLite (the relay's PostgreSQL store) failed:
+    /// unreachable, a failed statement or commit.
+    #[error("store failed: {0}")]
+    Backend(String),
 }
 
 /// Why a path could not be followed or written.

@@ -85,6 +85,9 @@ pub struct Config {
     pub automerge_repo_collection: Collection,
     /// Endpoints that receive collections' change feeds (`--webhooks`).
     pub webhooks: Vec<crate::webhooks::Webhook>,
+    /// Run as a cluster node on a shared PostgreSQL store (and NATS bus)
+    /// instead of the embedded SQLite file (`--store`, `--bus`).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Default for Config {
@@ -114,6 +117,7 @@ impl Default for Config {
             )
             .expect("the default collection name is valid"),
             webhooks: Vec::new(),
+            cluster: None,
         }
     }
 }

@@ -37,10 +37,14 @@
 //! - [`webhooks`]: one delivery task per configured endpoint, reading the
 //!   change feed from the store after a durable cursor; signed batches,
 //!   retries, dead letters.
+//! - [`cluster`]: running as one node of a cluster: the PostgreSQL store
+//!   behind the same `SyncDocs` seam, the NATS bus between nodes, and
+//!   catching up from the store on what the bus lost.
 //! - [`docs`]: one actor per live document, owning its `DocHub`; actors
 //!   stop when idle so memory stays bounded.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod db_lock;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use accord_engine::sync::{Access, Limits, OpenAccess};
 use accord_engine::Collection;
 use accord_relay::auth::{Right, Tokens};
+use accord_relay::cluster::ClusterConfig;
 use accord_relay::config::{Config, DEFAULT_DB, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -144,6 +145,38 @@ struct ServeArgs {
     /// receive their collections' changes.
     #[arg(long, env = "ACCORD_RELAY_WEBHOOKS", value_name = "FILE")]
     webhooks: Option<PathBuf>,
+    /// Run as a cluster node on this PostgreSQL store
+    /// (postgres://USER@HOST[:PORT]/DB) instead of the SQLite file: every
+    /// node given the same store (and --store-schema) serves the same
+    /// documents. Migrations run at start.
+    #[arg(long, env = "ACCORD_RELAY_STORE", value_name = "URL")]
+    store: Option<String>,
+    /// The PostgreSQL schema holding the store's tables.
+    #[arg(long, env = "ACCORD_RELAY_STORE_SCHEMA", value_name = "NAME",
+          default_value = accord_relay::cluster::DEFAULT_SCHEMA, requires = "store")]
+    store_schema: String,
+    /// Connections in the PostgreSQL pool.
+    #[arg(
+        long,
+        env = "ACCORD_RELAY_STORE_POOL",
+        default_value_t = 16,
+        requires = "store"
+    )]
+    store_pool: usize,
+    /// The NATS bus (nats://HOST:PORT) carrying each node's commits to the
+    /// other nodes of the cluster, live; without it nodes learn of each
+    /// other's commits from the store, every --catch-up-secs.
+    #[arg(long, env = "ACCORD_RELAY_BUS", value_name = "URL", requires = "store")]
+    bus: Option<String>,
+    /// Seconds between a cluster node's checks of the store for commits
+    /// the bus did not bring.
+    #[arg(
+        long,
+        env = "ACCORD_RELAY_CATCH_UP_SECS",
+        default_value_t = 2,
+        requires = "store"
+    )]
+    catch_up_secs: u64,
 }
 
 fn parse_collection(name: &str) -> Result<Collection, String> {
@@ -230,8 +263,12 @@ fn serve(args: ServeArgs, secret_args: &SecretArgs) -> anyhow::Result<()> {
     if let Some(file) = &args.webhooks {
         config.webhooks = accord_relay::webhooks::load(file)?;
     }
-    // Held until the relay has stopped: a second relay on this file is refused.
-    let lock = accord_relay::db_lock::DbLock::acquire(&config.db)?;
+    // Held until the relay has stopped: a second relay on this file is
+    // refused. Cluster nodes share PostgreSQL instead, by design.
+    let lock = match config.cluster {
+        Some(_) => None,
+        None => Some(accord_relay::db_lock::DbLock::acquire(&config.db)?),
+    };
     let files = accord_relay::open_files::raise_for(config.max_connections)?;
     tracing::info!(
         soft = files.soft,
@@ -354,6 +391,13 @@ fn config(args: &ServeArgs, limits: Limits, access: Arc<dyn Access>) -> Config {
         limits,
         access,
         automerge_repo_collection: args.automerge_repo_collection.clone(),
+        cluster: args.store.as_ref().map(|store| ClusterConfig {
+            store: store.clone(),
+            schema: args.store_schema.clone(),
+            bus: args.bus.clone(),
+            pool_size: args.store_pool,
+            catch_up_interval: Duration::from_secs(args.catch_up_secs.max(1)),
+        }),
         ..Config::default()
     }
 }
@@ -366,7 +410,9 @@ async fn run(config: Config, metrics_listen: &str) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
     let relay = accord_relay::server::start(config.clone(), shutdown.clone()).await?;
-    tracing::info!(db = %config.db.display(), "relay database open");
+    if config.cluster.is_none() {
+        tracing::info!(db = %config.db.display(), "relay database open");
+    }
     let http = match metrics_listen {
         "off" => None,
         text => {

@@ -77,6 +77,18 @@ pub struct Metrics {
     /// Connections over a limit dropped unanswered because as many were
     /// being refused already.
     pub dropped_connections: Counter,
+    /// Round trips to the cluster's PostgreSQL store (seconds).
+    pub store_latency_seconds: Histogram,
+    /// From another node's publishing of a commit to its arrival here
+    /// (seconds, by the two nodes' clocks).
+    pub bus_latency_seconds: Histogram,
+    /// Commits of the cluster's store this node has not handled yet, at
+    /// its last check.
+    pub catch_up_lag: Gauge,
+    /// Commits this node learned of from the store instead of the bus.
+    pub caught_up: Counter,
+    /// The cluster's services, for `/health` (`None`: not a cluster node).
+    pub cluster: parking_lot::Mutex<Option<Arc<crate::cluster::ClusterHealth>>>,
     /// Ephemeral (presence) messages passed on to a listener.
     pub ephemeral_forwarded: Counter,
     /// Ephemeral messages not passed on because the listener's queue was
@@ -121,6 +133,13 @@ impl Default for Metrics {
             webhook_lags: Family::default(),
             // 1 ms to ~9 h.
             webhook_latency_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 25)),
+            // 50 µs to ~1.6 s.
+            store_latency_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            // 100 µs to ~3.3 s.
+            bus_latency_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            catch_up_lag: Gauge::default(),
+            caught_up: Counter::default(),
+            cluster: parking_lot::Mutex::new(None),
         };
         let r = &mut m.registry;
         r.register(
@@ -142,6 +161,26 @@ impl Default for Metrics {
             "webhook_latency_seconds",
             "Time from a change's commit to its webhook delivery",
             m.webhook_latency_seconds.clone(),
+        );
+        r.register(
+            "store_latency_seconds",
+            "Round trips to the cluster's PostgreSQL store",
+            m.store_latency_seconds.clone(),
+        );
+        r.register(
+            "bus_latency_seconds",
+            "From another node publishing a commit on the bus to its arrival here",
+            m.bus_latency_seconds.clone(),
+        );
+        r.register(
+            "catch_up_lag",
+            "Commits in the cluster's store this node had not handled at its last check",
+            m.catch_up_lag.clone(),
+        );
+        r.register(
+            "caught_up",
+            "Commits this node learned of from the store instead of the bus",
+            m.caught_up.clone(),
         );
         r.register(
             "connections",
@@ -332,14 +371,45 @@ pub fn routes(metrics: Arc<Metrics>) -> Router {
         .with_state(metrics)
 }
 
+/// `/health`: 200 `ok` when the relay can serve. A cluster node also
+/// reports its store and bus: 503 `not_ready` while PostgreSQL does not
+/// answer (it cannot acknowledge anything), 200 with a warning while only
+/// the bus is down (it serves; other nodes' changes reach it late).
 async fn health(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "status": "ok",
         "connections": m.connections.get(),
         "live_documents": m.live_documents.get(),
     });
+    let mut status = StatusCode::OK;
+    let cluster = m.cluster.lock().clone();
+    if let Some(cluster) = cluster {
+        let word = |up: Option<bool>| match up {
+            Some(true) => "up",
+            Some(false) => "down",
+            None => "unknown",
+        };
+        let store = cluster.store.get();
+        body["store"] = word(store).into();
+        let mut warnings = Vec::new();
+        if store != Some(true) {
+            status = StatusCode::SERVICE_UNAVAILABLE;
+            body["status"] = "not_ready".into();
+            warnings.push("the PostgreSQL store does not answer: changes are not acknowledged");
+        }
+        if let Some(bus) = &cluster.bus {
+            body["bus"] = word(bus.get()).into();
+            if bus.get() != Some(true) {
+                warnings.push(
+                    "the NATS bus is down: other nodes' changes arrive by catch-up from the store",
+                );
+            }
+        }
+        body["catch_up_lag"] = m.catch_up_lag.get().into();
+        body["warnings"] = warnings.into();
+    }
     (
-        StatusCode::OK,
+        status,
         [(header::CONTENT_TYPE, "application/json")],
         body.to_string(),
     )

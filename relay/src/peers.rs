@@ -133,6 +133,11 @@ impl Peers {
         self.inner.lock().subscribers.collections()
     }
 
+    /// The collections that have subscribers here.
+    pub fn subscribed(&self) -> Vec<Collection> {
+        self.inner.lock().subscribers.subscribed()
+    }
+
     /// Whether a connection is still registered.
     pub fn is_live(&self, conn: ConnId) -> bool {
         self.inner.lock().conns.contains_key(&conn)

@@ -83,7 +83,8 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// The replica holding the relay's documents.
+    /// The replica holding the relay's documents (on a cluster node, an
+    /// empty in-memory one: its documents are in PostgreSQL).
     pub fn replica(&self) -> &Replica {
         &self.shared.replica
     }
@@ -103,6 +104,12 @@ impl Relay {
         &self.shared.peers
     }
 
+    /// The id the relay announces in `Welcome` (on a cluster node, the
+    /// cluster's).
+    pub fn relay_id(&self) -> &str {
+        &self.shared.relay_id
+    }
+
     /// The relay's metrics.
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.shared.metrics)
@@ -120,9 +127,103 @@ pub async fn run(
     serve(listener, relay, shutdown).await
 }
 
-/// Opens the database and builds the shared state.
+/// Opens the database and builds the shared state: the embedded SQLite
+/// file, or with [`Config::cluster`] the shared PostgreSQL store and bus.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Relay> {
+    if config.cluster.is_some() {
+        return start_cluster(config, shutdown).await;
+    }
     start_with(config, shutdown, |replica| Arc::new(replica)).await
+}
+
+/// Starts a cluster node: the PostgreSQL store behind the storage seam,
+/// the cluster's id as the relay id, and the node task that carries
+/// commits over the bus and catches up from the store.
+async fn start_cluster(config: Config, shutdown: CancellationToken) -> anyhow::Result<Relay> {
+    use crate::cluster::{self, bus, store::PgStore, store::StoreLimits, ClusterHealth};
+    let Some(cluster) = config.cluster.clone() else {
+        anyhow::bail!("not a cluster configuration");
+    };
+    anyhow::ensure!(
+        config.webhooks.is_empty(),
+        "--webhooks is not served by cluster nodes yet (they read the SQLite relay's change feed)"
+    );
+    let (pool, cluster_id) = cluster::open_store(&cluster).await?;
+    tracing::info!(store = %cluster::redact(&cluster.store), schema = cluster.schema, cluster = cluster_id, "PostgreSQL store open");
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(ClusterHealth {
+        store: Default::default(),
+        bus: cluster.bus.as_ref().map(|_| Default::default()),
+    });
+    health.store.set(true);
+    *metrics.cluster.lock() = Some(Arc::clone(&health));
+    let defaults = ReplicaOptions::default();
+    let limits = StoreLimits {
+        max_document_bytes: config.max_document_bytes,
+        max_sync_message_bytes: defaults.max_sync_message_bytes,
+        max_sync_message_ops: defaults.max_sync_message_ops,
+        message_budget: defaults.message_budget,
+        cache_docs: config.cache_docs,
+        compact_after: 256,
+    };
+    let (committed_tx, committed_rx) = tokio::sync::mpsc::channel(4096);
+    let pg = Arc::new(PgStore::new(
+        pool,
+        tokio::runtime::Handle::current(),
+        limits,
+        committed_tx,
+        cluster::store_latency(&metrics),
+    ));
+    let store: Store = pg.clone();
+    let peers = Peers::default();
+    let tracker = TaskTracker::new();
+    let docs = DocActors::new(
+        Arc::clone(&store),
+        peers.clone(),
+        config.clone(),
+        tracker.clone(),
+        shutdown.clone(),
+        Arc::clone(&metrics),
+    );
+    let reconnected = Arc::new(tokio::sync::Notify::new());
+    let bus_client = match &cluster.bus {
+        Some(url) => Some(
+            bus::connect(url, Arc::clone(&health), Arc::clone(&reconnected))
+                .await
+                .with_context(|| format!("bad --bus {url}"))?,
+        ),
+        None => None,
+    };
+    let node = bus::Node {
+        id: accord_engine::DocId::random().to_string(),
+        subject: format!("accord.{cluster_id}.commits"),
+        store: pg,
+        docs: docs.clone(),
+        peers: peers.clone(),
+        metrics: Arc::clone(&metrics),
+        health,
+        catch_up_interval: cluster.catch_up_interval,
+    };
+    tracker.spawn(node.run(bus_client, committed_rx, reconnected, shutdown.clone()));
+    // Kept for `Relay::replica`; the node's documents are in PostgreSQL.
+    let replica = tokio::task::spawn_blocking(Replica::open_in_memory).await??;
+    let shared = Shared {
+        relay_id: cluster_id,
+        access: Arc::clone(&config.access),
+        http: crate::http::cluster_router(Arc::clone(&metrics)),
+        config,
+        store,
+        replica,
+        metrics,
+        peers,
+        docs,
+        shutdown,
+        presence: Arc::new(Presence::default()),
+        started: Instant::now(),
+    };
+    Ok(Relay {
+        shared: Arc::new(shared),
+    })
 }
 
 /// The storage seam as the relay reaches it.

@@ -26,6 +26,7 @@ mod events;
 mod feed;
 mod history;
 mod live;
+pub mod parts;
 mod patch;
 mod projection;
 mod query;

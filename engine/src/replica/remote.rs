@@ -232,7 +232,7 @@ impl Replica {
 
 /// Whether the history of `doc` up to `of` contains every change in
 /// `heads`; `None` while `of` names changes `doc` does not have.
-fn covers_in(doc: &Automerge, heads: &Heads, of: &Heads) -> Option<bool> {
+pub(super) fn covers_in(doc: &Automerge, heads: &Heads, of: &Heads) -> Option<bool> {
     let known = |h: &ChangeHash| doc.get_change_meta_by_hash(h).is_some();
     if !of.iter().all(known) {
         return None;

@@ -176,6 +176,11 @@ impl Subscribers {
     pub fn collections(&self) -> usize {
         self.by_collection.len()
     }
+
+    /// The collections that have subscribers, in order.
+    pub fn subscribed(&self) -> Vec<Collection> {
+        self.by_collection.keys().cloned().collect()
+    }
 }
 
 #[cfg(test)]

@@ -102,6 +102,23 @@ pub struct RelayLinks {
     pub webhooks: Vec<crate::webhooks::Webhook>,
 }
 
+/// What a cluster node serves over plain HTTP: `/health` and `/metrics`;
+/// every other path answers `501 not_on_cluster` (the API and inspector
+/// read the node's SQLite replica, which a cluster node does not use).
+pub fn cluster_router(metrics: Arc<Metrics>) -> Router {
+    async fn not_served() -> ApiError {
+        ApiError::new(
+            axum::http::StatusCode::NOT_IMPLEMENTED,
+            "not_on_cluster",
+            "a cluster node does not serve the HTTP API or the inspector yet; read the \
+             records view in the PostgreSQL store (docs/operations.md, Running a cluster)",
+        )
+    }
+    crate::metrics::routes(Arc::clone(&metrics))
+        .fallback(not_served)
+        .layer(axum::middleware::from_fn_with_state(metrics, count_request))
+}
+
 impl Api {
     /// The API of a running relay.
     pub fn relay(

@@ -45,7 +45,11 @@ pub fn spawn_relay_with(db: &Path, args: &[&str]) -> RelayProcess {
         .arg(db)
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // ACCORD_TEST_RELAY_LOG=1 shows the relays' logs (with RUST_LOG).
+        .stderr(match std::env::var_os("ACCORD_TEST_RELAY_LOG") {
+            Some(_) => Stdio::inherit(),
+            None => Stdio::null(),
+        })
         .spawn()
         .expect("spawn accord-relay");
     let stdout = child.stdout.take().expect("stdout");

@@ -1,0 +1,959 @@
+//! [`PgStore`]: the relay's storage seam ([`SyncDocs`]) on PostgreSQL, the
+//! shared store and source of truth of a cluster.
+//!
+//! A document is a `docs` row plus its changes, one row each, numbered
+//! per document (`changes.no`) and unique by hash, and at most one
+//! snapshot standing for the changes it replaced. Every append and
+//! tombstone first locks the document's `docs` row (`SELECT … FOR
+//! UPDATE`), reads the changes other nodes appended since this node last
+//! looked, applies the peer's message to that up-to-date document, and
+//! inserts only the changes that are new, in the same transaction as the
+//! `docs` row, the projection and the collection's next sequence number.
+//! Two nodes appending to one document at the same instant therefore
+//! serialise on that row: both appends survive, heads are exact, and a
+//! change is never stored twice. Compaction (a snapshot replacing the
+//! change rows it covers) runs under the same lock, so it cannot lose a
+//! concurrent append. A change is acknowledged (the answer generated)
+//! only after PostgreSQL committed it.
+//!
+//! Loaded documents are kept in a bounded in-memory cache. Another node's
+//! commit marks a cached document stale ([`PgStore::mark_changed`], from
+//! the bus or catch-up); a stale or uncached document is brought up to
+//! date from PostgreSQL before it answers a peer. Bus messages that carry
+//! the change bytes are applied directly when they complete the cached
+//! copy ([`PgStore::apply_committed`]).
+//!
+//! The seam is synchronous (the sync core is sans-IO): its methods run on
+//! the blocking pool and wait there for `tokio-postgres` futures on the
+//! relay's runtime.
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use accord_engine::automerge::sync::{Message, State, SyncDoc};
+use accord_engine::automerge::{Automerge, Change};
+use accord_engine::error::StoreError;
+use accord_engine::guard::Budget;
+use accord_engine::replica::parts;
+use accord_engine::sync::{
+    DocSummary, EncodedState, LocalState, NumberedSummary, SyncCursor, SyncDocs,
+};
+use accord_engine::{Collection, DocId, Error, Heads, PeerId, Result};
+use deadpool_postgres::{GenericClient, Pool};
+use parking_lot::Mutex;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+
+use super::Committed;
+
+/// What a document may hold and how answers are cut, as for the SQLite
+/// relay's replica.
+#[derive(Debug, Clone)]
+pub struct StoreLimits {
+    /// Largest stored size of one document.
+    pub max_document_bytes: u64,
+    /// Most bytes of changes in one sync message.
+    pub max_sync_message_bytes: usize,
+    /// Most ops of changes in one sync message.
+    pub max_sync_message_ops: usize,
+    /// What one received message may expand to.
+    pub message_budget: Budget,
+    /// Documents kept loaded in memory.
+    pub cache_docs: usize,
+    /// Change rows after which a document is compacted into a snapshot.
+    pub compact_after: i64,
+}
+
+/// Change bytes up to this size travel on the bus with their commit.
+pub const BUS_CHANGE_BYTES: usize = 8 * 1024;
+
+/// A document as loaded from PostgreSQL.
+#[derive(Debug)]
+struct Loaded {
+    collection: Collection,
+    doc: Automerge,
+    /// The highest change number applied to `doc`.
+    upto: i64,
+    /// The change number its stored snapshot stands for (0: none).
+    snapshot_upto: i64,
+    /// Its stored size.
+    bytes: u64,
+    deleted: bool,
+}
+
+/// A cache slot. `stale` lives outside the lock: the node task marks
+/// documents from an async worker, which must never wait for a slot held
+/// by a blocking thread that waits for PostgreSQL (whose replies that
+/// worker may be the one to read).
+#[derive(Debug, Default)]
+struct Slot {
+    /// Another node committed to the document since it was loaded.
+    stale: AtomicBool,
+    loaded: Mutex<Option<Loaded>>,
+}
+
+type Entry = Arc<Slot>;
+
+/// The PostgreSQL store (see the module documentation).
+pub struct PgStore {
+    pool: Pool,
+    runtime: Handle,
+    limits: StoreLimits,
+    cache: Mutex<lru::LruCache<DocId, Entry>>,
+    /// Where commits go to be published on the bus (dropped when full:
+    /// the bus carries latency, catch-up from the store carries truth).
+    committed: mpsc::Sender<Committed>,
+    /// Store round-trip times, for `/metrics`.
+    latency: Arc<dyn Fn(std::time::Duration) + Send + Sync>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A PostgreSQL failure as the engine reports storage failures (the peer
+/// is told `storage_unavailable` and retries).
+fn backend(e: impl std::error::Error) -> Error {
+    // tokio-postgres says "db error" and keeps PostgreSQL's words in its
+    // source: both go in the message.
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text = format!("{text}: {inner}");
+        source = inner.source();
+    }
+    Error::Store(StoreError::Backend(text))
+}
+
+fn corrupt(doc: DocId, reason: impl std::fmt::Display) -> Error {
+    Error::Store(StoreError::Corrupt {
+        doc,
+        reason: reason.to_string(),
+    })
+}
+
+fn heads_of(doc: DocId, bytes: &[u8]) -> Result<Heads> {
+    Heads::from_bytes(bytes)
+        .ok_or_else(|| Error::Store(StoreError::BadRow(format!("bad heads of document {doc}"))))
+}
+
+fn summary(row: &tokio_postgres::Row) -> Result<DocSummary> {
+    let id: Vec<u8> = row.get("id");
+    let doc = DocId::from_slice(&id)
+        .ok_or_else(|| Error::Store(StoreError::BadRow("a document id is not 16 bytes".into())))?;
+    Ok(DocSummary {
+        heads: heads_of(doc, row.get("heads"))?,
+        doc,
+        deleted: row.get("deleted"),
+    })
+}
+
+fn to_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn wrong_collection(doc: DocId, actual: Collection, given: &Collection) -> Error {
+    Error::WrongCollection {
+        doc,
+        actual,
+        given: given.clone(),
+    }
+}
+
+/// Runs `f` catching a panic inside Automerge as a document error.
+fn contained<T>(doc: DocId, f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| Error::Automerge {
+        doc,
+        source: Box::new(accord_engine::automerge::AutomergeError::Fail),
+    })
+}
+
+impl PgStore {
+    /// A store on `pool` (already migrated). `committed` receives every
+    /// commit, for the bus; `latency` each round trip's duration.
+    pub fn new(
+        pool: Pool,
+        runtime: Handle,
+        limits: StoreLimits,
+        committed: mpsc::Sender<Committed>,
+        latency: Arc<dyn Fn(std::time::Duration) + Send + Sync>,
+    ) -> Self {
+        let capacity = NonZeroUsize::new(limits.cache_docs.max(1)).unwrap_or(NonZeroUsize::MIN);
+        PgStore {
+            pool,
+            runtime,
+            limits,
+            cache: Mutex::new(lru::LruCache::new(capacity)),
+            committed,
+            latency,
+        }
+    }
+
+    /// Runs a future on the relay's runtime from the blocking pool.
+    fn wait<T>(&self, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let started = Instant::now();
+        let out = self.runtime.block_on(work);
+        (self.latency)(started.elapsed());
+        out
+    }
+
+    fn entry(&self, doc: &DocId) -> Entry {
+        let mut cache = self.cache.lock();
+        if let Some(entry) = cache.get(doc) {
+            return Arc::clone(entry);
+        }
+        let entry: Entry = Arc::default();
+        cache.put(*doc, Arc::clone(&entry));
+        entry
+    }
+
+    /// Another node committed to `doc`: the next use reloads what it
+    /// added. Never waits.
+    pub fn mark_changed(&self, doc: &DocId) {
+        let entry = self.cache.lock().peek(doc).cloned();
+        if let Some(entry) = entry {
+            entry.stale.store(true, Ordering::Release);
+        }
+    }
+
+    /// Another node's commit with its change bytes: applied to the cached
+    /// copy if it is exactly one commit behind and free this instant,
+    /// else the copy is marked stale. Never waits for a slot in use.
+    pub fn apply_committed(&self, commit: &Committed) {
+        let entry = self.cache.lock().peek(&commit.doc).cloned();
+        let Some(entry) = entry else { return };
+        let Some(mut guard) = entry.loaded.try_lock() else {
+            entry.stale.store(true, Ordering::Release);
+            return;
+        };
+        let Some(loaded) = guard.as_mut() else { return };
+        let follows = commit.first_no == loaded.upto + 1 && !commit.changes.is_empty();
+        if !follows || entry.stale.load(Ordering::Acquire) || commit.deleted {
+            entry.stale.store(true, Ordering::Release);
+            return;
+        }
+        let applied = commit
+            .changes
+            .iter()
+            .map(|bytes| Change::from_bytes(bytes.clone()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .ok()
+            .and_then(|changes| {
+                contained(commit.doc, || loaded.doc.apply_changes(changes))
+                    .ok()?
+                    .ok()
+            });
+        let complete = applied.is_some() && Heads::new(loaded.doc.get_heads()) == commit.heads;
+        if complete {
+            loaded.upto = commit.changes_upto;
+            loaded.bytes = commit.bytes;
+        } else {
+            // Whatever was half-applied is dropped; reloaded on next use.
+            *guard = None;
+        }
+    }
+
+    /// The cached document brought up to date with what PostgreSQL holds
+    /// (loading it if needed); `None` if the store does not know it.
+    /// `locked`: the caller holds the document's write lock, so the row is
+    /// read even for a copy not known to be stale.
+    fn current<'a>(
+        &self,
+        doc: &DocId,
+        entry: &Slot,
+        slot: &'a mut Option<Loaded>,
+        client: &impl GenericClient,
+        locked: bool,
+    ) -> Result<Option<&'a mut Loaded>> {
+        // Cleared before reading: a mark after this point stays for the
+        // next use.
+        let stale = entry.stale.swap(false, Ordering::AcqRel);
+        if slot.is_some() && !stale && !locked {
+            return Ok(slot.as_mut());
+        }
+        let id = doc.as_bytes().as_slice();
+        let row = self.wait(async {
+            client
+                .query_opt(
+                    "SELECT collection, deleted, changes, snapshot_upto, bytes FROM docs WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .map_err(backend)
+        })?;
+        let Some(row) = row else {
+            *slot = None;
+            return Ok(None);
+        };
+        let collection: String = row.get("collection");
+        let collection: Collection = collection
+            .parse()
+            .map_err(|_| Error::Store(StoreError::BadRow(format!("bad collection of {doc}"))))?;
+        let (changes, snapshot_upto): (i64, i64) = (row.get("changes"), row.get("snapshot_upto"));
+        let bytes = row.get::<_, i64>("bytes").max(0) as u64;
+        let deleted: bool = row.get("deleted");
+        // Keep the cached copy if nothing was compacted away under it.
+        let reuse = slot
+            .as_ref()
+            .is_some_and(|l| l.upto >= snapshot_upto && l.upto <= changes);
+        if !reuse {
+            let snapshot = self.wait(async {
+                client
+                    .query_opt("SELECT data FROM snapshots WHERE doc = $1", &[&id])
+                    .await
+                    .map_err(backend)
+            })?;
+            let automerge = match snapshot {
+                Some(row) => {
+                    let data: &[u8] = row.get(0);
+                    contained(*doc, || Automerge::load(data))?.map_err(|e| corrupt(*doc, e))?
+                }
+                None => Automerge::new(),
+            };
+            *slot = Some(Loaded {
+                collection: collection.clone(),
+                doc: automerge,
+                upto: snapshot_upto,
+                snapshot_upto,
+                bytes,
+                deleted,
+            });
+        }
+        let Some(loaded) = slot.as_mut() else {
+            return Ok(None);
+        };
+        if loaded.upto < changes {
+            let rows = self.wait(async {
+                client
+                    .query(
+                        "SELECT data FROM changes WHERE doc = $1 AND no > $2 ORDER BY no",
+                        &[&id, &loaded.upto],
+                    )
+                    .await
+                    .map_err(backend)
+            })?;
+            let mut parsed = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let data: Vec<u8> = row.get(0);
+                parsed.push(Change::from_bytes(data).map_err(|e| corrupt(*doc, e))?);
+            }
+            let applied = contained(*doc, || loaded.doc.apply_changes(parsed))?;
+            if let Err(e) = applied {
+                *slot = None;
+                return Err(corrupt(*doc, e));
+            }
+        }
+        let Some(loaded) = slot.as_mut() else {
+            return Ok(None);
+        };
+        loaded.upto = changes;
+        loaded.snapshot_upto = snapshot_upto;
+        loaded.bytes = bytes;
+        loaded.deleted = deleted;
+        loaded.collection = collection;
+        Ok(Some(loaded))
+    }
+
+    /// Takes the collection's next sequence number (locking its row
+    /// until the transaction ends).
+    async fn next_seq(client: &impl GenericClient, collection: &Collection) -> Result<i64> {
+        let row = client
+            .query_one(
+                "INSERT INTO collection_seqs (collection, seq) VALUES ($1, 1)
+                 ON CONFLICT (collection) DO UPDATE SET seq = collection_seqs.seq + 1
+                 RETURNING seq",
+                &[&collection.as_str()],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(row.get(0))
+    }
+
+    /// Every collection's sequence as the store holds it now.
+    pub fn collection_seqs(&self) -> Result<Vec<(Collection, u64)>> {
+        let client = self.client()?;
+        let rows = self.wait(async {
+            client
+                .query("SELECT collection, seq FROM collection_seqs", &[])
+                .await
+                .map_err(backend)
+        })?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let name: String = r.get(0);
+                let seq = r.get::<_, i64>(1).max(0) as u64;
+                name.parse().ok().map(|c| (c, seq))
+            })
+            .collect())
+    }
+
+    /// Whether PostgreSQL answers.
+    pub fn ping(&self) -> Result<()> {
+        let client = self.client()?;
+        self.wait(async { client.simple_query("SELECT 1").await.map_err(backend) })?;
+        Ok(())
+    }
+
+    /// Takes the document's write lock until the transaction ends: every
+    /// append, creation, tombstone and compaction of one document, on any
+    /// node, runs under it one at a time (a row lock cannot cover a
+    /// document that has no row yet; this can).
+    async fn lock_doc(client: &impl GenericClient, doc: &DocId) -> Result<()> {
+        let mut key = [0u8; 8];
+        key.copy_from_slice(&doc.as_bytes()[..8]);
+        client
+            .execute(
+                "SELECT pg_advisory_xact_lock($1)",
+                &[&i64::from_be_bytes(key)],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn publish(&self, commit: Committed) {
+        // A full queue only delays other nodes until their catch-up.
+        let _ = self.committed.try_send(commit);
+    }
+
+    fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.wait(async { self.pool.get().await.map_err(backend) })
+    }
+}
+
+/// What one append changed, to write and publish.
+struct Append {
+    first_no: i64,
+    changes: Vec<Change>,
+}
+
+impl SyncDocs for PgStore {
+    fn summaries(&self, collection: &Collection) -> Result<Vec<DocSummary>> {
+        let client = self.client()?;
+        let rows = self.wait(async {
+            client
+                .query(
+                    "SELECT id, heads, deleted FROM docs WHERE collection = $1 ORDER BY id",
+                    &[&collection.as_str()],
+                )
+                .await
+                .map_err(backend)
+        })?;
+        rows.iter().map(summary).collect()
+    }
+
+    fn summaries_page(
+        &self,
+        collection: &Collection,
+        after: Option<&DocId>,
+        limit: usize,
+    ) -> Result<Vec<DocSummary>> {
+        let client = self.client()?;
+        let after: Vec<u8> = after.map(|d| d.as_bytes().to_vec()).unwrap_or_default();
+        let rows = self.wait(async {
+            client
+                .query(
+                    "SELECT id, heads, deleted FROM docs WHERE collection = $1 AND id > $2
+                     ORDER BY id LIMIT $3",
+                    &[&collection.as_str(), &after, &to_i64(limit)],
+                )
+                .await
+                .map_err(backend)
+        })?;
+        rows.iter().map(summary).collect()
+    }
+
+    fn collection_seq(&self, collection: &Collection) -> Result<u64> {
+        let client = self.client()?;
+        let row = self.wait(async {
+            client
+                .query_opt(
+                    "SELECT seq FROM collection_seqs WHERE collection = $1",
+                    &[&collection.as_str()],
+                )
+                .await
+                .map_err(backend)
+        })?;
+        Ok(row.map_or(0, |r| r.get::<_, i64>(0).max(0) as u64))
+    }
+
+    fn summaries_since(
+        &self,
+        collection: &Collection,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<NumberedSummary>> {
+        let client = self.client()?;
+        let since = i64::try_from(since).unwrap_or(i64::MAX);
+        let rows = self.wait(async {
+            client
+                .query(
+                    "SELECT id, heads, deleted, seq FROM docs WHERE collection = $1 AND seq > $2
+                     ORDER BY seq LIMIT $3",
+                    &[&collection.as_str(), &since, &to_i64(limit)],
+                )
+                .await
+                .map_err(backend)
+        })?;
+        rows.iter()
+            .map(|row| {
+                Ok(NumberedSummary {
+                    seq: row.get::<_, i64>("seq").max(0) as u64,
+                    summary: summary(row)?,
+                })
+            })
+            .collect()
+    }
+
+    fn sync_cursor(&self, _collection: &Collection) -> Result<Option<SyncCursor>> {
+        // Cursors are a replica's; a relay keeps none.
+        Ok(None)
+    }
+
+    fn save_sync_cursor(&self, _collection: &Collection, _cursor: &SyncCursor) -> Result<()> {
+        Ok(())
+    }
+
+    fn local_state(&self, doc: &DocId) -> Result<Option<LocalState>> {
+        let client = self.client()?;
+        let id = doc.as_bytes().as_slice();
+        let row = self.wait(async {
+            client
+                .query_opt(
+                    "SELECT collection, heads, deleted FROM docs WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .map_err(backend)
+        })?;
+        let Some(row) = row else { return Ok(None) };
+        let collection: String = row.get(0);
+        Ok(Some(LocalState {
+            collection: collection.parse().map_err(|_| {
+                Error::Store(StoreError::BadRow(format!("bad collection of {doc}")))
+            })?,
+            heads: heads_of(*doc, row.get(1))?,
+            deleted: row.get(2),
+        }))
+    }
+
+    fn heads(&self, doc: &DocId) -> Result<Heads> {
+        let entry = self.entry(doc);
+        let mut slot = entry.loaded.lock();
+        let client = self.client()?;
+        Ok(self
+            .current(doc, &entry, &mut slot, &client, false)?
+            .map(|l| Heads::new(l.doc.get_heads()))
+            .unwrap_or_default())
+    }
+
+    fn covers(&self, doc: &DocId, heads: &Heads, of: &Heads) -> Result<Option<bool>> {
+        let entry = self.entry(doc);
+        let mut slot = entry.loaded.lock();
+        let client = self.client()?;
+        Ok(self
+            .current(doc, &entry, &mut slot, &client, false)?
+            .and_then(|l| parts::covers(&l.doc, heads, of)))
+    }
+
+    fn generate(
+        &self,
+        doc: &DocId,
+        collection: &Collection,
+        state: &mut State,
+    ) -> Result<Option<Message>> {
+        let entry = self.entry(doc);
+        let mut slot = entry.loaded.lock();
+        let client = self.client()?;
+        match self.current(doc, &entry, &mut slot, &client, false)? {
+            Some(loaded) => {
+                if loaded.collection != *collection {
+                    return Err(wrong_collection(
+                        *doc,
+                        loaded.collection.clone(),
+                        collection,
+                    ));
+                }
+                Ok(parts::generate_within(
+                    &loaded.doc,
+                    state,
+                    loaded.bytes,
+                    self.limits.max_sync_message_bytes,
+                    self.limits.max_sync_message_ops,
+                ))
+            }
+            None => Ok(Automerge::new().generate_sync_message(state)),
+        }
+    }
+
+    fn receive(
+        &self,
+        doc: &DocId,
+        collection: &Collection,
+        state: &mut State,
+        message: Message,
+        _from: &PeerId,
+    ) -> Result<bool> {
+        // Measured before Automerge inflates anything, as on SQLite.
+        accord_engine::guard::inspect_message(&message, &self.limits.message_budget)?;
+        let incoming: u64 = message.changes.iter().map(|c| c.len() as u64).sum();
+        let entry = self.entry(doc);
+        let mut slot = entry.loaded.lock();
+        let mut client = self.client()?;
+        let tx = self.wait(async {
+            let tx = client.transaction().await.map_err(backend)?;
+            Self::lock_doc(&tx, doc).await?;
+            Ok(tx)
+        })?;
+        let known = self.current(doc, &entry, &mut slot, &tx, true)?.is_some();
+        if let Some(loaded) = slot.as_ref() {
+            if loaded.collection != *collection {
+                return Err(wrong_collection(
+                    *doc,
+                    loaded.collection.clone(),
+                    collection,
+                ));
+            }
+        }
+        let stored = slot.as_ref().map_or(0, |l| l.bytes);
+        if incoming > 0 && stored.saturating_add(incoming) > self.limits.max_document_bytes {
+            return Err(Error::TooLarge {
+                doc: *doc,
+                size: stored.saturating_add(incoming),
+                limit: self.limits.max_document_bytes,
+            });
+        }
+        let loaded = slot.get_or_insert_with(|| Loaded {
+            collection: collection.clone(),
+            doc: Automerge::new(),
+            upto: 0,
+            snapshot_upto: 0,
+            bytes: 0,
+            deleted: false,
+        });
+        let before = loaded.doc.get_heads();
+        let applied =
+            contained(*doc, || loaded.doc.receive_sync_message(state, message)).and_then(|r| {
+                r.map_err(|e| Error::Automerge {
+                    doc: *doc,
+                    source: Box::new(e),
+                })
+            });
+        if let Err(e) = applied {
+            *slot = None; // half-applied: reload from the store next time
+            return Err(e);
+        }
+        let after = loaded.doc.get_heads();
+        if after == before {
+            if !known {
+                *slot = None; // nothing stored: the store still does not know it
+            }
+            return Ok(false);
+        }
+        let append = Append {
+            first_no: loaded.upto + 1,
+            changes: loaded.doc.get_changes(&before),
+        };
+        let changes_upto = loaded.upto + append.changes.len() as i64;
+        let (json, conflicts) = parts::projection(&loaded.doc);
+        let heads = Heads::new(after);
+        let new_bytes: u64 = append
+            .changes
+            .iter()
+            .map(|c| c.raw_bytes().len() as u64)
+            .sum();
+        let snapshot = (changes_upto - loaded.snapshot_upto > self.limits.compact_after)
+            .then(|| loaded.doc.save());
+        let written = self.wait(async {
+            let written = write_append(
+                &tx,
+                doc,
+                collection,
+                known,
+                &append,
+                &heads,
+                (&json, conflicts),
+                snapshot.as_deref(),
+                stored + new_bytes,
+            )
+            .await?;
+            tx.commit().await.map_err(backend)?;
+            Ok(written)
+        });
+        let (seq, size) = match written {
+            Ok(ok) => ok,
+            Err(e) => {
+                // The copy holds changes PostgreSQL does not: drop it.
+                *slot = None;
+                return Err(e);
+            }
+        };
+        loaded.upto = changes_upto;
+        loaded.bytes = size;
+        if snapshot.is_some() {
+            loaded.snapshot_upto = changes_upto;
+        }
+        let small = new_bytes as usize <= BUS_CHANGE_BYTES;
+        self.publish(Committed {
+            doc: *doc,
+            collection: collection.clone(),
+            heads,
+            deleted: false,
+            seq: seq.max(0) as u64,
+            first_no: append.first_no,
+            changes_upto,
+            bytes: size,
+            changes: if small {
+                append
+                    .changes
+                    .iter()
+                    .map(|c| c.raw_bytes().to_vec())
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        });
+        Ok(true)
+    }
+
+    fn delete(&self, doc: &DocId, collection: &Collection, _from: &PeerId) -> Result<bool> {
+        let entry = self.entry(doc);
+        let mut slot = entry.loaded.lock();
+        let mut client = self.client()?;
+        let tx = self.wait(async {
+            let tx = client.transaction().await.map_err(backend)?;
+            Self::lock_doc(&tx, doc).await?;
+            Ok(tx)
+        })?;
+        let known = self.current(doc, &entry, &mut slot, &tx, true)?;
+        let now = accord_engine::store::now_ms();
+        let (heads, changes, bytes) = match known {
+            Some(loaded) => {
+                if loaded.collection != *collection {
+                    return Err(wrong_collection(
+                        *doc,
+                        loaded.collection.clone(),
+                        collection,
+                    ));
+                }
+                if loaded.deleted {
+                    return Ok(false);
+                }
+                (
+                    Heads::new(loaded.doc.get_heads()),
+                    loaded.upto,
+                    loaded.bytes,
+                )
+            }
+            None => (Heads::empty(), 0, 0),
+        };
+        let id = doc.as_bytes().as_slice();
+        let seq = self.wait(async {
+            let seq = Self::next_seq(&tx, collection).await?;
+            tx.execute(
+                "INSERT INTO docs (id, id_text, collection, heads, deleted, seq, created_seq,
+                                   created_at, updated_at, json)
+                 VALUES ($1, $2, $3, $4, true, $5, $5, $6, $6, '{}'::jsonb)
+                 ON CONFLICT (id) DO UPDATE SET deleted = true, seq = $5, updated_at = $6",
+                &[
+                    &id,
+                    &doc.to_string(),
+                    &collection.as_str(),
+                    &heads.to_bytes(),
+                    &seq,
+                    &now,
+                ],
+            )
+            .await
+            .map_err(backend)?;
+            tx.commit().await.map_err(backend)?;
+            Ok(seq)
+        });
+        let seq = match seq {
+            Ok(seq) => seq,
+            Err(e) => {
+                *slot = None;
+                return Err(e);
+            }
+        };
+        if let Some(loaded) = slot.as_mut() {
+            loaded.deleted = true;
+        }
+        self.publish(Committed {
+            doc: *doc,
+            collection: collection.clone(),
+            heads,
+            deleted: true,
+            seq: seq.max(0) as u64,
+            first_no: changes + 1,
+            changes_upto: changes,
+            bytes,
+            changes: Vec::new(),
+        });
+        Ok(true)
+    }
+
+    fn load_sync_state(&self, peer: &PeerId, doc: &DocId) -> Result<Option<State>> {
+        let client = self.client()?;
+        let id = doc.as_bytes().as_slice();
+        let row = self.wait(async {
+            client
+                .query_opt(
+                    "SELECT state FROM sync_states WHERE peer = $1 AND doc = $2",
+                    &[&peer.as_str(), &id],
+                )
+                .await
+                .map_err(backend)
+        })?;
+        // A damaged stored state only costs a fuller resync.
+        Ok(row.and_then(|r| State::decode(r.get::<_, &[u8]>(0)).ok()))
+    }
+
+    fn save_sync_states(&self, peer: &PeerId, states: Vec<EncodedState>) -> Result<()> {
+        if states.is_empty() {
+            return Ok(());
+        }
+        let docs: Vec<Vec<u8>> = states.iter().map(|s| s.doc.as_bytes().to_vec()).collect();
+        let bytes: Vec<Vec<u8>> = states.into_iter().map(|s| s.bytes).collect();
+        let now = accord_engine::store::now_ms();
+        let client = self.client()?;
+        self.wait(async {
+            client
+                .execute(
+                    "INSERT INTO sync_states (peer, doc, state, updated_at)
+                     SELECT $1, d, s, $4 FROM unnest($2::bytea[], $3::bytea[]) AS t(d, s)
+                     ON CONFLICT (peer, doc) DO UPDATE
+                       SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at",
+                    &[&peer.as_str(), &docs, &bytes, &now],
+                )
+                .await
+                .map_err(backend)
+        })?;
+        Ok(())
+    }
+
+    fn retire_sync_states(&self, prefix: &str, keep: usize, current: &PeerId) -> Result<()> {
+        let client = self.client()?;
+        self.wait(async {
+            client
+                .execute(
+                    "DELETE FROM sync_states WHERE peer IN (
+                       SELECT peer FROM sync_states
+                       WHERE starts_with(peer, $1) AND peer <> $2
+                       GROUP BY peer ORDER BY max(updated_at) DESC OFFSET $3)",
+                    &[&prefix, &current.as_str(), &to_i64(keep)],
+                )
+                .await
+                .map_err(backend)
+        })?;
+        Ok(())
+    }
+}
+
+/// Writes one append in `tx`: the new change rows, the `docs` row with
+/// its projection and next sequence number, and a snapshot replacing the
+/// change rows if one is given. Returns the number and the stored size.
+#[allow(clippy::too_many_arguments)]
+async fn write_append(
+    tx: &deadpool_postgres::Transaction<'_>,
+    doc: &DocId,
+    collection: &Collection,
+    known: bool,
+    append: &Append,
+    heads: &Heads,
+    (json, conflicts): (&str, i64),
+    snapshot: Option<&[u8]>,
+    size: u64,
+) -> Result<(i64, u64)> {
+    let id = doc.as_bytes().as_slice();
+    let nos: Vec<i64> = (0..append.changes.len() as i64)
+        .map(|i| append.first_no + i)
+        .collect();
+    let hashes: Vec<Vec<u8>> = append.changes.iter().map(|c| c.hash().0.to_vec()).collect();
+    let datas: Vec<&[u8]> = append.changes.iter().map(|c| c.raw_bytes()).collect();
+    tx.execute(
+        "INSERT INTO changes (doc, no, hash, data)
+         SELECT $1, n, h, d FROM unnest($2::bigint[], $3::bytea[], $4::bytea[]) AS t(n, h, d)
+         ON CONFLICT DO NOTHING",
+        &[&id, &nos, &hashes, &datas],
+    )
+    .await
+    .map_err(backend)?;
+    let upto = append.first_no + append.changes.len() as i64 - 1;
+    let mut size = size;
+    let mut snapshot_upto = None;
+    if let Some(data) = snapshot {
+        tx.execute(
+            "INSERT INTO snapshots (doc, upto, data) VALUES ($1, $2, $3)
+             ON CONFLICT (doc) DO UPDATE SET upto = EXCLUDED.upto, data = EXCLUDED.data",
+            &[&id, &upto, &data],
+        )
+        .await
+        .map_err(backend)?;
+        tx.execute(
+            "DELETE FROM changes WHERE doc = $1 AND no <= $2",
+            &[&id, &upto],
+        )
+        .await
+        .map_err(backend)?;
+        size = data.len() as u64;
+        snapshot_upto = Some(upto);
+    }
+    let seq = PgStore::next_seq(tx, collection).await?;
+    let now = accord_engine::store::now_ms();
+    let json: serde_json::Value = serde_json::from_str(json).unwrap_or(serde_json::Value::Null);
+    let size_i = i64::try_from(size).unwrap_or(i64::MAX);
+    let conflicts = i32::try_from(conflicts).unwrap_or(i32::MAX);
+    if known {
+        tx.execute(
+            "UPDATE docs SET heads = $2, seq = $3, changes = $4, bytes = $5, updated_at = $6,
+                             json = $7, conflicts = $8,
+                             snapshot_upto = coalesce($9::bigint, snapshot_upto)
+             WHERE id = $1",
+            &[
+                &id,
+                &heads.to_bytes(),
+                &seq,
+                &upto,
+                &size_i,
+                &now,
+                &json,
+                &conflicts,
+                &snapshot_upto,
+            ],
+        )
+        .await
+        .map_err(backend)?;
+    } else {
+        // A new document: under the document's lock no other node can
+        // be creating it at the same time.
+        tx.execute(
+            "INSERT INTO docs (id, id_text, collection, heads, seq, created_seq, changes, bytes,
+                               created_at, updated_at, json, conflicts, snapshot_upto)
+             VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $8, $9, $10, coalesce($11::bigint, 0))",
+            &[
+                &id,
+                &doc.to_string(),
+                &collection.as_str(),
+                &heads.to_bytes(),
+                &seq,
+                &upto,
+                &size_i,
+                &now,
+                &json,
+                &conflicts,
+                &snapshot_upto,
+            ],
+        )
+        .await
+        .map_err(backend)?;
+    }
+    Ok((seq, size))
+}

@@ -1,0 +1,425 @@
+//! A relay cluster on real services: `accord-relay` processes on one
+//! PostgreSQL store and one NATS bus, replicas connected to different
+//! nodes, and two nodes' stores appending to one document at once.
+//!
+//! The services come from `ACCORD_TEST_POSTGRES` (default
+//! `postgres://postgres@127.0.0.1:5432/test`) and `ACCORD_TEST_NATS`
+//! (default `nats://127.0.0.1:4222`). Each test works in its own
+//! PostgreSQL schema, dropped at the end, and the cluster id made in that
+//! schema names its bus subjects, so tests run in parallel and twice in a
+//! row. Without the services the tests fail, saying what to start.
+
+mod support;
+
+use std::net::ToSocketAddrs;
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use accord_engine::automerge::sync::{State, SyncDoc};
+use accord_engine::automerge::transaction::Transactable;
+use accord_engine::automerge::{AutoCommit, Automerge, ROOT};
+use accord_engine::sync::SyncDocs;
+use accord_engine::{ConnectOptions, DocId, Heads, PeerId, Replica, SyncHandle};
+use accord_relay::cluster::store::{PgStore, StoreLimits};
+use accord_relay::cluster::ClusterConfig;
+use serde_json::json;
+use support::{spawn_relay_with, RelayProcess};
+
+const T: Duration = Duration::from_secs(30);
+
+/// Where the services are, checked to answer.
+struct Services {
+    postgres: String,
+    nats: String,
+}
+
+fn reachable(url: &str, default_port: u16) -> bool {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let host_port = rest.rsplit('@').next().unwrap_or(rest);
+    let host_port = host_port.split(['/', '?']).next().unwrap_or(host_port);
+    let with_port = if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:{default_port}")
+    };
+    with_port
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
+        })
+}
+
+fn services() -> Services {
+    let postgres = std::env::var("ACCORD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let nats = std::env::var("ACCORD_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    assert!(
+        reachable(&postgres, 5432),
+        "the cluster tests need PostgreSQL at {postgres}: start it (Debian: apt-get install postgresql; \
+         service postgresql start) or point ACCORD_TEST_POSTGRES at one"
+    );
+    assert!(
+        reachable(&nats, 4222),
+        "the cluster tests need NATS at {nats}: start it (Debian: apt-get install nats-server; \
+         nats-server -a 127.0.0.1 -p 4222 &) or point ACCORD_TEST_NATS at one"
+    );
+    Services { postgres, nats }
+}
+
+/// A schema of the test's own, dropped when done.
+struct Schema {
+    name: String,
+    postgres: String,
+}
+
+impl Schema {
+    fn new(postgres: &str) -> Schema {
+        let name = format!("accord_test_{}", DocId::random().to_string().to_lowercase());
+        let name: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        Schema {
+            name,
+            postgres: postgres.to_owned(),
+        }
+    }
+
+    /// Runs SQL in the schema on a connection of its own.
+    fn query(&self, sql: &str) -> Vec<tokio_postgres::Row> {
+        let (url, schema, sql) = (self.postgres.clone(), self.name.clone(), sql.to_owned());
+        // A thread of its own: callers may be inside a runtime.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .expect("connect to PostgreSQL");
+                tokio::spawn(connection);
+                client
+                    .batch_execute(&format!("SET search_path TO {schema}"))
+                    .await
+                    .expect("search_path");
+                client.query(&sql, &[]).await.expect("query")
+            })
+        })
+        .join()
+        .expect("query thread")
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let _ = self.query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+    }
+}
+
+/// Starts a node of the cluster in `schema`.
+fn node(dir: &Path, services: &Services, schema: &Schema, bus: bool) -> RelayProcess {
+    let mut args = vec![
+        "--store",
+        services.postgres.as_str(),
+        "--store-schema",
+        schema.name.as_str(),
+        "--catch-up-secs",
+        "1",
+    ];
+    if bus {
+        args.extend(["--bus", services.nats.as_str()]);
+    }
+    // The --db file is not used by a cluster node.
+    spawn_relay_with(&dir.join("unused.db"), &args)
+}
+
+fn options() -> ConnectOptions {
+    ConnectOptions {
+        collections: vec!["notes".into()],
+        ..ConnectOptions::default()
+    }
+}
+
+async fn connected(dir: &Path, name: &str, url: &str) -> (Replica, SyncHandle) {
+    let replica = Replica::open(dir.join(format!("{name}.db"))).expect("open replica");
+    let mut handle = replica.connect(url, options());
+    handle.wait_synced(T).await.expect("synced");
+    (replica, handle)
+}
+
+/// Whether `check` comes true within [`T`].
+async fn within(mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + T;
+    while !check() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + T;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_three_nodes_discover_edit_concurrently_delete_and_converge() {
+    let services = services();
+    let schema = Schema::new(&services.postgres);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes: Vec<RelayProcess> = (0..3)
+        .map(|_| node(dir.path(), &services, &schema, true))
+        .collect();
+    let (a, mut ha) = connected(dir.path(), "a", &nodes[0].url).await;
+    let (b, _hb) = connected(dir.path(), "b", &nodes[1].url).await;
+    let (c, _hc) = connected(dir.path(), "c", &nodes[2].url).await;
+
+    // Created through node A, discovered by replicas on B and C live.
+    let id = a
+        .create("notes", &json!({"title": "from A"}))
+        .expect("create");
+    ha.wait_synced(T).await.expect("A synced");
+    wait_for("the record on B and C", || {
+        b.get(&id).is_ok() && c.get(&id).is_ok()
+    })
+    .await;
+
+    // Concurrent edits through three nodes merge everywhere.
+    a.put(&id, "a", &json!(1), None).expect("put a");
+    b.put(&id, "b", &json!(2), None).expect("put b");
+    c.put(&id, "c", &json!(3), None).expect("put c");
+    let expected = json!({"title": "from A", "a": 1, "b": 2, "c": 3});
+    let values = || -> Vec<serde_json::Value> {
+        [&a, &b, &c]
+            .iter()
+            .map(|r| r.get(&id).map(|rec| rec.value).unwrap_or_default())
+            .collect()
+    };
+    let all_merged = || values().iter().all(|v| *v == expected);
+    if !within(all_merged).await {
+        panic!(
+            "the three edits did not reach every replica: {:?}",
+            values()
+        );
+    }
+    let heads = |r: &Replica| r.meta(&id).expect("meta").heads;
+    wait_for("equal heads", || {
+        heads(&a) == heads(&b) && heads(&b) == heads(&c)
+    })
+    .await;
+    // PostgreSQL holds the same document, with each change stored once.
+    let rows = schema.query(&format!(
+        "SELECT (SELECT count(*) FROM changes c WHERE c.doc = d.id)
+              + (SELECT count(*) FROM snapshots s WHERE s.doc = d.id),
+                json::text, id_text
+         FROM docs d WHERE id_text = '{id}'"
+    ));
+    assert_eq!(rows.len(), 1, "one docs row");
+    let stored: serde_json::Value = serde_json::from_str(rows[0].get::<_, &str>(1)).expect("json");
+    assert_eq!(stored, expected, "the records projection in PostgreSQL");
+
+    // A deletion through node B reaches replicas on A and C.
+    b.delete(&id).expect("delete");
+    wait_for("the deletion on A and C", || {
+        [&a, &c]
+            .iter()
+            .all(|r| r.meta(&id).map(|m| m.deleted).unwrap_or(false))
+    })
+    .await;
+    let deleted = schema.query(&format!("SELECT deleted FROM records WHERE id = '{id}'"));
+    assert!(deleted[0].get::<_, bool>(0), "the tombstone in PostgreSQL");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_without_a_bus_still_converge_by_catching_up_from_the_store() {
+    let services = services();
+    let schema = Schema::new(&services.postgres);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let one = node(dir.path(), &services, &schema, false);
+    let two = node(dir.path(), &services, &schema, false);
+    let (a, _ha) = connected(dir.path(), "a", &one.url).await;
+    let (b, _hb) = connected(dir.path(), "b", &two.url).await;
+    let ids: Vec<DocId> = (0..5)
+        .map(|i| a.create("notes", &json!({ "n": i })).expect("create"))
+        .collect();
+    wait_for("every record on B, by catch-up", || {
+        ids.iter().all(|id| b.get(id).is_ok())
+    })
+    .await;
+    b.put(&ids[0], "from", &json!("B"), None).expect("put");
+    wait_for("B's change on A", || {
+        a.get(&ids[0])
+            .map(|r| r.value == json!({"n": 0, "from": "B"}))
+            .unwrap_or(false)
+    })
+    .await;
+}
+
+/// Two nodes' stores, one schema: the same document appended to from two
+/// threads at the same instant, many times over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_appending_to_one_document_at_once_lose_nothing_and_store_nothing_twice() {
+    let services = services();
+    let schema = Schema::new(&services.postgres);
+    let mut config = ClusterConfig::new(services.postgres.clone());
+    config.schema = schema.name.clone();
+    let store = |pool| {
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let limits = StoreLimits {
+            max_document_bytes: 64 << 20,
+            max_sync_message_bytes: 4 << 20,
+            max_sync_message_ops: 100_000,
+            message_budget: Default::default(),
+            cache_docs: 16,
+            // Compact often, so compactions race appends too.
+            compact_after: 7,
+        };
+        Arc::new(PgStore::new(
+            pool,
+            tokio::runtime::Handle::current(),
+            limits,
+            tx,
+            Arc::new(|_| {}),
+        ))
+    };
+    let (pool_one, cluster) = accord_relay::cluster::open_store(&config)
+        .await
+        .expect("store");
+    let (pool_two, same) = accord_relay::cluster::open_store(&config)
+        .await
+        .expect("store");
+    assert_eq!(cluster, same, "one cluster id for every node");
+    let nodes = [store(pool_one), store(pool_two)];
+    let doc = DocId::random();
+    let notes: accord_engine::Collection = "notes".parse().expect("valid");
+    const ROUNDS: usize = 40;
+    let barrier = Arc::new(Barrier::new(2));
+    let writers: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(w, node)| {
+            let (node, barrier, notes) = (Arc::clone(node), Arc::clone(&barrier), notes.clone());
+            tokio::task::spawn_blocking(move || {
+                // Each writer is a peer with its own document copy that
+                // makes one change per round and syncs it with its node;
+                // the states persist, so after the first round the change
+                // goes in the first message, at the same instant as the
+                // other writer's.
+                let mut mine = AutoCommit::new();
+                let peer = PeerId::new(format!("writer-{w}")).expect("peer");
+                let (mut ours, mut theirs) = (State::new(), State::new());
+                for round in 0..ROUNDS {
+                    mine.put(ROOT, format!("w{w}-{round}"), round as i64)
+                        .expect("put");
+                    let made = mine.get_heads();
+                    barrier.wait();
+                    for _ in 0..20 {
+                        let Some(message) = mine.sync().generate_sync_message(&mut ours) else {
+                            break;
+                        };
+                        if let Err(e) = node.receive(&doc, &notes, &mut theirs, message, &peer) {
+                            // A storage failure is what a peer retries.
+                            assert_eq!(
+                                accord_engine::sync::error_code(&e),
+                                accord_engine::sync::ErrorCode::STORAGE_UNAVAILABLE,
+                                "{e}"
+                            );
+                            (ours, theirs) = (State::new(), State::new());
+                            continue;
+                        }
+                        if let Some(reply) =
+                            node.generate(&doc, &notes, &mut theirs).expect("answer")
+                        {
+                            mine.sync()
+                                .receive_sync_message(&mut ours, reply)
+                                .expect("apply the answer");
+                        }
+                    }
+                    let held = node
+                        .covers(
+                            &doc,
+                            &Heads::new(made.clone()),
+                            &node.heads(&doc).expect("heads"),
+                        )
+                        .expect("covers");
+                    assert_eq!(
+                        held,
+                        Some(true),
+                        "round {round}: writer {w}'s change is stored"
+                    );
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    // Every change of both writers is in the store once, and both nodes
+    // (and a fresh load) agree on the heads.
+    let loaded_heads: Vec<Heads> = tokio::task::spawn_blocking({
+        let nodes = nodes.clone();
+        move || {
+            nodes
+                .iter()
+                .map(|n| {
+                    n.mark_changed(&doc);
+                    n.heads(&doc).expect("heads")
+                })
+                .collect()
+        }
+    })
+    .await
+    .expect("heads");
+    assert_eq!(loaded_heads[0], loaded_heads[1]);
+    let hex = |h: &Heads| h.to_bytes();
+    let row = schema.query(&format!(
+        "SELECT heads, (SELECT count(*) FROM changes), (SELECT count(DISTINCT hash) FROM changes),
+                json::text
+         FROM docs WHERE id_text = '{doc}'"
+    ));
+    assert_eq!(row[0].get::<_, Vec<u8>>(0), hex(&loaded_heads[0]));
+    let (rows, distinct): (i64, i64) = (row[0].get(1), row[0].get(2));
+    assert_eq!(rows, distinct, "no change stored twice");
+    let json: serde_json::Value = serde_json::from_str(row[0].get::<_, &str>(3)).expect("json");
+    let keys = json.as_object().expect("object").len();
+    assert_eq!(keys, 2 * ROUNDS, "every change of both writers: {json}");
+    // The whole document reloads from snapshot + rows with every change.
+    let fresh = tokio::task::spawn_blocking(move || {
+        let node = &nodes[0];
+        let peer = PeerId::new("reader").expect("peer");
+        let (mut theirs, mut ours) = (State::new(), State::new());
+        let mut copy = Automerge::new();
+        for _ in 0..20 {
+            let to_copy = node.generate(&doc, &notes, &mut theirs).expect("generate");
+            let had = to_copy.is_some();
+            if let Some(m) = to_copy {
+                copy.receive_sync_message(&mut ours, m).expect("apply");
+            }
+            let to_node = copy.generate_sync_message(&mut ours);
+            let sent = to_node.is_some();
+            if let Some(m) = to_node {
+                node.receive(&doc, &notes, &mut theirs, m, &peer)
+                    .expect("receive");
+            }
+            if !had && !sent {
+                break;
+            }
+        }
+        copy
+    })
+    .await
+    .expect("load");
+    assert_eq!(Heads::new(fresh.get_heads()), loaded_heads[0]);
+}
