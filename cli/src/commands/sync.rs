@@ -155,8 +155,8 @@ fn explain(e: SyncError, relay: &str, timeout: u64) -> anyhow::Error {
         SyncError::Unreachable { reason, .. } => {
             anyhow::anyhow!("cannot reach relay {relay}: {reason}")
         }
-        SyncError::Refused { code, message } => {
-            anyhow::anyhow!("relay {relay} refused: {message} ({})", code.name())
+        SyncError::Refused { url, code, message } => {
+            anyhow::anyhow!("relay {url} refused: {message} ({})", code.name())
         }
         SyncError::Timeout(_) => {
             anyhow::anyhow!("not in sync with {relay} after {timeout} s (raise --timeout)")
