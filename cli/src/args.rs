@@ -306,9 +306,18 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct RelayArgs {
     /// The relay's URL, such as ws://127.0.0.1:7420 (`feed` and `webhooks`
-    /// also take http:// and https://: the same port).
-    #[arg(long, value_name = "URL", env = "ACCORD_RELAY")]
-    pub relay: String,
+    /// also take http:// and https://: the same port). Repeatable, or
+    /// comma-separated, for the nodes of a relay cluster: `sync` tries them
+    /// in order, moving on when one is unreachable or its connection ends;
+    /// `feed` and `webhooks` use the first.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "ACCORD_RELAY",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub relay: Vec<String>,
     /// The token to present (for a relay that requires one; a webhook is
     /// shown only to a token that reads every collection it receives).
     #[arg(
@@ -319,6 +328,14 @@ pub struct RelayArgs {
         hide_env_values = true
     )]
     pub token: String,
+}
+
+impl RelayArgs {
+    /// The first URL: the one `feed` and `webhooks` talk to (clap requires
+    /// at least one).
+    pub fn primary(&self) -> &str {
+        self.relay.first().map_or("", String::as_str)
+    }
 }
 
 /// `accord index` subcommands.

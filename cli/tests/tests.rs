@@ -1430,6 +1430,50 @@ fn sync_fails_clearly_when_the_relay_is_unreachable_or_silent() {
     assert!(err.contains("bad relay URL"), "{err}");
 }
 
+/// A URL nothing listens on: a port bound, then released.
+fn dead_relay_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    format!("ws://{}", listener.local_addr().expect("addr"))
+}
+
+#[test]
+fn sync_moves_on_to_the_next_relay_when_one_is_unreachable() {
+    let env = Env::new();
+    let relay = Relay::start(env.path().join("relay.db"));
+    let id = env.new_record("contacts", r#"{"name": "Ada"}"#);
+    let dead = dead_relay_url();
+    let out = env.ok(&["sync", "--relay", &dead, "--relay", &relay.url]);
+    assert!(
+        out.starts_with(&format!("in sync with {} (contacts)", relay.url)),
+        "{out}"
+    );
+    assert!(out.contains("sent 1 document ("), "{out}");
+    // The record is on the live relay: a new database fetches it from there.
+    let fresh = Env::new();
+    fresh.ok(&["sync", "--relay", &relay.url, "--collection", "contacts"]);
+    assert_eq!(fresh.json(&["get", &id]), json!({"name": "Ada"}));
+
+    // ACCORD_RELAY may hold the list, comma-separated.
+    let listed = format!("{dead},{}", relay.url);
+    let run = util::run(env.cmd(&["--json", "sync"]).env("ACCORD_RELAY", &listed));
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let summary: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
+    assert_eq!(summary["relay"], json!(relay.url), "{summary}");
+
+    // None reachable: the error names the last one tried, and all given.
+    let other = dead_relay_url();
+    let err = env.fails(1, &["sync", "--relay", &dead, "--relay", &other]);
+    assert!(
+        err.contains(&format!("relays given: {dead}, {other}"))
+            && err.contains(&format!("cannot reach relay {other}")),
+        "{err}"
+    );
+    // No URL at all: clap's error.
+    let run = util::run(env.cmd(&["sync"]).env_remove("ACCORD_RELAY"));
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stderr.contains("--relay <URL>"), "{run:?}");
+}
+
 #[test]
 fn sync_with_nothing_to_sync_says_so() {
     let env = Env::new();

@@ -91,9 +91,10 @@ async fn bad_tokens_are_refused_with_their_reason() {
     let replica = Replica::open(dir.path().join("r.db")).expect("replica");
     let mut handle = replica.connect(&relay.url, opts(expired, &["c"]));
     match handle.wait_synced(T).await {
-        Err(SyncError::Refused { code, message }) => {
+        Err(SyncError::Refused { url, code, message }) => {
             assert_eq!(code, ErrorCode::UNAUTHORIZED);
             assert!(message.contains("expired"), "{message}");
+            assert_eq!(url, relay.url, "the refusal names its relay");
         }
         other => panic!("expected a refusal, got {other:?}"),
     }

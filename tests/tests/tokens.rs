@@ -171,7 +171,7 @@ async fn an_expired_client_stops_and_resumes_once_given_a_fresh_token() {
         .expect("driver running")
         .clone();
     match &stopped.last_error {
-        Some(SyncError::Refused { code, message }) => {
+        Some(SyncError::Refused { code, message, .. }) => {
             assert_eq!(*code, ErrorCode::TOKEN_EXPIRED, "{message}");
             assert!(message.contains("expired"), "{message}");
         }

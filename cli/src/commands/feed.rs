@@ -70,7 +70,7 @@ pub fn feed(
     since: u64,
     follow: bool,
 ) -> Result<ExitCode> {
-    let (target, token) = (relay_target(&relay.relay)?, relay.token.as_str());
+    let (target, token) = (relay_target(relay.primary())?, relay.token.as_str());
     accord_engine::replica::check_collection(collection)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let last = runtime.block_on(async {
@@ -200,7 +200,7 @@ pub fn webhooks(
     replay: Option<&str>,
     drop: Option<&str>,
 ) -> Result<()> {
-    let (target, token) = (relay_target(&relay.relay)?, relay.token.as_str());
+    let (target, token) = (relay_target(relay.primary())?, relay.token.as_str());
     let letter = |text: &str| -> Result<(String, i64)> {
         let (name, id) = text
             .split_once('/')

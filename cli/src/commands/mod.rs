@@ -135,7 +135,7 @@ fn dispatch(ctx: &mut Ctx, command: Command) -> Result<ExitCode> {
             collections,
             timeout,
             strict,
-        } => return sync::sync(ctx, &relay.relay, relay.token, collections, timeout, strict),
+        } => return sync::sync(ctx, relay, collections, timeout, strict),
         Command::Feed {
             relay,
             collection,

@@ -1,5 +1,7 @@
 //! `accord sync`: connect to a relay, sync until both sides agree, print a
-//! summary. The only command that starts an async runtime.
+//! summary. The only command that starts an async runtime. Given several
+//! relay URLs (the nodes of a cluster), it tries each once, in order,
+//! until one syncs: the driver's failover, without its reconnecting.
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -14,6 +16,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::Ctx;
+use crate::args::RelayArgs;
 use crate::output::{count, human_size, progress_bar};
 
 /// Documents to move before a progress bar is worth showing.
@@ -28,14 +31,18 @@ const PARTIAL: u8 = 4;
 /// stay local and are reported. `--strict` makes either exit with 4.
 pub fn sync(
     ctx: &mut Ctx,
-    relay: &str,
-    token: String,
+    relay: RelayArgs,
     named: Vec<String>,
     timeout: u64,
     strict: bool,
 ) -> Result<ExitCode> {
-    if !(relay.starts_with("ws://") || relay.starts_with("wss://")) {
-        bail!("bad relay URL '{relay}': expected ws://HOST:PORT or wss://HOST:PORT");
+    let Some((primary, fallbacks)) = relay.relay.split_first() else {
+        bail!("no relay URL given (--relay, ACCORD_RELAY)");
+    };
+    for url in &relay.relay {
+        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+            bail!("bad relay URL '{url}': expected ws://HOST:PORT or wss://HOST:PORT");
+        }
     }
     for c in &named {
         accord_engine::replica::check_collection(c)?;
@@ -58,9 +65,11 @@ pub fn sync(
         bail!("nothing to sync: the database has no records; name collections with --collection C");
     }
     let damaged = find_damaged(&replica, &collections)?;
+    // Without reconnecting, each URL gets one attempt, in order.
     let options = ConnectOptions {
-        token,
+        token: relay.token,
         collections: collections.iter().cloned().collect(),
+        fallback_urls: fallbacks.to_vec(),
         reconnect: false,
         ..ConnectOptions::default()
     };
@@ -71,7 +80,7 @@ pub fn sync(
         .context("cannot start the async runtime")?;
     let limit = Duration::from_secs(timeout);
     let status = runtime.block_on(async {
-        let mut handle = replica.connect(relay, options);
+        let mut handle = replica.connect(primary, options);
         let progress = Progress::new();
         let watch = handle.watch();
         let outcome = tokio::select! {
@@ -81,9 +90,14 @@ pub fn sync(
         progress.finish();
         let status = handle.status();
         handle.close().await;
-        outcome.map(|()| status)
+        match outcome {
+            Ok(()) => Ok(status),
+            Err(e) => Err((e, status.relay_url)),
+        }
     });
-    let status = status.map_err(|e| explain(e, relay, timeout))?;
+    let status = status.map_err(|(e, url)| explain(e, &url, &relay.relay, timeout))?;
+    // The relay that synced: one of the cluster's URLs.
+    let relay = status.relay_url.as_str();
     if collections.iter().all(|c| status.skipped.contains_key(c)) {
         let reasons: Vec<String> = status
             .skipped
@@ -149,19 +163,29 @@ fn unreachable_follow() -> Result<(), SyncError> {
     Err(SyncError::Stopped)
 }
 
-/// Turns a sync failure into the message the user sees.
-fn explain(e: SyncError, relay: &str, timeout: u64) -> anyhow::Error {
-    match e {
-        SyncError::Unreachable { reason, .. } => {
-            anyhow::anyhow!("cannot reach relay {relay}: {reason}")
+/// Turns a sync failure into the message the user sees: it names the
+/// relay it concerns (`relay`, the last one tried, unless the error names
+/// its own), and every URL given when there were several.
+fn explain(e: SyncError, relay: &str, all: &[String], timeout: u64) -> anyhow::Error {
+    let error = match e {
+        SyncError::Unreachable { url, reason } => {
+            anyhow::anyhow!("cannot reach relay {url}: {reason}")
         }
-        SyncError::Refused { code, message } => {
-            anyhow::anyhow!("relay {relay} refused: {message} ({})", code.name())
+        SyncError::Refused { url, code, message } => {
+            anyhow::anyhow!("relay {url} refused: {message} ({})", code.name())
         }
         SyncError::Timeout(_) => {
             anyhow::anyhow!("not in sync with {relay} after {timeout} s (raise --timeout)")
         }
         other => anyhow::anyhow!("sync with {relay} failed: {other}"),
+    };
+    if all.len() > 1 {
+        error.context(format!(
+            "no relay synced (relays given: {})",
+            all.join(", ")
+        ))
+    } else {
+        error
     }
 }
 

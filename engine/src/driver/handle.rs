@@ -33,6 +33,9 @@ impl Replica {
     /// Starts syncing with the relay at `url` (`ws://host:port`) in the
     /// background. Must be called inside a tokio runtime. The returned
     /// handle reports the connection's state; dropping it stops syncing.
+    /// [`ConnectOptions::fallback_urls`] names more nodes of the same relay
+    /// cluster, tried in turn after `url` when it is unreachable or its
+    /// connection ends.
     ///
     /// ```
     /// use std::time::Duration;
@@ -67,7 +70,7 @@ impl Replica {
     /// # }
     /// ```
     pub fn connect(&self, url: &str, options: ConnectOptions) -> SyncHandle {
-        let (status_tx, status) = watch::channel(SyncStatus::initial());
+        let (status_tx, status) = watch::channel(SyncStatus::initial(url));
         let (control, control_rx) = mpsc::channel(16);
         let cancel = CancellationToken::new();
         let (presence, _) = broadcast::channel(PRESENCE_BUFFER);

@@ -8,6 +8,13 @@
 //! retrying cannot fix (bad token, unsupported version). [`SyncHandle`]
 //! exposes the connection state and [`SyncHandle::wait_synced`].
 //!
+//! A driver may hold several relay URLs, the nodes of one cluster
+//! ([`ConnectOptions::fallback_urls`]): after an attempt that failed or a
+//! connection that ended, the next attempt goes to the next URL. Nothing
+//! in the driver or the session keeps the relay's id from one connection
+//! to the next: each `Welcome` names it, and the sync states and cursors
+//! of that id are the ones read and saved.
+//!
 //! Tokens expire. [`SyncHandle::set_token`] hands the driver a fresh one:
 //! it goes out at once on the open connection (`Reauth`) and in every
 //! later `Hello`. A driver whose token was refused or expired has no way
@@ -16,7 +23,8 @@
 //! gives it one.
 //!
 //! Layout: this module holds the public types (options, state, status,
-//! errors), `handle` the app's [`SyncHandle`], `task` the background task.
+//! errors), `handle` the app's [`SyncHandle`], `task` the background task,
+//! `relays` the list of relay URLs it goes through.
 //!
 //! Failures reach the app: the relay's refusals, this replica's storage
 //! failures during sync, and a panic inside the session (the connection
@@ -24,6 +32,7 @@
 //! [`SyncStatus::last_error`].
 
 mod handle;
+mod relays;
 mod task;
 
 use std::time::{Duration, SystemTime};
@@ -49,7 +58,20 @@ pub struct ConnectOptions {
     pub backoff_min: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
-    /// Whether to reconnect after the connection drops.
+    /// More URLs of the same relay cluster, after the one given to
+    /// [`crate::Replica::connect`], tried in order: an attempt that fails
+    /// (unreachable, refused in a way another attempt may fix) or a
+    /// connection that ends sends the next attempt to the next URL, after
+    /// the last back to the first, with the usual backoff in between.
+    /// Empty by default: every attempt goes to the `connect` URL. The
+    /// nodes of one cluster share one relay id, so sync states and
+    /// cursors carry over from one to another; a relay with another id
+    /// costs a full comparison (nothing is lost: it receives what it
+    /// lacks).
+    pub fallback_urls: Vec<String>,
+    /// Whether to reconnect after the connection drops. Without, each URL
+    /// (the `connect` one, then the fallbacks) gets one attempt: the
+    /// driver stops once the attempt at the last URL has ended.
     pub reconnect: bool,
     /// Largest accepted message from the relay, in bytes.
     pub max_frame_bytes: usize,
@@ -71,6 +93,7 @@ impl Default for ConnectOptions {
             max_in_flight: 64,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
+            fallback_urls: Vec::new(),
             reconnect: true,
             max_frame_bytes: 64 * 1024 * 1024,
             relay_max_frame_bytes: 16 * 1024 * 1024,
@@ -105,8 +128,10 @@ pub enum SyncError {
         reason: String,
     },
     /// The relay refused or reported an error.
-    #[error("relay refused: {message} [{code}]")]
+    #[error("relay {url} refused: {message} [{code}]")]
     Refused {
+        /// The URL of the relay that refused.
+        url: String,
         /// The relay's error code.
         code: ErrorCode,
         /// Its explanation.
@@ -161,6 +186,12 @@ pub const PRESENCE_BUFFER: usize = 256;
 pub struct SyncStatus {
     /// The connection state.
     pub state: ConnectionState,
+    /// The URL of the open connection's relay, or of the attempt under
+    /// way or last made: the `connect` URL or one of
+    /// [`ConnectOptions::fallback_urls`]. A relay's error in `last_error`
+    /// or `refused` names its own URL, as it may come from an earlier
+    /// attempt at another.
+    pub relay_url: String,
     /// Whether the relay holds every local change of the subscribed
     /// collections made before the last check.
     pub synced: bool,
@@ -200,9 +231,10 @@ pub struct SyncStatus {
 }
 
 impl SyncStatus {
-    fn initial() -> Self {
+    fn initial(url: &str) -> Self {
         SyncStatus {
             state: ConnectionState::Connecting,
+            relay_url: url.to_owned(),
             synced: false,
             agreed: false,
             checked: 0,

@@ -6,6 +6,9 @@
 //! with [`SyncError::Internal`] and a fresh session (built from the same
 //! configuration, resuming from the persisted sync states) takes over on
 //! the next connection.
+//!
+//! Each attempt goes to one URL of [`Relays`]; after an attempt that
+//! failed or a connection that ended, the next goes to the next URL.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -16,6 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+use super::relays::Relays;
 use super::{ConnectOptions, ConnectionState, Presence, SyncError, SyncStatus};
 use crate::id::{Collection, DocId};
 use crate::replica::{ChangeEvent, ChangeKind, Origin, RecvError, Replica, Subscription};
@@ -69,8 +73,8 @@ struct PendingCheck {
 pub(super) struct Driver {
     /// The replica being synced.
     replica: Replica,
-    /// The relay's URL.
-    url: String,
+    /// The relay URLs, and the one of the current attempt.
+    relays: Relays,
     /// How to connect.
     options: ConnectOptions,
     /// What a session is built from (again, after a panic).
@@ -109,7 +113,7 @@ impl Driver {
     ) -> Self {
         Driver {
             replica,
-            url: url.to_owned(),
+            relays: Relays::new(url, &options.fallback_urls),
             options,
             session: Some(ClientSession::new(config.clone())),
             config,
@@ -125,8 +129,16 @@ impl Driver {
 
     pub(super) async fn run(mut self) {
         let mut backoff = self.options.backoff_min;
+        // Attempts since the start or a new token: without `reconnect`,
+        // each URL gets one.
+        let mut attempts = 0;
         loop {
-            self.set(|s| s.state = ConnectionState::Connecting);
+            let url = self.url().to_owned();
+            self.set(|s| {
+                s.state = ConnectionState::Connecting;
+                s.relay_url = url;
+            });
+            attempts += 1;
             let opened = tokio::select! {
                 () = self.cancel.cancelled() => break,
                 opened = self.open() => opened,
@@ -153,18 +165,22 @@ impl Driver {
                         s.state = ConnectionState::Stopped;
                         s.synced = false;
                     });
+                    // The same relay is tried with the new token: the
+                    // refusal was the token's, not the relay's.
                     if waits_for_token && self.wait_for_token().await {
                         backoff = self.options.backoff_min;
+                        attempts = 0;
                         continue;
                     }
                     break;
                 }
                 Ended::Retry(e) => {
-                    tracing::debug!(url = self.url, error = %e, "sync connection lost; retrying");
+                    tracing::debug!(url = self.url(), error = %e, "sync connection lost; retrying");
                     self.set(|s| s.last_error = Some(e));
-                    if !self.options.reconnect {
+                    if !self.options.reconnect && attempts >= self.relays.len() {
                         break;
                     }
+                    self.relays.advance();
                 }
             }
             let jitter = rand::rng().random_range(0.5..1.0);
@@ -224,6 +240,11 @@ impl Driver {
         self.outputs(move |s, _| s.reauth(token)).await
     }
 
+    /// The URL of the current attempt or connection.
+    fn url(&self) -> &str {
+        self.relays.current()
+    }
+
     async fn open(&self) -> Result<Ws, SyncError> {
         // Small buffers, as the relay's: tungstenite's defaults (128 KiB to
         // read, 128 KiB to write) were most of an idle connection's memory;
@@ -233,10 +254,9 @@ impl Driver {
             .write_buffer_size(0)
             .max_message_size(Some(self.options.max_frame_bytes))
             .max_frame_size(Some(self.options.max_frame_bytes));
-        let connect =
-            tokio_tungstenite::connect_async_with_config(self.url.as_str(), Some(config), true);
+        let connect = tokio_tungstenite::connect_async_with_config(self.url(), Some(config), true);
         let unreachable = |reason: String| SyncError::Unreachable {
-            url: self.url.clone(),
+            url: self.url().to_owned(),
             reason,
         };
         match tokio::time::timeout(Duration::from_secs(10), connect).await {
@@ -334,7 +354,7 @@ impl Driver {
                 }
                 () = tokio::time::sleep_until(silent_until) => {
                     let reason = format!("the relay was silent for {:?}", self.options.idle_timeout);
-                    return Ended::Retry(SyncError::Unreachable { url: self.url.clone(), reason });
+                    return Ended::Retry(SyncError::Unreachable { url: self.url().to_owned(), reason });
                 }
                 msg = ws.next() => {
                     heard = tokio::time::Instant::now();
@@ -422,7 +442,7 @@ impl Driver {
         msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
     ) -> Result<Option<(Frame, usize)>, Ended> {
         let unreachable = |reason: String| SyncError::Unreachable {
-            url: self.url.clone(),
+            url: self.url().to_owned(),
             reason,
         };
         let bytes = match msg {
@@ -436,6 +456,7 @@ impl Driver {
         };
         let frame = Frame::decode(&bytes).map_err(|e| {
             Ended::Retry(SyncError::Refused {
+                url: self.url().to_owned(),
                 code: ErrorCode::MALFORMED,
                 message: format!("relay sent {e}"),
             })
@@ -542,7 +563,7 @@ impl Driver {
                 ClientOutput::Send(frame) => {
                     if let Err(e) = ws.send(Message::Binary(frame.encode().into())).await {
                         return Some(Ended::Retry(SyncError::Unreachable {
-                            url: self.url.clone(),
+                            url: self.url().to_owned(),
                             reason: e.to_string(),
                         }));
                     }
@@ -555,6 +576,7 @@ impl Driver {
                         None => !code.is_final(),
                     };
                     let error = SyncError::Refused {
+                        url: self.url().to_owned(),
                         code,
                         message: reason,
                     };
@@ -577,7 +599,9 @@ impl Driver {
                 self.set(|s| s.token_expires = expires);
             }
             SessionEvent::Welcomed { relay_id } => {
-                tracing::debug!(%relay_id, "connected to relay");
+                // Not kept: the next connection may reach another node
+                // (or another relay), whose welcome names its id.
+                tracing::debug!(%relay_id, url = self.url(), "connected to relay");
                 self.set(|s| {
                     s.state = ConnectionState::Connected;
                     s.connects += 1;
@@ -608,7 +632,8 @@ impl Driver {
             }
             SessionEvent::RelayError { code, message, doc } => {
                 tracing::warn!(%code, message, ?doc, "relay reported an error");
-                let error = SyncError::Refused { code, message };
+                let url = self.url().to_owned();
+                let error = SyncError::Refused { url, code, message };
                 self.set(|s| {
                     if code == ErrorCode::FORBIDDEN {
                         s.refused = Some(error.clone());
