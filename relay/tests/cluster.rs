@@ -9,6 +9,9 @@
 //! schema names its bus subjects, so tests run in parallel and twice in a
 //! row. Without the services the tests fail, saying what to start.
 
+#[path = "../../tests/src/proxy.rs"]
+#[allow(dead_code)] // not every fault is used here
+mod proxy;
 mod support;
 
 use std::net::ToSocketAddrs;
@@ -23,8 +26,9 @@ use accord_engine::sync::SyncDocs;
 use accord_engine::{ConnectOptions, DocId, Heads, PeerId, Replica, SyncHandle};
 use accord_relay::cluster::store::{PgStore, StoreLimits};
 use accord_relay::cluster::ClusterConfig;
+use proxy::{Fault, FaultProxy};
 use serde_json::json;
-use support::{spawn_relay_with, RelayProcess};
+use support::{spawn_relay_at, spawn_relay_with, RelayProcess};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -35,15 +39,7 @@ struct Services {
 }
 
 fn reachable(url: &str, default_port: u16) -> bool {
-    let rest = url.split("://").nth(1).unwrap_or(url);
-    let host_port = rest.rsplit('@').next().unwrap_or(rest);
-    let host_port = host_port.split(['/', '?']).next().unwrap_or(host_port);
-    let with_port = if host_port.contains(':') {
-        host_port.to_owned()
-    } else {
-        format!("{host_port}:{default_port}")
-    };
-    with_port
+    host_port(url, default_port)
         .to_socket_addrs()
         .ok()
         .and_then(|mut addrs| addrs.next())
@@ -122,19 +118,95 @@ impl Drop for Schema {
 
 /// Starts a node of the cluster in `schema`.
 fn node(dir: &Path, services: &Services, schema: &Schema, bus: bool) -> RelayProcess {
+    let bus = bus.then_some(services.nats.as_str());
+    node_on(dir, &services.postgres, bus, schema)
+}
+
+/// Starts a node on the given store and bus URLs.
+fn node_on(dir: &Path, store: &str, bus: Option<&str>, schema: &Schema) -> RelayProcess {
     let mut args = vec![
         "--store",
-        services.postgres.as_str(),
+        store,
         "--store-schema",
         schema.name.as_str(),
         "--catch-up-secs",
         "1",
     ];
-    if bus {
-        args.extend(["--bus", services.nats.as_str()]);
+    if let Some(bus) = bus {
+        args.extend(["--bus", bus]);
     }
     // The --db file is not used by a cluster node.
     spawn_relay_with(&dir.join("unused.db"), &args)
+}
+
+/// The `host:port` of a service URL.
+fn host_port(url: &str, default_port: u16) -> String {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let host_port = rest.rsplit('@').next().unwrap_or(rest);
+    let host_port = host_port.split(['/', '?']).next().unwrap_or(host_port);
+    if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:{default_port}")
+    }
+}
+
+/// A proxy in front of a service, and the service's URL through it.
+async fn proxied(url: &str, default_port: u16) -> (FaultProxy, String) {
+    let target = host_port(url, default_port)
+        .to_socket_addrs()
+        .expect("address")
+        .next()
+        .expect("an address");
+    let proxy = FaultProxy::start(target).await.expect("proxy");
+    let through = url.replacen(&host_port(url, default_port), &proxy.addr.to_string(), 1);
+    // A URL without a port gets the proxy's in place of its host.
+    let through = if through == url {
+        url.replacen(
+            host_port(url, default_port)
+                .split(':')
+                .next()
+                .unwrap_or_default(),
+            &proxy.addr.to_string(),
+            1,
+        )
+    } else {
+        through
+    };
+    (proxy, through)
+}
+
+/// `GET path` on a node's main port: the status and the body.
+fn http_get(node: &RelayProcess, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = node.url.trim_start_matches("ws://");
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
+}
+
+fn health(node: &RelayProcess) -> (u16, serde_json::Value) {
+    let (status, body) = http_get(node, "/health");
+    (status, serde_json::from_str(&body).unwrap_or_default())
 }
 
 fn options() -> ConnectOptions {
@@ -422,4 +494,236 @@ async fn two_nodes_appending_to_one_document_at_once_lose_nothing_and_store_noth
     .await
     .expect("load");
     assert_eq!(Heads::new(fresh.get_heads()), loaded_heads[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_stops_acknowledgements_says_not_ready_and_loses_nothing() {
+    let services = services();
+    let schema = Schema::new(&services.postgres);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, through) = proxied(&services.postgres, 5432).await;
+    let cut = node_on(dir.path(), &through, Some(&services.nats), &schema);
+    let whole = node(dir.path(), &services, &schema, true);
+    let (a, mut ha) = connected(dir.path(), "a", &cut.url).await;
+    let (b, _hb) = connected(dir.path(), "b", &whole.url).await;
+    let before = a.create("notes", &json!({"n": "before"})).expect("create");
+    ha.wait_synced(T).await.expect("acknowledged");
+    wait_for("the first record on B", || b.get(&before).is_ok()).await;
+    assert_eq!(health(&cut).0, 200);
+
+    store.set(Fault::Down);
+    wait_for("the cut node to say it is not ready", || {
+        let (status, body) = health(&cut);
+        status == 503 && body["status"] == "not_ready" && body["store"] == "down"
+    })
+    .await;
+    assert_eq!(health(&whole).0, 200, "the other node is fine");
+    let during = a
+        .create("notes", &json!({"n": "during"}))
+        .expect("create offline-safe");
+    // Nothing is acknowledged while the store cannot commit it: the
+    // replica keeps the change and offers it again.
+    assert!(
+        ha.wait_synced(Duration::from_secs(2)).await.is_err(),
+        "a change was acknowledged while PostgreSQL was cut off"
+    );
+    assert!(b.get(&during).is_err(), "never stored, so never forwarded");
+
+    store.set(Fault::None);
+    ha.wait_synced(T)
+        .await
+        .expect("acknowledged once the store is back");
+    wait_for("the record written during the outage on B", || {
+        b.get(&during).is_ok()
+    })
+    .await;
+    wait_for("the node to be ready again", || health(&cut).0 == 200).await;
+    for id in [before, during] {
+        let rows = schema.query(&format!("SELECT 1 FROM records WHERE id = '{id}'"));
+        assert_eq!(rows.len(), 1, "{id} is in PostgreSQL");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_outage_is_bridged_from_the_store_and_healed_when_it_returns() {
+    let services = services();
+    let schema = Schema::new(&services.postgres);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (bus, through) = proxied(&services.nats, 4222).await;
+    let one = node_on(dir.path(), &services.postgres, Some(&through), &schema);
+    let two = node_on(dir.path(), &services.postgres, Some(&through), &schema);
+    let (a, _ha) = connected(dir.path(), "a", &one.url).await;
+    let (a2, _ha2) = connected(dir.path(), "a2", &one.url).await;
+    let (b, _hb) = connected(dir.path(), "b", &two.url).await;
+    wait_for("both nodes on the bus", || {
+        [&one, &two].iter().all(|n| health(n).1["bus"] == "up")
+    })
+    .await;
+
+    bus.set(Fault::Down);
+    wait_for(
+        "the nodes to warn that the bus is down, still ready",
+        || {
+            [&one, &two].iter().all(|n| {
+                let (status, body) = health(n);
+                status == 200 && body["bus"] == "down" && body["warnings"][0].is_string()
+            })
+        },
+    )
+    .await;
+    let id = a.create("notes", &json!({"n": 1})).expect("create");
+    // Replicas on the same node still see each other live; the other
+    // node learns of it from the store.
+    wait_for("the record on the same node", || a2.get(&id).is_ok()).await;
+    wait_for("the record on the other node, by catch-up", || {
+        b.get(&id).is_ok()
+    })
+    .await;
+    let (_, metrics) = http_get(&two, "/metrics");
+    let caught_up: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("accord_relay_caught_up_total"))
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("caught_up metric");
+    assert!(
+        caught_up >= 1.0,
+        "node two caught up from the store: {caught_up}"
+    );
+
+    bus.set(Fault::None);
+    wait_for("both nodes back on the bus", || {
+        [&one, &two].iter().all(|n| health(n).1["bus"] == "up")
+    })
+    .await;
+    b.put(&id, "from", &json!("two"), None).expect("put");
+    wait_for(
+        "the change from node two on both replicas of node one",
+        || {
+            [&a, &a2].iter().all(|r| {
+                r.get(&id)
+                    .map(|rec| rec.value == json!({"n": 1, "from": "two"}))
+                    .unwrap_or(false)
+            })
+        },
+    )
+    .await;
+}
+
+/// SIGKILL nodes under a write load: writers fail over to the other nodes,
+/// and every change any node acknowledged is on every replica and in
+/// PostgreSQL at the end. `ACCORD_CLUSTER_KILL_TRIALS` (default 3) sets
+/// how many kills; `ACCORD_CLUSTER_KILL_SEED` replays a run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_nodes_under_load_loses_no_acknowledged_change() {
+    use rand::{Rng, SeedableRng};
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    let trials: usize = std::env::var("ACCORD_CLUSTER_KILL_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let seed: u64 = std::env::var("ACCORD_CLUSTER_KILL_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("ACCORD_CLUSTER_KILL_SEED={seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let services = services();
+    let schema = Schema::new(&services.postgres);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nodes: Vec<RelayProcess> = (0..3)
+        .map(|_| node(dir.path(), &services, &schema, true))
+        .collect();
+    let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<BTreeSet<DocId>>> = Arc::default();
+    let mut writers = Vec::new();
+    for w in 0..3 {
+        let replica = Replica::open(dir.path().join(format!("w{w}.db"))).expect("open");
+        let mut order = urls.clone();
+        order.rotate_left(w);
+        let first = order.remove(0);
+        let options = ConnectOptions {
+            fallback_urls: order,
+            backoff_max: Duration::from_millis(500),
+            ..options()
+        };
+        let mut handle = replica.connect(&first, options);
+        let (stop, acked) = (Arc::clone(&stop), Arc::clone(&acked));
+        writers.push(tokio::spawn(async move {
+            let mut pending = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..5 {
+                    let id = replica
+                        .create("notes", &json!({ "writer": w, "n": n }))
+                        .expect("create");
+                    pending.push(id);
+                    n += 1;
+                }
+                // Acknowledged: the relay holds every change made before.
+                if handle.wait_synced(T).await.is_ok() {
+                    acked.lock().expect("acked").extend(pending.drain(..));
+                }
+            }
+            handle
+                .wait_synced(T)
+                .await
+                .expect("the last writes acknowledged");
+            acked.lock().expect("acked").extend(pending.drain(..));
+            (replica, handle)
+        }));
+    }
+    let count = || acked.lock().expect("acked").len();
+    for trial in 0..trials {
+        let goal = count() + 15;
+        wait_for("writes acknowledged before the kill", || count() >= goal).await;
+        let victim = rng.random_range(0..nodes.len());
+        let listen = nodes[victim].url.trim_start_matches("ws://").to_owned();
+        nodes[victim].child.kill().expect("SIGKILL");
+        nodes[victim].child.wait().expect("reaped");
+        eprintln!("trial {trial}: killed node {victim} ({listen}) at {goal} acknowledged");
+        let goal = count() + 15;
+        wait_for("writes acknowledged with a node dead", || count() >= goal).await;
+        let args = [
+            "--store",
+            services.postgres.as_str(),
+            "--store-schema",
+            schema.name.as_str(),
+            "--catch-up-secs",
+            "1",
+            "--bus",
+            services.nats.as_str(),
+        ];
+        nodes[victim] = spawn_relay_at(&dir.path().join("unused.db"), &listen, &args);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut replicas = Vec::new();
+    for writer in writers {
+        replicas.push(writer.await.expect("writer"));
+    }
+    let acked = acked.lock().expect("acked").clone();
+    assert!(acked.len() >= 15 * 2 * trials, "load ran: {}", acked.len());
+    for (i, (replica, _)) in replicas.iter().enumerate() {
+        if !within(|| acked.iter().all(|id| replica.get(id).is_ok())).await {
+            let missing = acked.iter().filter(|id| replica.get(id).is_err()).count();
+            panic!(
+                "replica {i} lacks {missing} of {} acknowledged records",
+                acked.len()
+            );
+        }
+    }
+    let stored = schema.query("SELECT id FROM records");
+    let stored: BTreeSet<String> = stored.iter().map(|r| r.get::<_, String>(0)).collect();
+    let lost: Vec<&DocId> = acked
+        .iter()
+        .filter(|id| !stored.contains(&id.to_string()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged but not in PostgreSQL: {lost:?}"
+    );
 }

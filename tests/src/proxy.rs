@@ -26,6 +26,9 @@ pub enum Fault {
     /// Forward half of the next chunk, then close the connection: the peer
     /// sees a WebSocket frame cut in the middle. Then behave like `None`.
     CutMidFrame,
+    /// The service is gone: reset every open connection and close new ones
+    /// as soon as they are accepted, until the fault changes.
+    Down,
 }
 
 /// A running proxy; stops when dropped.
@@ -56,6 +59,11 @@ impl FaultProxy {
         let counter = Arc::clone(&forwarded);
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if rx.borrow().0 == Fault::Down {
+                    #[allow(deprecated)] // linger 0: an immediate RST
+                    let _ = client.set_linger(Some(Duration::ZERO));
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(target).await else {
                     continue;
                 };
@@ -121,9 +129,25 @@ async fn pipe(
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
+        // An idle connection is reset as soon as a reset is asked for, not
+        // at its next byte.
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            changed = fault.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let (current, generation) = *fault.borrow();
+                if generation > born && matches!(current, Fault::Reset | Fault::Down) {
+                    #[allow(deprecated)] // linger 0: an immediate RST
+                    let _ = to.as_ref().set_linger(Some(Duration::ZERO));
+                    return;
+                }
+                continue;
+            }
         };
         let mut data = &buf[..n];
         loop {
@@ -136,7 +160,7 @@ async fn pipe(
                     }
                     continue;
                 }
-                Fault::Reset if fresh => {
+                Fault::Reset | Fault::Down if fresh => {
                     // Linger 0 makes the close send RST at once, so the
                     // blocking-close concern of the deprecation does not arise.
                     #[allow(deprecated)]

@@ -33,11 +33,18 @@ pub fn spawn_relay(db: &Path) -> RelayProcess {
 /// [`spawn_relay`] with more arguments.
 #[allow(dead_code)] // only some test binaries pass any
 pub fn spawn_relay_with(db: &Path, args: &[&str]) -> RelayProcess {
+    spawn_relay_at(db, "127.0.0.1:0", args)
+}
+
+/// [`spawn_relay_with`] listening on `listen` (a restarted relay taking
+/// its old port back).
+#[allow(dead_code)] // only some test binaries restart relays
+pub fn spawn_relay_at(db: &Path, listen: &str, args: &[&str]) -> RelayProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
         .args([
             "--open",
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--metrics-listen",
             "127.0.0.1:0",
             "--db",
@@ -64,7 +71,9 @@ pub fn spawn_relay_with(db: &Path, args: &[&str]) -> RelayProcess {
         .trim()
         .to_owned();
     assert!(
-        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+        addr.starts_with("127.0.0.1:")
+            && !addr.ends_with(":0")
+            && (listen.ends_with(":0") || addr == listen),
         "real port in {line:?}"
     );
     RelayProcess {
