@@ -22,6 +22,9 @@
 //! - `process`, `serve`: servers in child processes (this binary, run as
 //!   `bench serve`), and their RSS and CPU from `/proc`.
 //! - `proxy`: a counting loopback proxy (bytes, messages, round trips).
+//! - `cluster`: three `accord-relay` nodes on PostgreSQL and NATS (W1
+//!   spread over them, cross-node latency, W2 from the PostgreSQL store,
+//!   durable changes/s through one node and three).
 //! - `feed`: the change feed over HTTP and webhooks (latency, and sync
 //!   with a webhook attached).
 //! - `python`: the Python package's calls against the same calls in Rust
@@ -30,6 +33,7 @@
 //! - `stats`: medians and the table.
 
 mod accord_side;
+mod cluster;
 mod feed;
 mod js_side;
 mod plan;
@@ -49,8 +53,21 @@ use plan::{Args, Command};
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(Command::Serve { system, db }) = args.command {
-        return serve::serve(system, db);
+    if let Some(Command::Serve {
+        system,
+        db,
+        store,
+        store_schema,
+        bus,
+    }) = args.command
+    {
+        let cluster = store.map(|store| {
+            let mut config = accord_relay::cluster::ClusterConfig::new(store);
+            config.schema = store_schema;
+            config.bus = bus;
+            config
+        });
+        return serve::serve(system, db, cluster);
     }
     let plan = plan::Plan::from_args(&args)?;
     eprintln!("{}", plan.describe());

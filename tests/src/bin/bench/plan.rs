@@ -14,7 +14,7 @@ use crate::python;
 use crate::run::{repeat, Outcome, Settings};
 use crate::stats::{Better, Figure, Row};
 use crate::workloads::{Idle, W1, W2, W3, W5};
-use crate::{accord_side, js_side, samod_side, w0};
+use crate::{accord_side, cluster, js_side, samod_side, w0};
 
 /// Accord against the machine's limits and against samod 0.16.
 #[derive(Debug, Parser)]
@@ -33,7 +33,9 @@ pub struct Args {
     #[arg(long)]
     pub cap_secs: Option<u64>,
     /// Only these workloads (comma-separated: w0,w1,w2,w3,w4,w5,servers,
-    /// feed, python; `servers` is the same samod client load on W1–W3 against
+    /// feed, cluster, python; `cluster` needs PostgreSQL and NATS (from
+    /// ACCORD_TEST_POSTGRES / ACCORD_TEST_NATS, as the cluster tests);
+    /// `servers` is the same samod client load on W1–W3 against
     /// accord-relay's /automerge-repo, the JS sync server and samod's
     /// server; `python` runs only when named: the Python package's calls
     /// against the same calls in Rust, which needs a release build of the
@@ -96,6 +98,15 @@ pub enum Command {
         /// Its database file (Accord) or storage directory (samod).
         #[arg(long)]
         db: PathBuf,
+        /// Accord as a cluster node on this PostgreSQL store.
+        #[arg(long)]
+        store: Option<String>,
+        /// The store's schema.
+        #[arg(long, default_value = "accord")]
+        store_schema: String,
+        /// The cluster's NATS bus.
+        #[arg(long)]
+        bus: Option<String>,
     },
 }
 
@@ -214,7 +225,7 @@ impl Plan {
         let mut rows = Vec::new();
         let mut peaks = Vec::new();
         type Step = fn(&Plan, &mut Vec<Row>, &mut Vec<Row>);
-        let steps: [(&str, Step); 9] = [
+        let steps: [(&str, Step); 10] = [
             ("w0", |p, r, _| p.w0(r)),
             ("w1", Plan::w1),
             ("w2", Plan::w2),
@@ -223,6 +234,7 @@ impl Plan {
             ("w4", |p, r, _| p.w4(r)),
             ("feed", |p, r, _| p.feed(r)),
             ("w5", |p, r, _| p.w5(r)),
+            ("cluster", |p, r, _| p.cluster(r)),
             ("python", |p, r, _| p.python(r)),
         ];
         for (name, step) in steps {
@@ -329,6 +341,85 @@ impl Plan {
             accord: with.figure(|v| *v),
             reference: without.figure(|v| *v),
             reference_name: "the same without a webhook",
+        });
+    }
+
+    /// Three relay nodes on PostgreSQL and NATS (see `cluster`), each
+    /// against one SQLite relay or one node.
+    fn cluster(&self, rows: &mut Vec<Row>) {
+        let (n, s, quick) = (self.w1_n, self.settings, self.w1_n < 1000);
+        for &k in &self.w1_k {
+            let label = format!("cluster W1 K={k} N={n}, 3 nodes");
+            let ours = self.accord(&label, self.reps, move || cluster::w1(k, n, s));
+            let one = self.accord("W1 on one SQLite relay", self.reps, move || {
+                accord_side::w1(k, n, s)
+            });
+            for (metric, unit, f) in [
+                ("total_s", "s", (|r: &W1| r.total_s) as fn(&W1) -> f64),
+                ("last_latency_ms", "ms", |r: &W1| r.last_latency_ms),
+            ] {
+                rows.push(Row {
+                    workload: label.clone(),
+                    metric: metric.into(),
+                    unit,
+                    better: Better::Lower,
+                    accord: ours.figure(|r| f(&r.0)),
+                    reference: one.figure(|r| f(&r.0)),
+                    reference_name: "one SQLite relay",
+                });
+            }
+        }
+        let (rate, secs) = (100, if quick { 1 } else { 5 });
+        let latency = self.accord("cluster cross-node latency", self.reps, move || {
+            cluster::latency(rate, secs, s)
+        });
+        rows.push(Row {
+            workload: format!("cluster, node 0 to 1 and 2, {rate} changes/s"),
+            metric: "latency p50 / p99".into(),
+            unit: "ms",
+            better: Better::Lower,
+            accord: latency.figure(|v| v.0),
+            reference: latency.figure(|v| v.1),
+            reference_name: "(the p99)",
+        });
+        for &d in &self.w2_d {
+            let label = format!("cluster W2 D={d}, from PostgreSQL");
+            let ours = self.accord(&label, self.reps, move || cluster::w2(d, s));
+            let one = self.accord("W2 on one SQLite relay", 1, move || accord_side::w2(d, 1, s));
+            rows.push(Row {
+                workload: label.clone(),
+                metric: "cold sync s".into(),
+                unit: "s",
+                better: Better::Lower,
+                accord: ours.figure(|v| v.0),
+                reference: inner(&one, |r| r.warm_s),
+                reference_name: "one SQLite relay",
+            });
+            rows.push(Row {
+                workload: label,
+                metric: "wire ÷ saved bytes".into(),
+                unit: "×",
+                better: Better::Lower,
+                accord: ours.figure(|v| v.1),
+                reference: inner(&one, |r| r.warm_bytes_ratio),
+                reference_name: "one SQLite relay",
+            });
+        }
+        let (writers, changes) = if quick { (3, 50) } else { (6, 500) };
+        let three = self.accord("cluster throughput, 3 nodes", self.reps, move || {
+            cluster::throughput(3, writers, changes, s)
+        });
+        let single = self.accord("cluster throughput, 1 node", self.reps, move || {
+            cluster::throughput(1, writers, changes, s)
+        });
+        rows.push(Row {
+            workload: format!("cluster, {writers} writers x {changes} changes"),
+            metric: "durable changes/s".into(),
+            unit: "/s",
+            better: Better::Higher,
+            accord: three.figure(|v| *v),
+            reference: single.figure(|v| *v),
+            reference_name: "the same through one node",
         });
     }
 

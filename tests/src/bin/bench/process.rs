@@ -102,6 +102,18 @@ impl ServerProcess {
         Self::spawn(command, "")
     }
 
+    /// Starts an Accord cluster node on `store` (schema `schema`) and
+    /// `bus`.
+    pub fn start_node(store: &str, schema: &str, bus: &str, db: &Path) -> anyhow::Result<ServerProcess> {
+        let exe = std::env::current_exe().context("cannot find the bench binary")?;
+        let mut command = Command::new(exe);
+        command
+            .args(["serve", "--system", "accord", "--db"])
+            .arg(db)
+            .args(["--store", store, "--store-schema", schema, "--bus", bus]);
+        Self::spawn(command, "")
+    }
+
     /// Runs `command`, which prints `listening on ADDR` first and stops
     /// when its standard input closes; clients dial `path`.
     fn spawn(mut command: Command, path: &'static str) -> anyhow::Result<ServerProcess> {

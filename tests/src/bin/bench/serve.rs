@@ -16,7 +16,11 @@ use tokio_util::sync::CancellationToken;
 use crate::process::System;
 
 /// Runs a server until standard input closes.
-pub fn serve(system: System, db: PathBuf) -> anyhow::Result<()> {
+pub fn serve(
+    system: System,
+    db: PathBuf,
+    cluster: Option<accord_relay::cluster::ClusterConfig>,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -33,7 +37,7 @@ pub fn serve(system: System, db: PathBuf) -> anyhow::Result<()> {
             }
         });
         match system {
-            System::Accord => accord(listener, db, addr, shutdown).await,
+            System::Accord => accord(listener, db, cluster, addr, shutdown).await,
             System::Samod => samod(listener, db, addr, shutdown).await,
         }
     })
@@ -49,11 +53,13 @@ fn announce(addr: std::net::SocketAddr) -> anyhow::Result<()> {
 async fn accord(
     listener: TcpListener,
     db: PathBuf,
+    cluster: Option<accord_relay::cluster::ClusterConfig>,
     addr: std::net::SocketAddr,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = Config {
         db,
+        cluster,
         ..Config::default()
     };
     let relay = accord_relay::server::start(config, shutdown.clone()).await?;
