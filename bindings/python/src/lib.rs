@@ -18,7 +18,7 @@ use std::sync::{Arc, Weak};
 
 use accord_engine::json::Path as JsonPath;
 use accord_engine::replica::check_collection;
-use accord_engine::{patch_json, DocId, Filter, Heads, ListOptions, Replica};
+use accord_engine::{patch_json, ConnectOptions, DocId, Filter, Heads, ListOptions, Replica};
 use parking_lot::{Mutex, RwLock};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -411,17 +411,29 @@ impl PyReplica {
         Ok(events::PySubscription::new(replica.subscribe(filter)))
     }
 
-    /// Starts syncing with a relay in the background.
-    #[pyo3(signature = (url, token, collections, reconnect=true))]
+    /// Starts syncing with a relay in the background; `fallback_urls` are
+    /// more nodes of the same relay cluster, tried in turn after `url`.
+    #[pyo3(signature = (url, token, collections, reconnect=true, fallback_urls=Vec::new()))]
     fn connect(
         &self,
         url: &str,
         token: String,
         collections: Vec<String>,
         reconnect: bool,
+        fallback_urls: Vec<String>,
     ) -> PyResult<sync::PySync> {
         let replica = self.live()?;
-        let py_sync = sync::PySync::start(&replica, url, token, collections, reconnect);
+        let py_sync = sync::PySync::start(
+            &replica,
+            url,
+            ConnectOptions {
+                token,
+                collections,
+                reconnect,
+                fallback_urls,
+                ..ConnectOptions::default()
+            },
+        );
         let mut syncs = self.syncs.lock();
         syncs.retain(|w| w.strong_count() > 0);
         syncs.push(Arc::downgrade(&py_sync.shared));

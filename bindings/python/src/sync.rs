@@ -67,19 +67,7 @@ pub struct PySync {
 
 impl PySync {
     /// Starts the driver for `replica` on the background runtime.
-    pub fn start(
-        replica: &Replica,
-        url: &str,
-        token: String,
-        collections: Vec<String>,
-        reconnect: bool,
-    ) -> PySync {
-        let options = ConnectOptions {
-            token,
-            collections,
-            reconnect,
-            ..ConnectOptions::default()
-        };
+    pub fn start(replica: &Replica, url: &str, options: ConnectOptions) -> PySync {
         let handle = {
             let _entered = runtime().enter();
             replica.connect(url, options)
@@ -183,6 +171,7 @@ impl PySync {
             }
         };
         d.set_item("state", state)?;
+        d.set_item("relay_url", s.relay_url)?;
         d.set_item("synced", s.synced)?;
         d.set_item("agreed", s.agreed)?;
         d.set_item("pending", s.pending)?;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -127,6 +128,51 @@ def test_wait_synced_honours_its_timeout_and_releases_the_gil(tmp_path: Path) ->
         assert sync.state == "closed"
         with pytest.raises(accord.Closed):
             sync.wait_synced(timeout=1)
+
+
+@pytest.mark.parametrize("one_string", [False, True], ids=["list", "str"])
+def test_an_unreachable_relay_fails_over_to_a_fallback_url(relay: Relay, tmp_path: Path, one_string: bool) -> None:
+    dead = free_port_url()
+    with accord.Replica(tmp_path / "phone.db") as phone, accord.Replica(tmp_path / "laptop.db") as laptop:
+        ada = phone.create("contacts", {"name": "Ada"})
+        grace = phone.create("contacts", {"name": "Grace"})
+        fallbacks = relay.url if one_string else [relay.url]
+        with phone.connect(dead, collections=["contacts"], fallback_urls=fallbacks) as p:
+            assert p.status().relay_url in (dead, relay.url)
+            p.wait_synced(timeout=30)
+            status = p.status()
+            assert status.relay_url == relay.url
+            assert status.state == "connected" and status.connects == 1
+
+        # The live relay holds them: a replica connected to it alone gets both.
+        with laptop.connect(relay.url, collections=["contacts"]) as l:
+            l.wait_agreed(timeout=30)
+            assert l.status().relay_url == relay.url
+        assert laptop.get(ada) == {"name": "Ada"}
+        assert laptop.get(grace) == {"name": "Grace"}
+
+
+def test_fallback_urls_are_tried_in_order(tmp_path: Path) -> None:
+    with socket.socket() as a, socket.socket() as b:  # two distinct ports, then nothing listens
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        first, second = (f"ws://127.0.0.1:{s.getsockname()[1]}" for s in (a, b))
+    with accord.Replica(tmp_path / "f.db") as r:
+        # Without reconnecting, each URL gets one attempt: the driver stops
+        # after the fallback's, and says which relay that was.
+        with r.connect(first, collections=["notes"], reconnect=False, fallback_urls=[second]) as once:
+            with pytest.raises(accord.Unreachable, match=re.escape(second)):
+                once.wait_connected(timeout=30)
+            status = once.status()
+            assert status.state == "stopped" and status.relay_url == second
+            assert status.last_error is not None and second in status.last_error
+
+        # Without fallbacks, every attempt goes to the one URL.
+        with r.connect(first, collections=["notes"]) as alone:
+            assert alone.status().relay_url == first
+
+        with pytest.raises(TypeError):
+            r.connect(first, collections=["notes"], fallback_urls=[second, 7420])  # type: ignore[list-item]
 
 
 def test_tokens(secured_relay: Relay, tmp_path: Path) -> None:

@@ -196,6 +196,10 @@ class SyncStatus:
     state: str
     """``"connecting"``, ``"connected"``, ``"stopped"`` (refused in a way
     retrying cannot fix, or not reconnecting) or ``"closed"``."""
+    relay_url: str
+    """The relay of the open connection, or of the attempt under way or
+    last made: the ``url`` given to :meth:`Replica.connect` or one of its
+    ``fallback_urls``."""
     synced: bool
     """The relay held every local change as of the last wait_synced/agreed."""
     agreed: bool
@@ -278,8 +282,11 @@ class Sync:
 
     The engine's driver runs on a background runtime (threads named
     ``accord-sync``): it connects, reconnects with backoff, and syncs every
-    change of the collections both ways until :meth:`close`. The waits
-    release the GIL; waits and :meth:`set_token` on one ``Sync`` take turns.
+    change of the collections both ways until :meth:`close`. With
+    ``fallback_urls``, each attempt after one that failed (or a connection
+    that ended) goes to the next relay URL; ``status().relay_url`` names the
+    current one. The waits release the GIL; waits and :meth:`set_token` on
+    one ``Sync`` take turns.
     """
 
     def __init__(self, native: Any) -> None:
@@ -549,11 +556,24 @@ class Replica:
         collections: Union[str, Sequence[str]],
         token: str = "",
         reconnect: bool = True,
+        fallback_urls: Union[str, Sequence[str], None] = None,
     ) -> Sync:
         """Starts syncing ``collections`` with the relay at ``url``
         (``ws://host:port``) in the background and returns at once; see
         :class:`Sync`. ``token`` is the relay's access token (empty for an
-        open relay). Closing the replica closes its connections."""
+        open relay). Closing the replica closes its connections.
+
+        ``fallback_urls`` are more nodes of the same relay cluster (one URL
+        or a sequence of them): when an attempt fails or a connection ends,
+        the next attempt goes to the next URL, after the last back to
+        ``url``, with the usual backoff in between. The nodes of a cluster
+        share the relay's id, so the next one resumes where the last left
+        off; :attr:`SyncStatus.relay_url` names the relay in use. With
+        ``reconnect=False`` each URL gets one attempt, in order."""
         if isinstance(collections, str):
             collections = [collections]
-        return Sync(self._native.connect(url, token, list(collections), reconnect))
+        if fallback_urls is None:
+            fallback_urls = []
+        elif isinstance(fallback_urls, str):
+            fallback_urls = [fallback_urls]
+        return Sync(self._native.connect(url, token, list(collections), reconnect, list(fallback_urls)))
