@@ -280,7 +280,28 @@ impl Actor {
                         ActorInput::StoreChanged => hub.store_changed(),
                     }
                 }
-                hub.handle_batch(now, messages, &subscribers, shared.store.as_ref())
+                let mut out = hub.handle_batch(now, messages, &subscribers, shared.store.as_ref());
+                // A connection that subscribed while the batch ran may
+                // have read its listing before the change committed: the
+                // subscribers as they are now hear of it too.
+                if out.changed {
+                    let now_listening = shared.peers.listeners(&collection, doc);
+                    if now_listening
+                        .iter()
+                        .any(|s| !subscribers.iter().any(|b| b.conn == s.conn))
+                    {
+                        hub.store_changed();
+                        let more = hub.handle_batch(
+                            now,
+                            Vec::new(),
+                            &now_listening,
+                            shared.store.as_ref(),
+                        );
+                        out.frames.extend(more.frames);
+                        out.failures.extend(more.failures);
+                    }
+                }
+                out
             };
             shared.metrics.store_time(started.elapsed());
             (hub, out)

@@ -312,6 +312,51 @@ async fn replicas_on_three_nodes_discover_edit_concurrently_delete_and_converge(
     .await;
     let deleted = schema.query(&format!("SELECT deleted FROM records WHERE id = '{id}'"));
     assert!(deleted[0].get::<_, bool>(0), "the tombstone in PostgreSQL");
+
+    // What a node reports of itself; the HTTP API is not served yet.
+    let (status, body) = health(&nodes[2]);
+    assert_eq!(status, 200);
+    assert_eq!((&body["store"], &body["bus"]), (&json!("up"), &json!("up")));
+    let (status, body) = http_get(&nodes[2], "/v1/info");
+    assert_eq!(status, 501, "{body}");
+    assert!(body.contains("not_on_cluster"), "{body}");
+}
+
+#[test]
+fn a_node_that_cannot_use_its_store_says_why_and_stops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_accord-relay"))
+            .args(["--open", "--listen", "127.0.0.1:0", "--db"])
+            .arg(dir.path().join("unused.db"))
+            .args(args)
+            .output()
+            .expect("run accord-relay");
+        assert!(!out.status.success(), "{args:?} started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // Port 1 on loopback: nothing listens there.
+    let unreachable = run(&["--store", "postgres://app:s3cret@127.0.0.1:1/test"]);
+    assert!(
+        unreachable
+            .contains("cannot reach the PostgreSQL store at postgres://app:***@127.0.0.1:1/test"),
+        "{unreachable}"
+    );
+    assert!(
+        !unreachable.contains("s3cret"),
+        "the password stays out of the log"
+    );
+    let bad_schema = run(&[
+        "--store",
+        "postgres://postgres@127.0.0.1:1/test",
+        "--store-schema",
+        "Robert'); DROP",
+    ]);
+    assert!(bad_schema.contains("bad store schema name"), "{bad_schema}");
+    let bad_url = run(&["--store", "mysql://nope"]);
+    assert!(bad_url.contains("bad --store URL"), "{bad_url}");
+    let bus_alone = run(&["--bus", "nats://127.0.0.1:4222"]);
+    assert!(bus_alone.contains("--store"), "{bus_alone}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -709,10 +754,32 @@ async fn killing_nodes_under_load_loses_no_acknowledged_change() {
     assert!(acked.len() >= 15 * 2 * trials, "load ran: {}", acked.len());
     for (i, (replica, _)) in replicas.iter().enumerate() {
         if !within(|| acked.iter().all(|id| replica.get(id).is_ok())).await {
-            let missing = acked.iter().filter(|id| replica.get(id).is_err()).count();
+            let missing: Vec<&DocId> = acked.iter().filter(|id| replica.get(id).is_err()).collect();
+            let rows: Vec<String> = missing
+                .iter()
+                .map(|id| {
+                    let states = schema.query(&format!(
+                        "SELECT peer, length(state) FROM sync_states s JOIN docs d ON d.id = s.doc WHERE d.id_text = '{id}'"
+                    ));
+                    eprintln!("{id}: relay-side sync states {:?} (replica peer {})", states.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i32>(1))).collect::<Vec<_>>(), replica.peer_id());
+                    let row = schema.query(&format!(
+                        "SELECT seq, created_seq, changes FROM docs WHERE id_text = '{id}'"
+                    ));
+                    row.first().map_or("not in PostgreSQL".into(), |r| {
+                        format!(
+                            "seq {} created {} changes {}",
+                            r.get::<_, i64>(0),
+                            r.get::<_, i64>(1),
+                            r.get::<_, i64>(2)
+                        )
+                    })
+                })
+                .collect();
             panic!(
-                "replica {i} lacks {missing} of {} acknowledged records",
-                acked.len()
+                "replica {i} lacks {} of {} acknowledged records: {rows:?}; its status: {:?}",
+                missing.len(),
+                acked.len(),
+                replicas[i].1.status()
             );
         }
     }

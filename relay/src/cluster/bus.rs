@@ -178,8 +178,10 @@ impl Node {
         let took = (accord_engine::store::now_ms() - sent_ms).max(0) as f64 / 1000.0;
         self.metrics.bus_latency_seconds.observe(took);
         if !tracker.heard(&commit.collection, commit.seq) {
+            tracing::debug!(doc = %commit.doc, seq = commit.seq, "bus: already handled");
             return;
         }
+        tracing::debug!(doc = %commit.doc, seq = commit.seq, from = node, "bus: commit of another node");
         if commit.changes.is_empty() {
             self.store.mark_changed(&commit.doc);
         } else {
@@ -200,6 +202,7 @@ impl Node {
             return;
         }
         if self.peers.listeners(&collection, doc).is_empty() {
+            tracing::debug!(%doc, "no one here listens");
             return;
         }
         self.docs.store_changed(HubKey { collection, doc }).await;
@@ -253,6 +256,7 @@ impl Node {
             let unheard = tracker.read(&collection, rows, complete, upto);
             self.metrics.caught_up.inc_by(unheard.len() as u64);
             for row in unheard {
+                tracing::debug!(doc = %row.summary.doc, seq = row.seq, %collection, "caught up from the store");
                 let summary = row.summary;
                 self.store.mark_changed(&summary.doc);
                 self.poke(collection.clone(), summary.doc, summary.deleted)

@@ -22,7 +22,7 @@ CREATE TABLE accord_meta (
 );
 -- One row per document: what a listing needs, the projection, and the
 -- counters that order its change rows. Every append and tombstone takes
--- this row's lock first (SELECT ... FOR UPDATE).
+-- the document's advisory lock first (pg_advisory_xact_lock).
 CREATE TABLE docs (
     id            bytea PRIMARY KEY,
     id_text       text NOT NULL,
@@ -41,7 +41,7 @@ CREATE TABLE docs (
 );
 CREATE INDEX docs_by_collection_seq ON docs (collection, seq);
 CREATE INDEX docs_by_collection_id ON docs (collection, id);
--- Changes numbered per document (no) under the docs row lock; a change is
+-- Changes numbered per document (no) under the document's lock; a change is
 -- stored once whatever node appends it (unique hash).
 CREATE TABLE changes (
     doc  bytea NOT NULL,

@@ -4,13 +4,13 @@
 //! A document is a `docs` row plus its changes, one row each, numbered
 //! per document (`changes.no`) and unique by hash, and at most one
 //! snapshot standing for the changes it replaced. Every append and
-//! tombstone first locks the document's `docs` row (`SELECT … FOR
-//! UPDATE`), reads the changes other nodes appended since this node last
+//! tombstone first takes the document's lock (a transaction-scoped
+//! advisory lock keyed by its id), reads the changes other nodes appended since this node last
 //! looked, applies the peer's message to that up-to-date document, and
 //! inserts only the changes that are new, in the same transaction as the
 //! `docs` row, the projection and the collection's next sequence number.
 //! Two nodes appending to one document at the same instant therefore
-//! serialise on that row: both appends survive, heads are exact, and a
+//! serialise on that lock: both appends survive, heads are exact, and a
 //! change is never stored twice. Compaction (a snapshot replacing the
 //! change rows it covers) runs under the same lock, so it cannot lose a
 //! concurrent append. A change is acknowledged (the answer generated)
@@ -45,6 +45,8 @@ use deadpool_postgres::{GenericClient, Pool};
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
 
 use super::Committed;
 
@@ -278,14 +280,24 @@ impl PgStore {
             return Ok(slot.as_mut());
         }
         let id = doc.as_bytes().as_slice();
+        // One round trip: the row, the snapshot if the cached copy (if
+        // any) is older than it, and the change rows the copy lacks.
+        let cached_upto: i64 = slot.as_ref().map_or(-1, |l| l.upto);
         let row = self.wait(async {
-            client
-                .query_opt(
-                    "SELECT collection, deleted, changes, snapshot_upto, bytes FROM docs WHERE id = $1",
-                    &[&id],
-                )
-                .await
-                .map_err(backend)
+            q_opt(
+                client,
+                "SELECT d.collection, d.deleted, d.changes, d.snapshot_upto, d.bytes,
+                       CASE WHEN $2 < d.snapshot_upto OR $2 < 0 OR $2 > d.changes
+                            THEN (SELECT data FROM snapshots s WHERE s.doc = d.id) END AS snapshot,
+                       ARRAY(SELECT data FROM changes c
+                             WHERE c.doc = d.id
+                               AND c.no > CASE WHEN $2 < d.snapshot_upto OR $2 < 0 OR $2 > d.changes
+                                               THEN d.snapshot_upto ELSE $2 END
+                             ORDER BY c.no) AS rows
+                     FROM docs d WHERE d.id = $1",
+                &[&id, &cached_upto],
+            )
+            .await
         })?;
         let Some(row) = row else {
             *slot = None;
@@ -298,20 +310,13 @@ impl PgStore {
         let (changes, snapshot_upto): (i64, i64) = (row.get("changes"), row.get("snapshot_upto"));
         let bytes = row.get::<_, i64>("bytes").max(0) as u64;
         let deleted: bool = row.get("deleted");
-        // Keep the cached copy if nothing was compacted away under it.
-        let reuse = slot
-            .as_ref()
-            .is_some_and(|l| l.upto >= snapshot_upto && l.upto <= changes);
+        // Keep the cached copy if nothing was compacted away under it
+        // (the same test as the query's).
+        let reuse = cached_upto >= snapshot_upto && cached_upto >= 0 && cached_upto <= changes;
         if !reuse {
-            let snapshot = self.wait(async {
-                client
-                    .query_opt("SELECT data FROM snapshots WHERE doc = $1", &[&id])
-                    .await
-                    .map_err(backend)
-            })?;
+            let snapshot: Option<&[u8]> = row.get("snapshot");
             let automerge = match snapshot {
-                Some(row) => {
-                    let data: &[u8] = row.get(0);
+                Some(data) => {
                     contained(*doc, || Automerge::load(data))?.map_err(|e| corrupt(*doc, e))?
                 }
                 None => Automerge::new(),
@@ -328,19 +333,10 @@ impl PgStore {
         let Some(loaded) = slot.as_mut() else {
             return Ok(None);
         };
-        if loaded.upto < changes {
-            let rows = self.wait(async {
-                client
-                    .query(
-                        "SELECT data FROM changes WHERE doc = $1 AND no > $2 ORDER BY no",
-                        &[&id, &loaded.upto],
-                    )
-                    .await
-                    .map_err(backend)
-            })?;
+        let rows: Vec<Vec<u8>> = row.get("rows");
+        if !rows.is_empty() {
             let mut parsed = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let data: Vec<u8> = row.get(0);
+            for data in rows {
                 parsed.push(Change::from_bytes(data).map_err(|e| corrupt(*doc, e))?);
             }
             let applied = contained(*doc, || loaded.doc.apply_changes(parsed))?;
@@ -360,29 +356,40 @@ impl PgStore {
         Ok(Some(loaded))
     }
 
+    /// The cached document, loaded or brought up to date only if it is
+    /// missing or stale (no pooled connection is taken otherwise).
+    fn loaded<'a>(
+        &self,
+        doc: &DocId,
+        entry: &Slot,
+        slot: &'a mut Option<Loaded>,
+    ) -> Result<Option<&'a mut Loaded>> {
+        if slot.is_some() && !entry.stale.load(Ordering::Acquire) {
+            return Ok(slot.as_mut());
+        }
+        let client = self.client()?;
+        self.current(doc, entry, slot, &client, false)
+    }
+
     /// Takes the collection's next sequence number (locking its row
     /// until the transaction ends).
     async fn next_seq(client: &impl GenericClient, collection: &Collection) -> Result<i64> {
-        let row = client
-            .query_one(
-                "INSERT INTO collection_seqs (collection, seq) VALUES ($1, 1)
+        let row = q_one(
+            client,
+            "INSERT INTO collection_seqs (collection, seq) VALUES ($1, 1)
                  ON CONFLICT (collection) DO UPDATE SET seq = collection_seqs.seq + 1
                  RETURNING seq",
-                &[&collection.as_str()],
-            )
-            .await
-            .map_err(backend)?;
+            &[&collection.as_str()],
+        )
+        .await?;
         Ok(row.get(0))
     }
 
     /// Every collection's sequence as the store holds it now.
     pub fn collection_seqs(&self) -> Result<Vec<(Collection, u64)>> {
-        let client = self.client()?;
         let rows = self.wait(async {
-            client
-                .query("SELECT collection, seq FROM collection_seqs", &[])
-                .await
-                .map_err(backend)
+            let client = self.pool.get().await.map_err(backend)?;
+            q(&client, "SELECT collection, seq FROM collection_seqs", &[]).await
         })?;
         Ok(rows
             .iter()
@@ -408,13 +415,12 @@ impl PgStore {
     async fn lock_doc(client: &impl GenericClient, doc: &DocId) -> Result<()> {
         let mut key = [0u8; 8];
         key.copy_from_slice(&doc.as_bytes()[..8]);
-        client
-            .execute(
-                "SELECT pg_advisory_xact_lock($1)",
-                &[&i64::from_be_bytes(key)],
-            )
-            .await
-            .map_err(backend)?;
+        exec(
+            client,
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&i64::from_be_bytes(key)],
+        )
+        .await?;
         Ok(())
     }
 
@@ -428,6 +434,47 @@ impl PgStore {
     }
 }
 
+/// Runs `sql` with `params` as a statement prepared once per pooled
+/// connection (one round trip instead of two: parse and execute).
+async fn q(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>> {
+    let statement = client.prepare_cached(sql).await.map_err(backend)?;
+    client.query(&statement, params).await.map_err(backend)
+}
+
+/// [`q`] for at most one row.
+async fn q_opt(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Row>> {
+    let statement = client.prepare_cached(sql).await.map_err(backend)?;
+    client.query_opt(&statement, params).await.map_err(backend)
+}
+
+/// [`q`] for exactly one row.
+async fn q_one(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Row> {
+    let statement = client.prepare_cached(sql).await.map_err(backend)?;
+    client.query_one(&statement, params).await.map_err(backend)
+}
+
+/// [`q`] for a statement without rows; returns how many it touched.
+async fn exec(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64> {
+    let statement = client.prepare_cached(sql).await.map_err(backend)?;
+    client.execute(&statement, params).await.map_err(backend)
+}
+
 /// What one append changed, to write and publish.
 struct Append {
     first_no: i64,
@@ -436,15 +483,14 @@ struct Append {
 
 impl SyncDocs for PgStore {
     fn summaries(&self, collection: &Collection) -> Result<Vec<DocSummary>> {
-        let client = self.client()?;
         let rows = self.wait(async {
-            client
-                .query(
-                    "SELECT id, heads, deleted FROM docs WHERE collection = $1 ORDER BY id",
-                    &[&collection.as_str()],
-                )
-                .await
-                .map_err(backend)
+            let client = self.pool.get().await.map_err(backend)?;
+            q(
+                &client,
+                "SELECT id, heads, deleted FROM docs WHERE collection = $1 ORDER BY id",
+                &[&collection.as_str()],
+            )
+            .await
         })?;
         rows.iter().map(summary).collect()
     }
@@ -455,31 +501,29 @@ impl SyncDocs for PgStore {
         after: Option<&DocId>,
         limit: usize,
     ) -> Result<Vec<DocSummary>> {
-        let client = self.client()?;
         let after: Vec<u8> = after.map(|d| d.as_bytes().to_vec()).unwrap_or_default();
         let rows = self.wait(async {
-            client
-                .query(
-                    "SELECT id, heads, deleted FROM docs WHERE collection = $1 AND id > $2
+            let client = self.pool.get().await.map_err(backend)?;
+            q(
+                &client,
+                "SELECT id, heads, deleted FROM docs WHERE collection = $1 AND id > $2
                      ORDER BY id LIMIT $3",
-                    &[&collection.as_str(), &after, &to_i64(limit)],
-                )
-                .await
-                .map_err(backend)
+                &[&collection.as_str(), &after, &to_i64(limit)],
+            )
+            .await
         })?;
         rows.iter().map(summary).collect()
     }
 
     fn collection_seq(&self, collection: &Collection) -> Result<u64> {
-        let client = self.client()?;
         let row = self.wait(async {
-            client
-                .query_opt(
-                    "SELECT seq FROM collection_seqs WHERE collection = $1",
-                    &[&collection.as_str()],
-                )
-                .await
-                .map_err(backend)
+            let client = self.pool.get().await.map_err(backend)?;
+            q_opt(
+                &client,
+                "SELECT seq FROM collection_seqs WHERE collection = $1",
+                &[&collection.as_str()],
+            )
+            .await
         })?;
         Ok(row.map_or(0, |r| r.get::<_, i64>(0).max(0) as u64))
     }
@@ -490,17 +534,16 @@ impl SyncDocs for PgStore {
         since: u64,
         limit: usize,
     ) -> Result<Vec<NumberedSummary>> {
-        let client = self.client()?;
         let since = i64::try_from(since).unwrap_or(i64::MAX);
         let rows = self.wait(async {
-            client
-                .query(
-                    "SELECT id, heads, deleted, seq FROM docs WHERE collection = $1 AND seq > $2
+            let client = self.pool.get().await.map_err(backend)?;
+            q(
+                &client,
+                "SELECT id, heads, deleted, seq FROM docs WHERE collection = $1 AND seq > $2
                      ORDER BY seq LIMIT $3",
-                    &[&collection.as_str(), &since, &to_i64(limit)],
-                )
-                .await
-                .map_err(backend)
+                &[&collection.as_str(), &since, &to_i64(limit)],
+            )
+            .await
         })?;
         rows.iter()
             .map(|row| {
@@ -522,16 +565,15 @@ impl SyncDocs for PgStore {
     }
 
     fn local_state(&self, doc: &DocId) -> Result<Option<LocalState>> {
-        let client = self.client()?;
         let id = doc.as_bytes().as_slice();
         let row = self.wait(async {
-            client
-                .query_opt(
-                    "SELECT collection, heads, deleted FROM docs WHERE id = $1",
-                    &[&id],
-                )
-                .await
-                .map_err(backend)
+            let client = self.pool.get().await.map_err(backend)?;
+            q_opt(
+                &client,
+                "SELECT collection, heads, deleted FROM docs WHERE id = $1",
+                &[&id],
+            )
+            .await
         })?;
         let Some(row) = row else { return Ok(None) };
         let collection: String = row.get(0);
@@ -547,9 +589,8 @@ impl SyncDocs for PgStore {
     fn heads(&self, doc: &DocId) -> Result<Heads> {
         let entry = self.entry(doc);
         let mut slot = entry.loaded.lock();
-        let client = self.client()?;
         Ok(self
-            .current(doc, &entry, &mut slot, &client, false)?
+            .loaded(doc, &entry, &mut slot)?
             .map(|l| Heads::new(l.doc.get_heads()))
             .unwrap_or_default())
     }
@@ -557,9 +598,8 @@ impl SyncDocs for PgStore {
     fn covers(&self, doc: &DocId, heads: &Heads, of: &Heads) -> Result<Option<bool>> {
         let entry = self.entry(doc);
         let mut slot = entry.loaded.lock();
-        let client = self.client()?;
         Ok(self
-            .current(doc, &entry, &mut slot, &client, false)?
+            .loaded(doc, &entry, &mut slot)?
             .and_then(|l| parts::covers(&l.doc, heads, of)))
     }
 
@@ -571,8 +611,7 @@ impl SyncDocs for PgStore {
     ) -> Result<Option<Message>> {
         let entry = self.entry(doc);
         let mut slot = entry.loaded.lock();
-        let client = self.client()?;
-        match self.current(doc, &entry, &mut slot, &client, false)? {
+        match self.loaded(doc, &entry, &mut slot)? {
             Some(loaded) => {
                 if loaded.collection != *collection {
                     return Err(wrong_collection(
@@ -606,6 +645,34 @@ impl SyncDocs for PgStore {
         let incoming: u64 = message.changes.iter().map(|c| c.len() as u64).sum();
         let entry = self.entry(doc);
         let mut slot = entry.loaded.lock();
+        if incoming == 0 {
+            // Nothing to store (heads, haves and needs only): no lock, no
+            // transaction; only the peer's sync state moves.
+            let mut empty = Automerge::new();
+            let target = match self.loaded(doc, &entry, &mut slot)? {
+                Some(loaded) if loaded.collection != *collection => {
+                    return Err(wrong_collection(
+                        *doc,
+                        loaded.collection.clone(),
+                        collection,
+                    ));
+                }
+                Some(loaded) => &mut loaded.doc,
+                None => &mut empty,
+            };
+            let before = target.get_heads();
+            contained(*doc, || target.receive_sync_message(state, message))?.map_err(|e| {
+                Error::Automerge {
+                    doc: *doc,
+                    source: Box::new(e),
+                }
+            })?;
+            if target.get_heads() != before {
+                // Cannot happen without changes; never keep such a copy.
+                *slot = None;
+            }
+            return Ok(false);
+        }
         let mut client = self.client()?;
         let tx = self.wait(async {
             let tx = client.transaction().await.map_err(backend)?;
@@ -757,7 +824,8 @@ impl SyncDocs for PgStore {
         let id = doc.as_bytes().as_slice();
         let seq = self.wait(async {
             let seq = Self::next_seq(&tx, collection).await?;
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO docs (id, id_text, collection, heads, deleted, seq, created_seq,
                                    created_at, updated_at, json)
                  VALUES ($1, $2, $3, $4, true, $5, $5, $6, $6, '{}'::jsonb)
@@ -771,8 +839,7 @@ impl SyncDocs for PgStore {
                     &now,
                 ],
             )
-            .await
-            .map_err(backend)?;
+            .await?;
             tx.commit().await.map_err(backend)?;
             Ok(seq)
         });
@@ -801,16 +868,15 @@ impl SyncDocs for PgStore {
     }
 
     fn load_sync_state(&self, peer: &PeerId, doc: &DocId) -> Result<Option<State>> {
-        let client = self.client()?;
         let id = doc.as_bytes().as_slice();
         let row = self.wait(async {
-            client
-                .query_opt(
-                    "SELECT state FROM sync_states WHERE peer = $1 AND doc = $2",
-                    &[&peer.as_str(), &id],
-                )
-                .await
-                .map_err(backend)
+            let client = self.pool.get().await.map_err(backend)?;
+            q_opt(
+                &client,
+                "SELECT state FROM sync_states WHERE peer = $1 AND doc = $2",
+                &[&peer.as_str(), &id],
+            )
+            .await
         })?;
         // A damaged stored state only costs a fuller resync.
         Ok(row.and_then(|r| State::decode(r.get::<_, &[u8]>(0)).ok()))
@@ -823,35 +889,33 @@ impl SyncDocs for PgStore {
         let docs: Vec<Vec<u8>> = states.iter().map(|s| s.doc.as_bytes().to_vec()).collect();
         let bytes: Vec<Vec<u8>> = states.into_iter().map(|s| s.bytes).collect();
         let now = accord_engine::store::now_ms();
-        let client = self.client()?;
         self.wait(async {
-            client
-                .execute(
-                    "INSERT INTO sync_states (peer, doc, state, updated_at)
+            let client = self.pool.get().await.map_err(backend)?;
+            exec(
+                &client,
+                "INSERT INTO sync_states (peer, doc, state, updated_at)
                      SELECT $1, d, s, $4 FROM unnest($2::bytea[], $3::bytea[]) AS t(d, s)
                      ON CONFLICT (peer, doc) DO UPDATE
                        SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at",
-                    &[&peer.as_str(), &docs, &bytes, &now],
-                )
-                .await
-                .map_err(backend)
+                &[&peer.as_str(), &docs, &bytes, &now],
+            )
+            .await
         })?;
         Ok(())
     }
 
     fn retire_sync_states(&self, prefix: &str, keep: usize, current: &PeerId) -> Result<()> {
-        let client = self.client()?;
         self.wait(async {
-            client
-                .execute(
-                    "DELETE FROM sync_states WHERE peer IN (
+            let client = self.pool.get().await.map_err(backend)?;
+            exec(
+                &client,
+                "DELETE FROM sync_states WHERE peer IN (
                        SELECT peer FROM sync_states
                        WHERE starts_with(peer, $1) AND peer <> $2
                        GROUP BY peer ORDER BY max(updated_at) DESC OFFSET $3)",
-                    &[&prefix, &current.as_str(), &to_i64(keep)],
-                )
-                .await
-                .map_err(backend)
+                &[&prefix, &current.as_str(), &to_i64(keep)],
+            )
+            .await
         })?;
         Ok(())
     }
@@ -878,31 +942,31 @@ async fn write_append(
         .collect();
     let hashes: Vec<Vec<u8>> = append.changes.iter().map(|c| c.hash().0.to_vec()).collect();
     let datas: Vec<&[u8]> = append.changes.iter().map(|c| c.raw_bytes()).collect();
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO changes (doc, no, hash, data)
          SELECT $1, n, h, d FROM unnest($2::bigint[], $3::bytea[], $4::bytea[]) AS t(n, h, d)
          ON CONFLICT DO NOTHING",
         &[&id, &nos, &hashes, &datas],
     )
-    .await
-    .map_err(backend)?;
+    .await?;
     let upto = append.first_no + append.changes.len() as i64 - 1;
     let mut size = size;
     let mut snapshot_upto = None;
     if let Some(data) = snapshot {
-        tx.execute(
+        exec(
+            tx,
             "INSERT INTO snapshots (doc, upto, data) VALUES ($1, $2, $3)
              ON CONFLICT (doc) DO UPDATE SET upto = EXCLUDED.upto, data = EXCLUDED.data",
             &[&id, &upto, &data],
         )
-        .await
-        .map_err(backend)?;
-        tx.execute(
+        .await?;
+        exec(
+            tx,
             "DELETE FROM changes WHERE doc = $1 AND no <= $2",
             &[&id, &upto],
         )
-        .await
-        .map_err(backend)?;
+        .await?;
         size = data.len() as u64;
         snapshot_upto = Some(upto);
     }
@@ -912,7 +976,8 @@ async fn write_append(
     let size_i = i64::try_from(size).unwrap_or(i64::MAX);
     let conflicts = i32::try_from(conflicts).unwrap_or(i32::MAX);
     if known {
-        tx.execute(
+        exec(
+            tx,
             "UPDATE docs SET heads = $2, seq = $3, changes = $4, bytes = $5, updated_at = $6,
                              json = $7, conflicts = $8,
                              snapshot_upto = coalesce($9::bigint, snapshot_upto)
@@ -929,12 +994,12 @@ async fn write_append(
                 &snapshot_upto,
             ],
         )
-        .await
-        .map_err(backend)?;
+        .await?;
     } else {
         // A new document: under the document's lock no other node can
         // be creating it at the same time.
-        tx.execute(
+        exec(
+            tx,
             "INSERT INTO docs (id, id_text, collection, heads, seq, created_seq, changes, bytes,
                                created_at, updated_at, json, conflicts, snapshot_upto)
              VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $8, $9, $10, coalesce($11::bigint, 0))",
@@ -952,8 +1017,7 @@ async fn write_append(
                 &snapshot_upto,
             ],
         )
-        .await
-        .map_err(backend)?;
+        .await?;
     }
     Ok((seq, size))
 }

@@ -38,9 +38,10 @@ impl Cluster {
         let mut nodes = Vec::with_capacity(n);
         for i in 0..n {
             let db = dir.join(format!("node{i}.db"));
-            let node = ServerProcess::start_node(&postgres, &schema, &nats, &db).with_context(
-                || format!("cluster node {i} (PostgreSQL at {postgres}, NATS at {nats})"),
-            )?;
+            let node =
+                ServerProcess::start_node(&postgres, &schema, &nats, &db).with_context(|| {
+                    format!("cluster node {i} (PostgreSQL at {postgres}, NATS at {nats})")
+                })?;
             nodes.push(node);
         }
         Ok(Cluster {
@@ -270,6 +271,25 @@ pub async fn w2(d: usize, s: Settings) -> anyhow::Result<(f64, f64)> {
     anyhow::ensure!(have == d, "fresh replica has {have} of {d} documents");
     handle.close().await;
     let bytes = proxy.totals().bytes;
+    if std::env::var_os("ACCORD_BENCH_DEBUG").is_some() {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(cluster.nodes[1].addr)?;
+        write!(
+            c,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut m = String::new();
+        c.read_to_string(&mut m)?;
+        for l in m.lines().filter(|l| {
+            l.contains("store_latency_seconds_sum")
+                || l.contains("store_latency_seconds_count")
+                || l.contains("store_seconds_sum")
+                || l.contains("store_seconds_count")
+                || l.starts_with("accord_relay_frames")
+        }) {
+            eprintln!("{l}");
+        }
+    }
     cluster.stop().await?;
     Ok((secs, bytes as f64 / saved as f64))
 }

@@ -385,7 +385,9 @@ impl Plan {
         for &d in &self.w2_d {
             let label = format!("cluster W2 D={d}, from PostgreSQL");
             let ours = self.accord(&label, self.reps, move || cluster::w2(d, s));
-            let one = self.accord("W2 on one SQLite relay", 1, move || accord_side::w2(d, 1, s));
+            let one = self.accord("W2 on one SQLite relay", 1, move || {
+                accord_side::w2(d, 1, s)
+            });
             rows.push(Row {
                 workload: label.clone(),
                 metric: "cold sync s".into(),

@@ -104,7 +104,12 @@ impl ServerProcess {
 
     /// Starts an Accord cluster node on `store` (schema `schema`) and
     /// `bus`.
-    pub fn start_node(store: &str, schema: &str, bus: &str, db: &Path) -> anyhow::Result<ServerProcess> {
+    pub fn start_node(
+        store: &str,
+        schema: &str,
+        bus: &str,
+        db: &Path,
+    ) -> anyhow::Result<ServerProcess> {
         let exe = std::env::current_exe().context("cannot find the bench binary")?;
         let mut command = Command::new(exe);
         command
