@@ -451,8 +451,7 @@ async fn q_opt(
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Option<Row>> {
-    let statement = client.prepare_cached(sql).await.map_err(backend)?;
-    client.query_opt(&statement, params).await.map_err(backend)
+    Ok(q(client, sql, params).await?.into_iter().next())
 }
 
 /// [`q`] for exactly one row.
@@ -461,8 +460,9 @@ async fn q_one(
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Row> {
-    let statement = client.prepare_cached(sql).await.map_err(backend)?;
-    client.query_one(&statement, params).await.map_err(backend)
+    q_opt(client, sql, params)
+        .await?
+        .ok_or_else(|| Error::Store(StoreError::Backend(format!("no row from {sql}"))))
 }
 
 /// [`q`] for a statement without rows; returns how many it touched.

@@ -19,7 +19,7 @@ use crate::run::{capped, poll_until, Settings};
 use crate::workloads::{self, Idle, W1, W2, W3, W5};
 
 /// Opens a replica on `dir/name.db`.
-fn open(dir: &Path, name: &str, durability: Durability) -> anyhow::Result<Replica> {
+pub(crate) fn open(dir: &Path, name: &str, durability: Durability) -> anyhow::Result<Replica> {
     let options = ReplicaOptions {
         durability,
         ..ReplicaOptions::default()
@@ -27,7 +27,8 @@ fn open(dir: &Path, name: &str, durability: Durability) -> anyhow::Result<Replic
     Ok(Replica::open_with(dir.join(format!("{name}.db")), options)?)
 }
 
-fn options(collection: &str) -> ConnectOptions {
+/// Options syncing `collection`.
+pub(crate) fn options(collection: &str) -> ConnectOptions {
     ConnectOptions {
         collections: vec![collection.to_owned()],
         ..ConnectOptions::default()
@@ -42,7 +43,7 @@ async fn connect(r: &Replica, url: &str, coll: &str, cap: Duration) -> anyhow::R
 }
 
 /// The integer at key `k` of a record, if any.
-fn k_of(replica: &Replica, id: &DocId) -> Option<i64> {
+pub(crate) fn k_of(replica: &Replica, id: &DocId) -> Option<i64> {
     replica.read(id, |doc, _| int_at(doc, "k")).ok().flatten()
 }
 
@@ -63,13 +64,27 @@ pub fn int_at(doc: &Automerge, key: &str) -> Option<i64> {
 pub async fn w1(k: usize, n: usize, s: Settings) -> anyhow::Result<(W1, u64)> {
     let dir = tempfile::tempdir()?;
     let server = ServerProcess::start(System::Accord, &dir.path().join("relay.db"))?;
-    let url = server.url();
+    let result = w1_on(&[server.url()], dir.path(), k, n, s).await?;
+    let peak = tokio::task::spawn_blocking(move || server.stop()).await??;
+    Ok((result, peak))
+}
+
+/// W1 against relays at `urls`: client `i` connects to `urls[i % len]`
+/// (the writer, client 0, to the first).
+pub(crate) async fn w1_on(
+    urls: &[String],
+    dir: &Path,
+    k: usize,
+    n: usize,
+    s: Settings,
+) -> anyhow::Result<W1> {
     let replicas: Vec<Replica> = (0..k)
-        .map(|i| open(dir.path(), &format!("c{i}"), s.durability))
+        .map(|i| open(dir, &format!("c{i}"), s.durability))
         .collect::<Result<_, _>>()?;
     let mut handles = Vec::with_capacity(k);
-    for r in &replicas {
-        handles.push(capped(s.cap, "W1 connect", connect(r, &url, "w1", s.cap)).await?);
+    for (i, r) in replicas.iter().enumerate() {
+        let url = &urls[i % urls.len()];
+        handles.push(capped(s.cap, "W1 connect", connect(r, url, "w1", s.cap)).await?);
     }
     let writer = replicas[0].clone();
     let id = writer.create_with("w1", None, |tx| tx.put(ROOT, "k", -1i64))?;
@@ -98,8 +113,7 @@ pub async fn w1(k: usize, n: usize, s: Settings) -> anyhow::Result<(W1, u64)> {
     for h in handles {
         h.close().await;
     }
-    let peak = tokio::task::spawn_blocking(move || server.stop()).await??;
-    Ok((workloads::w1_result(started, last, seen), peak))
+    Ok(workloads::w1_result(started, last, seen))
 }
 
 /// Waits (on a thread) until `replica` sees `k == target`.

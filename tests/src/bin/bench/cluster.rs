@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use accord_engine::automerge::transaction::Transactable;
 use accord_engine::automerge::ROOT;
-use accord_engine::{ConnectOptions, DocId, Durability, Filter, Replica, ReplicaOptions};
+use accord_engine::{DocId, Durability, Filter, Replica};
 use anyhow::Context;
 
-use crate::accord_side::int_at;
+use crate::accord_side::{k_of, open, options};
 use crate::process::ServerProcess;
 use crate::proxy::Proxy;
 use crate::run::{capped, poll_until, Settings};
@@ -73,75 +73,15 @@ impl Cluster {
     }
 }
 
-fn open(dir: &Path, name: &str, durability: Durability) -> anyhow::Result<Replica> {
-    let options = ReplicaOptions {
-        durability,
-        ..ReplicaOptions::default()
-    };
-    Ok(Replica::open_with(dir.join(format!("{name}.db")), options)?)
-}
-
-fn options(collection: &str) -> ConnectOptions {
-    ConnectOptions {
-        collections: vec![collection.to_owned()],
-        ..ConnectOptions::default()
-    }
-}
-
-fn k_of(replica: &Replica, id: &DocId) -> Option<i64> {
-    replica.read(id, |doc, _| int_at(doc, "k")).ok().flatten()
-}
-
 /// W1 with the `k` clients spread over three nodes (client `i` on node
 /// `i % 3`; the writer on node 0). Returns the result and the highest
 /// node's peak RSS.
 pub async fn w1(k: usize, n: usize, s: Settings) -> anyhow::Result<(W1, u64)> {
     let dir = tempfile::tempdir()?;
     let cluster = Cluster::start(3, dir.path())?;
-    let urls = cluster.urls();
-    let replicas: Vec<Replica> = (0..k)
-        .map(|i| open(dir.path(), &format!("c{i}"), s.durability))
-        .collect::<Result<_, _>>()?;
-    let mut handles = Vec::with_capacity(k);
-    for (i, r) in replicas.iter().enumerate() {
-        let mut handle = r.connect(&urls[i % urls.len()], options("w1"));
-        capped(s.cap, "cluster W1 connect", async {
-            handle.wait_synced(s.cap).await.context("wait_synced")
-        })
-        .await?;
-        handles.push(handle);
-    }
-    let writer = replicas[0].clone();
-    let id = writer.create_with("w1", None, |tx| tx.put(ROOT, "k", -1i64))?;
-    poll_until(s.cap, "cluster W1 open", || {
-        replicas[1..].iter().all(|r| k_of(r, &id).is_some())
-    })
-    .await?;
-    let deadline = Instant::now() + s.cap;
-    let watchers: Vec<_> = replicas[1..]
-        .iter()
-        .map(|r| {
-            let (r, target) = (r.clone(), n as i64 - 1);
-            let events = r.subscribe(Filter::Doc(id));
-            std::thread::spawn(move || {
-                sightings(&r, &id, target, &events, deadline).map(|seen| seen[seen.len() - 1])
-            })
-        })
-        .collect();
-    let started = Instant::now();
-    let last = tokio::task::spawn_blocking(move || -> anyhow::Result<Instant> {
-        for i in 0..n {
-            writer.change(&id, None, |tx| tx.put(ROOT, "k", i as i64))?;
-        }
-        Ok(Instant::now())
-    })
-    .await??;
-    let seen = tokio::task::spawn_blocking(move || workloads::join_latest(watchers)).await??;
-    for h in handles {
-        h.close().await;
-    }
+    let result = crate::accord_side::w1_on(&cluster.urls(), dir.path(), k, n, s).await?;
     let peak = cluster.stop().await?;
-    Ok((workloads::w1_result(started, last, seen), peak))
+    Ok((result, peak))
 }
 
 /// When `replica` first saw each value `0..=target` of `k` (a value
@@ -271,25 +211,6 @@ pub async fn w2(d: usize, s: Settings) -> anyhow::Result<(f64, f64)> {
     anyhow::ensure!(have == d, "fresh replica has {have} of {d} documents");
     handle.close().await;
     let bytes = proxy.totals().bytes;
-    if std::env::var_os("ACCORD_BENCH_DEBUG").is_some() {
-        use std::io::{Read, Write};
-        let mut c = std::net::TcpStream::connect(cluster.nodes[1].addr)?;
-        write!(
-            c,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut m = String::new();
-        c.read_to_string(&mut m)?;
-        for l in m.lines().filter(|l| {
-            l.contains("store_latency_seconds_sum")
-                || l.contains("store_latency_seconds_count")
-                || l.contains("store_seconds_sum")
-                || l.contains("store_seconds_count")
-                || l.starts_with("accord_relay_frames")
-        }) {
-            eprintln!("{l}");
-        }
-    }
     cluster.stop().await?;
     Ok((secs, bytes as f64 / saved as f64))
 }
