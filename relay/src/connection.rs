@@ -546,6 +546,12 @@ impl Connection {
         let (passed, dropped) = self.shared.peers.forward(collection, doc, self.conn, frame);
         self.shared.metrics.ephemeral_forwarded.inc_by(passed);
         self.shared.metrics.ephemeral_dropped.inc_by(dropped);
+        // A cluster node passes it to the other nodes' listeners too.
+        if let Some(out) = &self.shared.ephemeral_out {
+            if out.try_send(frame.clone()).is_err() {
+                self.shared.metrics.ephemeral_dropped.inc();
+            }
+        }
     }
 
     /// Hands a sync message to its document's actor.

@@ -59,6 +59,9 @@ pub struct Shared {
     pub presence: Arc<Presence>,
     /// What plain HTTP requests on the main port are served by.
     pub http: axum::Router,
+    /// On a cluster node: presence frames for the other nodes (dropped
+    /// when the queue is full; presence is worth less than sync).
+    pub ephemeral_out: Option<tokio::sync::mpsc::Sender<accord_engine::sync::Frame>>,
     /// Clock origin for the sync core.
     started: Instant,
 }
@@ -167,6 +170,7 @@ async fn start_cluster(config: Config, shutdown: CancellationToken) -> anyhow::R
         compact_after: 256,
     };
     let (committed_tx, committed_rx) = tokio::sync::mpsc::channel(4096);
+    let (ephemeral_tx, ephemeral_rx) = tokio::sync::mpsc::channel(1024);
     let pg = Arc::new(PgStore::new(
         pool,
         tokio::runtime::Handle::current(),
@@ -197,6 +201,7 @@ async fn start_cluster(config: Config, shutdown: CancellationToken) -> anyhow::R
     let node = bus::Node {
         id: accord_engine::DocId::random().to_string(),
         subject: format!("accord.{cluster_id}.commits"),
+        ephemeral_subject: format!("accord.{cluster_id}.ephemeral"),
         store: pg,
         docs: docs.clone(),
         peers: peers.clone(),
@@ -204,7 +209,13 @@ async fn start_cluster(config: Config, shutdown: CancellationToken) -> anyhow::R
         health,
         catch_up_interval: cluster.catch_up_interval,
     };
-    tracker.spawn(node.run(bus_client, committed_rx, reconnected, shutdown.clone()));
+    tracker.spawn(node.run(
+        bus_client,
+        committed_rx,
+        ephemeral_rx,
+        reconnected,
+        shutdown.clone(),
+    ));
     // Kept for `Relay::replica`; the node's documents are in PostgreSQL.
     let replica = tokio::task::spawn_blocking(Replica::open_in_memory).await??;
     let shared = Shared {
@@ -219,6 +230,7 @@ async fn start_cluster(config: Config, shutdown: CancellationToken) -> anyhow::R
         docs,
         shutdown,
         presence: Arc::new(Presence::default()),
+        ephemeral_out: cluster.bus.is_some().then_some(ephemeral_tx),
         started: Instant::now(),
     };
     Ok(Relay {
@@ -290,6 +302,7 @@ pub async fn start_with(
         shutdown,
         presence,
         http,
+        ephemeral_out: None,
         started: Instant::now(),
     };
     Ok(Relay {

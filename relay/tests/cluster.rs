@@ -28,7 +28,7 @@ use accord_relay::cluster::store::{PgStore, StoreLimits};
 use accord_relay::cluster::ClusterConfig;
 use proxy::{Fault, FaultProxy};
 use serde_json::json;
-use support::{spawn_relay_at, spawn_relay_with, RelayProcess};
+use support::{spawn_relay_at, spawn_relay_secured, spawn_relay_with, RelayProcess};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -792,5 +792,148 @@ async fn killing_nodes_under_load_loses_no_acknowledged_change() {
     assert!(
         lost.is_empty(),
         "acknowledged but not in PostgreSQL: {lost:?}"
+    );
+}
+
+/// Every node verifies the same tokens: a token works on any node, a
+/// read-only one cannot write through any node, and one signed with
+/// another secret is refused by all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_verifies_the_same_tokens() {
+    use accord_relay::auth::{Right, Tokens};
+    use std::collections::BTreeMap;
+
+    let services = services();
+    let schema = Schema::new(&services.postgres);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = "a cluster-wide secret of enough bytes";
+    let args = [
+        "--store",
+        services.postgres.as_str(),
+        "--store-schema",
+        schema.name.as_str(),
+        "--bus",
+        services.nats.as_str(),
+    ];
+    let nodes: Vec<RelayProcess> = (0..2)
+        .map(|_| spawn_relay_secured(&dir.path().join("unused.db"), &args, secret))
+        .collect();
+    let mint = |secret: &str, right: Right| {
+        let tokens = Tokens::new(secret.as_bytes()).expect("secret");
+        tokens.mint(
+            BTreeMap::from([("notes".to_owned(), right)]),
+            Duration::from_secs(3600),
+        )
+    };
+    let with_token = |token: String| ConnectOptions { token, ..options() };
+    let writer = mint(secret, Right::ReadWrite);
+    let a = Replica::open(dir.path().join("a.db")).expect("open");
+    let mut ha = a.connect(&nodes[0].url, with_token(writer.clone()));
+    let b = Replica::open(dir.path().join("b.db")).expect("open");
+    let mut hb = b.connect(&nodes[1].url, with_token(writer));
+    let id = a.create("notes", &json!({"by": "a"})).expect("create");
+    ha.wait_synced(T)
+        .await
+        .expect("A's token accepted by node 0");
+    wait_for("the record through node 1 with the same token", || {
+        b.get(&id).is_ok()
+    })
+    .await;
+    hb.wait_synced(T)
+        .await
+        .expect("B's token accepted by node 1");
+
+    // Read-only on node 1: it reads, and its change is never stored.
+    let reader = Replica::open(dir.path().join("r.db")).expect("open");
+    let mut hr = reader.connect(&nodes[1].url, with_token(mint(secret, Right::Read)));
+    wait_for("the record at the read-only replica", || {
+        reader.get(&id).is_ok()
+    })
+    .await;
+    reader
+        .put(&id, "by", &json!("reader"), None)
+        .expect("local write");
+    // The relay tells it the collection is read-only; nothing it sends
+    // is stored.
+    wait_for("the replica to learn it is read-only", || {
+        !hr.status().read_only.is_empty()
+    })
+    .await;
+    hr.wait_synced(T).await.expect("nothing of its own is owed");
+    let stored = schema.query(&format!("SELECT json::text FROM records WHERE id = '{id}'"));
+    let stored: serde_json::Value =
+        serde_json::from_str(stored[0].get::<_, &str>(0)).expect("json");
+    assert_eq!(
+        stored,
+        json!({"by": "a"}),
+        "the store kept the writer's value"
+    );
+
+    // Signed with another secret: refused by every node.
+    for node in &nodes {
+        let port = node.url.rsplit(':').next().unwrap_or_default();
+        let outsider = Replica::open(dir.path().join(format!("outsider-{port}.db"))).expect("open");
+        let h = outsider.connect(
+            &node.url,
+            with_token(mint("another secret of enough bytes", Right::ReadWrite)),
+        );
+        wait_for("the forged token's refusal", || {
+            matches!(
+                h.status().last_error,
+                Some(accord_engine::SyncError::Refused { code, .. })
+                    if code == accord_engine::sync::ErrorCode::UNAUTHORIZED
+            )
+        })
+        .await;
+    }
+}
+
+/// Presence sent through one node reaches a replica on another, and is
+/// never stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_crosses_nodes_and_is_never_stored() {
+    let services = services();
+    let schema = Schema::new(&services.postgres);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let one = node(dir.path(), &services, &schema, true);
+    let two = node(dir.path(), &services, &schema, true);
+    let (a, mut ha) = connected(dir.path(), "a", &one.url).await;
+    let (b, hb) = connected(dir.path(), "b", &two.url).await;
+    let id = a
+        .create("notes", &json!({"title": "shared"}))
+        .expect("create");
+    ha.wait_synced(T).await.expect("synced");
+    wait_for("the record on B", || b.get(&id).is_ok()).await;
+    let heads_before = schema.query(&format!("SELECT heads FROM docs WHERE id_text = '{id}'"));
+    let mut arriving = hb.presence();
+    // Sent until one arrives: B's node may still be joining the bus.
+    let deadline = tokio::time::Instant::now() + T;
+    let seen = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no presence arrived through the other node"
+        );
+        assert!(ha
+            .broadcast(&id, b"cursor at 7".to_vec())
+            .await
+            .expect("sent"));
+        match tokio::time::timeout(Duration::from_millis(200), arriving.recv()).await {
+            Ok(Ok(presence)) => break presence,
+            Ok(Err(e)) => panic!("presence channel: {e}"),
+            Err(_) => continue,
+        }
+    };
+    assert_eq!(seen.doc, id);
+    assert_eq!(seen.data, b"cursor at 7");
+    assert_eq!(
+        seen.sender,
+        a.peer_id().to_string(),
+        "the relay names the sender"
+    );
+    let heads_after = schema.query(&format!("SELECT heads FROM docs WHERE id_text = '{id}'"));
+    assert_eq!(
+        heads_before[0].get::<_, Vec<u8>>(0),
+        heads_after[0].get::<_, Vec<u8>>(0),
+        "presence changed nothing stored"
     );
 }

@@ -44,6 +44,8 @@ pub struct Node {
     pub id: String,
     /// The subject commits are published on.
     pub subject: String,
+    /// The subject presence (ephemeral) frames travel on between nodes.
+    pub ephemeral_subject: String,
     /// The shared store.
     pub store: Arc<PgStore>,
     /// Document actors, to poke.
@@ -102,6 +104,7 @@ impl Node {
         self,
         bus: Option<async_nats::Client>,
         mut committed: mpsc::Receiver<Committed>,
+        mut ephemeral: mpsc::Receiver<Frame>,
         reconnected: Arc<Notify>,
         shutdown: CancellationToken,
     ) {
@@ -120,6 +123,10 @@ impl Node {
                     None
                 }
             },
+            None => None,
+        };
+        let mut presence = match &bus {
+            Some(client) => client.subscribe(self.ephemeral_subject.clone()).await.ok(),
             None => None,
         };
         let mut gaps = tokio::time::interval(GAP_CHECK);
@@ -142,6 +149,16 @@ impl Node {
                         }
                     }
                 }
+                Some(frame) = ephemeral.recv() => {
+                    if let Some(client) = &bus {
+                        let payload = presence_message(&self.id, &frame);
+                        let _ = client.publish(self.ephemeral_subject.clone(), payload.into()).await;
+                    }
+                }
+                message = next(&mut presence) => match message {
+                    Some(message) => self.on_presence(&message.payload),
+                    None => presence = None,
+                },
                 message = next(&mut messages) => match message {
                     Some(message) => self.on_message(&message.payload, &mut tracker).await,
                     None => {
@@ -189,6 +206,33 @@ impl Node {
         }
         self.poke(commit.collection, commit.doc, commit.deleted)
             .await;
+    }
+
+    /// Another node's presence frame: passed to this node's listeners of
+    /// the document, never stored.
+    fn on_presence(&self, payload: &[u8]) {
+        let Some((node, bytes)) = split_presence(payload) else {
+            return;
+        };
+        if node == self.id.as_bytes() {
+            return;
+        }
+        let Ok(frame @ Frame::Ephemeral { .. }) = Frame::decode(bytes) else {
+            tracing::debug!("ignoring a presence message that is not an ephemeral frame");
+            return;
+        };
+        let Frame::Ephemeral {
+            doc, collection, ..
+        } = &frame
+        else {
+            return;
+        };
+        let Ok(collection) = collection.parse::<Collection>() else {
+            return;
+        };
+        let (passed, dropped) = self.peers.forward(&collection, *doc, ConnId(0), &frame);
+        self.metrics.ephemeral_forwarded.inc_by(passed);
+        self.metrics.ephemeral_dropped.inc_by(dropped);
     }
 
     /// Tells this node's peers of another node's commit.
@@ -283,6 +327,22 @@ impl Node {
                 ))
             })
     }
+}
+
+/// A presence message on the bus: the sending node's id, a newline, the
+/// frame as the native protocol encodes it.
+fn presence_message(node: &str, frame: &Frame) -> Vec<u8> {
+    let mut out = Vec::with_capacity(node.len() + 1 + 64);
+    out.extend_from_slice(node.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(&frame.encode());
+    out
+}
+
+/// The sending node and the frame bytes of a presence message.
+fn split_presence(payload: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = payload.iter().position(|b| *b == b'\n')?;
+    Some((&payload[..at], &payload[at + 1..]))
 }
 
 async fn next(messages: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {

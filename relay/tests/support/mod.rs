@@ -40,9 +40,24 @@ pub fn spawn_relay_with(db: &Path, args: &[&str]) -> RelayProcess {
 /// its old port back).
 #[allow(dead_code)] // only some test binaries restart relays
 pub fn spawn_relay_at(db: &Path, listen: &str, args: &[&str]) -> RelayProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
+    spawn(db, listen, args, None)
+}
+
+/// [`spawn_relay_with`], checking tokens signed with `secret` instead of
+/// running in open mode.
+#[allow(dead_code)] // only some test binaries use tokens
+pub fn spawn_relay_secured(db: &Path, args: &[&str], secret: &str) -> RelayProcess {
+    spawn(db, "127.0.0.1:0", args, Some(secret))
+}
+
+fn spawn(db: &Path, listen: &str, args: &[&str], secret: Option<&str>) -> RelayProcess {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_accord-relay"));
+    match secret {
+        Some(secret) => command.env("ACCORD_RELAY_SECRET", secret),
+        None => command.arg("--open"),
+    };
+    let mut child = command
         .args([
-            "--open",
             "--listen",
             listen,
             "--metrics-listen",
