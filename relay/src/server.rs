@@ -209,6 +209,11 @@ async fn start_cluster(config: Config, shutdown: CancellationToken) -> anyhow::R
         health,
         catch_up_interval: cluster.catch_up_interval,
     };
+    tracker.spawn(flush_sync_states(
+        Arc::clone(&node.store),
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    ));
     tracker.spawn(node.run(
         bus_client,
         committed_rx,
@@ -308,6 +313,29 @@ pub async fn start_with(
     Ok(Relay {
         shared: Arc::new(shared),
     })
+}
+
+/// Writes a cluster node's saved sync states every
+/// [`STATES_FLUSH`](crate::cluster::store::STATES_FLUSH), and a last time
+/// once the document actors have stopped (they save states as they
+/// close).
+async fn flush_sync_states(
+    store: Arc<crate::cluster::store::PgStore>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::time::sleep(crate::cluster::store::STATES_FLUSH).await;
+        let done = shutdown.is_cancelled() && metrics.live_documents.get() == 0;
+        let store = Arc::clone(&store);
+        let flushed = tokio::task::spawn_blocking(move || store.flush_sync_states()).await;
+        if let Ok(Err(e)) = flushed {
+            tracing::debug!(error = %e, "cannot write sync states yet");
+        }
+        if done {
+            return;
+        }
+    }
 }
 
 /// The accept loop.

@@ -313,6 +313,17 @@ async fn replicas_on_three_nodes_discover_edit_concurrently_delete_and_converge(
     let deleted = schema.query(&format!("SELECT deleted FROM records WHERE id = '{id}'"));
     assert!(deleted[0].get::<_, bool>(0), "the tombstone in PostgreSQL");
 
+    // The relay side's sync states reach PostgreSQL (written in batches,
+    // off each message's path), so a replica resumes on any node.
+    let peer = a.peer_id().to_string();
+    wait_for("A's sync states in PostgreSQL", || {
+        let rows = schema.query(&format!(
+            "SELECT count(*) FROM sync_states WHERE strpos(peer, '{peer}') > 0"
+        ));
+        rows[0].get::<_, i64>(0) > 0
+    })
+    .await;
+
     // What a node reports of itself; the HTTP API is not served yet.
     let (status, body) = health(&nodes[2]);
     assert_eq!(status, 200);

@@ -109,7 +109,18 @@ pub struct PgStore {
     committed: mpsc::Sender<Committed>,
     /// Store round-trip times, for `/metrics`.
     latency: Arc<dyn Fn(std::time::Duration) + Send + Sync>,
+    /// Sync states saved but not written yet, by (peer, document): written
+    /// together every [`STATES_FLUSH`] by [`PgStore::flush_sync_states`]
+    /// (a lost state only costs a fuller exchange, never data, so they
+    /// stay off each message's path).
+    pending_states: Mutex<std::collections::HashMap<(String, DocId), Vec<u8>>>,
 }
+
+/// How often saved sync states are written.
+pub const STATES_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Past this many unwritten sync states, a save writes them at once.
+const MAX_PENDING_STATES: usize = 10_000;
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -192,6 +203,7 @@ impl PgStore {
             runtime,
             limits,
             cache: Mutex::new(lru::LruCache::new(capacity)),
+            pending_states: Mutex::default(),
             committed,
             latency,
         }
@@ -405,6 +417,45 @@ impl PgStore {
     pub fn ping(&self) -> Result<()> {
         let client = self.client()?;
         self.wait(async { client.simple_query("SELECT 1").await.map_err(backend) })?;
+        Ok(())
+    }
+
+    /// Writes the sync states saved since the last flush, in one
+    /// statement. On failure they are kept (unless saved again since) for
+    /// the next flush.
+    pub fn flush_sync_states(&self) -> Result<()> {
+        let taken = std::mem::take(&mut *self.pending_states.lock());
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let mut peers = Vec::with_capacity(taken.len());
+        let mut docs = Vec::with_capacity(taken.len());
+        let mut states = Vec::with_capacity(taken.len());
+        for ((peer, doc), state) in &taken {
+            peers.push(peer.as_str());
+            docs.push(doc.as_bytes().as_slice());
+            states.push(state.as_slice());
+        }
+        let now = accord_engine::store::now_ms();
+        let written = self.wait(async {
+            let client = self.pool.get().await.map_err(backend)?;
+            exec(
+                &client,
+                "INSERT INTO sync_states (peer, doc, state, updated_at)
+                 SELECT p, d, s, $4 FROM unnest($1::text[], $2::bytea[], $3::bytea[]) AS t(p, d, s)
+                 ON CONFLICT (peer, doc) DO UPDATE
+                   SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at",
+                &[&peers, &docs, &states, &now],
+            )
+            .await
+        });
+        if let Err(e) = written {
+            let mut pending = self.pending_states.lock();
+            for (key, state) in taken {
+                pending.entry(key).or_insert(state);
+            }
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -868,6 +919,14 @@ impl SyncDocs for PgStore {
     }
 
     fn load_sync_state(&self, peer: &PeerId, doc: &DocId) -> Result<Option<State>> {
+        let pending = self
+            .pending_states
+            .lock()
+            .get(&(peer.to_string(), *doc))
+            .cloned();
+        if let Some(bytes) = pending {
+            return Ok(State::decode(&bytes).ok());
+        }
         let id = doc.as_bytes().as_slice();
         let row = self.wait(async {
             let client = self.pool.get().await.map_err(backend)?;
@@ -883,28 +942,22 @@ impl SyncDocs for PgStore {
     }
 
     fn save_sync_states(&self, peer: &PeerId, states: Vec<EncodedState>) -> Result<()> {
-        if states.is_empty() {
-            return Ok(());
+        let full = {
+            let mut pending = self.pending_states.lock();
+            for state in states {
+                pending.insert((peer.to_string(), state.doc), state.bytes);
+            }
+            pending.len() >= MAX_PENDING_STATES
+        };
+        if full {
+            self.flush_sync_states()?;
         }
-        let docs: Vec<Vec<u8>> = states.iter().map(|s| s.doc.as_bytes().to_vec()).collect();
-        let bytes: Vec<Vec<u8>> = states.into_iter().map(|s| s.bytes).collect();
-        let now = accord_engine::store::now_ms();
-        self.wait(async {
-            let client = self.pool.get().await.map_err(backend)?;
-            exec(
-                &client,
-                "INSERT INTO sync_states (peer, doc, state, updated_at)
-                     SELECT $1, d, s, $4 FROM unnest($2::bytea[], $3::bytea[]) AS t(d, s)
-                     ON CONFLICT (peer, doc) DO UPDATE
-                       SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at",
-                &[&peer.as_str(), &docs, &bytes, &now],
-            )
-            .await
-        })?;
         Ok(())
     }
 
     fn retire_sync_states(&self, prefix: &str, keep: usize, current: &PeerId) -> Result<()> {
+        // What is retired must not come back with a later flush.
+        self.flush_sync_states()?;
         self.wait(async {
             let client = self.pool.get().await.map_err(backend)?;
             exec(
