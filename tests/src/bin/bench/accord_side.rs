@@ -156,11 +156,11 @@ pub async fn w2(d: usize, reps: usize, s: Settings) -> anyhow::Result<(Vec<W2>, 
     let mut runs = Vec::with_capacity(reps);
     let mut peak = 0;
     for rep in 0..reps {
-        let warm = fresh_sync(dir.path(), &format!("warm{rep}"), &server, d, s).await?;
+        let warm = fresh_sync(dir.path(), &format!("warm{rep}"), server.addr, d, s).await?;
         peak = peak.max(server.peak_kib);
         peak = peak.max(tokio::task::spawn_blocking(move || server.stop()).await??);
         server = ServerProcess::start(System::Accord, &db)?;
-        let cold = fresh_sync(dir.path(), &format!("cold{rep}"), &server, d, s).await?;
+        let cold = fresh_sync(dir.path(), &format!("cold{rep}"), server.addr, d, s).await?;
         runs.push(W2::new(warm, cold, saved));
     }
     peak = peak.max(tokio::task::spawn_blocking(move || server.stop()).await??);
@@ -169,14 +169,14 @@ pub async fn w2(d: usize, reps: usize, s: Settings) -> anyhow::Result<(Vec<W2>, 
 
 /// A fresh replica syncs collection `w2` through a counting proxy; returns
 /// seconds and bytes on the wire.
-async fn fresh_sync(
+pub(crate) async fn fresh_sync(
     dir: &Path,
     name: &str,
-    server: &ServerProcess,
+    relay: std::net::SocketAddr,
     d: usize,
     s: Settings,
 ) -> anyhow::Result<(f64, u64)> {
-    let proxy = Proxy::start(server.addr).await?;
+    let proxy = Proxy::start(relay).await?;
     let replica = open(dir, name, s.durability)?;
     let started = Instant::now();
     let mut handle = replica.connect(&proxy.url(), options("w2"));

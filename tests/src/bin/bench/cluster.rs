@@ -16,7 +16,6 @@ use anyhow::Context;
 
 use crate::accord_side::{k_of, open, options};
 use crate::process::ServerProcess;
-use crate::proxy::Proxy;
 use crate::run::{capped, poll_until, Settings};
 use crate::workloads::{self, W1};
 
@@ -197,20 +196,8 @@ pub async fn w2(d: usize, s: Settings) -> anyhow::Result<(f64, f64)> {
     })
     .await?;
     upload.close().await;
-    let target = cluster.nodes[1].addr;
-    let proxy = Proxy::start(target).await?;
-    let fresh = open(dir.path(), "fresh", s.durability)?;
-    let started = Instant::now();
-    let mut handle = fresh.connect(&proxy.url(), options("w2"));
-    capped(s.cap, "cluster W2 cold sync", async {
-        handle.wait_agreed(s.cap).await.context("wait_agreed")
-    })
-    .await?;
-    let secs = started.elapsed().as_secs_f64();
-    let have = fresh.list("w2")?.len();
-    anyhow::ensure!(have == d, "fresh replica has {have} of {d} documents");
-    handle.close().await;
-    let bytes = proxy.totals().bytes;
+    let (secs, bytes) =
+        crate::accord_side::fresh_sync(dir.path(), "fresh", cluster.nodes[1].addr, d, s).await?;
     cluster.stop().await?;
     Ok((secs, bytes as f64 / saved as f64))
 }
