@@ -794,7 +794,6 @@ impl SyncDocs for PgStore {
                 &tx,
                 doc,
                 collection,
-                known,
                 &append,
                 &heads,
                 (&json, conflicts),
@@ -982,7 +981,6 @@ async fn write_append(
     tx: &deadpool_postgres::Transaction<'_>,
     doc: &DocId,
     collection: &Collection,
-    known: bool,
     append: &Append,
     heads: &Heads,
     (json, conflicts): (&str, i64),
@@ -1025,52 +1023,35 @@ async fn write_append(
     }
     let seq = PgStore::next_seq(tx, collection).await?;
     let now = accord_engine::store::now_ms();
-    let json: serde_json::Value = serde_json::from_str(json).unwrap_or(serde_json::Value::Null);
     let size_i = i64::try_from(size).unwrap_or(i64::MAX);
     let conflicts = i32::try_from(conflicts).unwrap_or(i32::MAX);
-    if known {
-        exec(
-            tx,
-            "UPDATE docs SET heads = $2, seq = $3, changes = $4, bytes = $5, updated_at = $6,
-                             json = $7, conflicts = $8,
-                             snapshot_upto = coalesce($9::bigint, snapshot_upto)
-             WHERE id = $1",
-            &[
-                &id,
-                &heads.to_bytes(),
-                &seq,
-                &upto,
-                &size_i,
-                &now,
-                &json,
-                &conflicts,
-                &snapshot_upto,
-            ],
-        )
-        .await?;
-    } else {
-        // A new document: under the document's lock no other node can
-        // be creating it at the same time.
-        exec(
-            tx,
-            "INSERT INTO docs (id, id_text, collection, heads, seq, created_seq, changes, bytes,
-                               created_at, updated_at, json, conflicts, snapshot_upto)
-             VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $8, $9, $10, coalesce($11::bigint, 0))",
-            &[
-                &id,
-                &doc.to_string(),
-                &collection.as_str(),
-                &heads.to_bytes(),
-                &seq,
-                &upto,
-                &size_i,
-                &now,
-                &json,
-                &conflicts,
-                &snapshot_upto,
-            ],
-        )
-        .await?;
-    }
+    // One statement for a new document and a known one; the projection's
+    // text goes to PostgreSQL as it is (it parses it into jsonb).
+    exec(
+        tx,
+        "INSERT INTO docs (id, id_text, collection, heads, seq, created_seq, changes, bytes,
+                           created_at, updated_at, json, conflicts, snapshot_upto)
+         VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $8, $9::text::jsonb, $10,
+                 coalesce($11::bigint, 0))
+         ON CONFLICT (id) DO UPDATE SET
+             heads = EXCLUDED.heads, seq = EXCLUDED.seq, changes = EXCLUDED.changes,
+             bytes = EXCLUDED.bytes, updated_at = EXCLUDED.updated_at, json = EXCLUDED.json,
+             conflicts = EXCLUDED.conflicts,
+             snapshot_upto = coalesce($11::bigint, docs.snapshot_upto)",
+        &[
+            &id,
+            &doc.to_string(),
+            &collection.as_str(),
+            &heads.to_bytes(),
+            &seq,
+            &upto,
+            &size_i,
+            &now,
+            &json,
+            &conflicts,
+            &snapshot_upto,
+        ],
+    )
+    .await?;
     Ok((seq, size))
 }
