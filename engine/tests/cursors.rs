@@ -6,7 +6,8 @@
 
 use accord_engine::sync::{
     Announcing, ClientConfig, ClientOutput, ClientSession, Cursor, DocSummary, Frame, OpenAccess,
-    RelayOutput, RelaySession, SubscribeFrom, SyncCursor, SyncDocs, PROTOCOL_VERSION,
+    RelayOutput, RelaySession, SubscribeFrom, SubscribeRequest, SyncCursor, SyncDocs,
+    PROTOCOL_VERSION,
 };
 use accord_engine::{Collection, DocId, PeerId, Replica};
 use serde_json::json;
@@ -252,7 +253,18 @@ fn a_replica_sends_its_stored_cursor_and_offers_only_what_it_wrote_since() {
 
     let mut session = client(&["notes"]);
     let out = session.connected(&local);
-    assert!(sent(&out).contains(&&since("relay", Some(7))));
+    let subscribe = Frame::SubscribeWith {
+        collections: vec![SubscribeRequest {
+            collection: "notes".into(),
+            cursor: Some(Cursor {
+                relay_id: "relay".into(),
+                seq: 7,
+            }),
+            // It holds documents of the collection: listed, not sent whole.
+            whole: false,
+        }],
+    };
+    assert!(sent(&out).contains(&&subscribe));
     session.handle_frame(0, welcome(), &local);
     let listing = Frame::Listing {
         collection: "notes".into(),

@@ -90,6 +90,8 @@ struct Listings {
     since: u64,
     /// In full.
     full: u64,
+    /// Documents sent whole (to replicas that held none of the collection).
+    whole: u64,
 }
 
 fn open(path: &std::path::Path, seed: u64) -> Replica {
@@ -297,11 +299,11 @@ impl Sim {
     }
 
     fn send_to_client(&mut self, conn: ConnId, frame: Frame) {
-        if let Frame::Listing { since, .. } = &frame {
-            match since {
-                Some(_) => self.listings.since += 1,
-                None => self.listings.full += 1,
-            }
+        match &frame {
+            Frame::Listing { since: Some(_), .. } => self.listings.since += 1,
+            Frame::Listing { since: None, .. } => self.listings.full += 1,
+            Frame::Documents { docs, .. } => self.listings.whole += docs.len() as u64,
+            _ => {}
         }
         if let Some(link) = self.links.get_mut(&conn) {
             link.to_client.push_back(frame);
@@ -500,6 +502,20 @@ impl Sim {
                 }
             })
             .expect("commit a run of frames");
+            if session.cursors_deferred() {
+                // As the driver does, once the run is committed.
+                SyncDocs::commit_together(replica, &mut || {
+                    for output in session.save_deferred_cursors(now, replica) {
+                        match output {
+                            ClientOutput::SaveStates { relay, states } => replica
+                                .save_sync_states(&relay, states)
+                                .expect("save states"),
+                            other => out.push(other),
+                        }
+                    }
+                })
+                .expect("commit the deferred cursors");
+            }
             self.client_outputs(i, out);
         }
         true
@@ -627,6 +643,19 @@ impl Sim {
         self.log.push(format!("client {i} restarts"));
     }
 
+    /// Client `i` is replaced by a new device: an empty database, a new
+    /// peer id (what it had not pushed is gone with the old device). Its
+    /// first connection asks for every collection whole.
+    fn new_device(&mut self, i: usize) {
+        self.disconnect(i);
+        let path = self.clients[i]
+            .path
+            .with_extension(format!("{}.db", self.rng.random::<u32>()));
+        let seed = self.rng.random();
+        self.clients[i] = open_client(path, seed);
+        self.log.push(format!("client {i} is a new device"));
+    }
+
     /// The relay restarts: half the time gracefully (actors stop and
     /// persist their peers' states, as on SIGTERM), otherwise as after a
     /// crash (whatever actors held in memory is lost).
@@ -660,7 +689,8 @@ impl Sim {
             0..=24 => self.edit(who),
             25..=29 => self.connect(who),
             30..=32 => self.disconnect(who),
-            33 => self.restart_client(who),
+            33 if self.rng.random_bool(0.5) => self.restart_client(who),
+            33 => self.new_device(who),
             34 if self.rng.random_range(0..4) == 0 => self.restart_relay(),
             35..=44 => self.tick(delay),
             45..=59 => {
@@ -948,6 +978,7 @@ fn replicas_converge_under_faults_restarts_and_deletes() {
             Ok(seen) => {
                 listings.since += seen.since;
                 listings.full += seen.full;
+                listings.whole += seen.whole;
             }
             Err(panic) => {
                 eprintln!("simulation failed for seed {seed}; replay with ACCORD_SIM_SEED={seed}");
@@ -956,12 +987,14 @@ fn replicas_converge_under_faults_restarts_and_deletes() {
         }
     }
     eprintln!(
-        "listings since a cursor: {}, full: {}",
-        listings.since, listings.full
+        "listings since a cursor: {}, full: {}; documents sent whole: {}",
+        listings.since, listings.full, listings.whole
     );
     if seeds >= 10 {
         // Reconnects resume from cursors, and voided cursors fall back.
         assert!(listings.since > 0, "no listing resumed from a cursor");
         assert!(listings.full > 0, "no full listing");
+        // Replicas that start empty get documents whole.
+        assert!(listings.whole > 0, "no document went whole");
     }
 }

@@ -110,6 +110,72 @@ async fn a_replica_never_online_with_the_others_gets_everything_from_the_relay()
     relay.stop().await.expect("stop");
 }
 
+/// A replica that holds none of a collection gets its documents whole
+/// (protocol 4): each in its saved form, in one `Documents` entry, instead
+/// of an exchange of sync messages. The relay sends its stored chunks as
+/// they are (a snapshot and the changes appended since), tombstones and
+/// large documents are announced and synced as before, and afterwards the
+/// documents sync both ways from the heads they came with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_replica_gets_documents_whole_and_syncs_them_afterwards() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = TestRelay::start(&dir.path().join("relay.db"))
+        .await
+        .expect("relay");
+    let a = Replica::open(dir.path().join("a.db")).expect("a");
+    let ids: Vec<_> = (0..20)
+        .map(|i| a.create("notes", &json!({"n": i})).expect("create"))
+        .collect();
+    synced(&a, &relay, &["notes"]).await.close().await;
+    // A second push: the relay appends these as chunks after the snapshots.
+    for id in &ids[..5] {
+        a.put(id, "edited", &json!(true), None).expect("edit");
+    }
+    a.delete(&ids[19]).expect("delete");
+    let noise: String = (0..20_000)
+        .map(|_| accord_engine::DocId::random().to_string())
+        .collect();
+    let large = a
+        .create("notes", &json!({ "blob": noise }))
+        .expect("a record too large to go whole");
+    let mut ha = synced(&a, &relay, &["notes"]).await;
+
+    let b = Replica::open(dir.path().join("b.db")).expect("b");
+    let mut hb = b.connect(&relay.url, options(&["notes"]));
+    hb.wait_agreed(T).await.expect("agreed");
+    let stats = hb.status().stats;
+    assert_eq!(stats.docs_whole, 19, "the live small records went whole");
+    for id in ids.iter().take(19).chain([&large]) {
+        assert_eq!(
+            b.get(id).expect("at b").value,
+            a.get(id).expect("at a").value
+        );
+        assert_eq!(b.meta(id).expect("b").heads, a.meta(id).expect("a").heads);
+    }
+    assert!(b.meta(&ids[19]).expect("tombstone").deleted);
+
+    // Both ways from the heads they came with.
+    a.put(&ids[0], "from", &json!("a"), None)
+        .expect("edit at a");
+    b.put(&ids[1], "from", &json!("b"), None)
+        .expect("edit at b");
+    wait_until(T, "each edit at the other replica", || async {
+        b.get(&ids[0]).is_ok_and(|r| r.value["from"] == json!("a"))
+            && a.get(&ids[1]).is_ok_and(|r| r.value["from"] == json!("b"))
+    })
+    .await;
+    hb.wait_agreed(T).await.expect("b agreed again");
+    ha.wait_agreed(T).await.expect("a agreed again");
+    hb.close().await;
+
+    // Holding records now, b is listed as usual on its next connection.
+    let hb = synced(&b, &relay, &["notes"]).await;
+    assert_eq!(hb.status().stats.docs_whole, 0);
+    hb.close().await;
+    ha.close().await;
+    relay.stop().await.expect("stop");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_created_on_a_appears_live_on_b_and_a_delete_follows() {
     let dir = tempfile::tempdir().expect("tempdir");

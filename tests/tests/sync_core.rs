@@ -219,6 +219,21 @@ impl SyncDocs for PanicOnce {
     fn delete(&self, doc: &DocId, c: &Collection, from: &PeerId) -> accord_engine::Result<bool> {
         SyncDocs::delete(&self.replica, doc, c, from)
     }
+    fn numbering_held(&self) -> bool {
+        self.replica.numbering_held()
+    }
+    fn saved_form(&self, doc: &DocId) -> accord_engine::Result<Option<Vec<u8>>> {
+        self.replica.saved_form(doc)
+    }
+    fn receive_whole(
+        &self,
+        doc: &DocId,
+        c: &Collection,
+        data: &[u8],
+        from: &PeerId,
+    ) -> accord_engine::Result<accord_engine::sync::Received> {
+        self.replica.receive_whole(doc, c, data, from)
+    }
     fn load_sync_state(&self, peer: &PeerId, doc: &DocId) -> accord_engine::Result<Option<State>> {
         self.replica.load_sync_state(peer, doc)
     }

@@ -214,6 +214,7 @@ fn summary(
             "docs_sent": s.docs_sent,
             "docs_received": s.docs_received,
             "records_discovered": s.records_discovered,
+            "docs_whole": s.docs_whole,
             "deletions_sent": s.deletions_sent,
             "deletions_received": s.deletions_received,
             "bytes_sent": s.bytes_sent,

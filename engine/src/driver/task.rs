@@ -221,7 +221,7 @@ impl Driver {
                     return true;
                 }
                 Some(Control::Subscribe(c)) => {
-                    let _reported = self.outputs(move |s, _| s.subscribe(&c)).await;
+                    let _reported = self.outputs(move |s, r| s.subscribe(&c, r)).await;
                 }
                 Some(Control::Broadcast(_, _, sent)) => {
                     let _ = sent.send(Ok(false)); // not connected
@@ -322,8 +322,17 @@ impl Driver {
     where
         F: FnOnce(&mut ClientSession, &Replica) -> Vec<ClientOutput> + Send + 'static,
     {
+        let now = self.now();
         let committed = self
-            .blocking(move |s, r| r.commit_together(|| persist(r, f(s, r))))
+            .blocking(move |s, r| {
+                let mut outputs = r.commit_together(|| persist(r, f(s, r)))?;
+                if s.cursors_deferred() {
+                    // The writes a cursor waited for are committed now.
+                    let more = r.commit_together(|| persist(r, s.save_deferred_cursors(now, r)))?;
+                    outputs.extend(more);
+                }
+                Ok(outputs)
+            })
             .await?;
         committed.map_err(|e| {
             tracing::warn!(error = %e, "could not commit what the session wrote; starting over");
@@ -528,7 +537,7 @@ impl Driver {
                     }
                 }
             }
-            Some(Control::Subscribe(c)) => self.outputs(move |s, _| s.subscribe(&c)).await,
+            Some(Control::Subscribe(c)) => self.outputs(move |s, r| s.subscribe(&c, r)).await,
             Some(Control::Broadcast(doc, data, sent)) => {
                 let frame = self.blocking(move |s, r| s.ephemeral(doc, data, r)).await?;
                 let (answer, outputs) = match frame {

@@ -52,6 +52,9 @@ struct Held {
     groups: Vec<(Outcome, Vec<DocId>)>,
     /// Every document they write.
     docs: HashSet<DocId>,
+    /// Whether any of them writes a document's content or tombstone, which
+    /// takes the next number of its collection's sequence at the commit.
+    numbered: bool,
     /// The change events of those writes, delivered after the commit.
     events: Vec<ChangeEvent>,
 }
@@ -152,6 +155,9 @@ impl Committer {
             Some(h) if h.committer == self.address() => {
                 let docs: Vec<DocId> = docs_of(&ops).collect();
                 h.docs.extend(docs.iter().copied());
+                h.numbered |= ops
+                    .iter()
+                    .any(|op| matches!(op, WriteOp::Append { .. } | WriteOp::Delete { .. }));
                 h.groups.push((Arc::clone(&outcome), docs));
                 true
             }
@@ -204,6 +210,7 @@ impl Committer {
                 committer: self.address(),
                 groups: Vec::new(),
                 docs: HashSet::new(),
+                numbered: false,
                 events: Vec::new(),
             });
             true
@@ -258,6 +265,15 @@ impl Committer {
         HELD.with_borrow(|held| {
             held.as_ref()
                 .is_some_and(|h| h.committer == self.address() && h.docs.contains(doc))
+        })
+    }
+
+    /// Whether this thread holds writes to this committer that will take
+    /// numbers of a collection's sequence when they commit.
+    pub(crate) fn holds_numbered(&self) -> bool {
+        HELD.with_borrow(|held| {
+            held.as_ref()
+                .is_some_and(|h| h.committer == self.address() && h.numbered)
         })
     }
 

@@ -17,7 +17,9 @@ use super::{Origin, Replica};
 use crate::error::{Error, Result};
 use crate::id::{Collection, DocId, Heads, PeerId};
 use crate::store::{StoredCursor, WriteOp};
-use crate::sync::{DocSummary, EncodedState, LocalState, NumberedSummary, SyncCursor, SyncDocs};
+use crate::sync::{
+    DocSummary, EncodedState, LocalState, NumberedSummary, Received, SyncCursor, SyncDocs,
+};
 
 impl SyncDocs for Replica {
     fn summaries(&self, collection: &Collection) -> Result<Vec<DocSummary>> {
@@ -172,6 +174,65 @@ impl SyncDocs for Replica {
         )
     }
 
+    fn saved_form(&self, doc: &DocId) -> Result<Option<Vec<u8>>> {
+        if self.inner.repairs.heads(doc).is_some() {
+            return Ok(None); // damaged: announced, and synced from what was fetched again
+        }
+        let Some(stored) = self.read_store(|s| s.load(doc))? else {
+            return Ok(None);
+        };
+        if stored.meta.deleted || stored.chunks.iter().any(|c| c.kind.is_none()) {
+            return Ok(None);
+        }
+        // A snapshot followed by chunks of changes is what `Automerge::load`
+        // reads: the stored bytes go as they are, never decoded here.
+        Ok(Some(
+            stored.chunks.into_iter().flat_map(|c| c.data).collect(),
+        ))
+    }
+
+    fn receive_whole(
+        &self,
+        doc: &DocId,
+        collection: &Collection,
+        data: &[u8],
+        from: &PeerId,
+    ) -> Result<Received> {
+        crate::guard::inspect(data, &self.inner.options.message_budget)?;
+        let loaded = super::write::contained(doc, || Automerge::load(data))?.map_err(|source| {
+            Error::Automerge {
+                doc: *doc,
+                source: Box::new(source),
+            }
+        })?;
+        let heads = Heads::new(loaded.get_heads());
+        let mut loaded = Some(loaded);
+        let mut created = false;
+        let changed = self.absorb(
+            doc,
+            collection,
+            Origin::Remote(from.clone()),
+            data.len() as u64,
+            |current| {
+                let Some(mut whole) = loaded.take() else {
+                    return Ok(());
+                };
+                if current.get_heads().is_empty() {
+                    created = true;
+                    *current = whole;
+                    Ok(())
+                } else {
+                    current.merge(&mut whole).map(|_| ())
+                }
+            },
+        )?;
+        Ok(Received {
+            changed,
+            created: created && changed,
+            heads,
+        })
+    }
+
     fn delete(&self, doc: &DocId, collection: &Collection, from: &PeerId) -> Result<bool> {
         self.tombstone(
             doc,
@@ -196,6 +257,10 @@ impl SyncDocs for Replica {
             current: current.to_string(),
         };
         Ok(self.inner.committer.submit(vec![op])?)
+    }
+
+    fn numbering_held(&self) -> bool {
+        self.inner.committer.holds_numbered()
     }
 
     fn commit_together(&self, work: &mut dyn FnMut()) -> Result<()> {

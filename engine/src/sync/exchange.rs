@@ -78,6 +78,21 @@ impl Exchange {
         self.state.their_heads.as_deref()
     }
 
+    /// The peer sent the document whole, with `heads`: unless a message of
+    /// ours awaits its answer, the exchange resumes from those heads as
+    /// shared (persisted like any shared heads that moved), as if a sync
+    /// had just ended there.
+    pub(crate) fn peer_holds(&mut self, heads: &[ChangeHash]) {
+        if self.in_flight() {
+            return;
+        }
+        let mut state = State::new();
+        state.read_only = self.state.read_only;
+        state.shared_heads = heads.to_vec();
+        self.state = state;
+        self.asked = false;
+    }
+
     /// Forgets everything but the shared heads (as a restart would) and
     /// stops waiting; returns whether a message was in flight.
     pub(crate) fn restart(&mut self) -> bool {

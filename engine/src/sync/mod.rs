@@ -53,7 +53,8 @@ pub use client::{
 pub use hub::{DocHub, HubInput, HubOutput};
 pub use limits::Limits;
 pub use protocol::{
-    Cursor, DocSummary, ErrorCode, Frame, SubscribeFrom, OLDEST_ACCEPTED_VERSION, PROTOCOL_VERSION,
+    Cursor, DocSummary, ErrorCode, Frame, SubscribeFrom, SubscribeRequest, WholeDoc,
+    OLDEST_ACCEPTED_VERSION, PROTOCOL_VERSION,
 };
 pub use registry::{ConnId, Subscriber, Subscribers};
 pub use repo_session::{RepoOutput, RepoSession};
@@ -86,6 +87,17 @@ pub struct EncodedState {
     pub doc: DocId,
     /// `automerge::sync::State::encode()`.
     pub bytes: Vec<u8>,
+}
+
+/// What merging a document sent whole did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// Whether the document changed.
+    pub changed: bool,
+    /// Whether it was created (this side did not have it).
+    pub created: bool,
+    /// The heads of what was sent (what the sender holds).
+    pub heads: Heads,
 }
 
 /// A document with the number of its latest write in its collection's
@@ -174,6 +186,24 @@ pub trait SyncDocs: std::fmt::Debug {
         message: Message,
         from: &PeerId,
     ) -> Result<bool>;
+    /// A document's saved form, for sending it whole: its stored chunks
+    /// concatenated (what `Automerge::load` reads), or `None` when it
+    /// cannot go whole (unknown, deleted, damaged, or a store that does not
+    /// keep documents that way); the listing then announces it instead.
+    fn saved_form(&self, doc: &DocId) -> Result<Option<Vec<u8>>> {
+        let _ = doc;
+        Ok(None)
+    }
+    /// Merges a document sent whole (`data`, checked like any bytes from
+    /// outside) into `doc`, creating it in `collection` if it is unknown,
+    /// and persists it before returning.
+    fn receive_whole(
+        &self,
+        doc: &DocId,
+        collection: &Collection,
+        data: &[u8],
+        from: &PeerId,
+    ) -> Result<Received>;
     /// Records a tombstone; returns whether the document was not deleted yet.
     fn delete(&self, doc: &DocId, collection: &Collection, from: &PeerId) -> Result<bool>;
     /// The stored sync state of a peer for a document.
@@ -187,6 +217,13 @@ pub trait SyncDocs: std::fmt::Debug {
     fn commit_together(&self, work: &mut dyn FnMut()) -> Result<()> {
         work();
         Ok(())
+    }
+    /// Whether writes held for the commit at the end of the current
+    /// [`SyncDocs::commit_together`] will number documents in a
+    /// collection's sequence: a local number read now would not cover
+    /// them, so no cursor is saved until they are committed.
+    fn numbering_held(&self) -> bool {
+        false
     }
     /// Drops the sync states of the peers whose keys start with `prefix`,
     /// all but the `keep` most recently updated and `current`.

@@ -17,8 +17,11 @@ use crate::id::{DocId, Heads};
 /// `storage_unavailable` and `token_expired` codes. Version 3 added
 /// collection cursors: `SubscribeSince` and `Listing`, so a reconnecting
 /// replica is told only what changed since the last number of the
-/// collection's sequence it fully saw.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// collection's sequence it fully saw. Version 4 added whole documents:
+/// `SubscribeWith` lets a replica that holds none of a collection's
+/// documents ask for them in their saved form (`Documents`), one message
+/// each instead of an exchange of sync messages.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The oldest version a relay of this build still accepts: a version-2
 /// replica never sends `SubscribeSince`, so it gets full listings, as from
@@ -194,6 +197,49 @@ pub enum Frame {
         /// before `since`. The replica's next cursor.
         seq: u64,
     },
+    /// Replica → relay (since version 4): `SubscribeSince` with, per
+    /// collection, whether the replica holds none of its documents. For
+    /// such a collection the relay may send documents of the listing whole
+    /// (`Documents`) instead of announcing them.
+    SubscribeWith {
+        /// Collections, each with its cursor and whether to send documents
+        /// whole.
+        collections: Vec<SubscribeRequest>,
+    },
+    /// Relay → replica (since version 4, only for a listing asked for
+    /// `whole`): documents of the listing in their saved form. They count
+    /// as announced by the listing, with the heads of `data`; the
+    /// listing's other documents (tombstones, and documents too large to
+    /// go whole) come in its `Announce` frames as usual.
+    Documents {
+        /// The collection.
+        collection: String,
+        /// The documents.
+        docs: Vec<WholeDoc>,
+    },
+}
+
+/// One collection of a `SubscribeWith`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribeRequest {
+    /// The collection.
+    pub collection: String,
+    /// Where the replica's last fully synced listing of it ended, if
+    /// anywhere.
+    pub cursor: Option<Cursor>,
+    /// The replica holds no document of the collection: the relay may send
+    /// the listed documents whole.
+    pub whole: bool,
+}
+
+/// A document in its saved form, as a `Documents` frame carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WholeDoc {
+    /// The document.
+    pub doc: DocId,
+    /// Automerge chunks: a saved document, possibly followed by further
+    /// chunks of changes (what `Automerge::load` reads).
+    pub data: Vec<u8>,
 }
 
 /// One collection of a `SubscribeSince`.
@@ -377,6 +423,8 @@ impl Frame {
             Frame::Ephemeral { .. } => "ephemeral",
             Frame::SubscribeSince { .. } => "subscribe_since",
             Frame::Listing { .. } => "listing",
+            Frame::SubscribeWith { .. } => "subscribe_with",
+            Frame::Documents { .. } => "documents",
         }
     }
 }
@@ -452,6 +500,20 @@ mod tests {
                 since: Some(42),
                 seq: 50,
             },
+            Frame::SubscribeWith {
+                collections: vec![SubscribeRequest {
+                    collection: "c".into(),
+                    cursor: None,
+                    whole: true,
+                }],
+            },
+            Frame::Documents {
+                collection: "c".into(),
+                docs: vec![WholeDoc {
+                    doc: DocId::random(),
+                    data: vec![0x85, 0x6f],
+                }],
+            },
         ];
         for f in frames {
             assert_eq!(Frame::decode(&f.encode()).ok(), Some(f));
@@ -521,7 +583,7 @@ mod tests {
             expires_at_ms: Some(1_700_000_000_000),
         };
         let expected = [
-            1, 3, 1, b'r', 1, 0xfd, 0x00, 0x68, 0xe5, 0xcf, 0x8b, 0x01, 0, 0,
+            1, 4, 1, b'r', 1, 0xfd, 0x00, 0x68, 0xe5, 0xcf, 0x8b, 0x01, 0, 0,
         ];
         assert_eq!(welcome.encode(), expected);
     }
@@ -546,6 +608,29 @@ mod tests {
             seq: 7,
         };
         assert_eq!(listing.encode(), vec![15, 1, b'c', 0, 7]);
+    }
+
+    #[test]
+    fn whole_document_frames_come_after_every_version_3_frame() {
+        let subscribe = Frame::SubscribeWith {
+            collections: vec![SubscribeRequest {
+                collection: "c".into(),
+                cursor: None,
+                whole: true,
+            }],
+        };
+        assert_eq!(subscribe.encode(), vec![16, 1, 1, b'c', 0, 1]);
+        let doc = DocId::from_bytes([9; 16]);
+        let documents = Frame::Documents {
+            collection: "c".into(),
+            docs: vec![WholeDoc {
+                doc,
+                data: vec![1, 2],
+            }],
+        };
+        let bytes = documents.encode();
+        assert_eq!(&bytes[..4], &[17, 1, b'c', 1]);
+        assert_eq!(&bytes[bytes.len() - 3..], &[2, 1, 2]);
     }
 
     #[test]

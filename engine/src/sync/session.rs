@@ -20,7 +20,8 @@ use automerge::sync::Message;
 use super::access::{Access, Grant};
 use super::limits::{Limits, Usage};
 use super::protocol::{
-    Cursor, DocSummary, ErrorCode, Frame, SubscribeFrom, OLDEST_ACCEPTED_VERSION, PROTOCOL_VERSION,
+    Cursor, DocSummary, ErrorCode, Frame, SubscribeRequest, WholeDoc, OLDEST_ACCEPTED_VERSION,
+    PROTOCOL_VERSION,
 };
 use super::{error_code, error_text, SyncDocs};
 use crate::guard::GuardError;
@@ -114,6 +115,14 @@ pub const ANNOUNCE_BATCH: usize = 500;
 /// Most collections one `Subscribe` may name.
 pub const MAX_SUBSCRIBE_NAMES: usize = 64;
 
+/// The most bytes of saved documents one `Documents` frame carries (a
+/// page of a listing stops there; the next page goes on from it).
+pub const WHOLE_FRAME_BYTES: usize = 1024 * 1024;
+
+/// The largest saved form a listing sends whole; a larger document is
+/// announced and synced by exchange, which sends it in bounded batches.
+pub const MAX_WHOLE_DOC_BYTES: usize = 256 * 1024;
+
 /// A listing of one collection owed to the connection: announced one page
 /// at a time, so it costs one page of memory whatever the collection's size.
 #[derive(Debug)]
@@ -125,6 +134,13 @@ struct Listing {
     /// Whether a `Listing` frame heads it (it was asked for by
     /// `SubscribeSince`; a version-2 `Subscribe` gets none).
     framed: bool,
+    /// Whether its documents may go whole (`Documents`): the replica said
+    /// it holds none of the collection.
+    whole: bool,
+    /// Whether it goes on from a listing of the same collection that was
+    /// under way when it was asked for (its cursor is that listing's
+    /// number): if that one fails, this one lists everything instead.
+    follows: bool,
     /// Where the listing stands, once its first page went out (a later
     /// `Subscribe` then needs a listing of its own, which sees what
     /// changed meanwhile).
@@ -312,14 +328,26 @@ impl RelaySession {
             (Phase::Ready { .. }, Frame::Subscribe { collections }) => {
                 let from = collections
                     .into_iter()
-                    .map(|collection| SubscribeFrom {
+                    .map(|collection| SubscribeRequest {
                         collection,
                         cursor: None,
+                        whole: false,
                     })
                     .collect();
                 self.on_subscribe(from, false)
             }
             (Phase::Ready { .. }, Frame::SubscribeSince { collections }) => {
+                let from = collections
+                    .into_iter()
+                    .map(|f| SubscribeRequest {
+                        collection: f.collection,
+                        cursor: f.cursor,
+                        whole: false,
+                    })
+                    .collect();
+                self.on_subscribe(from, true)
+            }
+            (Phase::Ready { .. }, Frame::SubscribeWith { collections }) => {
                 self.on_subscribe(collections, true)
             }
             (Phase::Ready { .. }, Frame::Unsubscribe { collections }) => {
@@ -435,7 +463,7 @@ impl RelaySession {
     /// announcement budget.
     /// `framed`: the listings are headed by `Listing` frames (asked for by
     /// `SubscribeSince`).
-    fn on_subscribe(&mut self, names: Vec<SubscribeFrom>, framed: bool) {
+    fn on_subscribe(&mut self, names: Vec<SubscribeRequest>, framed: bool) {
         if names.len() > MAX_SUBSCRIBE_NAMES {
             let text = format!(
                 "a Subscribe may name at most {MAX_SUBSCRIBE_NAMES} collections; this one names {}",
@@ -452,10 +480,11 @@ impl RelaySession {
     }
 
     /// Subscribes to one collection, or says why not (the others go on).
-    fn subscribe_one(&mut self, from: SubscribeFrom, framed: bool) {
-        let SubscribeFrom {
+    fn subscribe_one(&mut self, from: SubscribeRequest, framed: bool) {
+        let SubscribeRequest {
             collection: name,
             cursor,
+            whole,
         } = from;
         let collection = match Collection::new(name.as_str()) {
             Ok(c) => c,
@@ -476,7 +505,7 @@ impl RelaySession {
         self.confirm_subscription(&collection);
         // A cursor another relay issued means nothing here.
         let cursor = cursor.filter(|c| c.relay_id == self.relay_id);
-        self.owe_listing(collection, cursor, framed);
+        self.owe_listing(collection, cursor, framed, whole);
     }
 
     /// Registers a subscription with its right and tells the peer.
@@ -503,28 +532,67 @@ impl RelaySession {
 
     /// Owes a listing of `collection`; one not started yet answers this
     /// request too (from the older of the two cursors: it then covers
-    /// what both asked for).
-    fn owe_listing(&mut self, collection: Collection, cursor: Option<Cursor>, framed: bool) {
+    /// what both asked for). A request that arrives while a listing of
+    /// the collection is under way (a replica's agreement check right
+    /// after connecting) goes on from that listing's number: the replica
+    /// gets that one whole, so this one need only add what changed since,
+    /// instead of listing the collection a second time.
+    fn owe_listing(
+        &mut self,
+        collection: Collection,
+        cursor: Option<Cursor>,
+        framed: bool,
+        whole: bool,
+    ) {
         let waiting = self
             .listings
             .iter_mut()
             .find(|l| l.collection == collection && l.started.is_none());
-        match waiting {
-            Some(listing) => {
-                listing.repeats += 1;
-                listing.framed |= framed;
-                listing.cursor = match (listing.cursor.take(), cursor) {
-                    (Some(a), Some(b)) => Some(if a.seq <= b.seq { a } else { b }),
-                    _ => None,
-                };
+        if let Some(listing) = waiting {
+            listing.repeats += 1;
+            listing.framed |= framed;
+            listing.cursor = match (listing.cursor.take(), cursor) {
+                (Some(a), Some(b)) => Some(if a.seq <= b.seq { a } else { b }),
+                _ => None,
+            };
+            return;
+        }
+        let under_way = self
+            .listings
+            .iter()
+            .filter(|l| l.collection == collection)
+            .find_map(|l| l.started.map(|s| s.seq));
+        let (cursor, follows) = match under_way {
+            // Only a `Listing` header tells the replica where a listing
+            // starts; a version-2 `Subscribe` always gets everything.
+            Some(seq) if framed && cursor.as_ref().is_none_or(|c| c.seq < seq) => (
+                Some(Cursor {
+                    relay_id: self.relay_id.clone(),
+                    seq,
+                }),
+                true,
+            ),
+            _ => (cursor, false),
+        };
+        self.listings.push_back(Listing {
+            collection,
+            cursor,
+            framed,
+            whole,
+            follows,
+            started: None,
+            repeats: 0,
+        });
+    }
+
+    /// A listing of `collection` failed: one that was to go on from it
+    /// lists everything instead.
+    fn listing_failed(&mut self, collection: &Collection) {
+        for listing in self.listings.iter_mut() {
+            if listing.collection == *collection && listing.follows {
+                listing.cursor = None;
+                listing.follows = false;
             }
-            None => self.listings.push_back(Listing {
-                collection,
-                cursor,
-                framed,
-                started: None,
-                repeats: 0,
-            }),
         }
     }
 
@@ -562,27 +630,37 @@ impl RelaySession {
             Err(at) => return Announcing::NotBefore(at),
         };
         let read = start(listing, docs).and_then(|started| {
-            let page = match started.after {
-                Position::Id(after) => {
-                    let page = docs.summaries_page(&listing.collection, after.as_ref(), allowed)?;
-                    let after = page.last().map(|s| s.doc).or(after);
-                    (page, Position::Id(after))
-                }
-                Position::Seq(after) => {
-                    let page = docs.summaries_since(&listing.collection, after, allowed)?;
-                    let after = page.last().map_or(after, |n| n.seq);
-                    (
-                        page.into_iter().map(|n| n.summary).collect(),
-                        Position::Seq(after),
-                    )
+            let page: Vec<(Position, DocSummary)> = match started.after {
+                Position::Id(after) => docs
+                    .summaries_page(&listing.collection, after.as_ref(), allowed)?
+                    .into_iter()
+                    .map(|s| (Position::Id(Some(s.doc)), s))
+                    .collect(),
+                Position::Seq(after) => docs
+                    .summaries_since(&listing.collection, after, allowed)?
+                    .into_iter()
+                    .map(|n| (Position::Seq(n.seq), n.summary))
+                    .collect(),
+            };
+            let full = page.len() >= allowed;
+            let split = if listing.whole {
+                split_whole(page, docs)?
+            } else {
+                Split {
+                    last: page.last().map(|(p, _)| *p),
+                    announced: page.into_iter().map(|(_, s)| s).collect(),
+                    whole: Vec::new(),
+                    cut: false,
                 }
             };
-            Ok((started, page))
+            Ok((started, split, full))
         });
-        let (started, (page, after)) = match read {
+        let (started, split, full) = match read {
             Ok(read) => read,
             Err(e) => {
-                self.listings.pop_front();
+                if let Some(failed) = self.listings.pop_front() {
+                    self.listing_failed(&failed.collection);
+                }
                 self.fail(error_code(&e), error_text(&e), None);
                 return Announcing::Page(std::mem::take(&mut self.out));
             }
@@ -592,14 +670,24 @@ impl RelaySession {
             self.out
                 .push(RelayOutput::Send(listing_frame(&collection, started)));
         }
-        self.usage.announced(page.len().max(1));
+        let listed = split.announced.len() + split.whole.len();
+        self.usage.announced(listed.max(1));
+        let after = split.last.unwrap_or(started.after);
         listing.started = Some(Started { after, ..started });
-        let complete = page.len() < allowed;
-        self.out.push(RelayOutput::Send(Frame::Announce {
-            collection: collection.clone(),
-            docs: page,
-            complete,
-        }));
+        let complete = !full && !split.cut;
+        if !split.whole.is_empty() {
+            self.out.push(RelayOutput::Send(Frame::Documents {
+                collection: collection.clone(),
+                docs: split.whole,
+            }));
+        }
+        if complete || !split.announced.is_empty() {
+            self.out.push(RelayOutput::Send(Frame::Announce {
+                collection: collection.clone(),
+                docs: split.announced,
+                complete,
+            }));
+        }
         if complete {
             let (repeats, framed) = (listing.repeats, listing.framed);
             self.listings.pop_front();
@@ -866,6 +954,56 @@ fn start(listing: &Listing, docs: &dyn SyncDocs) -> crate::Result<Started> {
         None => Position::Id(None),
     };
     Ok(Started { since, seq, after })
+}
+
+/// One page of a listing, sorted into what goes whole and what is
+/// announced.
+struct Split {
+    /// Documents announced (tombstones, and those that cannot go whole).
+    announced: Vec<DocSummary>,
+    /// Documents sent whole.
+    whole: Vec<WholeDoc>,
+    /// Where the page ends (`None`: it is empty).
+    last: Option<Position>,
+    /// Whether the page was cut short at [`WHOLE_FRAME_BYTES`]: the
+    /// listing goes on from `last`.
+    cut: bool,
+}
+
+/// Sends the live documents of a page whole, as far as their saved forms
+/// fit in one `Documents` frame; the page ends at the first that does not.
+fn split_whole(page: Vec<(Position, DocSummary)>, docs: &dyn SyncDocs) -> crate::Result<Split> {
+    let mut split = Split {
+        announced: Vec::new(),
+        whole: Vec::new(),
+        last: None,
+        cut: false,
+    };
+    let mut bytes = 0usize;
+    for (position, summary) in page {
+        let saved = match summary.deleted {
+            true => None,
+            false => docs
+                .saved_form(&summary.doc)?
+                .filter(|data| data.len() <= MAX_WHOLE_DOC_BYTES),
+        };
+        match saved {
+            Some(data) => {
+                if bytes + data.len() > WHOLE_FRAME_BYTES && !split.whole.is_empty() {
+                    split.cut = true;
+                    break;
+                }
+                bytes += data.len();
+                split.whole.push(WholeDoc {
+                    doc: summary.doc,
+                    data,
+                });
+            }
+            None => split.announced.push(summary),
+        }
+        split.last = Some(position);
+    }
+    Ok(split)
 }
 
 /// The `Listing` frame that heads a listing.

@@ -38,7 +38,7 @@ use accord_engine::error::StoreError;
 use accord_engine::guard::Budget;
 use accord_engine::replica::parts;
 use accord_engine::sync::{
-    DocSummary, EncodedState, LocalState, NumberedSummary, SyncCursor, SyncDocs,
+    DocSummary, EncodedState, LocalState, NumberedSummary, Received, SyncCursor, SyncDocs,
 };
 use accord_engine::{Collection, DocId, Error, Heads, PeerId, Result};
 use deadpool_postgres::{GenericClient, Pool};
@@ -838,6 +838,26 @@ impl SyncDocs for PgStore {
             },
         });
         Ok(true)
+    }
+
+    fn saved_form(&self, doc: &DocId) -> Result<Option<Vec<u8>>> {
+        let entry = self.entry(doc);
+        let mut slot = entry.loaded.lock();
+        let loaded = self.loaded(doc, &entry, &mut slot)?;
+        Ok(loaded.filter(|l| !l.deleted).map(|l| l.doc.save()))
+    }
+
+    fn receive_whole(
+        &self,
+        _doc: &DocId,
+        _collection: &Collection,
+        _data: &[u8],
+        _from: &PeerId,
+    ) -> Result<Received> {
+        // Only replicas ask for documents whole; a relay never receives any.
+        Err(Error::Store(StoreError::Backend(
+            "a relay's store does not take documents sent whole".into(),
+        )))
     }
 
     fn delete(&self, doc: &DocId, collection: &Collection, _from: &PeerId) -> Result<bool> {

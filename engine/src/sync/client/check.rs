@@ -93,7 +93,7 @@ impl ClientSession {
         };
         if agree && self.open {
             let collections: Vec<Collection> = self.config.collections.iter().cloned().collect();
-            self.send_subscribe(collections);
+            self.send_subscribe(collections, docs);
             check.fresh = Some((self.epoch, self.subscribes_sent.clone()));
         }
         Ok((check, std::mem::take(&mut self.out)))

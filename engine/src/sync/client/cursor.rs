@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 
-use super::{ClientSession, DocSync, Hold};
+use super::{ClientOutput, ClientSession, DocSync, Hold};
 use crate::error::Result;
 use crate::id::{Collection, DocId};
 use crate::sync::protocol::{Cursor, SubscribeFrom};
@@ -208,8 +208,16 @@ impl ClientSession {
 
     /// Saves the cursors that moved, for the collections whose every
     /// document agrees with the relay; runs when nothing is in flight.
+    /// Not while documents written in this call await their commit (as
+    /// when a listing's documents came whole with its end): their local
+    /// numbers are not known yet, so the next call tries.
     pub(super) fn save_cursors(&mut self, now: u64, docs: &dyn SyncDocs) {
+        self.cursors_deferred = false;
         if self.relay_id.is_none() || !self.queue.is_empty() || self.in_flight > 0 {
+            return;
+        }
+        if docs.numbering_held() {
+            self.cursors_deferred = self.progress.values().any(|p| p.due);
             return;
         }
         let due: Vec<Collection> = self
@@ -296,6 +304,21 @@ impl ClientSession {
         }
         self.baseline_moves += 1;
         Ok(true)
+    }
+
+    /// Whether the last call could not save a cursor that is due because
+    /// its writes awaited their commit: once they are committed, the
+    /// driver calls [`ClientSession::save_deferred_cursors`] (before it
+    /// tells the app anything), so a cursor is not left unsaved by an app
+    /// that closes the connection as soon as it agrees.
+    pub fn cursors_deferred(&self) -> bool {
+        self.cursors_deferred
+    }
+
+    /// Saves the cursors the last call deferred (see
+    /// [`ClientSession::cursors_deferred`]), with the states that moved.
+    pub fn save_deferred_cursors(&mut self, now: u64, docs: &dyn SyncDocs) -> Vec<ClientOutput> {
+        self.finish(now, docs)
     }
 
     /// The cursor this session last read or saved for `collection`.

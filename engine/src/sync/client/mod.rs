@@ -36,7 +36,7 @@ pub use check::{CheckOutcome, SyncCheck};
 pub use cursor::CURSOR_RETRY_MS;
 
 use super::exchange::{heads_only, Exchange};
-use super::protocol::{DocSummary, ErrorCode, Frame, PROTOCOL_VERSION};
+use super::protocol::{DocSummary, ErrorCode, Frame, SubscribeRequest, WholeDoc, PROTOCOL_VERSION};
 use super::session::MAX_SUBSCRIBE_NAMES;
 use super::{error_code, EncodedState, LocalState, SyncDocs, STORAGE_RETRY_MS};
 use crate::error::{Error, Result};
@@ -167,7 +167,7 @@ pub struct SessionStats {
     pub messages_received: u64,
     /// Bytes of sync messages sent.
     pub bytes_sent: u64,
-    /// Bytes of sync messages received.
+    /// Bytes of sync messages and of documents sent whole received.
     pub bytes_received: u64,
     /// Documents that received changes from the relay.
     pub docs_received: u64,
@@ -182,6 +182,9 @@ pub struct SessionStats {
     pub deletions_received: u64,
     /// Records the relay announced that this replica did not have yet.
     pub records_discovered: u64,
+    /// Documents the relay sent whole (in their saved form, in a listing
+    /// asked for by a replica that held none of the collection).
+    pub docs_whole: u64,
 }
 
 /// Whether a document may be offered to the relay now.
@@ -273,6 +276,9 @@ pub struct ClientSession {
     /// Per collection, this connection's progress through the relay's
     /// sequence, and the cursor to save (see `cursor`).
     progress: HashMap<Collection, cursor::Progress>,
+    /// Whether a due cursor waited for the commit of the last call's
+    /// writes (see `cursor`).
+    cursors_deferred: bool,
     /// Outputs of the current call.
     out: Vec<ClientOutput>,
 }
@@ -303,6 +309,7 @@ impl ClientSession {
             stats: SessionStats::default(),
             presence: (DocId::random().to_string(), 0),
             progress: HashMap::new(),
+            cursors_deferred: false,
             out: Vec::new(),
         }
     }
@@ -386,14 +393,14 @@ impl ClientSession {
             token: self.config.token.clone(),
         }));
         let collections: Vec<Collection> = self.config.collections.iter().cloned().collect();
-        self.send_subscribe(collections);
+        self.send_subscribe(collections, docs);
         self.open = true;
         std::mem::take(&mut self.out)
     }
 
     /// Sends `Subscribe`, counting it: the relay answers each with one
     /// complete announcement per collection, in order.
-    fn send_subscribe(&mut self, collections: Vec<Collection>) {
+    fn send_subscribe(&mut self, collections: Vec<Collection>, docs: &dyn SyncDocs) {
         if collections.is_empty() {
             return;
         }
@@ -402,10 +409,28 @@ impl ClientSession {
         }
         // A relay accepts a bounded number of names per frame.
         for names in collections.chunks(MAX_SUBSCRIBE_NAMES) {
-            let collections = names.iter().map(|c| self.subscribe_from(c)).collect();
+            let collections = names
+                .iter()
+                .map(|c| {
+                    let from = self.subscribe_from(c);
+                    SubscribeRequest {
+                        collection: from.collection,
+                        cursor: from.cursor,
+                        whole: self.holds_none(c, docs),
+                    }
+                })
+                .collect();
             self.out
-                .push(ClientOutput::Send(Frame::SubscribeSince { collections }));
+                .push(ClientOutput::Send(Frame::SubscribeWith { collections }));
         }
+    }
+
+    /// Whether this replica holds no document of `collection` (not even a
+    /// tombstone), so the relay may send its documents whole. A failed
+    /// read says no: the documents are then synced one exchange each.
+    fn holds_none(&self, collection: &Collection, docs: &dyn SyncDocs) -> bool {
+        docs.summaries_page(collection, None, 1)
+            .is_ok_and(|page| page.is_empty())
     }
 
     /// The connection closed: persist what was learnt and forget the rest.
@@ -468,14 +493,18 @@ impl ClientSession {
     }
 
     /// Adds collections; subscribes at once when connected.
-    pub fn subscribe(&mut self, collections: &[Collection]) -> Vec<ClientOutput> {
+    pub fn subscribe(
+        &mut self,
+        collections: &[Collection],
+        docs: &dyn SyncDocs,
+    ) -> Vec<ClientOutput> {
         let new: Vec<Collection> = collections
             .iter()
             .filter(|c| self.config.collections.insert((*c).clone()))
             .cloned()
             .collect();
         if self.open {
-            self.send_subscribe(new);
+            self.send_subscribe(new, docs);
         }
         std::mem::take(&mut self.out)
     }
@@ -504,6 +533,10 @@ impl ClientSession {
                 docs: list,
                 complete,
             } => self.on_announce(&collection, list, complete, docs),
+            Frame::Documents {
+                collection,
+                docs: list,
+            } => self.on_documents(now, &collection, list, docs),
             Frame::Sync {
                 doc,
                 collection,
@@ -723,6 +756,57 @@ impl ClientSession {
                     self.offer_unannounced(&collection, unannounced, from == 0, docs);
                 }
                 Err(e) => self.local_failure(None, &e),
+            }
+        }
+    }
+
+    /// Documents of a listing, sent whole: each is merged in (created, as
+    /// this replica held none of the collection when it asked), counts as
+    /// announced with the heads it came with, and its exchange resumes
+    /// from those heads. One that does not apply is reported and synced
+    /// by exchange instead (later, if storage failed).
+    fn on_documents(&mut self, now: u64, name: &str, list: Vec<WholeDoc>, docs: &dyn SyncDocs) {
+        let (Some(collection), Some(relay)) = (self.subscribed(name), self.relay_id.clone()) else {
+            return;
+        };
+        for WholeDoc { doc, data } in list {
+            self.stats.bytes_received += data.len() as u64;
+            self.announcing
+                .entry(collection.clone())
+                .or_default()
+                .insert(doc);
+            self.relay_news.insert(doc);
+            let received = docs.receive_whole(&doc, &collection, &data, &relay);
+            let Some(d) = self.doc_sync(doc, &collection, docs) else {
+                continue;
+            };
+            match received {
+                Ok(received) => {
+                    d.relay_heads = Some(received.heads.clone());
+                    d.relay_deleted = false;
+                    d.exchange.peer_holds(received.heads.as_slice());
+                    self.touched.insert(doc);
+                    self.stats.docs_whole += 1;
+                    self.stats.docs_received += u64::from(received.changed);
+                    self.stats.records_discovered += u64::from(received.created);
+                    if !received.created {
+                        // It was here already: what it holds beyond the
+                        // relay's heads is offered.
+                        match docs.heads(&doc) {
+                            Ok(heads) if heads != received.heads => self.enqueue(doc),
+                            Ok(_) => {}
+                            Err(e) => self.local_failure(Some(doc), &e),
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.local_failure(Some(doc), &e);
+                    if error_code(&e) == ErrorCode::STORAGE_UNAVAILABLE {
+                        self.hold_after_failure(now, doc, &e);
+                    } else {
+                        self.enqueue(doc);
+                    }
+                }
             }
         }
     }
