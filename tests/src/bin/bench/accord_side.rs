@@ -237,13 +237,51 @@ pub async fn w5(n: usize, changed: usize, s: Settings) -> anyhow::Result<W5> {
     for id in ids.iter().take(changed) {
         anyhow::ensure!(b.heads(id)? == a.heads(id)?, "b misses the change of {id}");
     }
+    let idle_kib_per_conn =
+        capped(s.cap * 10, "W5 idle subscribers", idle_subscribers(&server)).await?;
     tokio::task::spawn_blocking(move || server.stop()).await??;
     Ok(W5 {
         first_s,
         first_bytes,
         reconnect_s,
         reconnect_bytes,
+        idle_kib_per_conn,
     })
+}
+
+/// How many connections [`idle_subscribers`] opens.
+const IDLE_SUBSCRIBERS: usize = 20;
+
+/// The relay's resident memory per idle connection subscribed to the
+/// `w5` collection: [`IDLE_SUBSCRIBERS`] raw connections each read a
+/// full listing of it (every document announced, the most a listing can
+/// leave behind) and then stay open; KiB added per connection.
+async fn idle_subscribers(server: &ServerProcess) -> anyhow::Result<f64> {
+    use accord_engine::sync::{Frame, SubscribeFrom};
+    use accord_tests::wire::{next_frame, send, welcomed};
+    let before = server.rss_kib()?;
+    let mut open = Vec::with_capacity(IDLE_SUBSCRIBERS);
+    for k in 0..IDLE_SUBSCRIBERS {
+        let mut ws = welcomed(&server.url(), &format!("idle-{k}"), "").await;
+        let subscribe = Frame::SubscribeSince {
+            collections: vec![SubscribeFrom {
+                collection: "w5".into(),
+                cursor: None,
+            }],
+        };
+        send(&mut ws, &subscribe).await;
+        loop {
+            match next_frame(&mut ws).await {
+                Some(Frame::Announce { complete: true, .. }) => break,
+                Some(_) => {}
+                None => anyhow::bail!("an idle subscriber's connection ended"),
+            }
+        }
+        open.push(ws);
+    }
+    let after = server.rss_kib()?;
+    drop(open);
+    Ok(after.saturating_sub(before) as f64 / IDLE_SUBSCRIBERS as f64)
 }
 
 /// `r` connects through a counting proxy and waits until it agrees with

@@ -14,7 +14,7 @@ use crate::python;
 use crate::run::{repeat, Outcome, Settings};
 use crate::stats::{Better, Figure, Row};
 use crate::workloads::{Idle, W1, W2, W3, W5};
-use crate::{accord_side, cluster, js_side, samod_side, w0};
+use crate::{accord_side, cluster, js_side, samod_side, w0, workloads};
 
 /// Accord against the machine's limits and against samod 0.16.
 #[derive(Debug, Parser)]
@@ -530,6 +530,18 @@ impl Plan {
                 Better::Lower,
                 pair(|r| r.restarted_bytes_ratio),
             ));
+            let floor = repeat(&format!("floor {label}"), reps, s, move || async move {
+                workloads::w2_floor(d)
+            });
+            rows.push(Row {
+                workload: label.clone(),
+                metric: "cold sync s vs the machine".into(),
+                unit: "s",
+                better: Better::Lower,
+                accord: inner(&ours, |r| r.warm_s),
+                reference: floor.figure(|v| *v),
+                reference_name: "in-memory Automerge sync",
+            });
             peaks.push(peak_row(&label, &ours, &theirs, self));
         }
     }
@@ -751,12 +763,15 @@ impl Plan {
         let label = format!("W5 {n} records, {changed} changed");
         let ours = self.accord(&label, self.reps, move || accord_side::w5(n, changed, s));
         type Metric = (&'static str, &'static str, fn(&W5) -> f64);
-        let metrics: [Metric; 4] = [
+        let metrics: [Metric; 5] = [
             ("first sync to agreed", "s", |r| r.first_s),
             ("first sync wire", "KB", |r| r.first_bytes as f64 / 1000.0),
             ("reconnect to agreed", "s", |r| r.reconnect_s),
             ("reconnect wire", "KB", |r| {
                 r.reconnect_bytes as f64 / 1000.0
+            }),
+            ("relay RSS per idle subscriber", "KiB", |r| {
+                r.idle_kib_per_conn
             }),
         ];
         for (metric, unit, f) in metrics {

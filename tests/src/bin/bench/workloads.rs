@@ -104,6 +104,9 @@ pub struct W5 {
     pub reconnect_s: f64,
     /// Reconnect: bytes on the wire, both ways.
     pub reconnect_bytes: u64,
+    /// The relay's resident memory per idle connection subscribed to the
+    /// collection, after a full listing of it, KiB.
+    pub idle_kib_per_conn: f64,
 }
 
 /// W4's idle-connection figures.
@@ -129,6 +132,36 @@ pub fn ten_change_doc(i: usize) -> Automerge {
         tx.commit();
     }
     doc
+}
+
+/// W2's machine limit: `d` documents of 10 changes each synced into
+/// empty documents by Automerge's sync protocol in memory, every message
+/// encoded and decoded as on the wire, with no network and no disk.
+/// Returns seconds.
+pub fn w2_floor(d: usize) -> anyhow::Result<f64> {
+    use accord_engine::automerge::sync::{Message, State, SyncDoc};
+    let mut sources: Vec<Automerge> = (0..d).map(ten_change_doc).collect();
+    let started = Instant::now();
+    for source in &mut sources {
+        let mut target = Automerge::new();
+        let (mut ours, mut theirs) = (State::new(), State::new());
+        loop {
+            let mut moved = false;
+            if let Some(m) = source.generate_sync_message(&mut ours) {
+                target.receive_sync_message(&mut theirs, Message::decode(&m.encode())?)?;
+                moved = true;
+            }
+            if let Some(m) = target.generate_sync_message(&mut theirs) {
+                source.receive_sync_message(&mut ours, Message::decode(&m.encode())?)?;
+                moved = true;
+            }
+            if !moved {
+                break;
+            }
+        }
+        anyhow::ensure!(target.get_heads() == source.get_heads(), "did not converge");
+    }
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// Document `i` of W4: one change.
