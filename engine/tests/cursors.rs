@@ -252,7 +252,7 @@ fn a_replica_sends_its_stored_cursor_and_offers_only_what_it_wrote_since() {
         .expect("create");
 
     let mut session = client(&["notes"]);
-    let out = session.connected(&local);
+    let out = session.connected(0, &local);
     let subscribe = Frame::SubscribeWith {
         collections: vec![SubscribeRequest {
             collection: "notes".into(),
@@ -291,7 +291,7 @@ fn a_replica_saves_the_listing_number_once_everything_agrees() {
     let doc = local.create("notes", &json!({ "a": 1 })).expect("create");
     let heads = local.meta(&doc).expect("meta").heads;
     let mut session = client(&["notes"]);
-    session.connected(&local);
+    session.connected(0, &local);
     session.handle_frame(0, welcome(), &local);
     let listing = Frame::Listing {
         collection: "notes".into(),
@@ -320,7 +320,7 @@ fn a_replica_keeps_its_cursor_while_an_announced_change_is_missing() {
     let heads = relay.meta(&doc).expect("meta").heads;
     let local = Replica::open_in_memory().expect("replica");
     let mut session = client(&["notes"]);
-    session.connected(&local);
+    session.connected(0, &local);
     session.handle_frame(0, welcome(), &local);
     let listing = Frame::Listing {
         collection: "notes".into(),
@@ -355,7 +355,7 @@ fn a_cursor_of_another_relay_is_sent_and_a_full_listing_compares_everything() {
     };
     local.save_sync_cursor(&notes(), &cursor).expect("save");
     let mut session = client(&["notes"]);
-    session.connected(&local);
+    session.connected(0, &local);
     // Another relay answers: it lists everything (here: nothing), so
     // the record the old cursor covered is offered after all.
     let other = Frame::Welcome {
@@ -374,4 +374,77 @@ fn a_cursor_of_another_relay_is_sent_and_a_full_listing_compares_everything() {
     assert!(sent(&out)
         .iter()
         .any(|f| matches!(f, Frame::Sync { doc: d, .. } if *d == doc)));
+}
+
+/// A replica whose record changed since its cursor, with a stored sync
+/// state under the cursor's relay: its exchange starts right behind
+/// `Hello` (without changes), and is forgotten if another relay answers.
+fn early_exchange_setup() -> (Replica, DocId) {
+    use accord_engine::automerge::sync::State;
+    use accord_engine::sync::EncodedState;
+    let local = Replica::open_in_memory().expect("replica");
+    let doc = local.create("notes", &json!({ "n": 1 })).expect("create");
+    let relay = PeerId::new("relay").expect("id");
+    let mut state = State::new();
+    state.shared_heads = local.heads(&doc).expect("heads").to_vec();
+    local
+        .save_sync_states(
+            &relay,
+            vec![EncodedState {
+                doc,
+                bytes: state.encode(),
+            }],
+        )
+        .expect("state");
+    let cursor = SyncCursor {
+        relay,
+        relay_seq: 1,
+        local_seq: local.collection_seq("notes").expect("seq"),
+    };
+    local.save_sync_cursor(&notes(), &cursor).expect("cursor");
+    local
+        .put(&doc, "n", &json!(2), None)
+        .expect("offline change");
+    (local, doc)
+}
+
+#[test]
+fn a_replica_starts_exchanges_of_what_it_wrote_since_its_cursor_right_behind_hello() {
+    let (local, doc) = early_exchange_setup();
+    let mut session = client(&["notes"]);
+    let out = session.connected(0, &local);
+    let frames = sent(&out);
+    assert!(matches!(frames[0], Frame::Hello { .. }));
+    assert!(matches!(frames[1], Frame::SubscribeWith { .. }));
+    let early = frames.iter().find_map(|f| match f {
+        Frame::Sync {
+            doc: d,
+            message,
+            want_reply,
+            ..
+        } if *d == doc => Some((message.clone(), *want_reply)),
+        _ => None,
+    });
+    let (message, want_reply) = early.expect("an early Sync for the changed record");
+    let message = accord_engine::automerge::sync::Message::decode(&message).expect("message");
+    assert!(message.changes.is_empty(), "no changes before Welcome");
+    assert!(want_reply);
+    assert_eq!(session.pending(), 1, "it is in flight");
+    session.handle_frame(0, welcome(), &local);
+    assert_eq!(session.pending(), 1, "the same relay: it goes on");
+}
+
+#[test]
+fn early_exchanges_are_forgotten_when_another_relay_answers() {
+    let (local, _) = early_exchange_setup();
+    let mut session = client(&["notes"]);
+    session.connected(0, &local);
+    assert_eq!(session.pending(), 1);
+    let other = Frame::Welcome {
+        version: PROTOCOL_VERSION,
+        relay_id: "another-relay".into(),
+        expires_at_ms: None,
+    };
+    session.handle_frame(0, other, &local);
+    assert_eq!(session.pending(), 0, "its states were the other relay's");
 }

@@ -234,7 +234,7 @@ fn a_client_uses_the_newest_token_and_learns_its_expiry() {
     let store = Replica::open_in_memory().expect("store");
     let mut session = client("first");
     assert!(session.reauth("second".into()).is_empty(), "not connected");
-    let out = session.connected(&store);
+    let out = session.connected(0, &store);
     assert!(matches!(sent(&out)[0], Frame::Hello { token, .. } if token == "second"));
     let welcome = Frame::Welcome {
         version: PROTOCOL_VERSION,
@@ -286,7 +286,7 @@ fn a_client_uses_the_newest_token_and_learns_its_expiry() {
 fn a_client_refuses_reauth_frames_from_a_relay() {
     let store = Replica::open_in_memory().expect("store");
     let mut session = client("t");
-    session.connected(&store);
+    session.connected(0, &store);
     let out = session.handle_frame(0, Frame::Reauth { token: "x".into() }, &store);
     assert!(out.iter().any(|o| matches!(
         o,

@@ -92,6 +92,8 @@ struct Listings {
     full: u64,
     /// Documents sent whole (to replicas that held none of the collection).
     whole: u64,
+    /// Exchanges a replica started right behind `Hello`.
+    early: u64,
 }
 
 fn open(path: &std::path::Path, seed: u64) -> Replica {
@@ -164,7 +166,11 @@ impl Sim {
         let session = RelaySession::new(self.relay.id.clone());
         self.relay.sessions.insert(conn, session);
         let client = &mut self.clients[i];
-        let out = client.session.connected(&client.replica);
+        let out = client.session.connected(self.now, &client.replica);
+        self.listings.early += out
+            .iter()
+            .filter(|o| matches!(o, ClientOutput::Send(Frame::Sync { .. })))
+            .count() as u64;
         self.client_outputs(i, out);
     }
 
@@ -979,6 +985,7 @@ fn replicas_converge_under_faults_restarts_and_deletes() {
                 listings.since += seen.since;
                 listings.full += seen.full;
                 listings.whole += seen.whole;
+                listings.early += seen.early;
             }
             Err(panic) => {
                 eprintln!("simulation failed for seed {seed}; replay with ACCORD_SIM_SEED={seed}");
@@ -987,8 +994,8 @@ fn replicas_converge_under_faults_restarts_and_deletes() {
         }
     }
     eprintln!(
-        "listings since a cursor: {}, full: {}; documents sent whole: {}",
-        listings.since, listings.full, listings.whole
+        "listings since a cursor: {}, full: {}; documents sent whole: {}; exchanges started before Welcome: {}",
+        listings.since, listings.full, listings.whole, listings.early
     );
     if seeds >= 10 {
         // Reconnects resume from cursors, and voided cursors fall back.
@@ -996,5 +1003,7 @@ fn replicas_converge_under_faults_restarts_and_deletes() {
         assert!(listings.full > 0, "no full listing");
         // Replicas that start empty get documents whole.
         assert!(listings.whole > 0, "no document went whole");
+        // Reconnects with local changes start their exchanges at once.
+        assert!(listings.early > 0, "no exchange started before Welcome");
     }
 }

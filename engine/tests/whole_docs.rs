@@ -238,7 +238,7 @@ fn client(replica: &Replica) -> (ClientSession, Vec<ClientOutput>) {
         max_in_flight: 8,
         max_frame_bytes: 1 << 20,
     });
-    let mut out = session.connected(replica);
+    let mut out = session.connected(0, replica);
     out.extend(session.handle_frame(
         0,
         Frame::Welcome {

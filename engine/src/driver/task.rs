@@ -344,7 +344,8 @@ impl Driver {
     }
 
     async fn connection(&mut self, mut ws: Ws) -> Ended {
-        match self.outputs(|s, r| s.connected(r)).await {
+        let now = self.now();
+        match self.outputs(move |s, r| s.connected(now, r)).await {
             Ok(hello) => {
                 if let Some(end) = self.carry_out(&mut ws, hello).await {
                     return end;

@@ -27,6 +27,7 @@
 
 mod check;
 mod cursor;
+mod early;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
@@ -34,6 +35,7 @@ use automerge::sync::Message;
 
 pub use check::{CheckOutcome, SyncCheck};
 pub use cursor::CURSOR_RETRY_MS;
+pub use early::EARLY_BYTES;
 
 use super::exchange::{heads_only, Exchange};
 use super::protocol::{DocSummary, ErrorCode, Frame, SubscribeRequest, WholeDoc, PROTOCOL_VERSION};
@@ -276,6 +278,9 @@ pub struct ClientSession {
     /// Per collection, this connection's progress through the relay's
     /// sequence, and the cursor to save (see `cursor`).
     progress: HashMap<Collection, cursor::Progress>,
+    /// Documents whose exchange started before `Welcome` (see `early`),
+    /// with the relay whose stored state it resumed.
+    early: Vec<(DocId, PeerId)>,
     /// Whether a due cursor waited for the commit of the last call's
     /// writes (see `cursor`).
     cursors_deferred: bool,
@@ -310,6 +315,7 @@ impl ClientSession {
             presence: (DocId::random().to_string(), 0),
             progress: HashMap::new(),
             cursors_deferred: false,
+            early: Vec::new(),
             out: Vec::new(),
         }
     }
@@ -382,8 +388,10 @@ impl ClientSession {
     /// earlier than after `Welcome`).
     ///
     /// Each subscription carries the collection's stored cursor
-    /// (`SubscribeSince`), so the relay lists only what changed since.
-    pub fn connected(&mut self, docs: &dyn SyncDocs) -> Vec<ClientOutput> {
+    /// (`SubscribeWith`), so the relay lists only what changed since; the
+    /// documents written since a cursor start their exchanges at once
+    /// (see `early`).
+    pub fn connected(&mut self, now: u64, docs: &dyn SyncDocs) -> Vec<ClientOutput> {
         self.reset();
         self.load_cursors(docs);
         self.unanswered_tokens.push_back(self.config.token.clone());
@@ -395,6 +403,7 @@ impl ClientSession {
         let collections: Vec<Collection> = self.config.collections.iter().cloned().collect();
         self.send_subscribe(collections, docs);
         self.open = true;
+        self.start_early(now, docs);
         std::mem::take(&mut self.out)
     }
 
@@ -459,6 +468,7 @@ impl ClientSession {
         self.unanswered_tokens.clear();
         self.token_in_force = None;
         self.progress.clear();
+        self.early.clear();
     }
 
     /// A fresh token from the app: used by every later `Hello`, and sent at
@@ -700,6 +710,7 @@ impl ClientSession {
         }
         match PeerId::new(relay_id) {
             Ok(relay_id) => {
+                self.welcomed_by(&relay_id);
                 self.relay_id = Some(relay_id.clone());
                 self.on_authorized(expires_at_ms);
                 self.out

@@ -1,0 +1,120 @@
+//! Exchanges started right behind `Hello`, before the relay answered.
+//!
+//! A replica that reconnects with local changes made since its cursor
+//! would otherwise wait one round trip for `Welcome` and the listing
+//! before its first `Sync`. Those documents were synced with the relay
+//! before (the cursor says so) and have a stored sync state under the
+//! relay the cursor names, so their first message can go at once: the
+//! relay handles a connection's frames in order, and answers it with the
+//! listing (protocol.md, section 6). The first message of a resumed
+//! exchange carries no changes (Automerge sends changes only once it
+//! learnt what the peer has), so it is small and never needs a right to
+//! write; at most [`EARLY_BYTES`] go before `Welcome`.
+//!
+//! If `Welcome` names another relay than the cursor did, the early
+//! exchanges are forgotten: their states belong to the other relay. The
+//! relay's answers are then handled as the start of fresh exchanges, which
+//! Automerge's protocol allows from any state.
+
+use super::{ClientSession, DocSync, Hold};
+use crate::id::{Collection, DocId, PeerId};
+use crate::sync::exchange::Exchange;
+use crate::sync::SyncDocs;
+
+/// The most bytes of early `Sync` frames' messages sent before `Welcome`
+/// (the relay accepts 64 KiB before the handshake completes).
+pub const EARLY_BYTES: usize = 32 * 1024;
+
+impl ClientSession {
+    /// Starts the exchanges of documents written since their collection's
+    /// stored cursor that have a stored sync state under its relay.
+    pub(super) fn start_early(&mut self, now: u64, docs: &dyn SyncDocs) {
+        let mut budget = EARLY_BYTES;
+        let collections: Vec<Collection> = self.config.collections.iter().cloned().collect();
+        for collection in collections {
+            let Some(cursor) = self.cursor(&collection).cloned() else {
+                continue;
+            };
+            let Ok(written) = self.local_since(&collection, cursor.local_seq, docs) else {
+                continue; // the listing finds them
+            };
+            for numbered in written {
+                if numbered.summary.deleted {
+                    continue;
+                }
+                let doc = numbered.summary.doc;
+                if !self.start_one(now, doc, &collection, &cursor.relay, &mut budget, docs) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends the first message of `doc`'s exchange if it has a stored
+    /// state and fits in `budget`; returns whether to go on.
+    fn start_one(
+        &mut self,
+        now: u64,
+        doc: DocId,
+        collection: &Collection,
+        relay: &PeerId,
+        budget: &mut usize,
+        docs: &dyn SyncDocs,
+    ) -> bool {
+        let Ok(Some(state)) = docs.load_sync_state(relay, &doc) else {
+            return true;
+        };
+        let mut exchange = Exchange::resume(Some(state));
+        let Ok(Some(outgoing)) = exchange.generate(docs, &doc, collection, now) else {
+            return true;
+        };
+        if !outgoing.message.changes.is_empty() {
+            return true; // only what needs no right goes before `Welcome`
+        }
+        let message = outgoing.message.encode();
+        if message.len() > *budget {
+            return false;
+        }
+        *budget -= message.len();
+        if outgoing.want_reply {
+            self.in_flight += 1;
+        }
+        self.docs.insert(
+            doc,
+            DocSync {
+                collection: collection.clone(),
+                exchange,
+                relay_heads: None,
+                relay_deleted: false,
+                delete_sent: false,
+                sent: false,
+                hold: Hold::Free,
+            },
+        );
+        self.early.push((doc, relay.clone()));
+        self.count_sent(message.len());
+        self.out
+            .push(super::ClientOutput::Send(crate::sync::Frame::Sync {
+                doc,
+                collection: collection.to_string(),
+                message,
+                want_reply: outgoing.want_reply,
+            }));
+        true
+    }
+
+    /// `Welcome` named `relay`: early exchanges started with another
+    /// relay's states are forgotten.
+    pub(super) fn welcomed_by(&mut self, relay: &PeerId) {
+        for (doc, started_with) in std::mem::take(&mut self.early) {
+            if started_with == *relay {
+                continue;
+            }
+            if let Some(d) = self.docs.remove(&doc) {
+                if d.exchange.in_flight() {
+                    self.in_flight -= 1;
+                }
+            }
+        }
+    }
+}
