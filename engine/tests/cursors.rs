@@ -448,3 +448,34 @@ fn early_exchanges_are_forgotten_when_another_relay_answers() {
     session.handle_frame(0, other, &local);
     assert_eq!(session.pending(), 0, "its states were the other relay's");
 }
+
+#[test]
+fn an_early_sync_refused_as_not_subscribed_is_offered_again_after_the_listing() {
+    let (local, doc) = early_exchange_setup();
+    let mut session = client(&["notes"]);
+    session.connected(0, &local);
+    session.handle_frame(0, welcome(), &local);
+    // A transport that reordered it: the Sync reached the relay before
+    // the subscription.
+    let refused = Frame::error(
+        accord_engine::sync::ErrorCode::NOT_SUBSCRIBED,
+        "not subscribed to collection 'notes'",
+        Some(doc),
+    );
+    session.handle_frame(0, refused, &local);
+    assert_eq!(session.pending(), 0, "the exchange starts over");
+    session.handle_frame(
+        0,
+        Frame::Listing {
+            collection: "notes".into(),
+            since: Some(1),
+            seq: 1,
+        },
+        &local,
+    );
+    let out = session.handle_frame(0, complete(Vec::new()), &local);
+    let offered = sent(&out)
+        .iter()
+        .any(|f| matches!(f, Frame::Sync { doc: d, .. } if *d == doc));
+    assert!(offered, "offered again once listed, not held back: {out:?}");
+}

@@ -399,3 +399,39 @@ fn a_cursor_after_a_whole_listing_covers_the_documents_it_brought() {
         "every document the listing brought is covered"
     );
 }
+
+#[test]
+fn a_document_edited_here_before_its_listing_ends_is_offered_at_the_end() {
+    let relay = Replica::open_in_memory().expect("relay store");
+    let doc = relay.create("notes", &json!({ "n": 1 })).expect("create");
+    let data = relay.saved_form(&doc).expect("read").expect("saved");
+    let replica = Replica::open_in_memory().expect("replica");
+    let (mut session, _) = client(&replica);
+    session.handle_frame(
+        0,
+        Frame::Documents {
+            collection: "notes".into(),
+            docs: vec![WholeDoc { doc, data }],
+        },
+        &replica,
+    );
+    // Edited before the listing's end: the session leaves it to the end.
+    replica.put(&doc, "n", &json!(2), None).expect("edit");
+    let change = accord_engine::sync::client::LocalChange::Content;
+    assert!(session
+        .local_change(0, doc, &notes(), change, &replica)
+        .is_empty());
+    let out = session.handle_frame(
+        0,
+        Frame::Announce {
+            collection: "notes".into(),
+            docs: Vec::new(),
+            complete: true,
+        },
+        &replica,
+    );
+    let offered = out
+        .iter()
+        .any(|o| matches!(o, ClientOutput::Send(Frame::Sync { doc: d, .. }) if *d == doc));
+    assert!(offered, "the edit is offered: {out:?}");
+}

@@ -759,11 +759,14 @@ impl ClientSession {
             let from = self.listing_completed(&collection);
             match self.local_since(&collection, from, docs) {
                 Ok(local) => {
-                    let unannounced = local
-                        .into_iter()
-                        .map(|n| n.summary)
-                        .filter(|s| !seen.contains(&s.doc));
-                    let unannounced = unannounced.collect();
+                    let mut unannounced = Vec::new();
+                    for summary in local.into_iter().map(|n| n.summary) {
+                        if seen.contains(&summary.doc) {
+                            self.offer_if_changed(&collection, &summary, docs);
+                        } else {
+                            unannounced.push(summary);
+                        }
+                    }
                     self.offer_unannounced(&collection, unannounced, from == 0, docs);
                 }
                 Err(e) => self.local_failure(None, &e),
@@ -888,6 +891,30 @@ impl ClientSession {
         match &self.relay_id {
             Some(relay) => docs.delete(&doc, collection, relay),
             None => Ok(false),
+        }
+    }
+
+    /// A listed document as this replica holds it when the listing ends:
+    /// a local change made while the listing went out (which
+    /// `local_change` leaves to this comparison) is offered if the relay
+    /// is not known to hold it, as when the document came whole and was
+    /// edited here before the listing's end.
+    fn offer_if_changed(
+        &mut self,
+        collection: &Collection,
+        local: &DocSummary,
+        docs: &dyn SyncDocs,
+    ) {
+        let Some(d) = self.docs.get(&local.doc) else {
+            return;
+        };
+        if d.collection != *collection || d.relay_deleted {
+            return;
+        }
+        if local.deleted {
+            self.send_delete(local.doc, collection, docs);
+        } else if d.relay_heads.as_ref().is_some_and(|h| *h != local.heads) {
+            self.enqueue(local.doc);
         }
     }
 
@@ -1073,12 +1100,41 @@ impl ClientSession {
             return self.close(code, message);
         }
         let Some(doc) = doc else { return };
+        if code == ErrorCode::NOT_SUBSCRIBED && self.arrived_before_subscription(doc) {
+            return;
+        }
         let hold = if matches!(code, ErrorCode::STORAGE_UNAVAILABLE | ErrorCode::INTERNAL) {
             Hold::RetryAt(now + STORAGE_RETRY_MS)
         } else {
             Hold::Refused
         };
         self.hold(doc, hold);
+    }
+
+    /// A `not_subscribed` for a document of a collection this connection
+    /// subscribed to and the relay did not refuse: its frame reached the
+    /// relay before the subscription (an early exchange, on a transport
+    /// that reorders). The exchange starts over, offered again once the
+    /// collection is listed, instead of being held back for the whole
+    /// connection (a held document only answers the relay with its heads,
+    /// and a relay that needs its changes would ask again and again).
+    /// Returns whether that was the case.
+    fn arrived_before_subscription(&mut self, doc: DocId) -> bool {
+        let Some(d) = self.docs.get_mut(&doc) else {
+            return false;
+        };
+        if self.skipped.contains_key(&d.collection) {
+            return false;
+        }
+        if d.exchange.restart() {
+            self.in_flight -= 1;
+        }
+        d.relay_heads = None;
+        let listed = self.announced.contains(&d.collection);
+        if listed {
+            self.enqueue(doc);
+        }
+        true
     }
 
     /// Stops offering a document until `hold` says otherwise; what was in
