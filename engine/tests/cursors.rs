@@ -5,12 +5,14 @@
 //! around a listing.
 
 use accord_engine::sync::{
-    Announcing, ClientConfig, ClientOutput, ClientSession, Cursor, DocSummary, Frame, OpenAccess,
-    RelayOutput, RelaySession, SubscribeFrom, SubscribeRequest, SyncCursor, SyncDocs,
-    PROTOCOL_VERSION,
+    ClientConfig, ClientOutput, ClientSession, Cursor, DocSummary, Frame, OpenAccess, RelayOutput,
+    RelaySession, SubscribeFrom, SubscribeRequest, SyncCursor, SyncDocs, PROTOCOL_VERSION,
 };
 use accord_engine::{Collection, DocId, PeerId, Replica};
 use serde_json::json;
+
+mod sessions;
+use sessions::{drain, welcomed};
 
 fn notes() -> Collection {
     Collection::new("notes").expect("a valid name")
@@ -25,34 +27,10 @@ fn relay_store(n: usize) -> (Replica, Vec<DocId>) {
     (store, ids)
 }
 
-/// A relay session named `relay`, welcomed in protocol `version`.
-fn welcomed(store: &Replica, version: u32) -> (RelaySession, Vec<RelayOutput>) {
-    let mut session = RelaySession::new("relay");
-    let hello = Frame::Hello {
-        version,
-        peer_id: "peer".into(),
-        token: String::new(),
-    };
-    let out = session.handle_frame(hello, 0, &OpenAccess, store);
-    (session, out)
-}
-
 /// Every frame the relay sends for `frame` and the listings it owes.
 fn answer(session: &mut RelaySession, store: &Replica, frame: Frame) -> Vec<Frame> {
-    let mut out = session.handle_frame(frame, 0, &OpenAccess, store);
-    loop {
-        match session.next_announcement(0, store) {
-            Announcing::Page(page) => out.extend(page),
-            Announcing::Idle => break,
-            Announcing::NotBefore(_) => panic!("unlimited sessions are never paced"),
-        }
-    }
-    out.into_iter()
-        .filter_map(|o| match o {
-            RelayOutput::Send(f) => Some(f),
-            _ => None,
-        })
-        .collect()
+    let out = session.handle_frame(frame, 0, &OpenAccess, store);
+    drain(session, store, out)
 }
 
 fn since(relay_id: &str, seq: Option<u64>) -> Frame {

@@ -497,28 +497,16 @@ impl Sim {
             let mut out = Vec::new();
             SyncDocs::commit_together(replica, &mut || {
                 for frame in run.drain(..) {
-                    for output in session.handle_frame(now, frame, replica) {
-                        match output {
-                            ClientOutput::SaveStates { relay, states } => replica
-                                .save_sync_states(&relay, states)
-                                .expect("save states"),
-                            other => out.push(other),
-                        }
-                    }
+                    let outputs = session.handle_frame(now, frame, replica);
+                    persist_states(replica, outputs, &mut out);
                 }
             })
             .expect("commit a run of frames");
             if session.cursors_deferred() {
                 // As the driver does, once the run is committed.
                 SyncDocs::commit_together(replica, &mut || {
-                    for output in session.save_deferred_cursors(now, replica) {
-                        match output {
-                            ClientOutput::SaveStates { relay, states } => replica
-                                .save_sync_states(&relay, states)
-                                .expect("save states"),
-                            other => out.push(other),
-                        }
-                    }
+                    let outputs = session.save_deferred_cursors(now, replica);
+                    persist_states(replica, outputs, &mut out);
                 })
                 .expect("commit the deferred cursors");
             }
@@ -873,6 +861,19 @@ impl Sim {
                     meta.id
                 );
             }
+        }
+    }
+}
+
+/// Persists the sync states among a client session's outputs, as the
+/// driver does, and keeps the rest in `out`.
+fn persist_states(replica: &Replica, outputs: Vec<ClientOutput>, out: &mut Vec<ClientOutput>) {
+    for output in outputs {
+        match output {
+            ClientOutput::SaveStates { relay, states } => replica
+                .save_sync_states(&relay, states)
+                .expect("save states"),
+            other => out.push(other),
         }
     }
 }

@@ -10,11 +10,14 @@ use accord_engine::automerge::Automerge;
 use accord_engine::sync::session::{MAX_WHOLE_DOC_BYTES, WHOLE_FRAME_BYTES};
 use accord_engine::sync::{
     Announcing, ClientConfig, ClientOutput, ClientSession, ErrorCode, Frame, OpenAccess,
-    RelayOutput, RelaySession, SessionEvent, SubscribeFrom, SubscribeRequest, SyncDocs, WholeDoc,
+    RelaySession, SessionEvent, SubscribeFrom, SubscribeRequest, SyncDocs, WholeDoc,
     PROTOCOL_VERSION,
 };
 use accord_engine::{Collection, DocId, Heads, PeerId, Replica};
 use serde_json::json;
+
+mod sessions;
+use sessions::drain;
 
 fn notes() -> Collection {
     Collection::new("notes").expect("a valid name")
@@ -22,31 +25,7 @@ fn notes() -> Collection {
 
 /// A relay session welcomed in this build's protocol.
 fn welcomed(store: &Replica) -> RelaySession {
-    let mut session = RelaySession::new("relay");
-    let hello = Frame::Hello {
-        version: PROTOCOL_VERSION,
-        peer_id: "peer".into(),
-        token: String::new(),
-    };
-    session.handle_frame(hello, 0, &OpenAccess, store);
-    session
-}
-
-/// Every frame the relay sends, page by page, until nothing is owed.
-fn drain(session: &mut RelaySession, store: &Replica, mut out: Vec<RelayOutput>) -> Vec<Frame> {
-    loop {
-        match session.next_announcement(0, store) {
-            Announcing::Page(page) => out.extend(page),
-            Announcing::Idle => break,
-            Announcing::NotBefore(_) => panic!("unlimited sessions are never paced"),
-        }
-    }
-    out.into_iter()
-        .filter_map(|o| match o {
-            RelayOutput::Send(f) => Some(f),
-            _ => None,
-        })
-        .collect()
+    sessions::welcomed(store, PROTOCOL_VERSION).0
 }
 
 fn subscribe_with(whole: bool) -> Frame {

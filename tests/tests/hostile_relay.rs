@@ -16,14 +16,35 @@ use tokio_tungstenite::tungstenite::Message;
 const T: Duration = Duration::from_secs(30);
 const MIB: u64 = 1024 * 1024;
 
-/// Serves one connection: welcome, announce `doc`, send the bomb for it.
-async fn hostile_relay(listener: TcpListener, doc: DocId) {
+/// A replica on a fresh file, connected to `url` once (no reconnects).
+fn replica_of(url: &str) -> (tempfile::TempDir, Replica, accord_engine::SyncHandle) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica = Replica::open(dir.path().join("r.db")).expect("replica");
+    let sync = replica.connect(
+        url,
+        ConnectOptions {
+            collections: vec!["c".into()],
+            reconnect: false,
+            ..ConnectOptions::default()
+        },
+    );
+    (dir, replica, sync)
+}
+
+/// A message carrying `frame`.
+fn send(frame: Frame) -> Message {
+    Message::Binary(frame.encode().into())
+}
+
+/// Accepts one connection, reads its `Hello` and pipelined subscription,
+/// and welcomes it.
+async fn welcome_one(
+    listener: TcpListener,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
     let (stream, _) = listener.accept().await.expect("accept");
     let mut ws = tokio_tungstenite::accept_async(stream)
         .await
         .expect("upgrade");
-    let send = |frame: Frame| Message::Binary(frame.encode().into());
-    // Hello, then the pipelined Subscribe.
     for _ in 0..2 {
         ws.next().await.expect("a frame").expect("readable");
     }
@@ -34,6 +55,12 @@ async fn hostile_relay(listener: TcpListener, doc: DocId) {
     }))
     .await
     .expect("welcome");
+    ws
+}
+
+/// Serves one connection: welcome, announce `doc`, send the bomb for it.
+async fn hostile_relay(listener: TcpListener, doc: DocId) {
+    let mut ws = welcome_one(listener).await;
     let heads = Heads::new(vec![accord_engine::automerge::ChangeHash([9; 32])]);
     ws.send(send(Frame::Announce {
         collection: "c".into(),
@@ -64,16 +91,7 @@ async fn a_bomb_from_the_relay_is_refused_and_reported_by_the_replica() {
     let url = format!("ws://{}", listener.local_addr().expect("addr"));
     let doc = DocId::random();
     let relay = tokio::spawn(hostile_relay(listener, doc));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let replica = Replica::open(dir.path().join("r.db")).expect("replica");
-    let sync = replica.connect(
-        &url,
-        ConnectOptions {
-            collections: vec!["c".into()],
-            reconnect: false,
-            ..ConnectOptions::default()
-        },
-    );
+    let (_dir, replica, sync) = replica_of(&url);
     let mut watch = sync.watch();
     let reported = tokio::time::timeout(
         T,
@@ -97,21 +115,7 @@ async fn a_bomb_from_the_relay_is_refused_and_reported_by_the_replica() {
 /// Serves one connection: welcome, then a listing whose documents come
 /// whole: garbage, a bomb, and one valid document.
 async fn hostile_whole_relay(listener: TcpListener, docs: [DocId; 3], valid: Vec<u8>) {
-    let (stream, _) = listener.accept().await.expect("accept");
-    let mut ws = tokio_tungstenite::accept_async(stream)
-        .await
-        .expect("upgrade");
-    let send = |frame: Frame| Message::Binary(frame.encode().into());
-    for _ in 0..2 {
-        ws.next().await.expect("a frame").expect("readable");
-    }
-    ws.send(send(Frame::Welcome {
-        version: PROTOCOL_VERSION,
-        relay_id: "evil-relay".into(),
-        expires_at_ms: None,
-    }))
-    .await
-    .expect("welcome");
+    let mut ws = welcome_one(listener).await;
     let [garbage, bomb, good] = docs;
     ws.send(send(Frame::Documents {
         collection: "c".into(),
@@ -156,16 +160,7 @@ async fn documents_sent_whole_are_checked_like_any_bytes_from_outside() {
     )
     .expect("put");
     let relay = tokio::spawn(hostile_whole_relay(listener, docs, valid.save()));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let replica = Replica::open(dir.path().join("r.db")).expect("replica");
-    let sync = replica.connect(
-        &url,
-        ConnectOptions {
-            collections: vec!["c".into()],
-            reconnect: false,
-            ..ConnectOptions::default()
-        },
-    );
+    let (_dir, replica, sync) = replica_of(&url);
     let mut watch = sync.watch();
     let [garbage, bomb, good] = docs;
     let reported = tokio::time::timeout(
