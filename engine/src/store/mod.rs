@@ -796,21 +796,30 @@ fn apply_one(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), StoreError
         } => {
             let id = doc.as_bytes().as_slice();
             check_base(conn, doc, base)?;
+            // One statement for a new document's row and a known one's:
+            // the numbering triggers fire for either (insert or update of
+            // `heads`), as they did for the insert-then-update before.
             conn.prepare_cached(
                 "INSERT INTO docs (id, collection, heads, change_count, size_bytes, chunk_count, created_at, updated_at)
-                 VALUES (?1, ?2, x'', 0, 0, 0, ?3, ?3) ON CONFLICT (id) DO NOTHING",
+                 VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?6)
+                 ON CONFLICT (id) DO UPDATE SET heads = excluded.heads,
+                     change_count = change_count + excluded.change_count,
+                     size_bytes = size_bytes + excluded.size_bytes,
+                     chunk_count = chunk_count + 1, updated_at = excluded.updated_at",
             )?
-            .execute(params![id, collection.as_str(), now])?;
+            .execute(params![
+                id,
+                collection.as_str(),
+                heads.to_bytes(),
+                *new_changes as i64,
+                data.len() as i64,
+                now
+            ])?;
             conn.prepare_cached(
                 "INSERT INTO chunks (doc, seq, kind, data)
                  VALUES (?1, (SELECT coalesce(max(seq), 0) + 1 FROM chunks WHERE doc = ?1), ?2, ?3)",
             )?
             .execute(params![id, *kind as u8, data])?;
-            conn.prepare_cached(
-                "UPDATE docs SET heads = ?2, change_count = change_count + ?3, size_bytes = size_bytes + ?4,
-                 chunk_count = chunk_count + 1, updated_at = ?5 WHERE id = ?1",
-            )?
-            .execute(params![id, heads.to_bytes(), *new_changes as i64, data.len() as i64, now])?;
             projection::write(conn, doc, content.as_ref())?;
         }
         WriteOp::Compact {
