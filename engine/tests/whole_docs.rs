@@ -255,7 +255,10 @@ fn a_replica_takes_documents_whole_and_falls_back_to_an_exchange_for_bad_bytes()
         .create("notes", &json!({ "name": "Ada" }))
         .expect("create");
     relay.put(&good, "age", &json!(36), None).expect("change");
-    let data = relay.saved_form(&good).expect("read").expect("saved form");
+    let data = relay
+        .saved_form(&good, MAX_WHOLE_DOC_BYTES)
+        .expect("read")
+        .expect("saved form");
     let bad = DocId::random();
 
     let replica = Replica::open_in_memory().expect("replica");
@@ -326,7 +329,10 @@ fn a_cursor_after_a_whole_listing_covers_the_documents_it_brought() {
         .iter()
         .map(|doc| WholeDoc {
             doc: *doc,
-            data: relay.saved_form(doc).expect("read").expect("saved"),
+            data: relay
+                .saved_form(doc, MAX_WHOLE_DOC_BYTES)
+                .expect("read")
+                .expect("saved"),
         })
         .collect();
     let frames = vec![
@@ -383,7 +389,10 @@ fn a_cursor_after_a_whole_listing_covers_the_documents_it_brought() {
 fn a_document_edited_here_before_its_listing_ends_is_offered_at_the_end() {
     let relay = Replica::open_in_memory().expect("relay store");
     let doc = relay.create("notes", &json!({ "n": 1 })).expect("create");
-    let data = relay.saved_form(&doc).expect("read").expect("saved");
+    let data = relay
+        .saved_form(&doc, MAX_WHOLE_DOC_BYTES)
+        .expect("read")
+        .expect("saved");
     let replica = Replica::open_in_memory().expect("replica");
     let (mut session, _) = client(&replica);
     session.handle_frame(

@@ -222,8 +222,8 @@ impl SyncDocs for PanicOnce {
     fn numbering_held(&self) -> bool {
         self.replica.numbering_held()
     }
-    fn saved_form(&self, doc: &DocId) -> accord_engine::Result<Option<Vec<u8>>> {
-        self.replica.saved_form(doc)
+    fn saved_form(&self, doc: &DocId, max_bytes: usize) -> accord_engine::Result<Option<Vec<u8>>> {
+        self.replica.saved_form(doc, max_bytes)
     }
     fn receive_whole(
         &self,

@@ -174,21 +174,24 @@ impl SyncDocs for Replica {
         )
     }
 
-    fn saved_form(&self, doc: &DocId) -> Result<Option<Vec<u8>>> {
+    fn saved_form(&self, doc: &DocId, max_bytes: usize) -> Result<Option<Vec<u8>>> {
         if self.inner.repairs.heads(doc).is_some() {
             return Ok(None); // damaged: announced, and synced from what was fetched again
         }
-        let Some(stored) = self.read_store(|s| s.load(doc))? else {
+        let chunks = self.read_store(|s| match s.meta(doc)? {
+            // The row's size is its chunks' bytes: a large document is
+            // not read only to be announced after all.
+            Some(meta) if !meta.deleted && meta.size_bytes <= max_bytes as u64 => {
+                s.chunks(doc).map(Some)
+            }
+            _ => Ok(None),
+        })?;
+        let Some(chunks) = chunks.filter(|c| c.iter().all(|c| c.kind.is_some())) else {
             return Ok(None);
         };
-        if stored.meta.deleted || stored.chunks.iter().any(|c| c.kind.is_none()) {
-            return Ok(None);
-        }
         // A snapshot followed by chunks of changes is what `Automerge::load`
         // reads: the stored bytes go as they are, never decoded here.
-        Ok(Some(
-            stored.chunks.into_iter().flat_map(|c| c.data).collect(),
-        ))
+        Ok(Some(chunks.into_iter().flat_map(|c| c.data).collect()))
     }
 
     fn receive_whole(

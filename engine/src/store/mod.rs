@@ -443,6 +443,12 @@ impl Store {
         let Some(meta) = self.meta(doc)? else {
             return Ok(None);
         };
+        let chunks = self.chunks(doc)?;
+        Ok(Some(StoredDoc { meta, chunks }))
+    }
+
+    /// A document's chunks in ascending `seq` (none if it is unknown).
+    pub fn chunks(&self, doc: &DocId) -> Result<Vec<StoredChunk>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT seq, kind, data FROM chunks WHERE doc = ?1 ORDER BY seq")?;
@@ -464,7 +470,7 @@ impl Store {
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(StoredDoc { meta, chunks }))
+        Ok(chunks)
     }
 
     /// Metadata of the documents of one collection (or of all), ordered by

@@ -188,10 +188,12 @@ pub trait SyncDocs: std::fmt::Debug {
     ) -> Result<bool>;
     /// A document's saved form, for sending it whole: its stored chunks
     /// concatenated (what `Automerge::load` reads), or `None` when it
-    /// cannot go whole (unknown, deleted, damaged, or a store that does not
-    /// keep documents that way); the listing then announces it instead.
-    fn saved_form(&self, doc: &DocId) -> Result<Option<Vec<u8>>> {
-        let _ = doc;
+    /// cannot go whole (unknown, deleted, damaged, stored in more than
+    /// `max_bytes`, or a store that does not keep documents that way); the
+    /// listing then announces it instead. A document over `max_bytes` is
+    /// not read.
+    fn saved_form(&self, doc: &DocId, max_bytes: usize) -> Result<Option<Vec<u8>>> {
+        let _ = (doc, max_bytes);
         Ok(None)
     }
     /// Merges a document sent whole (`data`, checked like any bytes from

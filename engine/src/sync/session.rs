@@ -984,7 +984,7 @@ fn split_whole(page: Vec<(Position, DocSummary)>, docs: &dyn SyncDocs) -> crate:
         let saved = match summary.deleted {
             true => None,
             false => docs
-                .saved_form(&summary.doc)?
+                .saved_form(&summary.doc, MAX_WHOLE_DOC_BYTES)?
                 .filter(|data| data.len() <= MAX_WHOLE_DOC_BYTES),
         };
         match saved {

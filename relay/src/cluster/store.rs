@@ -840,11 +840,14 @@ impl SyncDocs for PgStore {
         Ok(true)
     }
 
-    fn saved_form(&self, doc: &DocId) -> Result<Option<Vec<u8>>> {
+    fn saved_form(&self, doc: &DocId, max_bytes: usize) -> Result<Option<Vec<u8>>> {
         let entry = self.entry(doc);
         let mut slot = entry.loaded.lock();
         let loaded = self.loaded(doc, &entry, &mut slot)?;
-        Ok(loaded.filter(|l| !l.deleted).map(|l| l.doc.save()))
+        // A document stored in more than `max_bytes` is not saved only to
+        // be announced after all (the session checks the saved length too).
+        let fits = |l: &&mut Loaded| !l.deleted && l.bytes <= max_bytes as u64;
+        Ok(loaded.filter(fits).map(|l| l.doc.save()))
     }
 
     fn receive_whole(
