@@ -423,3 +423,54 @@ fn a_document_edited_here_before_its_listing_ends_is_offered_at_the_end() {
         .any(|o| matches!(o, ClientOutput::Send(Frame::Sync { doc: d, .. }) if *d == doc));
     assert!(offered, "the edit is offered: {out:?}");
 }
+
+#[test]
+fn documents_sent_whole_count_their_bytes_against_the_announcement_budget() {
+    use accord_engine::sync::limits::WHOLE_UNIT_BYTES;
+    use accord_engine::sync::Limits;
+    let store = Replica::open_in_memory().expect("store");
+    for _ in 0..10 {
+        store
+            .create("notes", &json!({ "text": noise(200 * 1024) }))
+            .expect("create");
+    }
+    // A budget of 300 documents, hardly refilled: by count, every page of
+    // ten documents would fit; by bytes, the first page spends it.
+    let limits = Limits {
+        announce_per_sec: 0.001,
+        announce_burst: 300.0,
+        ..Limits::unlimited()
+    };
+    let mut session = RelaySession::with_limits("relay", limits);
+    let hello = Frame::Hello {
+        version: PROTOCOL_VERSION,
+        peer_id: "peer".into(),
+        token: String::new(),
+    };
+    session.handle_frame(hello, 0, &OpenAccess, &store);
+    session.handle_frame(subscribe_with(true), 0, &OpenAccess, &store);
+    let first = match session.next_announcement(0, &store) {
+        Announcing::Page(page) => page,
+        other => panic!("a first page: {other:?}"),
+    };
+    let sent: usize = first
+        .iter()
+        .filter_map(|o| match o {
+            accord_engine::sync::RelayOutput::Send(Frame::Documents { docs, .. }) => {
+                Some(docs.iter().map(|w| w.data.len()).sum::<usize>())
+            }
+            _ => None,
+        })
+        .sum();
+    assert!(
+        sent > 300 * WHOLE_UNIT_BYTES,
+        "{sent} bytes in the first page"
+    );
+    assert!(
+        matches!(
+            session.next_announcement(0, &store),
+            Announcing::NotBefore(_)
+        ),
+        "the next page waits for the budget"
+    );
+}

@@ -11,6 +11,12 @@ use std::collections::HashSet;
 use super::protocol::ErrorCode;
 use crate::id::DocId;
 
+/// The bytes of a document sent whole that count as one announced
+/// document in the announcement budget: a listing of whole documents
+/// reads and sends far more than one of heads, and a cheap `Subscribe`
+/// must not buy more of it than the budget allows.
+pub const WHOLE_UNIT_BYTES: usize = 1024;
+
 /// The limits of one connection.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
@@ -27,7 +33,9 @@ pub struct Limits {
     /// cost a fuller exchange).
     pub max_peers_per_subject: usize,
     /// Documents per second the relay announces to one connection,
-    /// sustained; a listing beyond the budget waits for it.
+    /// sustained; a listing beyond the budget waits for it. A document
+    /// sent whole counts as one per started KiB of its saved form (see
+    /// [`WHOLE_UNIT_BYTES`]), so the budget bounds bytes as well.
     pub announce_per_sec: f64,
     /// Documents that may be announced at once above the sustained rate
     /// (a first sync of a large collection).

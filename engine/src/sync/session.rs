@@ -18,7 +18,7 @@ use std::collections::{BTreeSet, HashSet, VecDeque};
 use automerge::sync::Message;
 
 use super::access::{Access, Grant};
-use super::limits::{Limits, Usage};
+use super::limits::{Limits, Usage, WHOLE_UNIT_BYTES};
 use super::protocol::{
     Cursor, DocSummary, ErrorCode, Frame, SubscribeRequest, WholeDoc, OLDEST_ACCEPTED_VERSION,
     PROTOCOL_VERSION,
@@ -670,8 +670,13 @@ impl RelaySession {
             self.out
                 .push(RelayOutput::Send(listing_frame(&collection, started)));
         }
-        let listed = split.announced.len() + split.whole.len();
-        self.usage.announced(listed.max(1));
+        let whole_units: usize = split
+            .whole
+            .iter()
+            .map(|w| w.data.len().div_ceil(WHOLE_UNIT_BYTES))
+            .sum();
+        self.usage
+            .announced((split.announced.len() + whole_units).max(1));
         let after = split.last.unwrap_or(started.after);
         listing.started = Some(Started { after, ..started });
         let complete = !full && !split.cut;
