@@ -457,3 +457,45 @@ fn an_early_sync_refused_as_not_subscribed_is_offered_again_after_the_listing() 
         .any(|f| matches!(f, Frame::Sync { doc: d, .. } if *d == doc));
     assert!(offered, "offered again once listed, not held back: {out:?}");
 }
+
+#[test]
+fn a_replica_looks_at_a_bounded_number_of_documents_before_hello_goes_out() {
+    use accord_engine::automerge::sync::State;
+    use accord_engine::sync::client::EARLY_DOCS;
+    use accord_engine::sync::EncodedState;
+    let local = Replica::open_in_memory().expect("replica");
+    let relay = PeerId::new("relay").expect("id");
+    let docs: Vec<DocId> = (0..EARLY_DOCS + 40)
+        .map(|i| local.create("notes", &json!({ "i": i })).expect("create"))
+        .collect();
+    let states = docs
+        .iter()
+        .map(|doc| {
+            let mut state = State::new();
+            state.shared_heads = local.heads(doc).expect("heads").to_vec();
+            EncodedState {
+                doc: *doc,
+                bytes: state.encode(),
+            }
+        })
+        .collect();
+    local.save_sync_states(&relay, states).expect("states");
+    let cursor = SyncCursor {
+        relay,
+        relay_seq: 1,
+        local_seq: local.collection_seq("notes").expect("seq"),
+    };
+    local.save_sync_cursor(&notes(), &cursor).expect("cursor");
+    for doc in &docs {
+        local
+            .put(doc, "i", &json!(-1), None)
+            .expect("offline change");
+    }
+    let mut session = client(&["notes"]);
+    let out = session.connected(0, &local);
+    let early = sent(&out)
+        .iter()
+        .filter(|f| matches!(f, Frame::Sync { .. }))
+        .count();
+    assert!(early > 0 && early <= EARLY_DOCS, "{early} early exchanges");
+}

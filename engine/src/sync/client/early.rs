@@ -25,19 +25,28 @@ use crate::sync::SyncDocs;
 /// (the relay accepts 64 KiB before the handshake completes).
 pub const EARLY_BYTES: usize = 32 * 1024;
 
+/// The most documents looked at for an early start, over all collections:
+/// `Hello` waits for them (each costs a read of its sync state and a
+/// message), so a replica that wrote thousands of records offline does not
+/// delay its connection; the rest are offered after the listing.
+pub const EARLY_DOCS: usize = 64;
+
 impl ClientSession {
     /// Starts the exchanges of documents written since their collection's
     /// stored cursor that have a stored sync state under its relay.
     pub(super) fn start_early(&mut self, now: u64, docs: &dyn SyncDocs) {
         let mut budget = EARLY_BYTES;
+        let mut looked_at = 0;
         let collections: Vec<Collection> = self.config.collections.iter().cloned().collect();
         for collection in collections {
             let Some(cursor) = self.cursor(&collection).cloned() else {
                 continue;
             };
-            let Ok(written) = self.local_since(&collection, cursor.local_seq, docs) else {
+            let left = EARLY_DOCS - looked_at;
+            let Ok(written) = docs.summaries_since(&collection, cursor.local_seq, left) else {
                 continue; // the listing finds them
             };
+            looked_at += written.len();
             for numbered in written {
                 if numbered.summary.deleted {
                     continue;
@@ -46,6 +55,9 @@ impl ClientSession {
                 if !self.start_one(now, doc, &collection, &cursor.relay, &mut budget, docs) {
                     return;
                 }
+            }
+            if looked_at >= EARLY_DOCS {
+                return;
             }
         }
     }

@@ -35,7 +35,7 @@ use automerge::sync::Message;
 
 pub use check::{CheckOutcome, SyncCheck};
 pub use cursor::CURSOR_RETRY_MS;
-pub use early::EARLY_BYTES;
+pub use early::{EARLY_BYTES, EARLY_DOCS};
 
 use super::exchange::{heads_only, Exchange};
 use super::protocol::{DocSummary, ErrorCode, Frame, SubscribeRequest, WholeDoc, PROTOCOL_VERSION};
