@@ -422,7 +422,10 @@ impl PgStore {
 
     /// Writes the sync states saved since the last flush, in one
     /// statement. On failure they are kept (unless saved again since) for
-    /// the next flush.
+    /// the next flush, up to `MAX_PENDING_STATES` (10,000): while PostgreSQL is
+    /// down, the states beyond are dropped (each costs a fuller exchange
+    /// later), so an outage does not grow the node's memory with every
+    /// message its peers send.
     pub fn flush_sync_states(&self) -> Result<()> {
         let taken = std::mem::take(&mut *self.pending_states.lock());
         if taken.is_empty() {
@@ -452,11 +455,20 @@ impl PgStore {
         if let Err(e) = written {
             let mut pending = self.pending_states.lock();
             for (key, state) in taken {
+                if pending.len() >= MAX_PENDING_STATES {
+                    break;
+                }
                 pending.entry(key).or_insert(state);
             }
             return Err(e);
         }
         Ok(())
+    }
+
+    /// How many saved sync states await their write (for `/metrics`-like
+    /// reports and tests).
+    pub fn pending_sync_states(&self) -> usize {
+        self.pending_states.lock().len()
     }
 
     /// Takes the document's write lock until the transaction ends: every
@@ -967,7 +979,10 @@ impl SyncDocs for PgStore {
         let full = {
             let mut pending = self.pending_states.lock();
             for state in states {
-                pending.insert((peer.to_string(), state.doc), state.bytes);
+                let key = (peer.to_string(), state.doc);
+                if pending.len() < 2 * MAX_PENDING_STATES || pending.contains_key(&key) {
+                    pending.insert(key, state.bytes);
+                }
             }
             pending.len() >= MAX_PENDING_STATES
         };
@@ -1077,4 +1092,61 @@ async fn write_append(
     )
     .await?;
     Ok((seq, size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// While PostgreSQL cannot be reached, the states a node's peers keep
+    /// saving stay bounded in memory (the rest cost a fuller exchange).
+    #[test]
+    fn unwritten_sync_states_stay_bounded_while_the_store_is_down() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        // Nothing listens on port 1: every connection is refused at once.
+        let mut pg = tokio_postgres::Config::new();
+        pg.host("127.0.0.1").port(1).user("nobody");
+        let manager = deadpool_postgres::Manager::new(pg, tokio_postgres::NoTls);
+        let pool = Pool::builder(manager)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .expect("pool");
+        let (committed, _rx) = mpsc::channel(1);
+        let limits = StoreLimits {
+            max_document_bytes: 1 << 20,
+            max_sync_message_bytes: 1 << 20,
+            max_sync_message_ops: 1_000,
+            message_budget: Budget::default(),
+            cache_docs: 1,
+            compact_after: 256,
+        };
+        let store = PgStore::new(
+            pool,
+            runtime.handle().clone(),
+            limits,
+            committed,
+            Arc::new(|_| {}),
+        );
+        let peer = PeerId::new("peer").expect("peer id");
+        let mut failed = 0;
+        for _ in 0..6 {
+            let states = (0..MAX_PENDING_STATES / 2)
+                .map(|_| EncodedState {
+                    doc: DocId::random(),
+                    bytes: vec![0x43, 0],
+                })
+                .collect();
+            failed += usize::from(store.save_sync_states(&peer, states).is_err());
+        }
+        assert!(failed > 0, "the flushes failed: the store is down");
+        let pending = store.pending_sync_states();
+        assert!(
+            pending <= 2 * MAX_PENDING_STATES,
+            "{pending} states held for a store that is down"
+        );
+    }
 }
