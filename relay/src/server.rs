@@ -262,6 +262,9 @@ pub async fn start_with(
         // The relay answers peers from what it has stored, never from a
         // damaged document's copy being fetched (an answer acknowledges).
         refetch_damaged: false,
+        // An answer to a peer acknowledges its changes as stored: they
+        // reach the disk before it goes.
+        received_durability: accord_engine::Durability::Full,
         ..ReplicaOptions::default()
     };
     let replica = tokio::task::spawn_blocking(move || Replica::open_with(&db, options))

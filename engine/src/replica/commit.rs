@@ -42,6 +42,21 @@ use crate::store::{Store, WriteOp};
 /// Where a leader leaves one queued group's result.
 type Outcome = Arc<Mutex<Option<Result<(), StoreError>>>>;
 
+/// What a group's commit owes the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keep {
+    /// As the replica's [`crate::Durability`] says (local writes).
+    Durable,
+    /// Nothing beyond the WAL's order: the group holds only what a peer
+    /// sends again if a power loss drops it (see
+    /// `ReplicaOptions::received_durability`). A batch fsyncs unless every
+    /// group in it is recoverable.
+    Recoverable,
+}
+
+/// A queued group: its writes, how it must be kept, and its outcome.
+type Queued = (Vec<WriteOp>, Keep, Outcome);
+
 /// The groups a thread holds for one commit.
 #[derive(Debug)]
 struct Held {
@@ -94,7 +109,7 @@ fn docs_of(ops: &[WriteOp]) -> impl Iterator<Item = DocId> + '_ {
 #[derive(Debug)]
 pub(crate) struct Committer {
     /// Groups waiting for the next leader.
-    queue: Mutex<Vec<(Vec<WriteOp>, Outcome)>>,
+    queue: Mutex<Vec<Queued>>,
     /// The write connection; holding it makes a thread the leader.
     store: Mutex<Writer>,
     /// Goes up whenever another connection committed to the file.
@@ -150,6 +165,11 @@ impl Committer {
     /// Writes one group atomically; returns once it is committed, or at
     /// once if this thread holds its writes (see [`Committer::hold`]).
     pub(crate) fn submit(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        self.submit_kept(ops, Keep::Durable)
+    }
+
+    /// [`Committer::submit`], kept as `keep` says.
+    pub(crate) fn submit_kept(&self, ops: Vec<WriteOp>, keep: Keep) -> Result<(), StoreError> {
         let outcome: Outcome = Arc::default();
         let held = HELD.with_borrow_mut(|held| match held {
             Some(h) if h.committer == self.address() => {
@@ -163,7 +183,7 @@ impl Committer {
             }
             _ => false,
         });
-        self.queue.lock().push((ops, Arc::clone(&outcome)));
+        self.queue.lock().push((ops, keep, Arc::clone(&outcome)));
         if held {
             return Ok(());
         }
@@ -183,16 +203,17 @@ impl Committer {
         }
         self.note_foreign_commits(&mut writer);
         let batch = std::mem::take(&mut *self.queue.lock());
-        let groups: Vec<&[WriteOp]> = batch.iter().map(|(ops, _)| ops.as_slice()).collect();
-        match writer.store.apply(&groups) {
+        let groups: Vec<&[WriteOp]> = batch.iter().map(|(ops, _, _)| ops.as_slice()).collect();
+        let recoverable = batch.iter().all(|(_, keep, _)| *keep == Keep::Recoverable);
+        match writer.store.apply_with(&groups, recoverable) {
             Ok(results) => {
-                for ((_, s), r) in batch.iter().zip(results) {
+                for ((_, _, s), r) in batch.iter().zip(results) {
                     *s.lock() = Some(r);
                 }
             }
             Err(e) => {
                 let text = e.to_string();
-                for (_, s) in &batch {
+                for (_, _, s) in &batch {
                     *s.lock() = Some(Err(StoreError::Batch(text.clone())));
                 }
             }

@@ -89,6 +89,16 @@ pub const DEFAULT_SYNC_MESSAGE_OPS: usize = 100_000;
 pub struct ReplicaOptions {
     /// `synchronous` mode of SQLite; see [`Durability`].
     pub durability: Durability,
+    /// How hard a commit of changes received from a peer (the relay)
+    /// works; never harder than `durability`. The default, `Normal`,
+    /// skips the fsync for them: a crash of the app, the process or its
+    /// sync task loses nothing, and a power loss or OS crash can only drop
+    /// the received changes committed since the last fsync (the next local
+    /// write's, or a checkpoint's) together with the sync cursor and sync
+    /// states saved with them, so the relay sends them again on the next
+    /// connection. Local writes keep `durability`. A relay sets `Full`:
+    /// what it answers acknowledges a peer's changes as stored.
+    pub received_durability: Durability,
     /// Compact a document once this many incremental chunks accumulated.
     pub compact_after_chunks: u64,
     /// How many documents to keep loaded in memory.
@@ -137,6 +147,7 @@ impl Default for ReplicaOptions {
     fn default() -> Self {
         ReplicaOptions {
             durability: Durability::default(),
+            received_durability: Durability::Normal,
             compact_after_chunks: 64,
             cache_capacity: 1024,
             must_exist: false,

@@ -580,3 +580,52 @@ fn a_panic_inside_commit_together_still_commits_and_stops_holding() {
         json!({"after": true})
     );
 }
+
+/// Changes received from a peer commit without an fsync of their own
+/// unless `received_durability` asks for one (the relay's setting); local
+/// writes always keep `durability`.
+#[test]
+fn received_changes_skip_the_fsync_unless_asked_and_local_writes_never_do() {
+    use crate::sync::SyncDocs;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notes = Collection::new("notes").expect("name");
+    let relay = PeerId::new("relay").expect("peer id");
+    for (received, fsyncs_per_receipt) in [(Durability::Normal, 0), (Durability::Full, 1)] {
+        let options = ReplicaOptions {
+            received_durability: received,
+            ..ReplicaOptions::default()
+        };
+        let path = dir.path().join(format!("{received:?}.db"));
+        let r = Replica::open_with(&path, options).expect("open");
+        let fsynced = |r: &Replica| r.inner.committer.with_store(|s| s.fsynced_commits());
+
+        let before = fsynced(&r);
+        let local = r.create("notes", &json!({"n": 1})).expect("create");
+        assert_eq!(fsynced(&r), before + 1, "a local write fsyncs");
+
+        let mut doc = automerge::AutoCommit::new();
+        doc.put(ROOT, "n", 2).expect("put");
+        let (id, data) = (DocId::random(), doc.save());
+        let before = fsynced(&r);
+        let got = r
+            .receive_whole(&id, &notes, &data, &relay)
+            .expect("received");
+        assert!(got.created);
+        assert!(SyncDocs::delete(&r, &local, &notes, &relay).expect("deleted"));
+        assert_eq!(
+            fsynced(&r) - before,
+            2 * fsyncs_per_receipt,
+            "received with {received:?}"
+        );
+        assert_eq!(r.get(&id).expect("get").value, json!({"n": 2}));
+
+        // The next local write carries every commit before it to the disk.
+        let before = fsynced(&r);
+        r.put(&id, "n", &json!(3), None).expect("put");
+        assert_eq!(fsynced(&r), before + 1);
+        drop(r);
+        let r = Replica::open(&path).expect("reopen");
+        assert_eq!(r.get(&id).expect("get").value, json!({"n": 3}));
+        assert!(r.meta(&local).expect("meta").deleted);
+    }
+}

@@ -13,10 +13,11 @@
 use automerge::{Automerge, AutomergeError, ChangeHash};
 
 use super::cache::DocState;
+use super::commit::Keep;
 use super::{ChangeKind, Origin, Replica};
 use crate::error::{Error, Result, StoreError};
 use crate::id::{Collection, DocId, Heads};
-use crate::store::{now_ms, ChunkKind, WriteOp};
+use crate::store::{now_ms, ChunkKind, Durability, WriteOp};
 
 /// Whether [`Replica::tombstone`] may create the document's row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,16 +41,20 @@ impl Replica {
         let data = doc.save();
         let heads = Heads::new(doc.get_heads());
         let changes = doc.get_changes_meta(&[]).len() as u64;
-        self.inner.committer.submit(vec![WriteOp::Append {
-            doc: id,
-            collection: collection.clone(),
-            kind: ChunkKind::Snapshot,
-            data: data.clone(),
-            heads: heads.clone(),
-            new_changes: changes,
-            base: Heads::empty(),
-            content: self.projection_of(&doc),
-        }])?;
+        let keep = self.keep_for(&origin);
+        self.inner.committer.submit_kept(
+            vec![WriteOp::Append {
+                doc: id,
+                collection: collection.clone(),
+                kind: ChunkKind::Snapshot,
+                data: data.clone(),
+                heads: heads.clone(),
+                new_changes: changes,
+                base: Heads::empty(),
+                content: self.projection_of(&doc),
+            }],
+            keep,
+        )?;
         doc.set_actor(self.inner.actor.clone());
         let mut state = DocState::new(doc, collection.clone(), data.len() as u64);
         state.deleted = cached.as_ref().is_some_and(|s| s.deleted);
@@ -84,7 +89,11 @@ impl Replica {
                 content: self.projection_of(&state.doc),
             };
             let len = op_len(&op);
-            match self.inner.committer.submit(vec![op]) {
+            match self
+                .inner
+                .committer
+                .submit_kept(vec![op], self.keep_for(&origin))
+            {
                 Ok(()) => {
                     state.chunks += 1;
                     state.incremental_bytes += len;
@@ -167,6 +176,15 @@ impl Replica {
         Ok(true)
     }
 
+    /// How a write from `origin` is kept: received changes without their
+    /// own fsync unless `ReplicaOptions::received_durability` asks for it.
+    fn keep_for(&self, origin: &Origin) -> Keep {
+        match (origin, self.inner.options.received_durability) {
+            (Origin::Remote(_), Durability::Normal) => Keep::Recoverable,
+            _ => Keep::Durable,
+        }
+    }
+
     /// Refuses content that would take a document past the size limit.
     fn within_size(&self, id: &DocId, stored: u64, incoming: u64) -> Result<()> {
         let Some(limit) = self.inner.options.max_document_bytes else {
@@ -213,12 +231,15 @@ impl Replica {
                 _ => return Err(Error::NotFound(*id)),
             },
         };
-        self.inner.committer.submit(vec![WriteOp::Delete {
-            doc: *id,
-            collection: collection.clone(),
-            at: now_ms(),
-            content,
-        }])?;
+        self.inner.committer.submit_kept(
+            vec![WriteOp::Delete {
+                doc: *id,
+                collection: collection.clone(),
+                at: now_ms(),
+                content,
+            }],
+            self.keep_for(&origin),
+        )?;
         let heads = match cached.as_mut() {
             Some(current) => {
                 current.deleted = true;

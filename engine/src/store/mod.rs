@@ -297,6 +297,8 @@ pub struct Store {
     conn: Connection,
     /// Whether commits fsync (`synchronous = FULL`).
     full: bool,
+    /// Commits made with `synchronous = FULL` through [`Store::apply`].
+    fsynced: u64,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -355,6 +357,7 @@ impl Store {
         Ok(Store {
             conn,
             full: durability == Durability::Full,
+            fsynced: 0,
         })
     }
 
@@ -368,7 +371,11 @@ impl Store {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags)?;
         conn.busy_timeout(Duration::from_secs(10))?;
-        Ok(Store { conn, full: false })
+        Ok(Store {
+            conn,
+            full: false,
+            fsynced: 0,
+        })
     }
 
     /// Applies a batch of write groups in one transaction. Each group runs in
@@ -382,23 +389,46 @@ impl Store {
         &mut self,
         groups: &[&[WriteOp]],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        self.apply_with(groups, false)
+    }
+
+    /// Like [`Store::apply`]; `recoverable` says every group holds only
+    /// what a peer would send again if it were lost (changes received from
+    /// the relay, on a replica that does not fsync those): such a batch
+    /// also commits without fsync in `Full` mode. SQLite's WAL keeps the
+    /// commits in order, so a power loss can only lose a suffix of them,
+    /// and the next commit that does fsync makes them durable too.
+    pub fn apply_with(
+        &mut self,
+        groups: &[&[WriteOp]],
+        recoverable: bool,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let relaxed = self.full
-            && groups.iter().flat_map(|g| g.iter()).all(|op| {
-                matches!(
-                    op,
-                    WriteOp::SyncState { .. }
-                        | WriteOp::RetireSyncStates { .. }
-                        | WriteOp::SyncCursor { .. }
-                )
-            });
+            && (recoverable
+                || groups.iter().flat_map(|g| g.iter()).all(|op| {
+                    matches!(
+                        op,
+                        WriteOp::SyncState { .. }
+                            | WriteOp::RetireSyncStates { .. }
+                            | WriteOp::SyncCursor { .. }
+                    )
+                }));
         if relaxed {
             self.conn.execute_batch("PRAGMA synchronous = NORMAL")?;
         }
         let result = self.apply_in_transaction(groups);
         if relaxed {
             self.conn.execute_batch("PRAGMA synchronous = FULL")?;
+        } else if self.full && result.is_ok() {
+            self.fsynced += 1;
         }
         result
+    }
+
+    /// How many commits [`Store::apply`] made with an fsync (in `Full`
+    /// mode; always 0 in `Normal`).
+    pub fn fsynced_commits(&self) -> u64 {
+        self.fsynced
     }
 
     fn apply_in_transaction(

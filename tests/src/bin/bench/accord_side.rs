@@ -19,9 +19,10 @@ use crate::run::{capped, poll_until, Settings};
 use crate::workloads::{self, Idle, W1, W2, W3, W5};
 
 /// Opens a replica on `dir/name.db`.
-pub(crate) fn open(dir: &Path, name: &str, durability: Durability) -> anyhow::Result<Replica> {
+pub(crate) fn open(dir: &Path, name: &str, s: Settings) -> anyhow::Result<Replica> {
     let options = ReplicaOptions {
-        durability,
+        durability: s.durability,
+        received_durability: s.received,
         ..ReplicaOptions::default()
     };
     Ok(Replica::open_with(dir.join(format!("{name}.db")), options)?)
@@ -79,7 +80,7 @@ pub(crate) async fn w1_on(
     s: Settings,
 ) -> anyhow::Result<W1> {
     let replicas: Vec<Replica> = (0..k)
-        .map(|i| open(dir, &format!("c{i}"), s.durability))
+        .map(|i| open(dir, &format!("c{i}"), s))
         .collect::<Result<_, _>>()?;
     let mut handles = Vec::with_capacity(k);
     for (i, r) in replicas.iter().enumerate() {
@@ -143,7 +144,7 @@ pub async fn w2(d: usize, reps: usize, s: Settings) -> anyhow::Result<(Vec<W2>, 
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("relay.db");
     let mut server = ServerProcess::start(System::Accord, &db)?;
-    let source = open(dir.path(), "source", Durability::Normal)?;
+    let source = open(dir.path(), "source", s.unmeasured())?;
     let mut saved = 0u64;
     for i in 0..d {
         let bytes = workloads::ten_change_doc(i).save();
@@ -177,7 +178,7 @@ pub(crate) async fn fresh_sync(
     s: Settings,
 ) -> anyhow::Result<(f64, u64)> {
     let proxy = Proxy::start(relay).await?;
-    let replica = open(dir, name, s.durability)?;
+    let replica = open(dir, name, s)?;
     let started = Instant::now();
     let mut handle = replica.connect(&proxy.url(), options("w2"));
     capped(s.cap, "W2 cold sync", async {
@@ -198,7 +199,7 @@ pub(crate) async fn fresh_sync(
 pub async fn w5(n: usize, changed: usize, s: Settings) -> anyhow::Result<W5> {
     let dir = tempfile::tempdir()?;
     let server = ServerProcess::start(System::Accord, &dir.path().join("relay.db"))?;
-    let a = open(dir.path(), "a", Durability::Normal)?;
+    let a = open(dir.path(), "a", s.unmeasured())?;
     let ids = {
         let a = a.clone();
         let import = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<DocId>> {
@@ -212,7 +213,7 @@ pub async fn w5(n: usize, changed: usize, s: Settings) -> anyhow::Result<W5> {
     let upload = connect(&a, &url, "w5", s.cap * 10);
     capped(s.cap * 10, "W5 upload", upload).await?.close().await;
 
-    let b = open(dir.path(), "b", s.durability)?;
+    let b = open(dir.path(), "b", s)?;
     let (first_s, first_bytes) = synced_through_proxy(&b, &server, s, "W5 first sync").await?;
     anyhow::ensure!(b.list("w5")?.len() == n, "b misses records");
     // The cursor is saved once everything agrees (at the latest at the
@@ -310,8 +311,8 @@ async fn synced_through_proxy(
 pub async fn w3(m: usize, s: Settings) -> anyhow::Result<(W3, u64)> {
     let dir = tempfile::tempdir()?;
     let server = ServerProcess::start(System::Accord, &dir.path().join("relay.db"))?;
-    let a = open(dir.path(), "a", s.durability)?;
-    let b = open(dir.path(), "b", s.durability)?;
+    let a = open(dir.path(), "a", s)?;
+    let b = open(dir.path(), "b", s)?;
     let id = a.create_with("w3", None, |tx| tx.put(ROOT, "k", -1i64))?;
     let ha = capped(s.cap, "W3 share", connect(&a, &server.url(), "w3", s.cap)).await?;
     let mut hb = b.connect(&server.url(), options("w3"));
@@ -382,7 +383,7 @@ pub async fn w4_stored(stored: usize, live: usize, s: Settings) -> anyhow::Resul
     };
     capped(s.cap * 10, "W4 populate", async { populate.await? }).await?;
     let server = ServerProcess::start(System::Accord, &db)?;
-    let client = open(dir.path(), "client", Durability::Normal)?;
+    let client = open(dir.path(), "client", s.unmeasured())?;
     let mut handle = client.connect(&server.url(), options("hot"));
     capped(s.cap, "W4 live sync", async {
         handle.wait_agreed(s.cap).await.context("wait_agreed")

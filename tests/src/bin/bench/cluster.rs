@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use accord_engine::automerge::transaction::Transactable;
 use accord_engine::automerge::ROOT;
-use accord_engine::{DocId, Durability, Filter, Replica};
+use accord_engine::{DocId, Filter, Replica};
 use anyhow::Context;
 
 use crate::accord_side::{k_of, open, options};
@@ -120,7 +120,7 @@ pub async fn latency(rate: usize, secs: usize, s: Settings) -> anyhow::Result<(f
     let cluster = Cluster::start(3, dir.path())?;
     let urls = cluster.urls();
     let replicas: Vec<Replica> = (0..3)
-        .map(|i| open(dir.path(), &format!("l{i}"), s.durability))
+        .map(|i| open(dir.path(), &format!("l{i}"), s))
         .collect::<Result<_, _>>()?;
     let mut handles = Vec::new();
     for (r, url) in replicas.iter().zip(&urls) {
@@ -183,7 +183,7 @@ pub async fn w2(d: usize, s: Settings) -> anyhow::Result<(f64, f64)> {
     let dir = tempfile::tempdir()?;
     let cluster = Cluster::start(2, dir.path())?;
     let urls = cluster.urls();
-    let source = open(dir.path(), "source", Durability::Normal)?;
+    let source = open(dir.path(), "source", s.unmeasured())?;
     let mut saved = 0u64;
     for i in 0..d {
         let bytes = workloads::ten_change_doc(i).save();
@@ -216,7 +216,7 @@ pub async fn throughput(
     let urls = cluster.urls();
     let mut clients = Vec::with_capacity(writers);
     for w in 0..writers {
-        let replica = open(dir.path(), &format!("t{w}"), s.durability)?;
+        let replica = open(dir.path(), &format!("t{w}"), s)?;
         let id = replica.create_with("tp", None, |tx| tx.put(ROOT, "k", -1i64))?;
         let mut handle = replica.connect(&urls[w % urls.len()], options("tp"));
         handle.wait_synced(s.cap).await.context("wait_synced")?;

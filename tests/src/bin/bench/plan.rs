@@ -48,6 +48,10 @@ pub struct Args {
     /// Durability of the measured Accord replicas.
     #[arg(long, value_enum, default_value = "full")]
     pub durability: DurabilityArg,
+    /// Durability of the changes those replicas receive from the relay
+    /// (`ReplicaOptions::received_durability`; never above `--durability`).
+    #[arg(long, value_enum, default_value = "normal")]
+    pub received_durability: DurabilityArg,
     /// W0: changes per run [default: 2000, quick 200].
     #[arg(long)]
     pub w0_changes: Option<usize>,
@@ -119,6 +123,15 @@ pub enum DurabilityArg {
     Normal,
 }
 
+impl From<DurabilityArg> for Durability {
+    fn from(arg: DurabilityArg) -> Durability {
+        match arg {
+            DurabilityArg::Full => Durability::Full,
+            DurabilityArg::Normal => Durability::Normal,
+        }
+    }
+}
+
 /// What one run of the harness does.
 #[derive(Debug)]
 pub struct Plan {
@@ -158,10 +171,8 @@ impl Plan {
         let plan = Plan {
             settings: Settings {
                 cap: Duration::from_secs(a.cap_secs.unwrap_or(if q { 60 } else { 120 })),
-                durability: match a.durability {
-                    DurabilityArg::Full => Durability::Full,
-                    DurabilityArg::Normal => Durability::Normal,
-                },
+                durability: a.durability.into(),
+                received: a.received_durability.into(),
             },
             reps: pick(a.reps, 1, 3).max(1),
             only: a.only.iter().map(|w| w.to_lowercase()).collect(),
@@ -196,10 +207,11 @@ impl Plan {
     /// One line saying what will run.
     pub fn describe(&self) -> String {
         format!(
-            "bench: reps={} cap={}s durability={:?} W0 changes={} W1 K={:?} N={} W2 D={:?} W3 M={:?} W4 stored={} live={} idle={} window={}s W5 records={} changed={}{}",
+            "bench: reps={} cap={}s durability={:?} received={:?} W0 changes={} W1 K={:?} N={} W2 D={:?} W3 M={:?} W4 stored={} live={} idle={} window={}s W5 records={} changed={}{}",
             self.reps,
             self.settings.cap.as_secs(),
             self.settings.durability,
+            self.settings.received,
             self.w0_changes,
             self.w1_k,
             self.w1_n,

@@ -16,6 +16,19 @@ pub struct Settings {
     pub cap: Duration,
     /// Durability of the Accord replicas whose writes are measured.
     pub durability: Durability,
+    /// Their `received_durability` (changes from the relay).
+    pub received: Durability,
+}
+
+impl Settings {
+    /// The same, for a replica that only sets a workload up: no fsyncs.
+    pub fn unmeasured(self) -> Settings {
+        Settings {
+            durability: Durability::Normal,
+            received: Durability::Normal,
+            ..self
+        }
+    }
 }
 
 /// A phase ran past the cap.
