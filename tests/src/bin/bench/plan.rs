@@ -55,6 +55,10 @@ pub struct Args {
     /// W0: changes per run [default: 2000, quick 200].
     #[arg(long)]
     pub w0_changes: Option<usize>,
+    /// W0: leave parts of an Accord write out, to measure what they cost
+    /// (comma-separated: projection, numbering); the rows say so.
+    #[arg(long, value_delimiter = ',')]
+    pub w0_without: Vec<String>,
     /// W1: client counts K [default: 20,100; quick 5].
     #[arg(long, value_delimiter = ',')]
     pub w1_k: Vec<usize>,
@@ -140,6 +144,7 @@ pub struct Plan {
     only: Vec<String>,
     samod: bool,
     w0_changes: usize,
+    w0_without: w0::Without,
     w1_k: Vec<usize>,
     w1_n: usize,
     w2_d: Vec<usize>,
@@ -178,6 +183,7 @@ impl Plan {
             only: a.only.iter().map(|w| w.to_lowercase()).collect(),
             samod: !a.no_samod,
             w0_changes: pick(a.w0_changes, 200, 2000).max(8),
+            w0_without: w0::Without::parse(&a.w0_without)?,
             w1_k: or_list(&a.w1_k, q, &[5], &[20, 100]),
             w1_n: pick(a.w1_n, 50, 1000).max(1),
             w2_d: or_list(&a.w2_d, q, &[50], &[1000, 10_000]),
@@ -289,11 +295,15 @@ impl Plan {
     }
 
     fn w0(&self, rows: &mut Vec<Row>) {
-        let (n, d) = (self.w0_changes, self.settings.durability);
+        let (n, d, without) = (self.w0_changes, self.settings.durability, self.w0_without);
         for writers in [1, 8] {
-            let label = format!("W0 {writers} writer{}", if writers == 1 { "" } else { "s" });
+            let label = format!(
+                "W0 {writers} writer{}{}",
+                if writers == 1 { "" } else { "s" },
+                without.label()
+            );
             let ours = self.accord(&label, self.reps, move || async move {
-                w0::accord(writers, n, d)
+                w0::accord(writers, n, d, without)
             });
             let bare = repeat(
                 &format!("bare loop {label}"),

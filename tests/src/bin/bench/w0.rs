@@ -13,17 +13,75 @@ use accord_engine::{DocId, Durability, Replica, ReplicaOptions};
 use anyhow::Context;
 use rusqlite::{params, Connection, TransactionBehavior};
 
+/// Parts of an Accord write W0 leaves out, to measure what each costs
+/// (`--w0-without`): never a configuration to run an app with.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Without {
+    /// The query projection (`ReplicaOptions::projection` off).
+    pub projection: bool,
+    /// The collection sequence (its two triggers dropped from the file).
+    pub numbering: bool,
+}
+
+impl Without {
+    /// From `--w0-without` values.
+    pub fn parse(parts: &[String]) -> anyhow::Result<Without> {
+        let mut without = Without::default();
+        for part in parts {
+            match part.as_str() {
+                "projection" => without.projection = true,
+                "numbering" => without.numbering = true,
+                other => anyhow::bail!(
+                    "--w0-without: unknown part {other:?} (expected projection or numbering)"
+                ),
+            }
+        }
+        Ok(without)
+    }
+
+    /// What a row's label says, if anything is left out.
+    pub fn label(&self) -> String {
+        let parts: Vec<&str> = [
+            (self.projection, "projection"),
+            (self.numbering, "numbering"),
+        ]
+        .iter()
+        .filter(|(off, _)| *off)
+        .map(|(_, name)| *name)
+        .collect();
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" without {}", parts.join(", "))
+        }
+    }
+}
+
 /// Changes per second of `writers` threads, each changing its own record,
 /// `changes` changes in all, through one Accord replica.
-pub fn accord(writers: usize, changes: usize, durability: Durability) -> anyhow::Result<f64> {
+pub fn accord(
+    writers: usize,
+    changes: usize,
+    durability: Durability,
+    without: Without,
+) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
+    let path = dir.path().join("w0.db");
     let replica = Replica::open_with(
-        dir.path().join("w0.db"),
+        &path,
         ReplicaOptions {
             durability,
+            projection: !without.projection,
             ..ReplicaOptions::default()
         },
     )?;
+    if without.numbering {
+        // The replica's connection sees the schema change on its next
+        // statement (SQLite re-prepares on a schema change).
+        Connection::open(&path)?.execute_batch(
+            "DROP TRIGGER docs_numbered_on_insert; DROP TRIGGER docs_numbered_on_update;",
+        )?;
+    }
     let ids: Vec<DocId> = (0..writers)
         .map(|_| replica.create_with("w0", None, |tx| tx.put(ROOT, "k", -1i64)))
         .collect::<Result<_, _>>()?;
