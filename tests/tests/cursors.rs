@@ -240,3 +240,87 @@ async fn a_version_2_replica_is_still_served_with_full_listings() {
     assert_eq!(announced.len(), ids.len());
     relay.stop().await.expect("stop");
 }
+
+/// A relay restored from a backup is an earlier state of itself: a
+/// replica's cursor may be numbered past what the copy holds. Once the
+/// copy has numbered more writes than that cursor, a relay keeping its old
+/// id would honour it, and the records written after the backup, which the
+/// replica holds, would never be offered again. The backup carries no id,
+/// so the restored relay has a new one, and the replica lists and compares
+/// everything once: what the copy lost comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_restored_from_a_backup_gets_back_what_the_copy_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = TestRelay::start(&dir.path().join("relay.db"))
+        .await
+        .expect("relay");
+    let relay_id = relay.relay.replica().peer_id().to_string();
+    let (writer, kept) = written(dir.path(), &relay, 5).await;
+    let backup = dir.path().join("backup.db");
+    relay.relay.replica().backup_to(&backup).expect("backup");
+
+    // Written after the backup: the copy will not have these.
+    let lost: Vec<DocId> = (0..3)
+        .map(|i| {
+            writer
+                .create("notes", &json!({ "lost": i }))
+                .expect("create")
+        })
+        .collect();
+    let mut handle = agreed(&writer, &relay.url).await;
+    // Agreeing again lists what changed since: the uploads, numbered 6-8.
+    handle.wait_agreed(T).await.expect("agreed again");
+    wait_until(T, "the cursor to pass the backup", || async {
+        writer
+            .sync_cursor(&notes())
+            .expect("read")
+            .is_some_and(|c| c.relay.as_str() == relay_id && c.relay_seq >= 8)
+    })
+    .await;
+    handle.close().await;
+    let cursor = writer.sync_cursor(&notes()).expect("read").expect("saved");
+    relay.stop().await.expect("stop");
+
+    // The copy is restored, and numbers more writes than the cursor.
+    let restored = TestRelay::start(&backup).await.expect("restored");
+    let restored_id = restored.relay.replica().peer_id().to_string();
+    assert_ne!(restored_id, relay_id, "the copy has an identity of its own");
+    for id in &lost {
+        assert!(
+            restored.relay.replica().get(id).is_err(),
+            "lost by the copy"
+        );
+    }
+    let other = Replica::open(dir.path().join("other.db")).expect("other");
+    for i in 0..10 {
+        other
+            .create("notes", &json!({ "other": i }))
+            .expect("create");
+    }
+    agreed(&other, &restored.url).await.close().await;
+    assert!(
+        restored
+            .relay
+            .replica()
+            .collection_seq("notes")
+            .expect("seq")
+            > cursor.relay_seq
+    );
+
+    let handle = agreed(&writer, &restored.url).await;
+    for id in kept.iter().chain(&lost) {
+        assert_eq!(
+            restored
+                .relay
+                .replica()
+                .heads(id)
+                .expect("at the restored relay"),
+            writer.heads(id).expect("at the writer"),
+            "{id}"
+        );
+    }
+    assert_eq!(writer.list("notes").expect("list").len(), 18);
+    cursor_saved(&writer, &restored_id).await;
+    handle.close().await;
+    restored.stop().await.expect("stop");
+}

@@ -642,7 +642,10 @@ impl Replica {
 
     /// Writes a consistent copy of the whole database to `dest` (SQLite's
     /// online backup; writers keep working meanwhile). The copy is a
-    /// complete replica or relay database.
+    /// complete replica or relay database, without this one's peer id:
+    /// opened, it takes a new one, so peers that synced with the original
+    /// after the copy was made compare everything with it once instead of
+    /// trusting cursors it can no longer honour.
     pub fn backup_to(&self, dest: &Path) -> Result<()> {
         Ok(self.read_store(|s| s.backup_to(dest))?)
     }

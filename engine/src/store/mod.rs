@@ -747,6 +747,13 @@ impl Store {
     /// Copies a consistent snapshot of the whole database to `dest` with
     /// SQLite's online backup, while writers keep working. `dest` must not
     /// exist.
+    ///
+    /// The copy has no `peer_id`: whoever opens it next makes a new one.
+    /// A copy is an earlier state of this database, and peers that knew
+    /// the original by its id hold cursors and sync states describing
+    /// what came after; under a new id they compare everything once
+    /// instead (a relay restored from it would otherwise honour cursors
+    /// numbered past what it lost, and never be offered it again).
     pub fn backup_to(&self, dest: &Path) -> Result<(), StoreError> {
         if dest.exists() {
             return Err(StoreError::Exists(dest.display().to_string()));
@@ -755,6 +762,7 @@ impl Store {
         let backup = rusqlite::backup::Backup::new(&self.conn, &mut target)?;
         backup.run_to_completion(256, Duration::from_millis(5), None)?;
         drop(backup);
+        target.execute("DELETE FROM meta WHERE key = 'peer_id'", [])?;
         target.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
         Ok(())
     }
