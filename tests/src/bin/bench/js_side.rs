@@ -92,10 +92,12 @@ pub async fn w1(k: usize, n: usize, target: Target, s: Settings) -> anyhow::Resu
         "--n".into(),
         n.to_string(),
     ];
+    let cpu = server.cpu_secs()?;
     let figures = run(args, server.url(), dir.path(), s).await?;
     let w1 = W1 {
         total_s: number(&figures, "total_s")?,
         last_latency_ms: number(&figures, "last_latency_ms")?,
+        server_cpu_s: Some(server.cpu_secs()? - cpu),
     };
     let peak = tokio::task::spawn_blocking(move || server.stop()).await??;
     Ok((w1, peak))

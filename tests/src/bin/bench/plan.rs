@@ -660,6 +660,8 @@ impl Plan {
                     latency,
                     t,
                 ));
+                let cpu = f(|r| r.server_cpu_s.unwrap_or(f64::NAN));
+                peaks.push(versus(&label, "server CPU s", "s", Better::Lower, cpu, t));
                 let rss = (ours.figure(peak_mib), theirs.figure(peak_mib));
                 peaks.push(versus(
                     &label,

@@ -103,6 +103,7 @@ async fn stop_all(repos: &[Repo]) {
 pub async fn w1(k: usize, n: usize, target: Target, s: Settings) -> anyhow::Result<(W1, u64)> {
     let dir = tempfile::tempdir()?;
     let server = target.start(&dir.path().join("server"))?;
+    let cpu = server.cpu_secs()?;
     let mut repos = Vec::with_capacity(k);
     let mut dialers = Vec::with_capacity(k);
     for i in 0..k {
@@ -142,10 +143,15 @@ pub async fn w1(k: usize, n: usize, target: Target, s: Settings) -> anyhow::Resu
         Ok(latest)
     })
     .await?;
+    let cpu = server.cpu_secs()? - cpu;
     stop_all(&repos).await;
     drop(dialers);
     let peak = tokio::task::spawn_blocking(move || server.stop()).await??;
-    Ok((workloads::w1_result(started, last, seen), peak))
+    let w1 = W1 {
+        server_cpu_s: Some(cpu),
+        ..workloads::w1_result(started, last, seen)
+    };
+    Ok((w1, peak))
 }
 
 /// Waits until a reader sees `k == target`.

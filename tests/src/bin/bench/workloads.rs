@@ -16,6 +16,11 @@ pub struct W1 {
     pub total_s: f64,
     /// Last change committed until every client has seen it.
     pub last_latency_ms: f64,
+    /// CPU seconds (user + system) the server process spent on the whole
+    /// run: connecting the clients, opening the document, the fan-out.
+    /// Measured in the comparison of three servers, where the clients'
+    /// own work can set the wall-clock pace.
+    pub server_cpu_s: Option<f64>,
 }
 
 /// The W1 result from the writer's start and end and the latest sighting.
@@ -23,6 +28,7 @@ pub fn w1_result(started: Instant, last: Instant, seen: Instant) -> W1 {
     W1 {
         total_s: seen.duration_since(started).as_secs_f64(),
         last_latency_ms: seen.saturating_duration_since(last).as_secs_f64() * 1e3,
+        server_cpu_s: None,
     }
 }
 
