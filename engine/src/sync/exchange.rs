@@ -28,6 +28,46 @@ pub(crate) struct Exchange {
     asked: bool,
 }
 
+/// Messages generated during one pass over a document's peers, by the
+/// state each peer's exchange was in: Automerge's message depends only on
+/// the document and that state, so a peer in the same state as one before
+/// it (a reader keeping up, like every other reader) takes the same message
+/// and the same next state without generating and encoding it again.
+/// Valid while the document does not change: make one per pass.
+#[derive(Debug, Default)]
+pub(crate) struct Generated {
+    /// (state before, state after, what was generated).
+    seen: Vec<(State, State, Option<Encoded>)>,
+}
+
+/// A generated message: its gist and its encoding.
+type Encoded = (Gist, Vec<u8>);
+
+/// What deciding whether a message awaits an answer looks at.
+#[derive(Debug, Clone)]
+struct Gist {
+    /// It asks for changes.
+    asks: bool,
+    /// It brings changes.
+    brings: bool,
+    /// The heads it states.
+    heads: Vec<ChangeHash>,
+}
+
+impl Gist {
+    fn of(message: &Message) -> Gist {
+        Gist {
+            asks: !message.need.is_empty(),
+            brings: !message.changes.is_empty(),
+            heads: message.heads.clone(),
+        }
+    }
+}
+
+/// How many distinct states one pass remembers (peers in the same state
+/// are what makes it pay; a long tail of distinct ones does not).
+const GENERATED_STATES: usize = 8;
+
 /// A message generated for the peer.
 #[derive(Debug)]
 pub(crate) struct Outgoing {
@@ -148,25 +188,69 @@ impl Exchange {
         Ok(Some(self.sent(message, now)))
     }
 
+    /// [`Exchange::generate`], with the message encoded, through `pass`:
+    /// taken from it when an earlier peer of the pass was in this state,
+    /// recorded in it (when `more` peers follow) otherwise.
+    pub(crate) fn generate_encoded(
+        &mut self,
+        docs: &dyn SyncDocs,
+        doc: &DocId,
+        collection: &Collection,
+        now: u64,
+        pass: &mut Generated,
+        more: bool,
+    ) -> Result<Option<(bool, Vec<u8>)>> {
+        let known = pass
+            .seen
+            .iter()
+            .find(|(before, _, _)| *before == self.state);
+        let generated = match known {
+            Some((_, after, generated)) => {
+                self.state = after.clone();
+                generated.clone()
+            }
+            None => {
+                let remember = more && pass.seen.len() < GENERATED_STATES;
+                let before = remember.then(|| self.state.clone());
+                let generated = docs
+                    .generate(doc, collection, &mut self.state)?
+                    .map(|message| (Gist::of(&message), message.encode()));
+                if let Some(before) = before {
+                    pass.seen
+                        .push((before, self.state.clone(), generated.clone()));
+                }
+                generated
+            }
+        };
+        Ok(generated.map(|(gist, bytes)| (self.record(&gist, now), bytes)))
+    }
+
     /// Records a message going out: it waits for an answer unless it is
     /// the silent end of the protocol.
     pub(crate) fn sent(&mut self, message: Message, now: u64) -> Outgoing {
-        self.asked = !message.need.is_empty();
-        let want_reply = self.awaits_answer(&message);
-        if want_reply {
-            self.in_flight_since.get_or_insert(now);
-        }
+        let want_reply = self.record(&Gist::of(&message), now);
         Outgoing {
             message,
             want_reply,
         }
     }
 
+    /// [`Exchange::sent`] for a message known by its gist; returns whether
+    /// it waits for an answer.
+    fn record(&mut self, message: &Gist, now: u64) -> bool {
+        self.asked = message.asks;
+        let want_reply = self.awaits_answer(message);
+        if want_reply {
+            self.in_flight_since.get_or_insert(now);
+        }
+        want_reply
+    }
+
     /// Whether the peer will answer `message`. A message that brings no
     /// changes, needs nothing, and states heads the peer already has gets
     /// no reply, so it must not hold an in-flight place or be retried.
-    fn awaits_answer(&self, message: &Message) -> bool {
-        let asks_nothing = message.changes.is_empty() && message.need.is_empty();
+    fn awaits_answer(&self, message: &Gist) -> bool {
+        let asks_nothing = !message.brings && !message.asks;
         if asks_nothing && self.state.is_peer_read_only() {
             // A read-only peer takes none of our changes, so it may never
             // hold our heads: a message that only states them is not
@@ -180,7 +264,7 @@ impl Exchange {
             ours.sort();
             theirs == ours
         });
-        !(message.changes.is_empty() && message.need.is_empty() && peer_has_our_heads)
+        !(asks_nothing && peer_has_our_heads)
     }
 
     /// The state to persist if the shared heads moved since last saved.
@@ -208,5 +292,65 @@ pub(crate) fn heads_only(heads: Vec<ChangeHash>) -> Message {
         changes: ChunkList::empty(),
         flags: None,
         version: MessageVersion::V1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Replica;
+
+    /// What `generate` gives an exchange resumed from `state`, encoded,
+    /// and the state it leaves.
+    fn alone(
+        replica: &Replica,
+        doc: &DocId,
+        collection: &Collection,
+        state: Option<State>,
+    ) -> ((bool, Vec<u8>), State) {
+        let mut exchange = Exchange::resume(state);
+        let out = exchange
+            .generate(replica, doc, collection, 0)
+            .expect("generate")
+            .expect("a message");
+        (
+            (out.want_reply, out.message.encode()),
+            exchange.state.clone(),
+        )
+    }
+
+    #[test]
+    fn peers_in_the_same_state_share_one_generated_message() {
+        let relay = Replica::open_in_memory().expect("replica");
+        let collection = Collection::new("notes").expect("collection");
+        let doc = relay
+            .create("notes", &serde_json::json!({"n": 1}))
+            .expect("create");
+        let (expected, after) = alone(&relay, &doc, &collection, None);
+
+        let mut pass = Generated::default();
+        let mut peers: Vec<Exchange> = (0..3).map(|_| Exchange::resume(None)).collect();
+        for (i, peer) in peers.iter_mut().enumerate() {
+            let out = peer
+                .generate_encoded(&relay, &doc, &collection, 0, &mut pass, i < 2)
+                .expect("generate")
+                .expect("a message");
+            assert_eq!(out, expected, "peer {i}");
+            assert_eq!(peer.state, after, "peer {i}");
+            assert!(peer.in_flight(), "peer {i} waits for its answer");
+        }
+        assert_eq!(pass.seen.len(), 1, "generated once for three peers");
+
+        // A peer in another state (it holds the document) gets its own.
+        let mut holds = State::new();
+        holds.shared_heads = relay.heads(&doc).expect("heads").into_vec();
+        let (expected, after) = alone(&relay, &doc, &collection, Some(holds.clone()));
+        let mut other = Exchange::resume(Some(holds));
+        let out = other
+            .generate_encoded(&relay, &doc, &collection, 0, &mut pass, false)
+            .expect("generate")
+            .expect("a message");
+        assert_eq!((out, other.state), (expected, after));
+        assert_eq!(pass.seen.len(), 1, "the last peer's state is not kept");
     }
 }

@@ -20,13 +20,16 @@
 //!    (Automerge's in-flight rule holds further ones until it answers), a
 //!    heads-only answer if it asked for one and Automerge has nothing, and
 //!    exchanges whose answer is overdue restart from the shared heads;
+//!    peers whose exchanges are in the same state (readers keeping up)
+//!    share one generated and encoded message ([`super::exchange`]'s
+//!    `Generated`);
 //! 5. sync states whose shared heads moved are persisted.
 
 use std::collections::BTreeMap;
 
 use automerge::sync::Message;
 
-use super::exchange::{heads_only, Exchange};
+use super::exchange::{heads_only, Exchange, Generated};
 use super::protocol::{ErrorCode, Frame};
 use super::registry::{ConnId, Subscriber};
 use super::{error_code, error_text, EncodedState, SyncDocs};
@@ -295,8 +298,10 @@ impl DocHub {
     fn flush(&mut self, now: u64, docs: &dyn SyncDocs, out: &mut HubOutput) {
         let mut failed = Vec::new();
         let conns: Vec<ConnId> = self.peers.keys().copied().collect();
-        for conn in conns {
-            match self.next_message(conn, now, docs) {
+        let mut pass = Generated::default();
+        for (i, &conn) in conns.iter().enumerate() {
+            let more = i + 1 < conns.len();
+            match self.next_message(conn, now, docs, &mut pass, more) {
                 Ok(Some(frame)) => out.frames.push((conn, frame)),
                 Ok(None) => {}
                 Err(e) => failed.push((conn, e)),
@@ -307,12 +312,16 @@ impl DocHub {
         }
     }
 
-    /// The next frame for one attached peer, if it is owed one.
+    /// The next frame for one attached peer, if it is owed one (`pass`:
+    /// the messages this flush generated so far, `more`: whether other
+    /// peers follow).
     fn next_message(
         &mut self,
         conn: ConnId,
         now: u64,
         docs: &dyn SyncDocs,
+        pass: &mut Generated,
+        more: bool,
     ) -> crate::Result<Option<Frame>> {
         let (doc, collection) = (self.doc, &self.collection);
         let Some(peer) = self.peers.get_mut(&conn) else {
@@ -321,11 +330,15 @@ impl DocHub {
         if peer.exchange.stalled(now) {
             peer.exchange.restart();
         }
-        let outgoing = match peer.exchange.generate(docs, &doc, collection, now)? {
-            Some(outgoing) => outgoing,
+        let generated = peer
+            .exchange
+            .generate_encoded(docs, &doc, collection, now, pass, more)?;
+        let (want_reply, message) = match generated {
+            Some(generated) => generated,
             None if peer.owes_reply => {
                 let heads = docs.heads(&doc)?;
-                peer.exchange.sent(heads_only(heads.into_vec()), now)
+                let outgoing = peer.exchange.sent(heads_only(heads.into_vec()), now);
+                (outgoing.want_reply, outgoing.message.encode())
             }
             None => return Ok(None),
         };
@@ -333,8 +346,8 @@ impl DocHub {
         Ok(Some(Frame::Sync {
             doc,
             collection: collection.to_string(),
-            message: outgoing.message.encode(),
-            want_reply: outgoing.want_reply,
+            message,
+            want_reply,
         }))
     }
 

@@ -65,7 +65,12 @@ pub fn int_at(doc: &Automerge, key: &str) -> Option<i64> {
 pub async fn w1(k: usize, n: usize, s: Settings) -> anyhow::Result<(W1, u64)> {
     let dir = tempfile::tempdir()?;
     let server = ServerProcess::start(System::Accord, &dir.path().join("relay.db"))?;
+    let cpu = server.cpu_secs()?;
     let result = w1_on(&[server.url()], dir.path(), k, n, s).await?;
+    let result = W1 {
+        server_cpu_s: Some(server.cpu_secs()? - cpu),
+        ..result
+    };
     let peak = tokio::task::spawn_blocking(move || server.stop()).await??;
     Ok((result, peak))
 }

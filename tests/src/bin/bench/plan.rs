@@ -513,6 +513,13 @@ impl Plan {
                 Better::Lower,
                 pair(|r| r.last_latency_ms),
             ));
+            peaks.push(row(
+                &format!("W4 during {label}"),
+                "relay CPU s",
+                "s",
+                Better::Lower,
+                pair(|r| r.server_cpu_s.unwrap_or(f64::NAN)),
+            ));
             peaks.push(peak_row(&label, &ours, &theirs, self));
         }
     }
