@@ -154,3 +154,22 @@ pub fn noise_text(seed: u64, len: usize) -> String {
         .map(|b| char::from(b"0123456789abcdef"[usize::from(b & 15)]))
         .collect()
 }
+
+/// Writes a backward-compatibility fixture: folds `db`'s WAL into the main
+/// file (the writer must be closed) and copies it to `fixture`, one file
+/// with no `-wal` or `-shm` beside it.
+pub fn write_fixture(db: &std::path::Path, fixture: &std::path::Path) {
+    let conn = rusqlite::Connection::open(db).expect("sqlite");
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .expect("checkpoint");
+    drop(conn);
+    for suffix in ["-wal", "-shm"] {
+        let side = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+        assert!(!side.exists(), "{} left behind", side.display());
+    }
+    std::fs::create_dir_all(fixture.parent().expect("parent")).expect("mkdir");
+    std::fs::copy(db, fixture).expect("write fixture");
+    eprintln!("wrote {}", fixture.display());
+}

@@ -405,22 +405,7 @@ fn regenerate_v1_fixture() {
     let results = store.apply(&[&[op]]).expect("apply");
     assert!(results.iter().all(Result::is_ok));
     drop(store);
-
-    // Fold the WAL into the main file so the fixture is one file.
-    let conn = Connection::open(&path).expect("sqlite");
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-        r.get::<_, i64>(0)
-    })
-    .expect("checkpoint");
-    drop(conn);
-    for suffix in ["-wal", "-shm"] {
-        let side = PathBuf::from(format!("{}{suffix}", path.display()));
-        assert!(!side.exists(), "{} left behind", side.display());
-    }
-    let target = fixture_path();
-    std::fs::create_dir_all(target.parent().expect("parent")).expect("mkdir");
-    std::fs::copy(&path, &target).expect("write fixture");
-    eprintln!("wrote {}", target.display());
+    accord_engine::testing::write_fixture(&path, &fixture_path());
 }
 
 /// The sync state of a replica that has finished syncing `bytes`' document

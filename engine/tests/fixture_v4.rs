@@ -86,14 +86,7 @@ fn regenerate_v4_fixture() {
     r.save_sync_states(&relay(), vec![encoded])
         .expect("sync state");
     drop(r);
-    let conn = Connection::open(&path).expect("sqlite");
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
-        row.get::<_, i64>(0)
-    })
-    .expect("checkpoint");
-    drop(conn);
-    std::fs::copy(&path, fixture_path()).expect("write fixture");
-    eprintln!("wrote {}", fixture_path().display());
+    accord_engine::testing::write_fixture(&path, &fixture_path());
 }
 
 /// The record of `collection` named `name`.

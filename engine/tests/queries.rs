@@ -1259,14 +1259,7 @@ fn regenerate_v2_fixture() {
     r.put(&grace, "age", &json!(86), Some("birthday"))
         .expect("age");
     drop(r);
-    let conn = Connection::open(&path).expect("sqlite");
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
-        row.get::<_, i64>(0)
-    })
-    .expect("checkpoint");
-    drop(conn);
-    std::fs::copy(&path, v2_fixture_path()).expect("write fixture");
-    eprintln!("wrote {}", v2_fixture_path().display());
+    accord_engine::testing::write_fixture(&path, &v2_fixture_path());
 }
 
 #[test]
