@@ -204,7 +204,11 @@ impl Committer {
         self.note_foreign_commits(&mut writer);
         let batch = std::mem::take(&mut *self.queue.lock());
         let groups: Vec<&[WriteOp]> = batch.iter().map(|(ops, _, _)| ops.as_slice()).collect();
-        let recoverable = batch.iter().all(|(_, keep, _)| *keep == Keep::Recoverable);
+        // Sync bookkeeping is recoverable wherever it comes from, so a run
+        // of received changes commits with its sync states unflushed.
+        let recoverable = batch.iter().all(|(ops, keep, _)| {
+            *keep == Keep::Recoverable || ops.iter().all(WriteOp::is_bookkeeping)
+        });
         match writer.store.apply_with(&groups, recoverable) {
             Ok(results) => {
                 for ((_, _, s), r) in batch.iter().zip(results) {

@@ -619,6 +619,30 @@ fn received_changes_skip_the_fsync_unless_asked_and_local_writes_never_do() {
         );
         assert_eq!(r.get(&id).expect("get").value, json!({"n": 2}));
 
+        // A run of received changes commits with its sync states (as the
+        // driver commits them): the bookkeeping does not bring the fsync
+        // back.
+        let mut more = automerge::AutoCommit::new();
+        more.put(ROOT, "n", 4).expect("put");
+        let (other, data) = (DocId::random(), more.save());
+        let state = crate::sync::EncodedState {
+            doc: other,
+            bytes: automerge::sync::State::new().encode(),
+        };
+        let before = fsynced(&r);
+        r.commit_together(|| {
+            r.receive_whole(&other, &notes, &data, &relay)
+                .expect("received");
+            r.save_sync_states(&relay, vec![state.clone()])
+                .expect("state");
+        })
+        .expect("committed");
+        assert_eq!(
+            fsynced(&r) - before,
+            fsyncs_per_receipt,
+            "with {received:?}"
+        );
+
         // The next local write carries every commit before it to the disk.
         let before = fsynced(&r);
         r.put(&id, "n", &json!(3), None).expect("put");

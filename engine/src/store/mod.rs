@@ -252,6 +252,21 @@ pub enum WriteOp {
     },
 }
 
+impl WriteOp {
+    /// Whether this write is sync bookkeeping (a peer's sync state, their
+    /// retirement, a sync cursor): losing the last ones to a power cut
+    /// costs a peer a fuller exchange, never data, and they are written
+    /// after every exchange, so a batch of nothing else skips the fsync.
+    pub fn is_bookkeeping(&self) -> bool {
+        matches!(
+            self,
+            WriteOp::SyncState { .. }
+                | WriteOp::RetireSyncStates { .. }
+                | WriteOp::SyncCursor { .. }
+        )
+    }
+}
+
 /// A replica's sync cursor of one collection, as stored: see
 /// `sync::SyncCursor` and docs/storage-format.md.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -389,36 +404,36 @@ impl Store {
         &mut self,
         groups: &[&[WriteOp]],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        self.apply_with(groups, false)
+        let recoverable = groups
+            .iter()
+            .all(|ops| ops.iter().all(WriteOp::is_bookkeeping));
+        self.apply_with(groups, recoverable)
     }
 
     /// Like [`Store::apply`]; `recoverable` says every group holds only
-    /// what a peer would send again if it were lost (changes received from
-    /// the relay, on a replica that does not fsync those): such a batch
-    /// also commits without fsync in `Full` mode. SQLite's WAL keeps the
-    /// commits in order, so a power loss can only lose a suffix of them,
-    /// and the next commit that does fsync makes them durable too.
+    /// what costs nothing but a fuller exchange if a power loss drops it
+    /// (sync bookkeeping, see [`WriteOp::is_bookkeeping`], and changes
+    /// received from the relay on a replica that does not fsync those): such
+    /// a batch commits without fsync in `Full` mode too. SQLite's WAL keeps
+    /// the commits in order, so a power loss can only lose a suffix of
+    /// them, and the next commit that does fsync makes them durable too.
     pub fn apply_with(
         &mut self,
         groups: &[&[WriteOp]],
         recoverable: bool,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        let relaxed = self.full
-            && (recoverable
-                || groups.iter().flat_map(|g| g.iter()).all(|op| {
-                    matches!(
-                        op,
-                        WriteOp::SyncState { .. }
-                            | WriteOp::RetireSyncStates { .. }
-                            | WriteOp::SyncCursor { .. }
-                    )
-                }));
+        let relaxed = self.full && recoverable;
+        // Cached: on a replica this runs around every received commit.
+        let synchronous = |conn: &Connection, sql: &str| -> Result<(), StoreError> {
+            conn.prepare_cached(sql)?.execute([])?;
+            Ok(())
+        };
         if relaxed {
-            self.conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+            synchronous(&self.conn, "PRAGMA synchronous = NORMAL")?;
         }
         let result = self.apply_in_transaction(groups);
         if relaxed {
-            self.conn.execute_batch("PRAGMA synchronous = FULL")?;
+            synchronous(&self.conn, "PRAGMA synchronous = FULL")?;
         } else if self.full && result.is_ok() {
             self.fsynced += 1;
         }
