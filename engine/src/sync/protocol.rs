@@ -252,6 +252,17 @@ pub struct SubscribeFrom {
     pub cursor: Option<Cursor>,
 }
 
+impl From<SubscribeFrom> for SubscribeRequest {
+    /// A version-3 entry: documents are never sent whole.
+    fn from(from: SubscribeFrom) -> SubscribeRequest {
+        SubscribeRequest {
+            collection: from.collection,
+            cursor: from.cursor,
+            whole: false,
+        }
+    }
+}
+
 /// A point in a relay database's collection sequence, as a replica keeps
 /// it: meaningful only to the relay that issued it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -339,11 +339,7 @@ impl RelaySession {
             (Phase::Ready { .. }, Frame::SubscribeSince { collections }) => {
                 let from = collections
                     .into_iter()
-                    .map(|f| SubscribeRequest {
-                        collection: f.collection,
-                        cursor: f.cursor,
-                        whole: false,
-                    })
+                    .map(SubscribeRequest::from)
                     .collect();
                 self.on_subscribe(from, true)
             }

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use super::{ClientOutput, ClientSession, DocSync, Hold};
 use crate::error::Result;
 use crate::id::{Collection, DocId};
-use crate::sync::protocol::{Cursor, SubscribeFrom};
+use crate::sync::protocol::{Cursor, SubscribeRequest};
 use crate::sync::{DocSummary, NumberedSummary, SyncCursor, SyncDocs};
 
 /// How long after a failed attempt to save a cursor the session tries
@@ -82,9 +82,14 @@ impl ClientSession {
         }
     }
 
-    /// The `SubscribeSince` entry of a collection: the furthest point this
-    /// side knows, on this connection or from the stored cursor.
-    pub(super) fn subscribe_from(&self, collection: &Collection) -> SubscribeFrom {
+    /// The `SubscribeWith` entry of a collection: the furthest point this
+    /// side knows, on this connection or from the stored cursor, and
+    /// whether its documents may come `whole`.
+    pub(super) fn subscribe_request(
+        &self,
+        collection: &Collection,
+        whole: bool,
+    ) -> SubscribeRequest {
         let progress = self.progress.get(collection);
         let here = match (&self.relay_id, progress.and_then(|p| p.relay_seq)) {
             (Some(relay), Some(seq)) => Some(Cursor {
@@ -97,9 +102,10 @@ impl ClientSession {
             relay_id: c.relay.to_string(),
             seq: c.relay_seq,
         });
-        SubscribeFrom {
+        SubscribeRequest {
             collection: collection.to_string(),
             cursor: here.or(stored),
+            whole,
         }
     }
 

@@ -38,7 +38,7 @@ pub use cursor::CURSOR_RETRY_MS;
 pub use early::{EARLY_BYTES, EARLY_DOCS};
 
 use super::exchange::{heads_only, Exchange};
-use super::protocol::{DocSummary, ErrorCode, Frame, SubscribeRequest, WholeDoc, PROTOCOL_VERSION};
+use super::protocol::{DocSummary, ErrorCode, Frame, WholeDoc, PROTOCOL_VERSION};
 use super::session::MAX_SUBSCRIBE_NAMES;
 use super::{error_code, EncodedState, LocalState, SyncDocs, STORAGE_RETRY_MS};
 use crate::error::{Error, Result};
@@ -420,14 +420,7 @@ impl ClientSession {
         for names in collections.chunks(MAX_SUBSCRIBE_NAMES) {
             let collections = names
                 .iter()
-                .map(|c| {
-                    let from = self.subscribe_from(c);
-                    SubscribeRequest {
-                        collection: from.collection,
-                        cursor: from.cursor,
-                        whole: self.holds_none(c, docs),
-                    }
-                })
+                .map(|c| self.subscribe_request(c, self.holds_none(c, docs)))
                 .collect();
             self.out
                 .push(ClientOutput::Send(Frame::SubscribeWith { collections }));
