@@ -5,6 +5,11 @@
 //! A round trip is counted each time the traffic of one connection turns
 //! from client→server messages to a server→client message: the number of
 //! times a client had to wait for an answer.
+//!
+//! With `ACCORD_BENCH_TRACE=1` in the environment the proxy also prints
+//! every data message to stderr: connection, direction, payload length and
+//! the payload's first byte (the native protocol's frame tag), to see what
+//! a workload's messages are.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,14 +125,15 @@ async fn accept_loop(
         let _ = inbound.set_nodelay(true);
         let _ = outbound.set_nodelay(true);
         let stats = Arc::new(ConnStats::default());
-        conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Arc::clone(&stats));
+        let index = {
+            let mut conns = conns.lock().unwrap_or_else(|e| e.into_inner());
+            conns.push(Arc::clone(&stats));
+            conns.len()
+        };
         let (ir, iw) = inbound.into_split();
         let (or, ow) = outbound.into_split();
-        tokio::spawn(pump(ir, ow, Dir::Up, Arc::clone(&stats)));
-        tokio::spawn(pump(or, iw, Dir::Down, stats));
+        tokio::spawn(pump(ir, ow, Dir::Up, Arc::clone(&stats), index));
+        tokio::spawn(pump(or, iw, Dir::Down, stats, index));
     }
 }
 
@@ -136,7 +142,9 @@ async fn pump(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     dir: Dir,
     stats: Arc<ConnStats>,
+    index: usize,
 ) {
+    let trace = std::env::var_os("ACCORD_BENCH_TRACE").is_some_and(|v| v == "1");
     let mut buf = vec![0u8; 64 * 1024];
     let mut frames = FrameCounter::default();
     let counter = match dir {
@@ -149,7 +157,15 @@ async fn pump(
             Ok(n) => n,
         };
         counter.fetch_add(n as u64, Ordering::Relaxed);
-        frames.feed(&buf[..n], |_| stats.message(dir));
+        frames.feed(&buf[..n], |m| {
+            stats.message(dir);
+            if trace {
+                eprintln!(
+                    "proxy conn {index} {dir:?} {} bytes, first byte {:?}",
+                    m.len, m.first
+                );
+            }
+        });
         if to.write_all(&buf[..n]).await.is_err() {
             break;
         }
@@ -169,28 +185,55 @@ struct FrameCounter {
     header: Vec<u8>,
     /// Payload bytes still to skip.
     remaining: u64,
+    /// The data message whose first payload byte is still to come.
+    pending: Option<Message>,
+}
+
+/// A final data frame seen by [`FrameCounter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Message {
+    /// Payload length.
+    len: u64,
+    /// The first payload byte, unmasked (`None` for an empty payload).
+    first: Option<u8>,
+    /// The masking key (client → server frames).
+    mask: Option<[u8; 4]>,
 }
 
 impl FrameCounter {
-    /// Feeds bytes; calls `on_message(opcode)` for each final data frame.
-    fn feed(&mut self, mut data: &[u8], mut on_message: impl FnMut(u8)) {
+    /// Feeds bytes; calls `on_message` for each final data frame once its
+    /// first payload byte is in.
+    fn feed(&mut self, mut data: &[u8], mut on_message: impl FnMut(Message)) {
         while let Some((&byte, rest)) = data.split_first() {
             if !self.in_frames {
                 self.http_tail = (self.http_tail << 8) | u32::from(byte);
                 self.in_frames = self.http_tail == 0x0d0a_0d0a;
                 data = rest;
             } else if self.remaining > 0 {
+                if let Some(mut m) = self.pending.take() {
+                    m.first = Some(byte ^ m.mask.map_or(0, |k| k[0]));
+                    on_message(m);
+                }
                 let n = self.remaining.min(data.len() as u64) as usize;
                 self.remaining -= n as u64;
                 data = &data[n..];
             } else {
                 self.header.push(byte);
                 data = rest;
-                if let Some((len, opcode, fin)) = parse_header(&self.header) {
+                if let Some((len, opcode, fin, mask)) = parse_header(&self.header) {
                     self.header.clear();
                     self.remaining = len;
                     if fin && opcode < 8 {
-                        on_message(opcode);
+                        let m = Message {
+                            len,
+                            first: None,
+                            mask,
+                        };
+                        if len == 0 {
+                            on_message(m);
+                        } else {
+                            self.pending = Some(m);
+                        }
                     }
                 }
             }
@@ -198,8 +241,9 @@ impl FrameCounter {
     }
 }
 
-/// `(payload length, opcode, fin)` once `h` holds a whole frame header.
-fn parse_header(h: &[u8]) -> Option<(u64, u8, bool)> {
+/// `(payload length, opcode, fin, masking key)` once `h` holds a whole
+/// frame header.
+fn parse_header(h: &[u8]) -> Option<(u64, u8, bool, Option<[u8; 4]>)> {
     let (&b0, &b1) = (h.first()?, h.get(1)?);
     let masked = b1 & 0x80 != 0;
     let short = u64::from(b1 & 0x7f);
@@ -219,7 +263,11 @@ fn parse_header(h: &[u8]) -> Option<(u64, u8, bool)> {
             .iter()
             .fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
     };
-    Some((len, b0 & 0x0f, b0 & 0x80 != 0))
+    let mask = masked.then(|| {
+        let k = &h[2 + ext..2 + ext + 4];
+        [k[0], k[1], k[2], k[3]]
+    });
+    Some((len, b0 & 0x0f, b0 & 0x80 != 0, mask))
 }
 
 #[cfg(test)]
@@ -233,11 +281,15 @@ mod tests {
         bytes.extend([0x82, 126, 0, 200]);
         bytes.extend([0u8; 200]); // binary, 200 bytes (16-bit length)
         bytes.extend([0x82, 0x80 | 1, 9, 9, 9, 9, 7]); // masked, 1 byte
+        bytes.extend([0x82, 0]); // binary, empty
         let mut counter = FrameCounter::default();
-        let mut seen = 0;
+        let mut seen = Vec::new();
         for chunk in bytes.chunks(7) {
-            counter.feed(chunk, |_| seen += 1);
+            counter.feed(chunk, |m| seen.push((m.len, m.first)));
         }
-        assert_eq!(seen, 3);
+        assert_eq!(
+            seen,
+            [(3, Some(1)), (200, Some(0)), (1, Some(7 ^ 9)), (0, None)]
+        );
     }
 }
