@@ -36,11 +36,7 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// Decodes a value, refusing trailing bytes.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
-    let (value, used) =
-        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| DecodeError {
-            what,
-            reason: e.to_string(),
-        })?;
+    let (value, used) = decode_first(bytes, what)?;
     if used != bytes.len() {
         return Err(DecodeError {
             what,
@@ -50,6 +46,18 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T
     Ok(value)
 }
 
+/// Decodes a value from the start of `bytes`; returns it and how many bytes
+/// it took (for messages that carry several values back to back).
+pub fn decode_first<T: DeserializeOwned>(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<(T, usize), DecodeError> {
+    bincode::serde::decode_from_slice(bytes, config()).map_err(|e| DecodeError {
+        what,
+        reason: e.to_string(),
+    })
+}
+
 /// Decodes a value from the start of `bytes`, ignoring what follows (for
 /// reading a fixed prefix, such as a frame's variant and version, of a
 /// message whose rest this build may not understand).
@@ -57,12 +65,7 @@ pub fn decode_prefix<T: DeserializeOwned>(
     bytes: &[u8],
     what: &'static str,
 ) -> Result<T, DecodeError> {
-    bincode::serde::decode_from_slice(bytes, config())
-        .map(|(value, _)| value)
-        .map_err(|e| DecodeError {
-            what,
-            reason: e.to_string(),
-        })
+    decode_first(bytes, what).map(|(value, _)| value)
 }
 
 #[cfg(test)]

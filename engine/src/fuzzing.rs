@@ -10,11 +10,19 @@ use crate::replica::Replica;
 use crate::store::{ChunkKind, DocMeta, StoredChunk, StoredDoc};
 use crate::sync::{Frame, OpenAccess, RelaySession};
 
-/// The frame decoder: anything that decodes re-encodes to the same frame.
+/// The frame decoder: anything that decodes re-encodes to the same frame,
+/// and the frames of a packed (version-5) message re-encode, back to back,
+/// to a message that decodes to the same frames.
 pub fn frame(data: &[u8]) {
     if let Ok(frame) = Frame::decode(data) {
         let again = Frame::decode(&frame.encode());
         assert_eq!(again.ok(), Some(frame), "a decoded frame must round-trip");
+    }
+    if let Ok(frames) = Frame::decode_message(data) {
+        assert!(!frames.is_empty() && frames.len() <= crate::sync::MAX_FRAMES_PER_MESSAGE);
+        let packed: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
+        let again = Frame::decode_message(&packed);
+        assert_eq!(again.ok(), Some(frames), "a packed message must round-trip");
     }
     let _ = Frame::hello_version(data);
 }

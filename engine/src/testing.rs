@@ -12,16 +12,41 @@ use crate::sync::{ErrorCode, Frame, PROTOCOL_VERSION};
 /// How long a test waits for the relay's next frame.
 pub const FRAME_WAIT: Duration = Duration::from_secs(20);
 
-/// A raw WebSocket to a relay.
-pub type Ws =
+/// The WebSocket under a [`Ws`].
+pub type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A raw WebSocket to a relay (it derefs to the socket), holding the
+/// frames of a message that carried several until they are read.
+#[derive(Debug)]
+pub struct Ws {
+    socket: Socket,
+    unread: std::collections::VecDeque<Frame>,
+}
+
+impl std::ops::Deref for Ws {
+    type Target = Socket;
+    fn deref(&self) -> &Socket {
+        &self.socket
+    }
+}
+
+impl std::ops::DerefMut for Ws {
+    fn deref_mut(&mut self) -> &mut Socket {
+        &mut self.socket
+    }
+}
 
 /// Opens a raw WebSocket to `url`.
 pub async fn raw(url: &str) -> Ws {
-    tokio_tungstenite::connect_async(url)
+    let socket = tokio_tungstenite::connect_async(url)
         .await
         .expect("connect")
-        .0
+        .0;
+    Ws {
+        socket,
+        unread: Default::default(),
+    }
 }
 
 /// Sends one frame.
@@ -35,13 +60,22 @@ pub async fn send_bytes(ws: &mut Ws, bytes: Vec<u8>) {
 }
 
 /// The next protocol frame, skipping pings; `None` once the socket closes.
+/// A message carrying several frames (version 5) is read one frame at a
+/// time.
 pub async fn next_frame(ws: &mut Ws) -> Option<Frame> {
+    if let Some(frame) = ws.unread.pop_front() {
+        return Some(frame);
+    }
     loop {
-        match tokio::time::timeout(FRAME_WAIT, ws.next())
+        match tokio::time::timeout(FRAME_WAIT, ws.socket.next())
             .await
             .expect("a frame in time")
         {
-            Some(Ok(Message::Binary(b))) => return Some(Frame::decode(&b).expect("a valid frame")),
+            Some(Ok(Message::Binary(b))) => {
+                let frames = Frame::decode_message(&b).expect("valid frames");
+                ws.unread.extend(frames);
+                return ws.unread.pop_front();
+            }
             Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
             Some(Ok(_)) => {}
         }

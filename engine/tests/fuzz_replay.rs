@@ -168,6 +168,19 @@ fn regenerate_seed_corpus() {
         }
     }
     write("session", "hello-subscribe-delete", &session);
+    // Version 5: Hello, Subscribe and Delete packed in one message.
+    let by_name = |wanted: &str| {
+        frames
+            .iter()
+            .find(|(name, _)| *name == wanted)
+            .map(|(_, bytes)| bytes.clone())
+            .expect("a seed frame")
+    };
+    let packed = [by_name("hello"), by_name("subscribe"), by_name("delete")].concat();
+    write("frame", "packed", &packed);
+    let mut one_message = vec![packed.len() as u8];
+    one_message.extend_from_slice(&packed);
+    write("session", "packed-hello", &one_message);
     let mut snapshot = vec![0u8];
     snapshot.extend(replica.save(&id).expect("save"));
     write("chunks", "snapshot", &snapshot);

@@ -7,8 +7,10 @@
 //! blocking pool (the session reads SQLite), and carries out what it
 //! returns: replies, subscriptions, routing to document actors, deletion
 //! fan-out. Both doors route to the same document actors. Frames from document actors arrive through the connection's
-//! bounded outbound queue. The task pings the peer and closes a connection
-//! that stays silent. Bad input closes this connection only, after an
+//! bounded outbound queue. On a version-5 native connection what the task
+//! writes is packed: frames go out together, in one WebSocket message, when
+//! nothing else is ready to be handled (or the message is full). The task
+//! pings the peer and closes a connection that stays silent. Bad input closes this connection only, after an
 //! error frame that names the problem.
 //!
 //! Until the session welcomes the peer, messages are held to the small
@@ -22,8 +24,8 @@ use std::time::{Duration, Instant};
 use accord_engine::sync::repo_session::error_message;
 use accord_engine::sync::repo_wire::RepoMessage;
 use accord_engine::sync::{
-    Announcing, ConnId, ErrorCode, Frame, HubInput, RelayOutput, RelaySession, RepoOutput,
-    RepoSession,
+    Announcing, ConnId, ErrorCode, Frame, HubInput, Packer, RelayOutput, RelaySession, RepoOutput,
+    RepoSession, PACKED_BYTES, PACKED_SINCE,
 };
 use accord_engine::{Collection, DocId, PeerId};
 use futures_util::{SinkExt, StreamExt};
@@ -101,6 +103,8 @@ pub async fn serve(
         registered: false,
         announce_not_before: None,
         permit: Some(permit),
+        packs: false,
+        packer: Packer::new(PACKED_BYTES),
     };
     let end = c.run(rx).await;
     c.finish(end).await;
@@ -280,6 +284,12 @@ struct Connection {
     registered: bool,
     /// The announcement budget is spent until then.
     announce_not_before: Option<TokioInstant>,
+    /// Whether the connection packs frames into messages (a native
+    /// connection welcomed in version 5 or later).
+    packs: bool,
+    /// Frames written and not sent yet: they go out together when nothing
+    /// else is ready to be handled, or when the message is full.
+    packer: Packer,
 }
 
 impl Connection {
@@ -332,6 +342,12 @@ impl Connection {
                 // a time, at the pace the peer reads.
                 () = sleep_until_some(announce_at), if announce_at.is_some() => {
                     if let Some(end) = self.announce().await {
+                        return end;
+                    }
+                }
+                // Nothing else is ready: what was packed goes out.
+                () = std::future::ready(()), if !self.packer.is_empty() => {
+                    if let Some(end) = self.flush().await {
                         return end;
                     }
                 }
@@ -423,11 +439,31 @@ impl Connection {
         }
     }
 
-    /// Writes one frame. A peer that stops reading blocks the write; the
-    /// registry then finds our queue full and cancels `kick`, which ends the
-    /// write here so the connection can be closed.
+    /// Writes one frame: at once, or, on a connection that packs, into
+    /// the message being packed. A peer that stops reading blocks the
+    /// write; the registry then finds our queue full and cancels `kick`,
+    /// which ends the write here so the connection can be closed.
     async fn write(&mut self, kind: &'static str, bytes: Vec<u8>) -> Option<End> {
         self.shared.metrics.sent(kind, bytes.len());
+        if !self.packs {
+            return self.send_message(bytes).await;
+        }
+        match self.packer.push(&bytes) {
+            Some(full) => self.send_message(full).await,
+            None => None,
+        }
+    }
+
+    /// Sends what was packed, if anything.
+    async fn flush(&mut self) -> Option<End> {
+        match self.packer.take() {
+            Some(message) => self.send_message(message).await,
+            None => None,
+        }
+    }
+
+    /// Sends one WebSocket message (see [`Connection::write`]).
+    async fn send_message(&mut self, bytes: Vec<u8>) -> Option<End> {
         tokio::select! {
             sent = self.ws.send(Message::Binary(bytes.into())) => sent.err().map(|_| End::Peer),
             () = self.kick.cancelled() => Some(self.kicked()),
@@ -472,11 +508,11 @@ impl Connection {
                 let (access, store) = (shared.access.as_ref(), shared.store.as_ref());
                 let out: Vec<Out> = match session {
                     Session::Native(session) => {
-                        let kind = Frame::decode(&bytes)
-                            .map(|f| f.kind())
-                            .unwrap_or("undecodable");
-                        shared.metrics.received(kind, bytes.len());
-                        let out = session.handle_bytes(&bytes, now, access, store);
+                        let metrics = &shared.metrics;
+                        let out =
+                            session.handle_message(&bytes, now, access, store, &mut |k, n| {
+                                metrics.received(k, n)
+                            });
                         out.into_iter().map(Out::Native).collect()
                     }
                     Session::Repo(session) => {
@@ -624,7 +660,12 @@ impl Connection {
     async fn send(&mut self, frame: Frame) -> Option<End> {
         let welcome = matches!(frame, Frame::Welcome { .. });
         match &frame {
-            Frame::Welcome { .. } => self.register(),
+            Frame::Welcome { version, .. } => {
+                self.register();
+                // The `Welcome` is packed with what follows it; the socket
+                // has sent nothing else yet, so moving it (below) is safe.
+                self.packs = *version >= PACKED_SINCE;
+            }
             Frame::Error { code, .. } if code.closes_connection() => {
                 return None; // sent by `finish`, together with the close
             }
@@ -726,6 +767,9 @@ impl Connection {
         }
         let End::Error(code, reason) = end else {
             let goodbye = async {
+                if let Some(message) = self.packer.take() {
+                    self.ws.send(Message::Binary(message.into())).await?;
+                }
                 self.ws.close(None).await?;
                 drain_until_closed(&mut self.ws).await
             };
@@ -750,10 +794,20 @@ impl Connection {
             code: CloseCode::Policy,
             reason: code.name().into(),
         };
+        // What was packed goes first, with the error if it fits.
+        let mut messages = Vec::new();
+        if self.packs {
+            messages.extend(self.packer.push(&bytes));
+            messages.extend(self.packer.take());
+        } else {
+            messages.push(bytes);
+        }
         // A peer that does not read must not hold the task: give the
         // goodbye a moment, then drop the socket.
         let goodbye = async {
-            self.ws.send(Message::Binary(bytes.into())).await?;
+            for message in messages {
+                self.ws.send(Message::Binary(message.into())).await?;
+            }
             self.ws.close(Some(close)).await?;
             if drain_until_closed(&mut self.ws).await.is_err() {
                 // What stopped tungstenite (a frame over the limit, bytes
@@ -778,8 +832,12 @@ async fn discard_until_eof<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) {
 
 /// Sleeps until `deadline`; never wakes without one (the `select!` branch
 /// using it is disabled then).
+/// A deadline already reached is ready at once (a timer would first wait
+/// for its next tick, and what it stands for would miss the message being
+/// packed).
 async fn sleep_until_some(deadline: Option<TokioInstant>) {
     match deadline {
+        Some(deadline) if deadline <= TokioInstant::now() => {}
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }

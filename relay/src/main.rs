@@ -20,7 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 /// The smallest `--max-handshake-frame-bytes` accepted: a `Hello` with a
 /// token of a few collections fits easily.
-const MIN_HANDSHAKE_FRAME_BYTES: usize = 1024;
+/// A replica packs up to this much into one message before `Welcome`.
+const MIN_HANDSHAKE_FRAME_BYTES: usize = accord_engine::sync::PACKED_BYTES_BEFORE_WELCOME;
+
+/// A replica packs up to this much into one message after `Welcome`.
+const MIN_FRAME_BYTES: usize = accord_engine::sync::PACKED_BYTES;
 
 /// Accord's relay: stores every document it relays and forwards changes
 /// live between replicas.
@@ -360,7 +364,13 @@ fn checked_limits(args: &ServeArgs) -> anyhow::Result<Limits> {
     if args.max_handshake_frame_bytes < MIN_HANDSHAKE_FRAME_BYTES {
         bail!(
             "--max-handshake-frame-bytes must be at least {MIN_HANDSHAKE_FRAME_BYTES}: a Hello \
-             with its token has to fit"
+             with its token, and what a replica packs with it, has to fit"
+        );
+    }
+    if args.max_frame_bytes < MIN_FRAME_BYTES {
+        bail!(
+            "--max-frame-bytes must be at least {MIN_FRAME_BYTES}: replicas pack frames into \
+             messages of up to that size"
         );
     }
     if args.cache_docs == 0 {

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use accord_engine::sync::{ErrorCode, Frame, PROTOCOL_VERSION};
+use accord_engine::sync::{ErrorCode, Frame, MAX_FRAMES_PER_MESSAGE, PROTOCOL_VERSION};
 use accord_engine::{ConnectOptions, Replica};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -108,6 +108,104 @@ async fn bad_input_is_refused_with_its_code_and_others_keep_syncing() {
     handle.close().await;
 }
 
+/// The next binary message's bytes, read from the socket itself.
+async fn next_message(ws: &mut support::wire::Ws) -> Vec<u8> {
+    loop {
+        let message = tokio::time::timeout(T, ws.next())
+            .await
+            .expect("a message in time")
+            .expect("open")
+            .expect("readable");
+        if let Message::Binary(bytes) = message {
+            return bytes.to_vec();
+        }
+    }
+}
+
+/// Version 5 packs frames: a replica's first message carries its `Hello`
+/// and what follows it, handled in order, and the relay answers with as
+/// few messages; at most `MAX_FRAMES_PER_MESSAGE` frames per message. An
+/// older connection still carries exactly one frame per message, both
+/// ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_packed_in_one_message_are_handled_in_order_from_version_5_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = spawn_relay(&dir.path().join("relay.db"));
+    let owner = Replica::open(dir.path().join("owner.db")).expect("replica");
+    let id = owner.create("c", &json!({"v": 1})).expect("create");
+    let opts = ConnectOptions {
+        collections: vec!["c".into()],
+        ..ConnectOptions::default()
+    };
+    let mut handle = owner.connect(&relay.url, opts);
+    handle.wait_synced(T).await.expect("synced");
+    handle.close().await;
+    let subscribe = Frame::Subscribe {
+        collections: vec!["c".into()],
+    };
+
+    // Hello and Subscribe in one message: Welcome and the confirmation
+    // come back in one message too (nothing is flushed between them).
+    let mut ws = raw(&relay.url).await;
+    let first = [hello(PROTOCOL_VERSION).encode(), subscribe.encode()].concat();
+    ws.send(Message::Binary(first.into())).await.expect("send");
+    let answer = Frame::decode_message(&next_message(&mut ws).await).expect("frames");
+    assert!(
+        matches!(answer[..], [Frame::Welcome { version, .. }, Frame::Subscribed { .. }, ..] if version == PROTOCOL_VERSION),
+        "{answer:?}"
+    );
+    let mut listed = answer.into_iter().any(|f| {
+        matches!(&f, Frame::Announce { docs, complete: true, .. } if docs.iter().any(|d| d.doc == id))
+    });
+    while !listed {
+        let frames = Frame::decode_message(&next_message(&mut ws).await).expect("frames");
+        listed = frames.iter().any(|f| {
+            matches!(f, Frame::Announce { docs, complete: true, .. } if docs.iter().any(|d| d.doc == id))
+        });
+    }
+    // Too many frames in one message: refused whole (none of them is
+    // answered), naming the limit.
+    let reauth = Frame::Reauth {
+        token: String::new(),
+    }
+    .encode();
+    let message = reauth.repeat(MAX_FRAMES_PER_MESSAGE + 1);
+    ws.send(Message::Binary(message.into()))
+        .await
+        .expect("send");
+    let Some(Frame::Error {
+        code,
+        message: text,
+        ..
+    }) = next_frame(&mut ws).await
+    else {
+        panic!("expected the refusal first");
+    };
+    assert_eq!(code, ErrorCode::MALFORMED);
+    assert!(
+        text.contains(&format!("more than {MAX_FRAMES_PER_MESSAGE} frames")),
+        "{text}"
+    );
+
+    // Version 4: two frames in one message are trailing bytes.
+    let mut ws = raw(&relay.url).await;
+    let first = [hello(4).encode(), subscribe.encode()].concat();
+    ws.send(Message::Binary(first.into())).await.expect("send");
+    let (code, text) = support::wire::next_error(&mut ws).await;
+    assert_eq!(code, ErrorCode::MALFORMED);
+    assert!(text.contains("trailing bytes"), "{text}");
+    // And every message the relay sends a version-4 replica is one frame.
+    let mut ws = raw(&relay.url).await;
+    send(&mut ws, &hello(4)).await;
+    send(&mut ws, &subscribe).await;
+    loop {
+        let frame = Frame::decode(&next_message(&mut ws).await).expect("exactly one frame");
+        if matches!(frame, Frame::Announce { complete: true, .. }) {
+            break;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_path_is_answered_with_404_naming_it_and_the_root_still_serves() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -150,7 +248,7 @@ async fn oversized_frames_are_refused() {
             "--listen",
             "127.0.0.1:0",
             "--max-frame-bytes",
-            "1024",
+            "65536",
             "--db",
         ])
         .arg(dir.path().join("relay.db"))
@@ -175,7 +273,7 @@ async fn oversized_frames_are_refused() {
         next_frame(&mut ws).await,
         Some(Frame::Welcome { .. })
     ));
-    ws.send(Message::Binary(vec![0u8; 4096].into()))
+    ws.send(Message::Binary(vec![0u8; 65537].into()))
         .await
         .expect("send");
     expect_error(&mut ws, ErrorCode::FRAME_TOO_LARGE).await;
@@ -557,6 +655,7 @@ fn bad_settings_are_refused_by_name_before_anything_starts() {
         ("--cache-docs", "0"),
         ("--rate", "0"),
         ("--max-handshake-frame-bytes", "100"),
+        ("--max-frame-bytes", "65535"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_accord-relay"))
             .args([

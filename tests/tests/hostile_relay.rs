@@ -45,8 +45,13 @@ async fn welcome_one(
     let mut ws = tokio_tungstenite::accept_async(stream)
         .await
         .expect("upgrade");
-    for _ in 0..2 {
-        ws.next().await.expect("a frame").expect("readable");
+    // Version 5 packs them into one message; read frames until both came.
+    let mut frames = 0;
+    while frames < 2 {
+        let message = ws.next().await.expect("a message").expect("readable");
+        frames += Frame::decode_message(&message.into_data())
+            .expect("frames")
+            .len();
     }
     ws.send(send(Frame::Welcome {
         version: PROTOCOL_VERSION,

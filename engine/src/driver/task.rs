@@ -25,7 +25,8 @@ use crate::id::{Collection, DocId};
 use crate::replica::{ChangeEvent, ChangeKind, Origin, RecvError, Replica, Subscription};
 use crate::sync::client::LocalChange;
 use crate::sync::{
-    ClientConfig, ClientOutput, ClientSession, ErrorCode, Frame, SessionEvent, SyncCheck, SyncDocs,
+    ClientConfig, ClientOutput, ClientSession, ErrorCode, Frame, Packer, SessionEvent, SyncCheck,
+    SyncDocs, PACKED_BYTES, PACKED_BYTES_BEFORE_WELCOME,
 };
 
 /// A request from the app's handle.
@@ -404,9 +405,9 @@ impl Driver {
         let mut end = None;
         let mut next = Some(first);
         while let Some(msg) = next.take() {
-            match self.frame_of(msg) {
-                Ok(Some((frame, len))) => {
-                    frames.push(frame);
+            match self.frames_of(msg) {
+                Ok(Some((message, len))) => {
+                    frames.extend(message);
                     bytes += len;
                 }
                 Ok(None) => {}
@@ -445,12 +446,14 @@ impl Driver {
         }
     }
 
-    /// The frame in a WebSocket message (`None` for pings and the like),
-    /// with its size, or why the connection ends.
-    fn frame_of(
+    /// The frames in a WebSocket message (`None` for pings and the like),
+    /// with its size, or why the connection ends. The relay speaks our
+    /// version (an older one refuses our `Hello`), so a message may carry
+    /// several frames.
+    fn frames_of(
         &self,
         msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
-    ) -> Result<Option<(Frame, usize)>, Ended> {
+    ) -> Result<Option<(Vec<Frame>, usize)>, Ended> {
         let unreachable = |reason: String| SyncError::Unreachable {
             url: self.url().to_owned(),
             reason,
@@ -464,14 +467,14 @@ impl Driver {
             Some(Ok(_)) => return Ok(None),
             Some(Err(e)) => return Err(Ended::Retry(unreachable(e.to_string()))),
         };
-        let frame = Frame::decode(&bytes).map_err(|e| {
+        let frames = Frame::decode_message(&bytes).map_err(|e| {
             Ended::Retry(SyncError::Refused {
                 url: self.url().to_owned(),
                 code: ErrorCode::MALFORMED,
                 message: format!("relay sent {e}"),
             })
         })?;
-        Ok(Some((frame, bytes.len())))
+        Ok(Some((frames, bytes.len())))
     }
 
     /// Local changes were committed: push them. If the change feed
@@ -566,20 +569,31 @@ impl Driver {
     }
 
     /// Sends frames and handles events; returns how the connection ends if
-    /// an output ends it.
+    /// an output ends it. The frames go packed, as few messages as fit
+    /// (before `Welcome` in the relay's smaller handshake limit).
     async fn carry_out(&mut self, ws: &mut Ws, outputs: Vec<ClientOutput>) -> Option<Ended> {
+        let welcomed = self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.relay_id().is_some());
+        let mut packer = Packer::new(match welcomed {
+            true => PACKED_BYTES,
+            false => PACKED_BYTES_BEFORE_WELCOME,
+        });
         for output in outputs {
             match output {
                 ClientOutput::Send(frame) => {
-                    if let Err(e) = ws.send(Message::Binary(frame.encode().into())).await {
-                        return Some(Ended::Retry(SyncError::Unreachable {
-                            url: self.url().to_owned(),
-                            reason: e.to_string(),
-                        }));
+                    if let Some(message) = packer.push(&frame.encode()) {
+                        if let Some(end) = self.send_message(ws, message).await {
+                            return Some(end);
+                        }
                     }
                 }
                 ClientOutput::Event(event) => self.on_event(event),
                 ClientOutput::Close { code, reason } => {
+                    if let Some(message) = packer.take() {
+                        let _ = self.send_message(ws, message).await;
+                    }
                     let _ = ws.close(None).await;
                     let retry = match &self.session {
                         Some(session) => session.retries_after(code),
@@ -599,7 +613,21 @@ impl Driver {
                 ClientOutput::SaveStates { .. } => {} // done by `persist`
             }
         }
-        None
+        match packer.take() {
+            Some(message) => self.send_message(ws, message).await,
+            None => None,
+        }
+    }
+
+    /// Sends one message; how the connection ends if it cannot.
+    async fn send_message(&self, ws: &mut Ws, message: Vec<u8>) -> Option<Ended> {
+        let sent = ws.send(Message::Binary(message.into())).await;
+        sent.err().map(|e| {
+            Ended::Retry(SyncError::Unreachable {
+                url: self.url().to_owned(),
+                reason: e.to_string(),
+            })
+        })
     }
 
     fn on_event(&mut self, event: SessionEvent) {

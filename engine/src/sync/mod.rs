@@ -53,8 +53,9 @@ pub use client::{
 pub use hub::{DocHub, HubInput, HubOutput};
 pub use limits::Limits;
 pub use protocol::{
-    Cursor, DocSummary, ErrorCode, Frame, SubscribeFrom, SubscribeRequest, WholeDoc,
-    OLDEST_ACCEPTED_VERSION, PROTOCOL_VERSION,
+    Cursor, DocSummary, ErrorCode, Frame, Packer, SubscribeFrom, SubscribeRequest, WholeDoc,
+    MAX_FRAMES_PER_MESSAGE, OLDEST_ACCEPTED_VERSION, PACKED_BYTES, PACKED_BYTES_BEFORE_WELCOME,
+    PACKED_SINCE, PROTOCOL_VERSION,
 };
 pub use registry::{ConnId, Subscriber, Subscribers};
 pub use repo_session::{RepoOutput, RepoSession};

@@ -1,7 +1,8 @@
 //! The wire protocol: frames exchanged between a replica and a relay.
 //!
-//! Each WebSocket binary message carries exactly one [`Frame`], encoded by
-//! [`crate::codec`]. `docs/protocol.md` is the specification; this module is
+//! Each WebSocket binary message carries one [`Frame`], encoded by
+//! [`crate::codec`], or, on a version-5 connection, several frames back to
+//! back ([`Frame::decode_message`], [`Packer`]). `docs/protocol.md` is the specification; this module is
 //! its implementation. Two rules keep versions apart: `Hello` is variant 0
 //! forever and its first field is the protocol version, so any version can
 //! read the version of any other; and a relay refuses a version it does not
@@ -20,8 +21,28 @@ use crate::id::{DocId, Heads};
 /// collection's sequence it fully saw. Version 4 added whole documents:
 /// `SubscribeWith` lets a replica that holds none of a collection's
 /// documents ask for them in their saved form (`Documents`), one message
-/// each instead of an exchange of sync messages.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// each instead of an exchange of sync messages. Version 5 lets one
+/// WebSocket message carry several frames ([`PACKED_SINCE`]), so what a
+/// side has to say at one moment costs one message.
+pub const PROTOCOL_VERSION: u32 = 5;
+
+/// The first version whose messages may carry several frames back to
+/// back; older connections carry exactly one frame per message.
+pub const PACKED_SINCE: u32 = 5;
+
+/// The most frames one message may carry; a message with more is
+/// `malformed_frame`.
+pub const MAX_FRAMES_PER_MESSAGE: usize = 256;
+
+/// The most bytes a sender packs into one message of several frames (a
+/// single larger frame still travels alone, within the frame limit). A
+/// relay's message limit is never below it.
+pub const PACKED_BYTES: usize = 64 * 1024;
+
+/// The most bytes a replica packs into one message before the relay
+/// welcomed it. A relay's limit before `Welcome` is never below it (64 KiB
+/// by default).
+pub const PACKED_BYTES_BEFORE_WELCOME: usize = 16 * 1024;
 
 /// The oldest version a relay of this build still accepts: a version-2
 /// replica never sends `SubscribeSince`, so it gets full listings, as from
@@ -396,6 +417,40 @@ impl Frame {
         codec::decode(bytes, "frame")
     }
 
+    /// Parses the first frame of `bytes`; returns it and its length.
+    pub fn decode_first(bytes: &[u8]) -> Result<(Self, usize), codec::DecodeError> {
+        codec::decode_first(bytes, "frame")
+    }
+
+    /// Parses the frames of one message of a version-5 connection: one or
+    /// more back to back, at most [`MAX_FRAMES_PER_MESSAGE`].
+    pub fn decode_message(bytes: &[u8]) -> Result<Vec<Self>, codec::DecodeError> {
+        Ok(Frame::decode_message_sized(bytes)?
+            .into_iter()
+            .map(|(frame, _)| frame)
+            .collect())
+    }
+
+    /// [`Frame::decode_message`], with each frame's length.
+    pub fn decode_message_sized(bytes: &[u8]) -> Result<Vec<(Self, usize)>, codec::DecodeError> {
+        let mut frames = Vec::new();
+        let mut rest = bytes;
+        loop {
+            if frames.len() == MAX_FRAMES_PER_MESSAGE {
+                return Err(codec::DecodeError {
+                    what: "message",
+                    reason: format!("more than {MAX_FRAMES_PER_MESSAGE} frames in one message"),
+                });
+            }
+            let (frame, used) = Frame::decode_first(rest)?;
+            frames.push((frame, used));
+            rest = &rest[used..];
+            if rest.is_empty() {
+                return Ok(frames);
+            }
+        }
+    }
+
     /// The protocol version of a `Hello`, read from its first bytes only:
     /// works on the `Hello` of any version, even one whose other fields
     /// this build cannot decode. `None` if the bytes are not a `Hello`.
@@ -437,6 +492,61 @@ impl Frame {
             Frame::SubscribeWith { .. } => "subscribe_with",
             Frame::Documents { .. } => "documents",
         }
+    }
+}
+
+/// Packs encoded frames into the messages of a version-5 connection: as
+/// many as fit in its byte budget, up to [`MAX_FRAMES_PER_MESSAGE`]; a
+/// frame larger than the budget travels alone.
+#[derive(Debug)]
+pub struct Packer {
+    /// The message so far.
+    bytes: Vec<u8>,
+    /// Frames in it.
+    frames: usize,
+    /// The byte budget of one message.
+    budget: usize,
+}
+
+impl Packer {
+    /// An empty packer with a byte budget per message.
+    pub fn new(budget: usize) -> Self {
+        Packer {
+            bytes: Vec::new(),
+            frames: 0,
+            budget,
+        }
+    }
+
+    /// Changes the byte budget of the messages packed from now on.
+    pub fn set_budget(&mut self, budget: usize) {
+        self.budget = budget;
+    }
+
+    /// Adds an encoded frame. Returns the message packed so far when the
+    /// frame does not fit beside it: send that one first.
+    pub fn push(&mut self, frame: &[u8]) -> Option<Vec<u8>> {
+        let full = self.frames > 0
+            && (self.bytes.len() + frame.len() > self.budget
+                || self.frames == MAX_FRAMES_PER_MESSAGE);
+        let ready = if full { self.take() } else { None };
+        self.bytes.extend_from_slice(frame);
+        self.frames += 1;
+        ready
+    }
+
+    /// The message packed so far, if any, leaving the packer empty.
+    pub fn take(&mut self) -> Option<Vec<u8>> {
+        if self.frames == 0 {
+            return None;
+        }
+        self.frames = 0;
+        Some(std::mem::take(&mut self.bytes))
+    }
+
+    /// Whether nothing is packed.
+    pub fn is_empty(&self) -> bool {
+        self.frames == 0
     }
 }
 
@@ -532,6 +642,68 @@ mod tests {
     }
 
     #[test]
+    fn a_message_carries_frames_back_to_back_and_refuses_too_many() {
+        let frames = [
+            Frame::Subscribe {
+                collections: vec!["c".into()],
+            },
+            Frame::error(ErrorCode::FORBIDDEN, "no", Some(DocId::random())),
+            Frame::DeleteAck {
+                doc: DocId::random(),
+            },
+        ];
+        let bytes: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
+        assert_eq!(Frame::decode_message(&bytes).expect("three"), frames);
+        // One frame is a message too; a strict decode still refuses more.
+        assert_eq!(
+            Frame::decode_message(&frames[0].encode()).expect("one"),
+            frames[..1]
+        );
+        assert!(Frame::decode(&bytes).is_err());
+        // A truncated last frame, an empty message, garbage after a frame.
+        assert!(Frame::decode_message(&bytes[..bytes.len() - 1]).is_err());
+        assert!(Frame::decode_message(&[]).is_err());
+        let mut garbage = frames[0].encode();
+        garbage.push(0xff);
+        assert!(Frame::decode_message(&garbage).is_err());
+        // At most MAX_FRAMES_PER_MESSAGE frames.
+        let ack = frames[2].encode();
+        let most = ack.repeat(MAX_FRAMES_PER_MESSAGE);
+        assert_eq!(
+            Frame::decode_message(&most).expect("at the limit").len(),
+            MAX_FRAMES_PER_MESSAGE
+        );
+        let err = Frame::decode_message(&ack.repeat(MAX_FRAMES_PER_MESSAGE + 1))
+            .expect_err("one too many");
+        assert!(err.to_string().contains("more than"), "{err}");
+    }
+
+    #[test]
+    fn the_packer_fills_messages_to_the_budget_and_sends_big_frames_alone() {
+        let mut packer = Packer::new(10);
+        assert!(packer.take().is_none(), "nothing packed, nothing to send");
+        assert!(packer.push(&[1; 4]).is_none());
+        assert!(packer.push(&[2; 6]).is_none(), "exactly the budget fits");
+        assert_eq!(
+            packer.push(&[3; 20]),
+            Some([[1; 4].as_slice(), &[2; 6]].concat())
+        );
+        // The big frame is alone; the next one starts a new message.
+        assert_eq!(packer.push(&[4; 1]), Some(vec![3; 20]));
+        assert!(!packer.is_empty());
+        assert_eq!(packer.take(), Some(vec![4]));
+        assert!(packer.is_empty());
+        // The frame count is bounded too.
+        let mut packer = Packer::new(usize::MAX);
+        let mut sent = Vec::new();
+        for _ in 0..MAX_FRAMES_PER_MESSAGE + 1 {
+            sent.extend(packer.push(&[7]));
+        }
+        assert_eq!(sent, vec![vec![7; MAX_FRAMES_PER_MESSAGE]]);
+        assert_eq!(packer.take(), Some(vec![7]));
+    }
+
+    #[test]
     fn hello_keeps_its_version_first() {
         // Variant 0, then the version as a varint: a future relay can always
         // read these two bytes, whatever else changed.
@@ -589,7 +761,7 @@ mod tests {
         assert!(Frame::decode(&[11]).is_err(), "no index after Reauthorized");
         // The worked example of docs/protocol.md, section 3.
         let welcome = Frame::Welcome {
-            version: PROTOCOL_VERSION,
+            version: 4,
             relay_id: "r".into(),
             expires_at_ms: Some(1_700_000_000_000),
         };

@@ -21,7 +21,7 @@ use super::access::{Access, Grant};
 use super::limits::{Limits, Usage, WHOLE_UNIT_BYTES};
 use super::protocol::{
     Cursor, DocSummary, ErrorCode, Frame, SubscribeRequest, WholeDoc, OLDEST_ACCEPTED_VERSION,
-    PROTOCOL_VERSION,
+    PACKED_SINCE, PROTOCOL_VERSION,
 };
 use super::{error_code, error_text, SyncDocs};
 use crate::guard::GuardError;
@@ -104,6 +104,8 @@ enum Phase {
         grant: Grant,
         /// The key its sync states are kept under at the relay.
         state_key: PeerId,
+        /// The protocol version the connection speaks (the replica's).
+        version: u32,
     },
     /// Closed by a fatal error; further frames are ignored.
     Closed,
@@ -270,6 +272,13 @@ impl RelaySession {
         }
     }
 
+    /// Whether the connection was welcomed in a version whose messages
+    /// may carry several frames ([`PACKED_SINCE`]): the relay then packs
+    /// what it sends at one moment into one message.
+    pub fn packs(&self) -> bool {
+        matches!(self.phase, Phase::Ready { version, .. } if version >= PACKED_SINCE)
+    }
+
     /// Raw bytes arrived: decode them and handle the frame. Undecodable
     /// bytes close the connection with [`ErrorCode::MALFORMED`].
     pub fn handle_bytes(
@@ -279,25 +288,65 @@ impl RelaySession {
         access: &dyn Access,
         docs: &dyn SyncDocs,
     ) -> Vec<RelayOutput> {
-        if self.expired(now_ms) {
-            return std::mem::take(&mut self.out);
-        }
-        let counted = self.usage.frame(now_ms);
-        if !matches!(self.phase, Phase::Closed) && !self.within(counted, None) {
-            return std::mem::take(&mut self.out);
-        }
-        match Frame::decode(bytes) {
-            Ok(frame) => self.handle_frame(frame, now_ms, access, docs),
+        self.handle_message(bytes, now_ms, access, docs, &mut |_, _| {})
+    }
+
+    /// [`RelaySession::handle_bytes`] for one WebSocket message, which on a
+    /// version-5 connection (and in the `Hello` message of one) may carry
+    /// several frames, handled in order; `seen` is told each frame's kind
+    /// and size (`"undecodable"` for bytes that are no frame). On older
+    /// connections a message is exactly one frame.
+    pub fn handle_message(
+        &mut self,
+        bytes: &[u8],
+        now_ms: u64,
+        access: &dyn Access,
+        docs: &dyn SyncDocs,
+        seen: &mut dyn FnMut(&'static str, usize),
+    ) -> Vec<RelayOutput> {
+        let packed = match self.phase {
+            Phase::Handshake => Frame::hello_version(bytes).is_some_and(|v| v >= PACKED_SINCE),
+            _ => self.packs(),
+        };
+        // A message is decoded whole before any of it is acted on: one
+        // that is not entirely valid is refused entirely.
+        let decoded = match packed {
+            true => Frame::decode_message_sized(bytes),
+            false => Frame::decode(bytes).map(|frame| vec![(frame, bytes.len())]),
+        };
+        let frames = match decoded {
+            Ok(frames) => frames,
             Err(e) => {
+                seen("undecodable", bytes.len());
+                if self.expired(now_ms) {
+                    return std::mem::take(&mut self.out);
+                }
                 match (&self.phase, Frame::hello_version(bytes)) {
                     (Phase::Handshake, Some(v)) if !accepted(v) => {
                         self.fail(ErrorCode::VERSION, unsupported(v), None)
                     }
                     _ => self.fail(ErrorCode::MALFORMED, e.to_string(), None),
                 }
-                std::mem::take(&mut self.out)
+                return std::mem::take(&mut self.out);
+            }
+        };
+        let mut out = Vec::new();
+        for (frame, size) in frames {
+            seen(frame.kind(), size);
+            if self.expired(now_ms) {
+                break;
+            }
+            let counted = self.usage.frame(now_ms);
+            if !matches!(self.phase, Phase::Closed) && !self.within(counted, None) {
+                break;
+            }
+            out.extend(self.handle_frame(frame, now_ms, access, docs));
+            if matches!(self.phase, Phase::Closed) {
+                break;
             }
         }
+        out.append(&mut self.out);
+        out
     }
 
     /// A frame arrived from the peer.
@@ -429,6 +478,7 @@ impl RelaySession {
                     peer,
                     grant,
                     state_key,
+                    version,
                 };
                 self.out.push(RelayOutput::Send(Frame::Welcome {
                     // A version-2 replica is answered in its version: every

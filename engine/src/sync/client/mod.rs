@@ -232,6 +232,8 @@ pub struct ClientSession {
     /// Collections this connection may only read: their local changes
     /// stay local.
     read_only: BTreeSet<Collection>,
+    /// Collections this connection asked to receive whole.
+    asked_whole: BTreeSet<Collection>,
     /// Collections the relay refused on this connection, with why.
     skipped: BTreeMap<Collection, String>,
     /// Documents seen in announcements not yet finished.
@@ -296,6 +298,7 @@ impl ClientSession {
             relay_id: None,
             announced: BTreeSet::new(),
             read_only: BTreeSet::new(),
+            asked_whole: BTreeSet::new(),
             skipped: BTreeMap::new(),
             announcing: HashMap::new(),
             relay_news: HashSet::new(),
@@ -420,7 +423,16 @@ impl ClientSession {
         for names in collections.chunks(MAX_SUBSCRIBE_NAMES) {
             let collections = names
                 .iter()
-                .map(|c| self.subscribe_request(c, self.holds_none(c, docs)))
+                .map(|c| {
+                    // Once per connection: a later subscription (an
+                    // agreement check) may pass the documents on their
+                    // way, and would have them all sent again.
+                    let whole = !self.asked_whole.contains(c) && self.holds_none(c, docs);
+                    if whole {
+                        self.asked_whole.insert(c.clone());
+                    }
+                    self.subscribe_request(c, whole)
+                })
                 .collect();
             self.out
                 .push(ClientOutput::Send(Frame::SubscribeWith { collections }));
@@ -446,6 +458,7 @@ impl ClientSession {
         self.relay_id = None;
         self.announced.clear();
         self.read_only.clear();
+        self.asked_whole.clear();
         self.skipped.clear();
         self.announcing.clear();
         self.docs.clear();
