@@ -223,6 +223,7 @@ fn a_replica_sends_its_stored_cursor_and_offers_only_what_it_wrote_since() {
         relay: PeerId::new("relay").expect("id"),
         relay_seq: 7,
         local_seq,
+        write: true,
     };
     local.save_sync_cursor(&notes(), &cursor).expect("save");
     let written = local
@@ -330,6 +331,7 @@ fn a_cursor_of_another_relay_is_sent_and_a_full_listing_compares_everything() {
         relay: PeerId::new("relay").expect("id"),
         relay_seq: 7,
         local_seq: local.collection_seq("notes").expect("seq"),
+        write: true,
     };
     local.save_sync_cursor(&notes(), &cursor).expect("save");
     let mut session = client(&["notes"]);
@@ -357,7 +359,9 @@ fn a_cursor_of_another_relay_is_sent_and_a_full_listing_compares_everything() {
 /// A replica whose record changed since its cursor, with a stored sync
 /// state under the cursor's relay: its exchange starts right behind
 /// `Hello` (without changes), and is forgotten if another relay answers.
-fn early_exchange_setup() -> (Replica, DocId) {
+/// A replica whose one record changed offline since its cursor, which
+/// says whether the relay let it `write` the collection.
+fn early_exchange_setup(write: bool) -> (Replica, DocId) {
     use accord_engine::automerge::sync::State;
     use accord_engine::sync::EncodedState;
     let local = Replica::open_in_memory().expect("replica");
@@ -378,6 +382,7 @@ fn early_exchange_setup() -> (Replica, DocId) {
         relay,
         relay_seq: 1,
         local_seq: local.collection_seq("notes").expect("seq"),
+        write,
     };
     local.save_sync_cursor(&notes(), &cursor).expect("cursor");
     local
@@ -388,7 +393,7 @@ fn early_exchange_setup() -> (Replica, DocId) {
 
 #[test]
 fn a_replica_starts_exchanges_of_what_it_wrote_since_its_cursor_right_behind_hello() {
-    let (local, doc) = early_exchange_setup();
+    let (local, doc) = early_exchange_setup(false);
     let mut session = client(&["notes"]);
     let out = session.connected(0, &local);
     let frames = sent(&out);
@@ -405,16 +410,106 @@ fn a_replica_starts_exchanges_of_what_it_wrote_since_its_cursor_right_behind_hel
     });
     let (message, want_reply) = early.expect("an early Sync for the changed record");
     let message = accord_engine::automerge::sync::Message::decode(&message).expect("message");
-    assert!(message.changes.is_empty(), "no changes before Welcome");
+    assert!(
+        message.changes.is_empty(),
+        "no changes before Welcome when the cursor does not say the relay took them"
+    );
     assert!(want_reply);
     assert_eq!(session.pending(), 1, "it is in flight");
     session.handle_frame(0, welcome(), &local);
     assert_eq!(session.pending(), 1, "the same relay: it goes on");
 }
 
+/// The early `Sync` of `doc` among `out`, decoded.
+fn early_sync(out: &[ClientOutput], doc: DocId) -> accord_engine::automerge::sync::Message {
+    let message = sent(out)
+        .into_iter()
+        .find_map(|f| match f {
+            Frame::Sync {
+                doc: d, message, ..
+            } if *d == doc => Some(message.clone()),
+            _ => None,
+        })
+        .expect("an early Sync for the changed record");
+    accord_engine::automerge::sync::Message::decode(&message).expect("message")
+}
+
+#[test]
+fn a_replica_the_relay_let_write_sends_its_offline_changes_in_the_first_message() {
+    use accord_engine::automerge::sync::{State, SyncDoc};
+    use accord_engine::automerge::Automerge;
+    let (local, doc) = early_exchange_setup(true);
+    // What the relay held at the last sync: the record before the change.
+    let mut relay_doc = Automerge::load(&local.save(&doc).expect("save")).expect("load");
+    let base = local
+        .history(&doc)
+        .expect("history")
+        .first()
+        .expect("a first change")
+        .hash;
+    relay_doc = relay_doc.fork_at(&[base]).expect("fork at the base");
+
+    let mut session = client(&["notes"]);
+    let out = session.connected(0, &local);
+    let message = early_sync(&out, doc);
+    assert!(
+        !message.changes.is_empty(),
+        "the offline change goes at once"
+    );
+    relay_doc
+        .receive_sync_message(&mut State::new(), message)
+        .expect("apply");
+    assert_eq!(
+        relay_doc.get_heads(),
+        local.heads(&doc).expect("heads").to_vec(),
+        "the first message alone brings the relay up to date"
+    );
+}
+
+#[test]
+fn offline_changes_refused_as_read_only_restart_the_exchange_without_them() {
+    let (local, doc) = early_exchange_setup(true);
+    let mut session = client(&["notes"]);
+    session.connected(0, &local);
+    session.handle_frame(0, welcome(), &local);
+    // The right to write was withdrawn since the cursor was saved: the
+    // relay confirms the subscription read-only, then refuses the changes.
+    let read_only = Frame::Subscribed {
+        collection: "notes".into(),
+        write: false,
+    };
+    session.handle_frame(0, read_only, &local);
+    let refused = Frame::error(
+        accord_engine::sync::ErrorCode::FORBIDDEN,
+        "read-only access to collection 'notes': changes refused",
+        Some(doc),
+    );
+    session.handle_frame(0, refused, &local);
+    assert_eq!(session.pending(), 0, "the exchange starts over");
+    session.handle_frame(
+        0,
+        Frame::Listing {
+            collection: "notes".into(),
+            since: Some(1),
+            seq: 1,
+        },
+        &local,
+    );
+    let out = session.handle_frame(0, complete(Vec::new()), &local);
+    let offered = sent(&out).into_iter().find_map(|f| match f {
+        Frame::Sync {
+            doc: d, message, ..
+        } if *d == doc => Some(message.clone()),
+        _ => None,
+    });
+    let message = offered.expect("offered again once listed, not held back");
+    let message = accord_engine::automerge::sync::Message::decode(&message).expect("message");
+    assert!(message.changes.is_empty(), "no changes the second time");
+}
+
 #[test]
 fn early_exchanges_are_forgotten_when_another_relay_answers() {
-    let (local, _) = early_exchange_setup();
+    let (local, _) = early_exchange_setup(true);
     let mut session = client(&["notes"]);
     session.connected(0, &local);
     assert_eq!(session.pending(), 1);
@@ -429,7 +524,7 @@ fn early_exchanges_are_forgotten_when_another_relay_answers() {
 
 #[test]
 fn an_early_sync_refused_as_not_subscribed_is_offered_again_after_the_listing() {
-    let (local, doc) = early_exchange_setup();
+    let (local, doc) = early_exchange_setup(true);
     let mut session = client(&["notes"]);
     session.connected(0, &local);
     session.handle_frame(0, welcome(), &local);
@@ -484,6 +579,7 @@ fn a_replica_looks_at_a_bounded_number_of_documents_before_hello_goes_out() {
         relay,
         relay_seq: 1,
         local_seq: local.collection_seq("notes").expect("seq"),
+        write: true,
     };
     local.save_sync_cursor(&notes(), &cursor).expect("cursor");
     for doc in &docs {

@@ -75,6 +75,7 @@ fn regenerate_v4_fixture() {
         relay: relay(),
         relay_seq: 42,
         local_seq: 5,
+        write: false,
     };
     r.save_sync_cursor(&contacts(), &cursor).expect("cursor");
     let mut state = State::new();
@@ -171,10 +172,12 @@ fn a_v4_database_keeps_its_sequences_cursors_and_dead_letters() {
     // The replica's sync bookkeeping with its relay.
     assert_eq!(
         r.sync_cursor(&contacts()).expect("cursor"),
+        // Written before cursors kept the right to write: read as none.
         Some(SyncCursor {
             relay: relay(),
             relay_seq: 42,
             local_seq: 5,
+            write: false,
         })
     );
     let state = r

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use accord_engine::sync::{ErrorCode, Frame};
+use accord_engine::sync::{ErrorCode, Frame, SyncDocs};
 use accord_engine::{Collection, ConnectOptions, ConnectionState, Replica, SyncError};
 use accord_relay::auth::{unix_now, Claims, Right, Tokens};
 use accord_relay::Config;
@@ -300,5 +300,70 @@ async fn a_bad_reauth_token_closes_with_unauthorized() {
         assert!(next_frame(&mut ws).await.is_none(), "then closed");
     }
     assert_eq!(relay.relay.metrics().auth_failures.get(), 2);
+    relay.stop().await.expect("stop");
+}
+
+/// A device that could write a collection edits a record offline; its
+/// right to write is withdrawn meanwhile, and someone else edits the same
+/// record. On reconnecting, its first message offers the offline change
+/// (its cursor said the relay took its changes); the relay refuses it as
+/// read-only, and the device goes on read-only without an error: it
+/// receives the other edit, and its own change stays local, listed as
+/// unpushed. Nothing it sent reached the relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_changes_of_a_device_whose_right_to_write_was_withdrawn_stay_local() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = secured(dir.path()).await;
+    let rw = [("notes", Right::ReadWrite)];
+    let device = Replica::open(dir.path().join("device.db")).expect("device");
+    let other = Replica::open(dir.path().join("other.db")).expect("other");
+    let id = device
+        .create("notes", &json!({"mine": 0, "theirs": 0}))
+        .expect("create");
+    let mut h = device.connect(&relay.url, opts(long_token(&rw)));
+    h.wait_agreed(T).await.expect("device agreed");
+    h.close().await;
+    let cursor = device
+        .sync_cursor(&Collection::new("notes").expect("name"))
+        .expect("read")
+        .expect("a cursor");
+    assert!(
+        cursor.write,
+        "the cursor keeps that the relay took our changes"
+    );
+
+    device
+        .put(&id, "mine", &json!(1), None)
+        .expect("offline edit");
+    let mut o = other.connect(&relay.url, opts(long_token(&rw)));
+    o.wait_agreed(T).await.expect("other agreed");
+    other
+        .put(&id, "theirs", &json!(1), None)
+        .expect("their edit");
+    o.wait_synced(T).await.expect("their edit at the relay");
+    o.close().await;
+
+    let read = [("notes", Right::Read)];
+    let mut h = device.connect(&relay.url, opts(long_token(&read)));
+    h.wait_agreed(T).await.expect("agreed read-only, no error");
+    let status = h.status();
+    assert!(status.read_only.contains("notes"), "{status:?}");
+    assert_eq!(status.unpushed, vec![id], "the offline change is listed");
+    assert!(status.last_error.is_none(), "{:?}", status.last_error);
+    let got = device.get(&id).expect("get").value;
+    assert_eq!(got, json!({"mine": 1, "theirs": 1}), "their edit arrived");
+    h.close().await;
+    let metrics = relay.relay.metrics().encode();
+    assert!(
+        metrics.contains("accord_relay_refusals_total{kind=\"forbidden\"} 1"),
+        "the first message offered the change and was refused once: {metrics}"
+    );
+
+    // The relay never took the refused change.
+    let mut o = other.connect(&relay.url, opts(long_token(&rw)));
+    o.wait_agreed(T).await.expect("other agreed again");
+    let theirs = other.get(&id).expect("get").value;
+    assert_eq!(theirs, json!({"mine": 0, "theirs": 1}));
+    o.close().await;
     relay.stop().await.expect("stop");
 }

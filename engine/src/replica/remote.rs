@@ -66,6 +66,7 @@ impl SyncDocs for Replica {
             relay,
             relay_seq: stored.relay_seq,
             local_seq: stored.local_seq,
+            write: stored.write,
         }))
     }
 
@@ -76,6 +77,7 @@ impl SyncDocs for Replica {
                 relay: cursor.relay.to_string(),
                 relay_seq: cursor.relay_seq,
                 local_seq: cursor.local_seq,
+                write: cursor.write,
             },
         };
         Ok(self.inner.committer.submit(vec![op])?)

@@ -277,6 +277,11 @@ pub struct StoredCursor {
     pub relay_seq: u64,
     /// A number of this database's sequence of the collection.
     pub local_seq: u64,
+    /// Whether the relay let this replica write the collection when the
+    /// cursor was saved (absent from cursors saved before it was kept:
+    /// read as no).
+    #[serde(default)]
+    pub write: bool,
 }
 
 /// The meta key of a collection's sync cursor.

@@ -8,7 +8,7 @@
 //! that never comes is given up on after [`RETRY_AFTER_MS`] and the
 //! exchange restarts from the shared heads, as after a reconnect.
 
-use automerge::sync::{ChunkList, Message, MessageVersion, State};
+use automerge::sync::{BloomFilter, Capability, ChunkList, Have, Message, MessageVersion, State};
 use automerge::ChangeHash;
 
 use super::{EncodedState, SyncDocs, RETRY_AFTER_MS};
@@ -87,6 +87,26 @@ impl Exchange {
             in_flight_since: None,
             asked: false,
         }
+    }
+
+    /// For an exchange resumed from a persisted state with a peer that
+    /// takes our changes: acts as if the peer had just said it holds
+    /// exactly the shared heads and nothing else, so the first message
+    /// brings every change made since, instead of waiting a round trip
+    /// for the peer's own summary. Changes the peer has after all cost
+    /// only their bytes; its answer corrects the state either way. The
+    /// peer is taken to read version-2 sync messages (every Accord relay
+    /// does), so that many changes travel as one compressed document, as
+    /// they would once the peer had said so.
+    pub(crate) fn offer_changes_at_once(&mut self) {
+        let shared = self.state.shared_heads.clone();
+        self.state.their_capabilities = Some(vec![Capability::MessageV1, Capability::MessageV2]);
+        self.state.their_heads = Some(shared.clone());
+        self.state.their_need = Some(Vec::new());
+        self.state.their_have = Some(vec![Have {
+            last_sync: shared,
+            bloom: BloomFilter::default(),
+        }]);
     }
 
     /// Marks the peer as one whose changes are not accepted: Automerge then

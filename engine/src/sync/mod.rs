@@ -127,6 +127,10 @@ pub struct SyncCursor {
     pub relay_seq: u64,
     /// A number of this replica's own sequence of the collection.
     pub local_seq: u64,
+    /// Whether the relay let this replica write the collection on the
+    /// connection that saved the cursor: the next connection then sends
+    /// the changes made offline in its first message (protocol.md, 7.4).
+    pub write: bool,
 }
 
 /// The documents a sync session works on.

@@ -301,6 +301,7 @@ impl ClientSession {
             relay,
             relay_seq,
             local_seq,
+            write: !self.read_only.contains(collection),
         };
         docs.save_sync_cursor(collection, &cursor)?;
         if let Some(p) = self.progress.get_mut(collection) {

@@ -6,10 +6,19 @@
 //! before (the cursor says so) and have a stored sync state under the
 //! relay the cursor names, so their first message can go at once: the
 //! relay handles a connection's frames in order, and answers it with the
-//! listing (protocol.md, section 6). The first message of a resumed
-//! exchange carries no changes (Automerge sends changes only once it
-//! learnt what the peer has), so it is small and never needs a right to
-//! write; at most [`EARLY_BYTES`] go before `Welcome`.
+//! listing (protocol.md, section 6). Automerge sends changes only once it
+//! learnt what the peer has, which would cost another round trip; the
+//! stored state says what the relay held at the end of the last sync, so
+//! where the cursor says the relay let this replica write the collection,
+//! the first message brings the changes made since
+//! ([`Exchange::offer_changes_at_once`]). Otherwise it carries only heads
+//! and a summary, which needs no right to write. At most [`EARLY_BYTES`]
+//! go before `Welcome`; a message with changes that does not fit is sent
+//! without them.
+//!
+//! If the right to write was withdrawn since, the relay confirms the
+//! subscription read-only before it refuses the changes, and the refusal
+//! restarts the exchange read-only (`on_error`).
 //!
 //! If `Welcome` names another relay than the cursor did, the early
 //! exchanges are forgotten: their states belong to the other relay. The
@@ -30,6 +39,15 @@ pub const EARLY_BYTES: usize = 32 * 1024;
 /// message), so a replica that wrote thousands of records offline does not
 /// delay its connection; the rest are offered after the listing.
 pub const EARLY_DOCS: usize = 64;
+
+/// How an early exchange starts.
+#[derive(Debug, Clone, Copy)]
+struct Start<'a> {
+    /// The relay whose stored state it resumes from (the cursor's).
+    relay: &'a PeerId,
+    /// Whether its first message brings the changes made since.
+    eager: bool,
+}
 
 impl ClientSession {
     /// Starts the exchanges of documents written since their collection's
@@ -52,7 +70,11 @@ impl ClientSession {
                     continue;
                 }
                 let doc = numbered.summary.doc;
-                if !self.start_one(now, doc, &collection, &cursor.relay, &mut budget, docs) {
+                let start = Start {
+                    relay: &cursor.relay,
+                    eager: cursor.write,
+                };
+                if !self.start_one(now, doc, &collection, start, &mut budget, docs) {
                     return;
                 }
             }
@@ -69,26 +91,42 @@ impl ClientSession {
         now: u64,
         doc: DocId,
         collection: &Collection,
-        relay: &PeerId,
+        start: Start<'_>,
         budget: &mut usize,
         docs: &dyn SyncDocs,
     ) -> bool {
-        let Ok(Some(state)) = docs.load_sync_state(relay, &doc) else {
+        let Ok(Some(state)) = docs.load_sync_state(start.relay, &doc) else {
             return true;
         };
-        let mut exchange = Exchange::resume(Some(state));
-        let Ok(Some(outgoing)) = exchange.generate(docs, &doc, collection, now) else {
-            return true;
+        let first = |eager: bool| {
+            let mut exchange = Exchange::resume(Some(state.clone()));
+            if eager {
+                exchange.offer_changes_at_once();
+            }
+            match exchange.generate(docs, &doc, collection, now) {
+                Ok(Some(outgoing)) => {
+                    let message = outgoing.message.encode();
+                    Some((exchange, outgoing.want_reply, message))
+                }
+                _ => None,
+            }
         };
-        if !outgoing.message.changes.is_empty() {
-            return true; // only what needs no right goes before `Welcome`
+        let mut generated = first(start.eager);
+        if start.eager
+            && generated
+                .as_ref()
+                .is_some_and(|(_, _, m)| m.len() > *budget)
+        {
+            generated = first(false);
         }
-        let message = outgoing.message.encode();
+        let Some((exchange, want_reply, message)) = generated else {
+            return true;
+        };
         if message.len() > *budget {
             return false;
         }
         *budget -= message.len();
-        if outgoing.want_reply {
+        if want_reply {
             self.in_flight += 1;
         }
         self.docs.insert(
@@ -103,14 +141,14 @@ impl ClientSession {
                 hold: Hold::Free,
             },
         );
-        self.early.push((doc, relay.clone()));
+        self.early.push((doc, start.relay.clone()));
         self.count_sent(message.len());
         self.out
             .push(super::ClientOutput::Send(crate::sync::Frame::Sync {
                 doc,
                 collection: collection.to_string(),
                 message,
-                want_reply: outgoing.want_reply,
+                want_reply,
             }));
         true
     }

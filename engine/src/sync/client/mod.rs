@@ -1097,6 +1097,14 @@ impl ClientSession {
     }
 
     fn on_error(&mut self, now: u64, code: ErrorCode, message: String, doc: Option<DocId>) {
+        if let Some(doc) = doc.filter(|_| code == ErrorCode::FORBIDDEN) {
+            if self.offered_before_read_only(doc) {
+                // Expected once after the right to write was withdrawn:
+                // not an error the app has to see.
+                tracing::debug!(%doc, message, "offline changes refused; syncing read-only");
+                return;
+            }
+        }
         self.out.push(ClientOutput::Event(SessionEvent::RelayError {
             code,
             message: message.clone(),
@@ -1126,12 +1134,39 @@ impl ClientSession {
     /// and a relay that needs its changes would ask again and again).
     /// Returns whether that was the case.
     fn arrived_before_subscription(&mut self, doc: DocId) -> bool {
-        let Some(d) = self.docs.get_mut(&doc) else {
+        let Some(d) = self.docs.get(&doc) else {
             return false;
         };
         if self.skipped.contains_key(&d.collection) {
             return false;
         }
+        self.start_again(doc);
+        true
+    }
+
+    /// A `forbidden` for a document of a collection the relay confirmed
+    /// read-only on this connection: an early exchange offered changes
+    /// made while the replica could still write it (the cursor said so).
+    /// The exchange starts over and learns from the relay's first answer
+    /// that its changes are not taken, so the document keeps receiving
+    /// the relay's changes. Returns whether that was the case.
+    fn offered_before_read_only(&mut self, doc: DocId) -> bool {
+        let Some(d) = self.docs.get(&doc) else {
+            return false;
+        };
+        if !self.read_only.contains(&d.collection) {
+            return false;
+        }
+        self.start_again(doc);
+        true
+    }
+
+    /// Restarts `doc`'s exchange from the shared heads, offered again once
+    /// its collection is listed.
+    fn start_again(&mut self, doc: DocId) {
+        let Some(d) = self.docs.get_mut(&doc) else {
+            return;
+        };
         if d.exchange.restart() {
             self.in_flight -= 1;
         }
@@ -1140,7 +1175,6 @@ impl ClientSession {
         if listed {
             self.enqueue(doc);
         }
-        true
     }
 
     /// Stops offering a document until `hold` says otherwise; what was in
