@@ -420,7 +420,26 @@ fn a_replica_starts_exchanges_of_what_it_wrote_since_its_cursor_right_behind_hel
     assert_eq!(session.pending(), 1, "the same relay: it goes on");
 }
 
-/// The early `Sync` of `doc` among `out`, decoded.
+/// Hands `session` the relay's refusal of an early `Sync`, which must
+/// restart its exchange, then an empty listing since the cursor; returns
+/// what the listing's end sent.
+fn refused_then_listed(
+    session: &mut ClientSession,
+    local: &Replica,
+    refusal: Frame,
+) -> Vec<ClientOutput> {
+    session.handle_frame(0, refusal, local);
+    assert_eq!(session.pending(), 0, "the exchange starts over");
+    let listing = Frame::Listing {
+        collection: "notes".into(),
+        since: Some(1),
+        seq: 1,
+    };
+    session.handle_frame(0, listing, local);
+    session.handle_frame(0, complete(Vec::new()), local)
+}
+
+/// The `Sync` of `doc` among `out`, decoded.
 fn early_sync(out: &[ClientOutput], doc: DocId) -> accord_engine::automerge::sync::Message {
     let message = sent(out)
         .into_iter()
@@ -430,7 +449,7 @@ fn early_sync(out: &[ClientOutput], doc: DocId) -> accord_engine::automerge::syn
             } if *d == doc => Some(message.clone()),
             _ => None,
         })
-        .expect("an early Sync for the changed record");
+        .expect("a Sync for the changed record");
     accord_engine::automerge::sync::Message::decode(&message).expect("message")
 }
 
@@ -484,26 +503,8 @@ fn offline_changes_refused_as_read_only_restart_the_exchange_without_them() {
         "read-only access to collection 'notes': changes refused",
         Some(doc),
     );
-    session.handle_frame(0, refused, &local);
-    assert_eq!(session.pending(), 0, "the exchange starts over");
-    session.handle_frame(
-        0,
-        Frame::Listing {
-            collection: "notes".into(),
-            since: Some(1),
-            seq: 1,
-        },
-        &local,
-    );
-    let out = session.handle_frame(0, complete(Vec::new()), &local);
-    let offered = sent(&out).into_iter().find_map(|f| match f {
-        Frame::Sync {
-            doc: d, message, ..
-        } if *d == doc => Some(message.clone()),
-        _ => None,
-    });
-    let message = offered.expect("offered again once listed, not held back");
-    let message = accord_engine::automerge::sync::Message::decode(&message).expect("message");
+    let out = refused_then_listed(&mut session, &local, refused);
+    let message = early_sync(&out, doc); // offered again, not held back
     assert!(message.changes.is_empty(), "no changes the second time");
 }
 
@@ -535,18 +536,7 @@ fn an_early_sync_refused_as_not_subscribed_is_offered_again_after_the_listing() 
         "not subscribed to collection 'notes'",
         Some(doc),
     );
-    session.handle_frame(0, refused, &local);
-    assert_eq!(session.pending(), 0, "the exchange starts over");
-    session.handle_frame(
-        0,
-        Frame::Listing {
-            collection: "notes".into(),
-            since: Some(1),
-            seq: 1,
-        },
-        &local,
-    );
-    let out = session.handle_frame(0, complete(Vec::new()), &local);
+    let out = refused_then_listed(&mut session, &local, refused);
     let offered = sent(&out)
         .iter()
         .any(|f| matches!(f, Frame::Sync { doc: d, .. } if *d == doc));
