@@ -405,4 +405,66 @@ mod tests {
         let again = hub.handle_batch(2, Vec::new(), &subscribers, &relay);
         assert!(!again.changed, "told once");
     }
+
+    #[test]
+    fn every_reader_whose_shared_heads_moved_has_its_state_saved_after_the_batch() {
+        use automerge::sync::{State, SyncDoc};
+        use automerge::Automerge;
+        let relay = Replica::open_in_memory().expect("replica");
+        let collection = Collection::new("contacts").expect("collection");
+        let doc = relay
+            .create("contacts", &serde_json::json!({"name": "Ada"}))
+            .expect("create");
+        let readers: Vec<Subscriber> = (1..=3)
+            .map(|i| Subscriber {
+                conn: ConnId(i),
+                peer: PeerId::new(format!("reader-{i}")).expect("peer id"),
+                write: true,
+            })
+            .collect();
+        let mut hub = DocHub::new(doc, collection);
+        // Each reader asks from nothing; the hub's answers bring the
+        // document; each reader's acknowledgement moves its shared heads.
+        let mut copies: Vec<(Automerge, State)> = readers
+            .iter()
+            .map(|_| (Automerge::new(), State::new()))
+            .collect();
+        let ask = |copies: &mut Vec<(Automerge, State)>| -> Vec<HubInput> {
+            readers
+                .iter()
+                .zip(copies.iter_mut())
+                .filter_map(|(r, (copy, state))| {
+                    let message = copy.generate_sync_message(state)?;
+                    Some(HubInput {
+                        conn: r.conn,
+                        peer: r.peer.clone(),
+                        write: true,
+                        message,
+                        want_reply: true,
+                    })
+                })
+                .collect()
+        };
+        for round in 0..4 {
+            let inputs = ask(&mut copies);
+            let out = hub.handle_batch(round, inputs, &readers, &relay);
+            assert!(out.failures.is_empty(), "{:?}", out.failures);
+            for (conn, frame) in out.frames {
+                let Frame::Sync { message, .. } = frame else {
+                    continue;
+                };
+                let message = automerge::sync::Message::decode(&message).expect("message");
+                let (copy, state) = &mut copies[conn.0 as usize - 1];
+                copy.receive_sync_message(state, message).expect("apply");
+            }
+        }
+        let heads = relay.heads(&doc).expect("heads").to_vec();
+        for r in &readers {
+            let saved = relay
+                .load_sync_state(&r.peer, &doc)
+                .expect("read")
+                .unwrap_or_else(|| panic!("{} has a saved state", r.peer));
+            assert_eq!(saved.shared_heads, heads, "{}", r.peer);
+        }
+    }
 }
