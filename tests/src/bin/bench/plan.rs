@@ -58,7 +58,7 @@ pub struct Args {
     /// W0: leave parts of an Accord write out, to measure what they cost
     /// (comma-separated: projection, numbering); the rows say so.
     #[arg(long, value_delimiter = ',')]
-    pub w0_without: Vec<String>,
+    pub w0_without: Vec<w0::Part>,
     /// W1: client counts K [default: 20,100; quick 5].
     #[arg(long, value_delimiter = ',')]
     pub w1_k: Vec<usize>,
@@ -183,7 +183,7 @@ impl Plan {
             only: a.only.iter().map(|w| w.to_lowercase()).collect(),
             samod: !a.no_samod,
             w0_changes: pick(a.w0_changes, 200, 2000).max(8),
-            w0_without: w0::Without::parse(&a.w0_without)?,
+            w0_without: w0::Without::of(&a.w0_without),
             w1_k: or_list(&a.w1_k, q, &[5], &[20, 100]),
             w1_n: pick(a.w1_n, 50, 1000).max(1),
             w2_d: or_list(&a.w2_d, q, &[50], &[1000, 10_000]),

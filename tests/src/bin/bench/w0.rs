@@ -23,20 +23,22 @@ pub struct Without {
     pub numbering: bool,
 }
 
+/// One part `--w0-without` can name (clap checks the names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// The query projection.
+    Projection,
+    /// The collection sequence.
+    Numbering,
+}
+
 impl Without {
     /// From `--w0-without` values.
-    pub fn parse(parts: &[String]) -> anyhow::Result<Without> {
-        let mut without = Without::default();
-        for part in parts {
-            match part.as_str() {
-                "projection" => without.projection = true,
-                "numbering" => without.numbering = true,
-                other => anyhow::bail!(
-                    "--w0-without: unknown part {other:?} (expected projection or numbering)"
-                ),
-            }
+    pub fn of(parts: &[Part]) -> Without {
+        Without {
+            projection: parts.contains(&Part::Projection),
+            numbering: parts.contains(&Part::Numbering),
         }
-        Ok(without)
     }
 
     /// What a row's label says, if anything is left out.
