@@ -794,14 +794,10 @@ impl Connection {
             code: CloseCode::Policy,
             reason: code.name().into(),
         };
-        // What was packed goes first, with the error if it fits.
-        let mut messages = Vec::new();
-        if self.packs {
-            messages.extend(self.packer.push(&bytes));
-            messages.extend(self.packer.take());
-        } else {
-            messages.push(bytes);
-        }
+        // What was packed goes first, with the error if it fits (on a
+        // connection that does not pack, the packer is empty).
+        let mut messages: Vec<Vec<u8>> = self.packer.push(&bytes).into_iter().collect();
+        messages.extend(self.packer.take());
         // A peer that does not read must not hold the task: give the
         // goodbye a moment, then drop the socket.
         let goodbye = async {

@@ -518,11 +518,6 @@ impl Packer {
         }
     }
 
-    /// Changes the byte budget of the messages packed from now on.
-    pub fn set_budget(&mut self, budget: usize) {
-        self.budget = budget;
-    }
-
     /// Adds an encoded frame. Returns the message packed so far when the
     /// frame does not fit beside it: send that one first.
     pub fn push(&mut self, frame: &[u8]) -> Option<Vec<u8>> {
