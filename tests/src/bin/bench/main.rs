@@ -9,8 +9,10 @@
 //! It prints one row per workload and metric: Accord's figure, the
 //! reference's, and their ratio, each a median over `--reps` repetitions.
 //! It asserts nothing about speed; it exits non-zero only when a run
-//! failed outright (a row reading `failed`), so CI notices a broken harness. `docs/performance.md` explains the
-//! workloads and the results.
+//! failed outright (a row reading `failed`), so CI notices a broken
+//! harness; a reference system's failed run is tried once more first
+//! (`run::repeat_reference`). `docs/performance.md` explains the workloads
+//! and the results.
 //!
 //! # Layout
 //!
@@ -80,6 +82,14 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .filter(|r| [&r.accord, &r.reference].contains(&&stats::Figure::Failed))
         .count();
-    anyhow::ensure!(failed == 0, "{failed} rows failed; see the messages above");
+    if failed > 0 {
+        // Printed last and without a backtrace (CI sets RUST_BACKTRACE),
+        // so the end of a log names what failed.
+        eprintln!("{failed} rows failed:");
+        for failure in run::failures() {
+            eprintln!("  {failure}");
+        }
+        std::process::exit(1);
+    }
     Ok(())
 }

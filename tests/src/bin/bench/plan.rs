@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::feed;
 use crate::process::{System, Target};
 use crate::python;
-use crate::run::{repeat, Outcome, Settings};
+use crate::run::{repeat, repeat_reference, Outcome, Settings};
 use crate::stats::{Better, Figure, Row};
 use crate::workloads::{Idle, W1, W2, W3, W5};
 use crate::{accord_side, cluster, js_side, samod_side, w0, workloads};
@@ -280,7 +280,7 @@ impl Plan {
         Fut: Future<Output = anyhow::Result<T>>,
     {
         if self.samod {
-            repeat(&format!("samod {label}"), reps, self.settings, f)
+            repeat_reference(&format!("samod {label}"), reps, self.settings, f)
         } else {
             Outcome::Done(Vec::new())
         }
@@ -642,7 +642,7 @@ impl Plan {
         for &k in &self.w1_k {
             let label = format!("{who} W1 K={k} N={n}");
             let w1 = |t: Target| {
-                repeat(&run(t, &label, reps), reps, s, move || {
+                repeat_on(t, &run(t, &label, reps), reps, s, move || {
                     client.w1(k, n, t, s)
                 })
             };
@@ -682,7 +682,11 @@ impl Plan {
         }
         for &d in &self.w2_d {
             let label = format!("{who} W2 D={d}");
-            let w2 = |t: Target| repeat(&run(t, &label, 1), 1, s, move || client.w2(d, reps, t, s));
+            let w2 = |t: Target| {
+                repeat_on(t, &run(t, &label, 1), 1, s, move || {
+                    client.w2(d, reps, t, s)
+                })
+            };
             let ours = w2(Target::AccordRelay);
             for t in others {
                 let theirs = w2(t);
@@ -717,7 +721,11 @@ impl Plan {
         }
         for &m in &self.w3_m {
             let label = format!("{who} W3 M={m}");
-            let w3 = |t: Target| repeat(&run(t, &label, reps), reps, s, move || client.w3(m, t, s));
+            let w3 = |t: Target| {
+                repeat_on(t, &run(t, &label, reps), reps, s, move || {
+                    client.w3(m, t, s)
+                })
+            };
             let ours = w3(Target::AccordRelay);
             for t in others {
                 let theirs = w3(t);
@@ -950,4 +958,17 @@ pub fn machine() -> String {
         "machine: {cores} cores, {cpu}; arguments: {}",
         args.join(" ")
     )
+}
+
+/// [`repeat`] against accord-relay, [`repeat_reference`] against a
+/// reference server.
+fn repeat_on<T, F, Fut>(target: Target, label: &str, reps: usize, s: Settings, run: F) -> Outcome<T>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    match target {
+        Target::AccordRelay => repeat(label, reps, s, run),
+        Target::JsServer | Target::Samod => repeat_reference(label, reps, s, run),
+    }
 }
