@@ -64,7 +64,9 @@ pub fn int_at(doc: &Automerge, key: &str) -> Option<i64> {
 /// peak RSS in KiB.
 pub async fn w1(k: usize, n: usize, s: Settings) -> anyhow::Result<(W1, u64)> {
     let dir = tempfile::tempdir()?;
-    let server = ServerProcess::start(System::Accord, &dir.path().join("relay.db"))?;
+    let relay_dir = moved("ACCORD_BENCH_W1_RELAY_DIR")?;
+    let relay_db = relay_dir.as_ref().unwrap_or(&dir).path().join("relay.db");
+    let server = ServerProcess::start(System::Accord, &relay_db)?;
     let cpu = server.cpu_secs()?;
     let result = w1_on(&[server.url()], dir.path(), k, n, s).await?;
     let result = W1 {
@@ -73,6 +75,19 @@ pub async fn w1(k: usize, n: usize, s: Settings) -> anyhow::Result<(W1, u64)> {
     };
     let peak = tokio::task::spawn_blocking(move || server.stop()).await??;
     Ok((result, peak))
+}
+
+/// A temporary directory inside the directory that the environment
+/// variable `var` names, if it is set: W1 can keep its relay's file
+/// (`ACCORD_BENCH_W1_RELAY_DIR`) or its readers' files
+/// (`ACCORD_BENCH_W1_READERS_DIR`) off the writer's disk, on `/dev/shm`
+/// say, to tell whose disk writes slow the writer (docs/performance.md).
+fn moved(var: &str) -> anyhow::Result<Option<tempfile::TempDir>> {
+    std::env::var_os(var)
+        .map(|d| {
+            tempfile::tempdir_in(&d).with_context(|| format!("{var}: {}", d.to_string_lossy()))
+        })
+        .transpose()
 }
 
 /// W1 against relays at `urls`: client `i` connects to `urls[i % len]`
@@ -84,8 +99,12 @@ pub(crate) async fn w1_on(
     n: usize,
     s: Settings,
 ) -> anyhow::Result<W1> {
+    let readers_dir = moved("ACCORD_BENCH_W1_READERS_DIR")?;
     let replicas: Vec<Replica> = (0..k)
-        .map(|i| open(dir, &format!("c{i}"), s))
+        .map(|i| match (&readers_dir, i) {
+            (Some(readers), 1..) => open(readers.path(), &format!("c{i}"), s),
+            _ => open(dir, &format!("c{i}"), s),
+        })
         .collect::<Result<_, _>>()?;
     let mut handles = Vec::with_capacity(k);
     for (i, r) in replicas.iter().enumerate() {
