@@ -17,6 +17,43 @@ fn append(doc: DocId, heads: u8, base: Option<u8>) -> WriteOp {
 }
 
 #[test]
+fn cached_statements_are_compiled_once_and_synchronous_follows_each_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = Store::open(&dir.path().join("s.db"), Durability::Full).expect("open");
+    let synchronous = |store: &Store| -> i64 {
+        store
+            .connection()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .expect("synchronous")
+    };
+    let doc = DocId::random();
+    let (mut base, mut fsynced) = (None, 0);
+    for heads in 1..=6u8 {
+        // Received changes (recoverable) and local writes, in runs.
+        let recoverable = heads % 4 < 2;
+        let results = store
+            .apply_with(&[&[append(doc, heads, base)]], recoverable)
+            .expect("commits");
+        assert!(results[0].is_ok(), "{results:?}");
+        base = Some(heads);
+        fsynced += u64::from(!recoverable);
+        // 1 is NORMAL, 2 is FULL: a commit that must fsync ran at FULL.
+        assert_eq!(synchronous(&store), if recoverable { 1 } else { 2 });
+        assert_eq!(store.fsynced_commits(), fsynced);
+    }
+    assert_eq!(store.meta(&doc).expect("meta").expect("doc").chunk_count, 6);
+    // SQLite compiles a statement again when its plan may depend on a bound
+    // value and its bindings are cleared, as rusqlite's cache does: without
+    // the planner's stability guarantee this one was, on every append.
+    let stmt = store
+        .connection()
+        .prepare_cached(CHUNK_INSERT)
+        .expect("cached");
+    assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
+    assert_eq!(stmt.get_status(rusqlite::StatementStatus::Run), 6);
+}
+
+#[test]
 fn a_failing_group_leaves_nothing_and_the_others_commit() {
     let mut store = Store::open_in_memory().expect("open");
     let (a, b, c, d) = (
