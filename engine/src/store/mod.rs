@@ -461,7 +461,7 @@ impl Store {
         // recoverable commit: a replica receiving a run of changes stays
         // at NORMAL through it (two statements fewer per commit), and its
         // next durable write goes back to FULL before it begins.
-        if self.full && relaxed != self.relaxed {
+        if relaxed != self.relaxed {
             let level = if relaxed { "NORMAL" } else { "FULL" };
             self.conn.pragma_update(None, "synchronous", level)?;
             self.relaxed = relaxed;

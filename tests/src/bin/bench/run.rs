@@ -105,11 +105,13 @@ pub fn failures() -> Vec<String> {
     FAILURES.lock().map(|f| f.clone()).unwrap_or_default()
 }
 
-fn record(message: String) {
+/// Prints and keeps a row's failure; the row reads `failed`.
+fn failed<T>(message: String) -> Outcome<T> {
     eprintln!("  {message}");
     if let Ok(mut failures) = FAILURES.lock() {
         failures.push(message);
     }
+    Outcome::Failed
 }
 
 /// Runs `reps` repetitions of `run`, each in a new multi-threaded runtime.
@@ -118,10 +120,7 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
-    attempt(label, reps, settings, &run).unwrap_or_else(|message| {
-        record(message);
-        Outcome::Failed
-    })
+    attempt(label, reps, settings, &run).unwrap_or_else(failed)
 }
 
 /// [`repeat`] for a reference system (samod, the JS sync server): a
@@ -144,10 +143,7 @@ where
             eprintln!("  {first}\n  {label}: a reference system failed; trying it once more");
             attempt(label, reps, settings, &run)
         })
-        .unwrap_or_else(|message| {
-            record(message);
-            Outcome::Failed
-        })
+        .unwrap_or_else(failed)
 }
 
 /// The repetitions, or the first failure's message.
