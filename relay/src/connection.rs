@@ -105,6 +105,7 @@ pub async fn serve(
         permit: Some(permit),
         packs: false,
         packer: Packer::new(PACKED_BYTES),
+        unreadable: false,
     };
     let end = c.run(rx).await;
     c.finish(end).await;
@@ -290,6 +291,9 @@ struct Connection {
     /// Frames written and not sent yet: they go out together when nothing
     /// else is ready to be handled, or when the message is full.
     packer: Packer,
+    /// Whether tungstenite gave up on the byte stream (a frame over the
+    /// limit, bytes that are no WebSocket): the rest is dropped unread.
+    unreadable: bool,
 }
 
 impl Connection {
@@ -480,17 +484,23 @@ impl Connection {
                 "text messages are not part of the protocol; send binary frames".into(),
             )),
             Some(Ok(_)) => None, // pings are answered by tungstenite; pongs only count as heard
-            Some(Err(WsError::Capacity(e))) => Some(End::Error(
-                ErrorCode::FRAME_TOO_LARGE,
-                match self.registered {
-                    true => format!("{e}; the limit is {limit} bytes"),
-                    false => format!("{e}; the limit before Welcome is {limit} bytes"),
-                },
-            )),
-            Some(Err(WsError::Protocol(e))) => Some(End::Error(
-                ErrorCode::MALFORMED,
-                format!("websocket protocol error: {e}"),
-            )),
+            Some(Err(WsError::Capacity(e))) => {
+                self.unreadable = true;
+                Some(End::Error(
+                    ErrorCode::FRAME_TOO_LARGE,
+                    match self.registered {
+                        true => format!("{e}; the limit is {limit} bytes"),
+                        false => format!("{e}; the limit before Welcome is {limit} bytes"),
+                    },
+                ))
+            }
+            Some(Err(WsError::Protocol(e))) => {
+                self.unreadable = true;
+                Some(End::Error(
+                    ErrorCode::MALFORMED,
+                    format!("websocket protocol error: {e}"),
+                ))
+            }
             Some(Err(e)) => {
                 tracing::debug!(conn = %self.conn, error = %e, "connection failed");
                 Some(End::Peer)
@@ -805,11 +815,16 @@ impl Connection {
                 self.ws.send(Message::Binary(message.into())).await?;
             }
             self.ws.close(Some(close)).await?;
-            if drain_until_closed(&mut self.ws).await.is_err() {
-                // What stopped tungstenite (a frame over the limit, bytes
-                // that are no WebSocket) may still be arriving: drop it
-                // unread until the peer closes, or closing would reset the
-                // connection under the error frame before the peer reads it.
+            // What stopped tungstenite (a frame over the limit, bytes that
+            // are no WebSocket) may still be arriving, and the WebSocket
+            // stream ends at its first error, so draining it would stop at
+            // once. Drop those bytes unread until the peer closes, or
+            // closing would reset the connection under the peer's writes,
+            // and under the error frame before the peer reads it.
+            if self.unreadable || drain_until_closed(&mut self.ws).await.is_err() {
+                // Our end of the stream first, so that a peer waiting for
+                // it closes too and the discarding ends.
+                let _ = tokio::io::AsyncWriteExt::shutdown(self.ws.get_mut()).await;
                 discard_until_eof(self.ws.get_mut()).await;
             }
             Ok::<(), WsError>(())

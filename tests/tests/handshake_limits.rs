@@ -13,7 +13,7 @@ use accord_relay::Config;
 use accord_tests::wire::{full_sync, hello, next_error, next_frame, raw, send, send_bytes};
 use accord_tests::{wait_until, TestRelay};
 use rand::RngCore;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(20);
 const MIB: usize = 1 << 20;
@@ -88,6 +88,76 @@ async fn a_large_frame_before_hello_is_refused_but_after_welcome_is_stored() {
         .read(&id, |d, _| d.get_heads())
         .expect("the relay stored it");
     assert_eq!(stored, doc.get_heads());
+    relay.stop().await.expect("stop");
+}
+
+/// Writes, straight to the socket, a masked binary frame that declares
+/// `len` bytes, then those bytes: what a peer streaming one large message
+/// does, which the relay refuses on reading the header.
+async fn stream_declared_frame(ws: &mut accord_tests::wire::Ws, len: usize) -> std::io::Result<()> {
+    let mut header = vec![0x82, 0x80 | 127];
+    header.extend((len as u64).to_be_bytes());
+    header.extend([0u8; 4]); // the mask key: zero leaves the payload as it is
+    let socket = ws.get_mut();
+    socket.write_all(&header).await?;
+    let chunk = vec![0u8; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        socket.write_all(&chunk[..n]).await?;
+        left -= n;
+    }
+    socket.flush().await
+}
+
+/// A frame over the limit is refused as soon as its header is read, but
+/// the relay goes on reading, and dropping, the rest of it: a peer still
+/// sending gets no reset, and reads the error that names the limit. Its
+/// payload is far larger than every buffer between the two, so a relay
+/// that stopped reading (or tried to buffer it) would reset the
+/// connection under the peer's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_still_sending_a_refused_frame_reads_the_error_instead_of_a_reset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = TestRelay::start_with(Config {
+        db: dir.path().join("relay.db"),
+        max_frame_bytes: 256 * 1024,
+        ..Config::default()
+    })
+    .await
+    .expect("relay");
+    let declared = 32 * MIB;
+
+    // Before Hello, over the handshake limit.
+    let mut early = raw(&relay.url).await;
+    stream_declared_frame(&mut early, declared)
+        .await
+        .expect("the relay read the whole refused frame");
+    let (code, message) = next_error(&mut early).await;
+    assert_eq!(code, ErrorCode::FRAME_TOO_LARGE, "{message}");
+    assert!(message.contains("before Welcome"), "{message}");
+    assert!(next_frame(&mut early).await.is_none(), "then closed");
+
+    // After Welcome, over the full limit.
+    let mut late = raw(&relay.url).await;
+    assert!(matches!(
+        hello(&mut late, "late", "").await,
+        Some(Frame::Welcome { .. })
+    ));
+    stream_declared_frame(&mut late, declared)
+        .await
+        .expect("the relay read the whole refused frame");
+    let (code, message) = next_error(&mut late).await;
+    assert_eq!(code, ErrorCode::FRAME_TOO_LARGE, "{message}");
+    assert!(message.contains("the limit is 262144 bytes"), "{message}");
+    assert!(next_frame(&mut late).await.is_none(), "then closed");
+
+    // Nothing else was touched: a new peer is welcomed.
+    let mut next = raw(&relay.url).await;
+    assert!(matches!(
+        hello(&mut next, "next", "").await,
+        Some(Frame::Welcome { .. })
+    ));
     relay.stop().await.expect("stop");
 }
 
