@@ -202,7 +202,7 @@ async fn start_cluster(config: Config, shutdown: CancellationToken) -> anyhow::R
         id: accord_engine::DocId::random().to_string(),
         subject: format!("accord.{cluster_id}.commits"),
         ephemeral_subject: format!("accord.{cluster_id}.ephemeral"),
-        store: pg,
+        store: Arc::clone(&pg),
         docs: docs.clone(),
         peers: peers.clone(),
         metrics: Arc::clone(&metrics),
@@ -223,10 +223,26 @@ async fn start_cluster(config: Config, shutdown: CancellationToken) -> anyhow::R
     ));
     // Kept for `Relay::replica`; the node's documents are in PostgreSQL.
     let replica = tokio::task::spawn_blocking(Replica::open_in_memory).await??;
+    let presence = Arc::new(Presence::default());
+    let links = RelayLinks {
+        docs: docs.clone(),
+        peers: peers.clone(),
+        presence: Arc::clone(&presence),
+        metrics: Arc::clone(&metrics),
+        webhooks: Vec::new(),
+    };
+    let http = Api::cluster(
+        replica.clone(),
+        pg,
+        Arc::clone(&config.access),
+        links,
+        shutdown.clone(),
+    )
+    .router();
     let shared = Shared {
         relay_id: cluster_id,
         access: Arc::clone(&config.access),
-        http: crate::http::cluster_router(Arc::clone(&metrics)),
+        http,
         config,
         store,
         replica,
@@ -234,7 +250,7 @@ async fn start_cluster(config: Config, shutdown: CancellationToken) -> anyhow::R
         peers,
         docs,
         shutdown,
-        presence: Arc::new(Presence::default()),
+        presence,
         ephemeral_out: cluster.bus.is_some().then_some(ephemeral_tx),
         started: Instant::now(),
     };

@@ -324,13 +324,204 @@ async fn replicas_on_three_nodes_discover_edit_concurrently_delete_and_converge(
     })
     .await;
 
-    // What a node reports of itself; the HTTP API is not served yet.
+    // What a node reports of itself; of the HTTP API it serves the
+    // change feed (tested below) and /v1/info, not the rest yet.
     let (status, body) = health(&nodes[2]);
     assert_eq!(status, 200);
     assert_eq!((&body["store"], &body["bus"]), (&json!("up"), &json!("up")));
     let (status, body) = http_get(&nodes[2], "/v1/info");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http_get(&nodes[2], "/v1/collections/notes/records");
     assert_eq!(status, 501, "{body}");
     assert!(body.contains("not_on_cluster"), "{body}");
+}
+
+/// `GET path` with an `Authorization: Bearer` token on the main port of
+/// the node at `url`:
+/// the status and the body.
+fn http_get_as(url: &str, path: &str, token: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("ws://");
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(T)).expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
+}
+
+/// A page of the change feed of the node at `url`: its events (cursor, id, event and
+/// value of each) and its `next` cursor.
+fn feed_page(url: &str, query: &str, token: &str) -> (Vec<serde_json::Value>, String) {
+    let path = format!("/v1/collections/notes/changes?{query}");
+    let (status, body) = http_get_as(url, &path, token);
+    assert_eq!(status, 200, "{path}: {body}");
+    let page: serde_json::Value = serde_json::from_str(&body).expect("a JSON page");
+    let events = page["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|e| json!([e["cursor"], e["id"], e["event"], e["value"]]))
+        .collect();
+    (events, page["next"].as_str().expect("next").to_owned())
+}
+
+/// Every node serves a collection's change feed from the store, with the
+/// same events and cursors, under the same tokens; a long poll and an
+/// event stream on one node wake for a change made through another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_serves_the_same_change_feed_and_wakes_for_other_nodes_changes() {
+    use accord_relay::auth::{Right, Tokens};
+    use std::collections::BTreeMap;
+
+    let services = services();
+    let schema = Schema::new(&services.postgres);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = "a cluster-wide secret of enough bytes";
+    let args = [
+        "--store",
+        services.postgres.as_str(),
+        "--store-schema",
+        schema.name.as_str(),
+        "--bus",
+        services.nats.as_str(),
+    ];
+    let nodes: Vec<RelayProcess> = (0..2)
+        .map(|_| spawn_relay_secured(&dir.path().join("unused.db"), &args, secret))
+        .collect();
+    let tokens = Tokens::new(secret.as_bytes()).expect("secret");
+    let mint = |collection: &str, right: Right| {
+        tokens.mint(
+            BTreeMap::from([(collection.to_owned(), right)]),
+            Duration::from_secs(3600),
+        )
+    };
+    let reader = mint("notes", Right::Read);
+
+    // Written through node 0: three records, one edited, one deleted.
+    let a = Replica::open(dir.path().join("a.db")).expect("open");
+    let mut ha = a.connect(
+        &nodes[0].url,
+        ConnectOptions {
+            token: mint("notes", Right::ReadWrite),
+            ..options()
+        },
+    );
+    let ids: Vec<DocId> = (0..3)
+        .map(|i| a.create("notes", &json!({"n": i})).expect("create"))
+        .collect();
+    ha.wait_synced(T).await.expect("synced");
+    a.put(&ids[1], "n", &json!(10), None).expect("edit");
+    ha.wait_synced(T).await.expect("synced");
+    a.delete(&ids[2]).expect("delete");
+    ha.wait_synced(T).await.expect("synced");
+
+    let (first, next) = feed_page(&nodes[1].url, "since=0", &reader);
+    let summary: Vec<_> = first.iter().map(|e| (e[1].clone(), e[2].clone())).collect();
+    assert_eq!(
+        summary,
+        [
+            (json!(ids[0].to_string()), json!("created")),
+            (json!(ids[1].to_string()), json!("created")),
+            (json!(ids[2].to_string()), json!("deleted")),
+        ],
+        "each record once, in commit order: {first:?}"
+    );
+    assert_eq!(
+        first[1][3],
+        json!({"n": 10}),
+        "a record's value after its latest change"
+    );
+    assert_eq!(
+        first,
+        feed_page(&nodes[0].url, "since=0", &reader).0,
+        "the same feed on every node"
+    );
+    // Resuming after the page: only what came later, told as a change.
+    a.put(&ids[0], "n", &json!(5), None).expect("edit");
+    ha.wait_synced(T).await.expect("synced");
+    let (later, next) = feed_page(&nodes[1].url, &format!("since={next}"), &reader);
+    assert_eq!(
+        later,
+        [json!([later[0][0], ids[0].to_string(), "changed", {"n": 5}])],
+        "{later:?}"
+    );
+
+    // Rights are checked as on a single relay.
+    let (status, body) = http_get_as(
+        &nodes[1].url,
+        "/v1/collections/notes/changes",
+        &mint("other", Right::Read),
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = http_get(&nodes[1], "/v1/collections/notes/changes");
+    assert_eq!(status, 401, "{body}");
+
+    // A long poll on node 1 ends with a record created through node 0.
+    let poll = {
+        let (url, reader, next) = (nodes[1].url.clone(), reader.clone(), next.clone());
+        std::thread::spawn(move || feed_page(&url, &format!("since={next}&wait=30"), &reader))
+    };
+    // And so does an event stream opened there.
+    let stream = {
+        let (url, reader, next) = (nodes[1].url.clone(), reader.clone(), next.clone());
+        std::thread::spawn(move || first_streamed_event(&url, &next, &reader))
+    };
+    // The waits are registered before this write or not: either way the
+    // change is read (a waiter reads first, then waits).
+    let created = a.create("notes", &json!({"n": 3})).expect("create");
+    ha.wait_synced(T).await.expect("synced");
+    let (polled, _) = poll.join().expect("long poll");
+    assert_eq!(polled.len(), 1, "{polled:?}");
+    assert_eq!(
+        (&polled[0][1], &polled[0][2]),
+        (&json!(created.to_string()), &json!("created"))
+    );
+    let streamed = stream.join().expect("event stream");
+    assert_eq!(streamed["id"], json!(created.to_string()), "{streamed}");
+    assert_eq!(streamed["value"], json!({"n": 3}), "{streamed}");
+}
+
+/// Opens `GET /v1/collections/notes/changes` as an event stream after
+/// `since` on the node at `url`, and returns its first change event.
+fn first_streamed_event(url: &str, since: &str, token: &str) -> serde_json::Value {
+    use std::io::{BufRead, BufReader, Write};
+    let addr = url.trim_start_matches("ws://");
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(T)).expect("timeout");
+    write!(
+        stream,
+        "GET /v1/collections/notes/changes?since={since} HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .expect("send");
+    let mut lines = BufReader::new(stream).lines();
+    let mut event = String::new();
+    loop {
+        let line = lines.next().expect("the stream goes on").expect("read");
+        if let Some(name) = line.strip_prefix("event:") {
+            event = name.trim().to_owned();
+        } else if let Some(data) = line.strip_prefix("data:") {
+            if event == "change" {
+                return serde_json::from_str(data.trim()).expect("an event's JSON");
+            }
+            panic!("a {event} event: {data}");
+        }
+    }
 }
 
 #[test]

@@ -237,6 +237,7 @@ impl Node {
 
     /// Tells this node's peers of another node's commit.
     async fn poke(&self, collection: Collection, doc: DocId, deleted: bool) {
+        self.store.note_changed(&collection);
         if deleted {
             let frame = Frame::Delete {
                 doc,

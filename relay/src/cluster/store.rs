@@ -40,7 +40,7 @@ use accord_engine::replica::parts;
 use accord_engine::sync::{
     DocSummary, EncodedState, LocalState, NumberedSummary, Received, SyncCursor, SyncDocs,
 };
-use accord_engine::{Collection, DocId, Error, Heads, PeerId, Result};
+use accord_engine::{ChangeKind, Collection, DocId, Error, FeedEntry, Heads, PeerId, Result};
 use deadpool_postgres::{GenericClient, Pool};
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
@@ -114,7 +114,14 @@ pub struct PgStore {
     /// (a lost state only costs a fuller exchange, never data, so they
     /// stay off each message's path).
     pending_states: Mutex<std::collections::HashMap<(String, DocId), Vec<u8>>>,
+    /// Each collection that changed, this node's commits and those it
+    /// learned of alike: wakes the change feed's waiting readers.
+    feed_wakes: tokio::sync::broadcast::Sender<Collection>,
 }
+
+/// Collection changes a change feed reader may fall behind by before it
+/// is told it lagged (and reads again).
+const FEED_WAKES: usize = 256;
 
 /// How often saved sync states are written.
 pub const STATES_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
@@ -206,7 +213,78 @@ impl PgStore {
             pending_states: Mutex::default(),
             committed,
             latency,
+            feed_wakes: tokio::sync::broadcast::channel(FEED_WAKES).0,
         }
+    }
+
+    /// Hears of every collection that changes from now on (see
+    /// [`PgStore::note_changed`]); a receiver that falls behind is told it
+    /// lagged, and should read again.
+    pub fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<Collection> {
+        self.feed_wakes.subscribe()
+    }
+
+    /// `collection` changed in the store (a commit of this node, or one
+    /// another node made that this one learned of): wakes the change
+    /// feed's readers. Never waits.
+    pub fn note_changed(&self, collection: &Collection) {
+        if self.feed_wakes.receiver_count() > 0 {
+            let _ = self.feed_wakes.send(collection.clone());
+        }
+    }
+
+    /// The change feed of `collection`: its records whose latest write is
+    /// numbered after `since` in its sequence, in number order, at most
+    /// `limit`, read from the `docs` rows (what
+    /// [`Replica::changes_since`](accord_engine::Replica::changes_since)
+    /// reads from a SQLite file). Numbers become visible in order (taking
+    /// one locks the sequence's row until commit), so a reader resuming
+    /// after the last number it saw never skips a record.
+    pub async fn changes_since(
+        &self,
+        collection: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<FeedEntry>> {
+        let started = Instant::now();
+        let rows = async {
+            let client = self.pool.get().await.map_err(backend)?;
+            q(
+                &client,
+                "SELECT id, heads, deleted, seq, created_seq, updated_at, json FROM docs
+                   WHERE collection = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                &[
+                    &collection,
+                    &i64::try_from(since).unwrap_or(i64::MAX),
+                    &to_i64(limit),
+                ],
+            )
+            .await
+        }
+        .await;
+        (self.latency)(started.elapsed());
+        rows?
+            .iter()
+            .map(|row| {
+                let summary = summary(row)?;
+                let seq = row.get::<_, i64>("seq").max(0) as u64;
+                let created_seq = row.get::<_, i64>("created_seq").max(0) as u64;
+                Ok(FeedEntry {
+                    seq,
+                    id: summary.doc,
+                    kind: if summary.deleted {
+                        ChangeKind::Deleted
+                    } else if created_seq > since {
+                        ChangeKind::Created
+                    } else {
+                        ChangeKind::Changed
+                    },
+                    heads: summary.heads,
+                    updated_at: row.get("updated_at"),
+                    value: row.get("json"),
+                })
+            })
+            .collect()
     }
 
     /// Runs a future on the relay's runtime from the blocking pool.
@@ -488,6 +566,7 @@ impl PgStore {
     }
 
     fn publish(&self, commit: Committed) {
+        self.note_changed(&commit.collection);
         // A full queue only delays other nodes until their catch-up.
         let _ = self.committed.try_send(commit);
     }

@@ -9,7 +9,10 @@
 //! Cursors are the sequence's numbers, stored with the records, so they
 //! stay valid across restarts. Waiting uses the replica's change
 //! notifications to know when to read again; what is sent is always read
-//! from the store.
+//! from the store. On a cluster node the same handler reads the
+//! PostgreSQL store's `docs` rows (`PgStore::changes_since`), woken by
+//! every change the node commits or learns of, so any node serves the
+//! same feed with the same cursors.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -23,7 +26,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{broadcast, OwnedSemaphorePermit};
 
 use super::events::{stream_permit, until_expiry, KEEP_ALIVE};
 use super::records::{readable_collection, rfc3339};
@@ -69,10 +72,7 @@ pub async fn changes(
     if streaming {
         let permit = stream_permit(&api)?;
         let feed = Feed {
-            subscription: api
-                .inner
-                .replica
-                .subscribe(Filter::Collection(collection.to_string())),
+            wake: Wake::new(&api, &collection),
             api,
             collection,
             cursor: since,
@@ -103,16 +103,12 @@ pub async fn changes(
     };
     // Subscribed before reading, so a change committed between the read
     // and the wait still wakes the wait.
-    let subscription = (!wait.is_zero()).then(|| {
-        api.inner
-            .replica
-            .subscribe(Filter::Collection(collection.to_string()))
-    });
+    let wake = (!wait.is_zero()).then(|| Wake::new(&api, &collection));
     let mut entries = read(&api, &collection, since, limit).await?;
-    if let Some(subscription) = subscription.filter(|_| entries.is_empty()) {
+    if let Some(mut wake) = wake.filter(|_| entries.is_empty()) {
         let expiry = until_expiry(expires_at_ms).unwrap_or(wait).min(wait);
         let woke = tokio::select! {
-            received = subscription.recv_async() => !matches!(received, Err(RecvError::Closed)),
+            changed = wake.changed() => changed,
             () = tokio::time::sleep(expiry) => false,
             () = api.inner.shutdown.cancelled() => false,
         };
@@ -144,9 +140,73 @@ async fn read(
     since: u64,
     limit: usize,
 ) -> ApiResult<Vec<FeedEntry>> {
+    if let Some(store) = &api.inner.cluster {
+        return Ok(store.changes_since(collection, since, limit).await?);
+    }
     let name = collection.to_string();
     api.blocking(move |replica| Ok(replica.changes_since(&name, since, limit)?))
         .await
+}
+
+/// What wakes a reader waiting for a collection to change: the replica's
+/// change notifications, or on a cluster node every change its store
+/// commits or learns of (from the bus or by catching up).
+enum Wake {
+    /// A relay's replica.
+    Replica(Subscription),
+    /// A cluster node's store.
+    Cluster {
+        /// Every collection that changes.
+        changes: broadcast::Receiver<Collection>,
+        /// The one waited for.
+        collection: Collection,
+    },
+}
+
+impl Wake {
+    /// Starts listening: a change from now on wakes [`Wake::changed`].
+    fn new(api: &Api, collection: &Collection) -> Self {
+        match &api.inner.cluster {
+            Some(store) => Wake::Cluster {
+                changes: store.subscribe_changes(),
+                collection: collection.clone(),
+            },
+            None => Wake::Replica(
+                api.inner
+                    .replica
+                    .subscribe(Filter::Collection(collection.to_string())),
+            ),
+        }
+    }
+
+    /// Waits until the collection may have changed (a reader that fell
+    /// behind is woken too); `false` once no change can come any more.
+    async fn changed(&mut self) -> bool {
+        match self {
+            Wake::Replica(subscription) => {
+                !matches!(subscription.recv_async().await, Err(RecvError::Closed))
+            }
+            Wake::Cluster {
+                changes,
+                collection,
+            } => loop {
+                match changes.recv().await {
+                    Ok(changed) if changed == *collection => return true,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => return true,
+                    Err(broadcast::error::RecvError::Closed) => return false,
+                }
+            },
+        }
+    }
+
+    /// Forgets what was heard so far (a read follows, which covers it).
+    fn clear(&mut self) {
+        match self {
+            Wake::Replica(subscription) => while subscription.try_recv().is_some() {},
+            Wake::Cluster { changes, .. } => *changes = changes.resubscribe(),
+        }
+    }
 }
 
 /// One event as JSON: what the feed and webhooks send.
@@ -178,7 +238,7 @@ struct Feed {
     /// Read but not sent yet.
     ready: VecDeque<FeedEntry>,
     /// Wakes the stream when the collection changes.
-    subscription: Subscription,
+    wake: Wake,
     /// When the caller's token expires.
     expires_at_ms: Option<u64>,
     /// A place among the live streams.
@@ -198,8 +258,8 @@ impl Feed {
                         .data(data),
                 );
             }
-            // Drained notifications are covered by the read below.
-            while self.subscription.try_recv().is_some() {}
+            // What was heard so far is covered by the read below.
+            self.wake.clear();
             match read(&self.api, &self.collection, self.cursor, DEFAULT_LIMIT).await {
                 Ok(entries) if !entries.is_empty() => {
                     self.ready = entries.into();
@@ -215,8 +275,8 @@ impl Feed {
             tokio::select! {
                 () = self.api.inner.shutdown.cancelled() => return None,
                 () = sleep(expiry) => return None,
-                received = self.subscription.recv_async() => {
-                    if matches!(received, Err(RecvError::Closed)) {
+                changed = self.wake.changed() => {
+                    if !changed {
                         return None;
                     }
                 }

@@ -10,7 +10,9 @@
 //! the same [`Access`] as sync connections, and after a write tells the
 //! document's hub, so connected peers hear of it as of a peer's change.
 //! `accord inspect` serves the same router over a local file, read-only
-//! and without a relay ([`Api::local`]).
+//! and without a relay ([`Api::local`]). A cluster node serves only the
+//! change feed, read from its PostgreSQL store, `/v1/info`, `/health` and
+//! `/metrics` ([`Api::cluster`]).
 //!
 //! Layout: [`head`] tells upgrades from requests; `error` maps failures to
 //! codes and statuses; `records` serves collections, records, history,
@@ -48,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::{ApiError, ApiResult};
 pub use feed::entry_json as feed_event;
 
+use crate::cluster::store::PgStore;
 use crate::docs::{DocActors, HubKey};
 use crate::metrics::Metrics;
 use crate::peers::Peers;
@@ -85,6 +88,9 @@ struct Inner {
     shutdown: CancellationToken,
     /// Places for live streams.
     streams: Arc<Semaphore>,
+    /// A cluster node's PostgreSQL store: the change feed reads it (the
+    /// replica is then an empty stand-in), and only the feed is served.
+    cluster: Option<Arc<PgStore>>,
 }
 
 /// What the API reaches in a running relay.
@@ -102,23 +108,6 @@ pub struct RelayLinks {
     pub webhooks: Vec<crate::webhooks::Webhook>,
 }
 
-/// What a cluster node serves over plain HTTP: `/health` and `/metrics`;
-/// every other path answers `501 not_on_cluster` (the API and inspector
-/// read the node's SQLite replica, which a cluster node does not use).
-pub fn cluster_router(metrics: Arc<Metrics>) -> Router {
-    async fn not_served() -> ApiError {
-        ApiError::new(
-            axum::http::StatusCode::NOT_IMPLEMENTED,
-            "not_on_cluster",
-            "a cluster node does not serve the HTTP API or the inspector yet; read the \
-             records view in the PostgreSQL store (docs/operations.md, Running a cluster)",
-        )
-    }
-    crate::metrics::routes(Arc::clone(&metrics))
-        .fallback(not_served)
-        .layer(axum::middleware::from_fn_with_state(metrics, count_request))
-}
-
 impl Api {
     /// The API of a running relay.
     pub fn relay(
@@ -134,6 +123,29 @@ impl Api {
             false,
             Some(links),
             shutdown,
+            None,
+        )
+    }
+
+    /// The API of a cluster node: the change feed, read from the cluster's
+    /// PostgreSQL `store` (`replica` is the node's empty stand-in, never
+    /// read), beside `/v1/info`, `/health` and `/metrics`. Every other
+    /// path answers `501 not_on_cluster`.
+    pub fn cluster(
+        replica: Replica,
+        store: Arc<PgStore>,
+        access: Arc<dyn Access>,
+        links: RelayLinks,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self::build(
+            replica,
+            access,
+            "accord-relay",
+            false,
+            Some(links),
+            shutdown,
+            Some(store),
         )
     }
 
@@ -141,7 +153,15 @@ impl Api {
     /// token, no writes, no presence.
     pub fn local(replica: Replica, shutdown: CancellationToken) -> Self {
         let access: Arc<dyn Access> = Arc::new(OpenAccess);
-        Self::build(replica, access, "accord inspect", true, None, shutdown)
+        Self::build(
+            replica,
+            access,
+            "accord inspect",
+            true,
+            None,
+            shutdown,
+            None,
+        )
     }
 
     fn build(
@@ -151,6 +171,7 @@ impl Api {
         read_only: bool,
         relay: Option<RelayLinks>,
         shutdown: CancellationToken,
+        cluster: Option<Arc<PgStore>>,
     ) -> Self {
         Api {
             inner: Arc::new(Inner {
@@ -161,13 +182,17 @@ impl Api {
                 relay,
                 shutdown,
                 streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+                cluster,
             }),
         }
     }
 
     /// Every route: the page, the API, and (for a relay) `/health` and
-    /// `/metrics`.
+    /// `/metrics`; on a cluster node, only what it serves.
     pub fn router(&self) -> Router {
+        if self.inner.cluster.is_some() {
+            return self.cluster_router();
+        }
         let api = Router::new()
             .route("/v1/info", get(records::info))
             .route("/v1/collections", get(records::collections))
@@ -202,16 +227,49 @@ impl Api {
             )
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(self.clone());
-        let page = assets::routes();
-        let ops = match &self.inner.relay {
-            Some(links) => crate::metrics::routes(Arc::clone(&links.metrics)),
-            None => Router::new(),
-        };
-        let router = page
-            .merge(ops)
+        let router = assets::routes()
+            .merge(self.ops())
             .merge(api)
             .fallback(records::no_route)
             .method_not_allowed_fallback(records::wrong_method);
+        self.counted(router)
+    }
+
+    /// A cluster node's routes: the change feed, `/v1/info`, `/health`
+    /// and `/metrics`; every other path answers `501 not_on_cluster`
+    /// (the rest of the API and the inspector read a SQLite replica).
+    fn cluster_router(&self) -> Router {
+        async fn not_served() -> ApiError {
+            ApiError::new(
+                axum::http::StatusCode::NOT_IMPLEMENTED,
+                "not_on_cluster",
+                "a cluster node serves only the change feed of the HTTP API \
+                 (GET /v1/collections/{collection}/changes) and no inspector yet; read the \
+                 records view in the PostgreSQL store (docs/operations.md, Running a cluster)",
+            )
+        }
+        let api = Router::new()
+            .route("/v1/info", get(records::info))
+            .route("/v1/collections/{collection}/changes", get(feed::changes))
+            .with_state(self.clone());
+        let router = self
+            .ops()
+            .merge(api)
+            .fallback(not_served)
+            .method_not_allowed_fallback(records::wrong_method);
+        self.counted(router)
+    }
+
+    /// `/health` and `/metrics`, for a relay.
+    fn ops(&self) -> Router {
+        match &self.inner.relay {
+            Some(links) => crate::metrics::routes(Arc::clone(&links.metrics)),
+            None => Router::new(),
+        }
+    }
+
+    /// `router`, counting each answered request in a relay's metrics.
+    fn counted(&self, router: Router) -> Router {
         match &self.inner.relay {
             Some(links) => router.layer(axum::middleware::from_fn_with_state(
                 Arc::clone(&links.metrics),
