@@ -307,9 +307,9 @@ pub enum Command {
 pub struct RelayArgs {
     /// The relay's URL, such as ws://127.0.0.1:7420 (`feed` and `webhooks`
     /// also take http:// and https://: the same port). Repeatable, or
-    /// comma-separated, for the nodes of a relay cluster: `sync` tries them
-    /// in order, moving on when one is unreachable or its connection ends;
-    /// `feed` and `webhooks` use the first.
+    /// comma-separated, for the nodes of a relay cluster: `sync` and `feed`
+    /// try them in order, moving on when one is unreachable or its
+    /// connection ends; `webhooks` uses the first.
     #[arg(
         long,
         value_name = "URL",

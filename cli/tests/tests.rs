@@ -1907,6 +1907,82 @@ fn feed_prints_every_change_after_a_cursor_and_the_cursor_to_resume_from() {
         "{out}"
     );
 
+    // Given several relays (a cluster's nodes), one that cannot be reached
+    // is passed over, for pages and for the event stream.
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}", listener.local_addr().expect("addr"))
+        // dropped: nothing listens there any more
+    };
+    let run = env.run(&[
+        "--json",
+        "feed",
+        "--relay",
+        &dead,
+        "--relay",
+        &relay.url,
+        "--collection",
+        "contacts",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.stdout.lines().count(), 2, "{}", run.stdout);
+    let mut follow = env
+        .cmd(&[
+            "--json",
+            "feed",
+            "--relay",
+            &format!("{dead},{}", relay.url),
+            "--collection",
+            "contacts",
+            "--follow",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = follow.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            if tx.send(line.expect("read")).is_err() {
+                return;
+            }
+        }
+    });
+    let mut streamed = Vec::new();
+    for _ in 0..2 {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("an event within 30 s");
+        let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+        streamed.push(event["id"].as_str().expect("id").to_owned());
+    }
+    follow.kill().expect("kill");
+    follow.wait().expect("reap");
+    assert!(
+        streamed.contains(&ada) && streamed.contains(&grace),
+        "{streamed:?}"
+    );
+    // None answering: each one's failure is named, and the cursor to
+    // resume from is printed all the same.
+    let err = env.fails(
+        1,
+        &[
+            "feed",
+            "--relay",
+            &dead,
+            "--relay",
+            &dead.replace("http", "ws"),
+            "--collection",
+            "contacts",
+            "--since",
+            "7",
+        ],
+    );
+    assert!(err.contains("no relay answered"), "{err}");
+    assert!(err.contains("cannot reach"), "{err}");
+    assert!(err.contains("cursor: 7"), "{err}");
+
     // Bad input is named.
     let err = env.fails(
         1,
@@ -1926,6 +2002,90 @@ fn feed_prints_every_change_after_a_cursor_and_the_cursor_to_resume_from() {
         ],
     );
     assert!(err.contains("--since"), "{err}");
+}
+
+/// Runs `sql` on the test PostgreSQL (`ACCORD_TEST_POSTGRES`, default
+/// `postgres://postgres@127.0.0.1:5432/test`, as the relay's cluster
+/// suite).
+fn postgres(sql: &str) {
+    let url = std::env::var("ACCORD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("this test needs PostgreSQL at {url}: {e}"));
+        tokio::spawn(connection);
+        client.batch_execute(sql).await.expect("sql");
+    });
+}
+
+/// Following a cluster's feed through several nodes: when the node it
+/// reads from stops, `feed --follow` goes on at the next one after the
+/// last event it printed, printing nothing twice.
+#[test]
+fn feed_follows_a_cluster_from_node_to_node() {
+    let env = Env::new();
+    let schema = format!(
+        "accord_cli_{}",
+        accord_engine::DocId::random().to_string().to_lowercase()
+    );
+    let store = std::env::var("ACCORD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let node = || {
+        let mut cluster = accord_relay::cluster::ClusterConfig::new(store.clone());
+        cluster.schema = schema.clone();
+        cluster.catch_up_interval = std::time::Duration::from_millis(200);
+        Relay::start_with(accord_relay::Config {
+            db: env.path().join("unused.db"),
+            cluster: Some(cluster),
+            ..accord_relay::Config::default()
+        })
+    };
+    let first = node();
+    let second = node();
+    let mut follow = env
+        .cmd(&[
+            "--json",
+            "feed",
+            "--relay",
+            &format!("{},{}", first.url, second.url),
+            "--collection",
+            "contacts",
+            "--follow",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = follow.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            if tx.send(line.expect("read")).is_err() {
+                return;
+            }
+        }
+    });
+    let next_id = || {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("an event within 30 s");
+        let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+        event["id"].as_str().expect("id").to_owned()
+    };
+
+    let ada = env.new_record("contacts", r#"{"name": "Ada"}"#);
+    env.ok(&["sync", "--relay", &first.url]);
+    assert_eq!(next_id(), ada);
+    drop(first); // its event stream ends
+    let grace = env.new_record("contacts", r#"{"name": "Grace"}"#);
+    env.ok(&["sync", "--relay", &second.url]);
+    assert_eq!(next_id(), grace, "the next event, from the other node");
+    follow.kill().expect("kill");
+    follow.wait().expect("reap");
+    drop(second);
+    postgres(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
 }
 
 #[test]

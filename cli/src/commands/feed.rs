@@ -2,7 +2,14 @@
 //! API (`GET /v1/collections/{c}/changes`): pages until the end, or with
 //! `--follow` the event stream, forever. Each event is one line (a JSON
 //! object per line with `--json`); the cursor to resume from is the last
-//! event's, and is printed on stderr when the command ends.
+//! event's, and is printed on stderr when the command ends, failed or not.
+//!
+//! Given the nodes of a relay cluster (several `--relay`), which serve the
+//! same feed under the same cursors, it moves to the next node when one
+//! cannot be reached or fails (a 5xx answer), and, following, when its
+//! event stream ends, resuming from the last cursor printed: nothing is
+//! missed or printed twice. A refusal (a 4xx answer: bad token, no right)
+//! is not retried elsewhere.
 //!
 //! `accord webhooks`: the relay's webhooks and their dead letters
 //! (`/v1/webhooks`), and replaying or dropping one.
@@ -21,6 +28,9 @@ use crate::output::short;
 
 /// Events asked for per page.
 const PAGE: usize = 500;
+
+/// An event stream that ends sooner than this counts as ended at once.
+const BRIEF_STREAM: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Sends a GET and returns the response, or an error naming the relay's
 /// error answer.
@@ -59,7 +69,95 @@ async fn call(
         .ok()
         .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
         .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-    bail!("the relay refused: {status}: {message}");
+    Err(Refused { status, message }.into())
+}
+
+/// The relay answered with an error status.
+#[derive(Debug)]
+struct Refused {
+    /// The status.
+    status: hyper::StatusCode,
+    /// The error's message, or the body.
+    message: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the relay refused: {}: {}", self.status, self.message)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Whether another node of a cluster may answer where this failure came
+/// from: it could not be reached, or failed; not when it refused.
+fn worth_another_node(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<Refused>()
+        .is_none_or(|refused| refused.status.is_server_error())
+}
+
+/// The relays to read from, and the one in use.
+struct Relays {
+    /// Every `--relay`, in order.
+    targets: Vec<Target>,
+    /// The one in use.
+    current: usize,
+}
+
+impl Relays {
+    fn new(relay: &RelayArgs) -> Result<Self> {
+        let targets = relay
+            .relay
+            .iter()
+            .map(|url| relay_target(url))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Relays {
+            targets,
+            current: 0,
+        })
+    }
+
+    /// Sends a GET to the relay in use, moving on to the next ones while
+    /// a relay cannot answer ([`worth_another_node`]); fails when none
+    /// could, naming each one's failure.
+    async fn get(
+        &mut self,
+        path: &str,
+        token: &str,
+        stream: bool,
+    ) -> Result<hyper::Response<Incoming>> {
+        let mut failures = Vec::new();
+        for _ in 0..self.targets.len() {
+            let target = &self.targets[self.current];
+            match get(target, path, token, stream).await {
+                Ok(response) => return Ok(response),
+                Err(e) if self.targets.len() > 1 && worth_another_node(&e) => {
+                    failures.push(format!("{}: {e:#}", target.authority()));
+                    self.next();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        bail!("no relay answered: {}", failures.join("; "))
+    }
+
+    /// A GET's JSON answer (see [`Relays::get`]).
+    async fn json(&mut self, path: &str, token: &str) -> Result<Value> {
+        let body = self
+            .get(path, token, false)
+            .await?
+            .into_body()
+            .collect()
+            .await?
+            .to_bytes();
+        serde_json::from_slice(&body).context("the relay's answer is not JSON")
+    }
+
+    /// Moves to the next relay.
+    fn next(&mut self) {
+        self.current = (self.current + 1) % self.targets.len();
+    }
 }
 
 /// `accord feed`.
@@ -70,32 +168,36 @@ pub fn feed(
     since: u64,
     follow: bool,
 ) -> Result<ExitCode> {
-    let (target, token) = (relay_target(relay.primary())?, relay.token.as_str());
+    let mut relays = Relays::new(relay)?;
+    let token = relay.token.as_str();
     accord_engine::replica::check_collection(collection)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let last = runtime.block_on(async {
+    let mut cursor = since;
+    let read = runtime.block_on(async {
         if follow {
-            stream(ctx, &target, token, collection, since).await
+            stream(ctx, &mut relays, token, collection, &mut cursor).await
         } else {
-            pages(ctx, &target, token, collection, since).await
+            pages(ctx, &mut relays, token, collection, &mut cursor).await
         }
-    })?;
+    });
     ctx.out.flush()?;
-    eprintln!("cursor: {last}");
+    // Even after a failure: where to resume.
+    eprintln!("cursor: {cursor}");
+    read?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads pages until one is empty; returns the last cursor.
+/// Reads pages until one is empty, moving `since` past each one printed.
 async fn pages(
     ctx: &mut Ctx,
-    target: &Target,
+    relays: &mut Relays,
     token: &str,
     collection: &str,
-    mut since: u64,
-) -> Result<u64> {
+    since: &mut u64,
+) -> Result<()> {
     loop {
         let path = format!("/v1/collections/{collection}/changes?since={since}&limit={PAGE}");
-        let page = json(target, "GET", &path, token).await?;
+        let page = relays.json(&path, token).await?;
         let changes = page["changes"].as_array().cloned().unwrap_or_default();
         for change in &changes {
             print(ctx, change)?;
@@ -103,33 +205,62 @@ async fn pages(
         let next = page["next"]
             .as_str()
             .and_then(|n| n.parse().ok())
-            .unwrap_or(since);
-        if changes.is_empty() || next == since {
-            return Ok(since);
+            .unwrap_or(*since);
+        if changes.is_empty() || next == *since {
+            return Ok(());
         }
-        since = next;
+        *since = next;
     }
 }
 
 /// Prints the event stream until it ends (the relay stops, the token
-/// expires) or the process is interrupted; returns the last cursor.
+/// expires) or the process is interrupted, moving `since` to each event
+/// printed. With several relays, a stream that ends or breaks is opened
+/// again on the next one, from `since`.
 async fn stream(
     ctx: &mut Ctx,
-    target: &Target,
+    relays: &mut Relays,
     token: &str,
     collection: &str,
-    mut since: u64,
-) -> Result<u64> {
-    let path = format!("/v1/collections/{collection}/changes?since={since}");
-    let mut body = get(target, &path, token, true).await?.into_body();
+    since: &mut u64,
+) -> Result<()> {
+    // Streams in a row that ended at once: every relay ending them (all
+    // shutting down) ends the command rather than a loop.
+    let mut brief = 0;
+    loop {
+        let path = format!("/v1/collections/{collection}/changes?since={since}");
+        let body = relays.get(&path, token, true).await?.into_body();
+        let from = relays.targets[relays.current].authority();
+        let opened = std::time::Instant::now();
+        let ended = tokio::select! {
+            ended = events(ctx, body, since) => ended,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        brief = match opened.elapsed() < BRIEF_STREAM {
+            true => brief + 1,
+            false => 0,
+        };
+        if brief > relays.targets.len() {
+            ended?;
+            bail!("every relay ended the event stream as soon as it was opened");
+        }
+        match ended {
+            Ok(()) if relays.targets.len() == 1 => return Ok(()),
+            Err(e) if relays.targets.len() == 1 || !worth_another_node(&e) => return Err(e),
+            Ok(()) => eprintln!("the event stream from {from} ended; going on at the next relay"),
+            Err(e) => eprintln!("{e:#}; going on at the next relay"),
+        }
+        relays.next();
+    }
+}
+
+/// Prints one event stream's events until it ends, moving `since` to each
+/// one printed.
+async fn events(ctx: &mut Ctx, mut body: Incoming, since: &mut u64) -> Result<()> {
     let mut buffer = String::new();
     loop {
-        let frame = tokio::select! {
-            frame = body.frame() => frame,
-            _ = tokio::signal::ctrl_c() => return Ok(since),
-        };
-        let Some(frame) = frame else {
-            return Ok(since);
+        let Some(frame) = body.frame().await else {
+            return Ok(());
         };
         let Ok(data) = frame.context("reading the event stream")?.into_data() else {
             continue;
@@ -147,7 +278,7 @@ async fn stream(
             print(ctx, &event)?;
             ctx.out.flush()?;
             if let Some(cursor) = event["cursor"].as_str().and_then(|c| c.parse().ok()) {
-                since = cursor;
+                *since = cursor;
             }
         }
     }
