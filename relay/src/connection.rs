@@ -781,7 +781,8 @@ impl Connection {
                     self.ws.send(Message::Binary(message.into())).await?;
                 }
                 self.ws.close(None).await?;
-                drain_until_closed(&mut self.ws).await
+                linger(&mut self.ws, false).await;
+                Ok::<(), WsError>(())
             };
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), goodbye).await;
             return;
@@ -815,18 +816,7 @@ impl Connection {
                 self.ws.send(Message::Binary(message.into())).await?;
             }
             self.ws.close(Some(close)).await?;
-            // What stopped tungstenite (a frame over the limit, bytes that
-            // are no WebSocket) may still be arriving, and the WebSocket
-            // stream ends at its first error, so draining it would stop at
-            // once. Drop those bytes unread until the peer closes, or
-            // closing would reset the connection under the peer's writes,
-            // and under the error frame before the peer reads it.
-            if self.unreadable || drain_until_closed(&mut self.ws).await.is_err() {
-                // Our end of the stream first, so that a peer waiting for
-                // it closes too and the discarding ends.
-                let _ = tokio::io::AsyncWriteExt::shutdown(self.ws.get_mut()).await;
-                discard_until_eof(self.ws.get_mut()).await;
-            }
+            linger(&mut self.ws, self.unreadable).await;
             Ok::<(), WsError>(())
         };
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), goodbye).await;
@@ -854,11 +844,32 @@ async fn sleep_until_some(deadline: Option<TokioInstant>) {
     }
 }
 
-/// The rest of the WebSocket closing handshake: reads (and drops) what the
-/// peer still sends until its close arrives. Dropping the socket with
-/// unread frames in it would make the kernel reset the connection, and a
-/// reset can destroy the error frame before the peer reads it.
-pub(crate) async fn drain_until_closed<S>(ws: &mut S) -> Result<(), WsError>
+/// The rest of the WebSocket closing handshake, once our close is sent:
+/// reads (and drops) what the peer still sends until it closes (callers
+/// bound the time). Dropping the socket with unread bytes in it would make
+/// the kernel reset the connection, under the peer's writes and under the
+/// error frame before the peer reads it.
+///
+/// While the stream still parses (`unreadable` false), frames are read
+/// until the peer's close. Once tungstenite gave up on it (a frame over
+/// the limit, bytes that are no WebSocket), or gives up while draining,
+/// the WebSocket stream has ended (it ends at its first error) and the
+/// rest is dropped as raw bytes, after shutting our side down so that a
+/// peer waiting for it closes too.
+pub(crate) async fn linger<S>(ws: &mut WebSocketStream<S>, unreadable: bool)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if !unreadable && drain_until_closed(ws).await.is_ok() {
+        return;
+    }
+    let _ = tokio::io::AsyncWriteExt::shutdown(ws.get_mut()).await;
+    discard_until_eof(ws.get_mut()).await;
+}
+
+/// Reads frames until the peer's close; an error once tungstenite gives
+/// up on the stream.
+async fn drain_until_closed<S>(ws: &mut S) -> Result<(), WsError>
 where
     S: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
 {

@@ -469,7 +469,8 @@ async fn refuse(
     let goodbye = async {
         ws.send(Message::Binary(frame.encode().into())).await?;
         ws.close(Some(close)).await?;
-        crate::connection::drain_until_closed(&mut ws).await
+        crate::connection::linger(&mut ws, false).await;
+        Ok::<(), tokio_tungstenite::tungstenite::Error>(())
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), goodbye).await;
 }
