@@ -49,6 +49,7 @@ pub mod config;
 pub mod connection;
 pub mod db_lock;
 pub mod docs;
+pub mod feed_store;
 mod gate;
 pub mod http;
 pub mod limits;

@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::docs::DocActors;
+use crate::feed_store::FeedStore;
 use crate::http::{Api, RelayLinks};
 use crate::metrics::Metrics;
 use crate::peers::Peers;
@@ -147,10 +148,6 @@ async fn start_cluster(config: Config, shutdown: CancellationToken) -> anyhow::R
     let Some(cluster) = config.cluster.clone() else {
         anyhow::bail!("not a cluster configuration");
     };
-    anyhow::ensure!(
-        config.webhooks.is_empty(),
-        "--webhooks is not served by cluster nodes yet (they read the SQLite relay's change feed)"
-    );
     let (pool, cluster_id) = cluster::open_store(&cluster).await?;
     tracing::info!(store = %cluster::redact(&cluster.store), schema = cluster.schema, cluster = cluster_id, "PostgreSQL store open");
     let metrics = Arc::new(Metrics::default());
@@ -229,8 +226,15 @@ async fn start_cluster(config: Config, shutdown: CancellationToken) -> anyhow::R
         peers: peers.clone(),
         presence: Arc::clone(&presence),
         metrics: Arc::clone(&metrics),
-        webhooks: Vec::new(),
+        webhooks: config.webhooks.clone(),
     };
+    crate::webhooks::start(
+        &config.webhooks,
+        &FeedStore::Cluster(Arc::clone(&pg)),
+        &metrics,
+        &tracker,
+        &shutdown,
+    );
     let http = Api::cluster(
         replica.clone(),
         pg,
@@ -290,7 +294,13 @@ pub async fn start_with(
     let tracker = TaskTracker::new();
     let metrics = Arc::new(Metrics::default());
     let store = store(replica.clone());
-    crate::webhooks::start(&config.webhooks, &replica, &metrics, &tracker, &shutdown);
+    crate::webhooks::start(
+        &config.webhooks,
+        &FeedStore::Replica(replica.clone()),
+        &metrics,
+        &tracker,
+        &shutdown,
+    );
     let docs = DocActors::new(
         Arc::clone(&store),
         peers.clone(),

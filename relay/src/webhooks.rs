@@ -15,14 +15,20 @@
 //! One task per endpoint, reading from the store: a slow or dead endpoint
 //! holds nothing in memory and never slows sync or other endpoints; how
 //! far behind it is shows in `accord_relay_webhook_lag`.
+//!
+//! The store is a [`FeedStore`]: the relay's replica, or on a cluster
+//! node the PostgreSQL store, where cursors and dead letters are shared by
+//! every node. There every node runs the task, but only the one holding
+//! the webhook's lease delivers (`cluster::feed`); when that node stops
+//! or loses PostgreSQL, another takes the lease within a second or so and
+//! goes on from the stored cursor (at least once, as after a crash).
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use accord_engine::replica::{Filter, RecvError};
-use accord_engine::{DeadLetter, FeedEntry, Replica};
+use accord_engine::{DeadLetter, FeedEntry};
 use anyhow::{bail, Context, Result};
 use hmac::{Hmac, Mac};
 use http_body_util::Full;
@@ -34,6 +40,7 @@ use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::feed_store::{Delivering, FeedStore, LEASE_CHECK};
 use crate::http::client::{Connection, Target};
 use crate::metrics::Metrics;
 
@@ -201,7 +208,7 @@ pub fn signature(secret: &[u8], t: u64, body: &[u8]) -> String {
 /// when `shutdown` is cancelled.
 pub fn start(
     hooks: &[Webhook],
-    replica: &Replica,
+    store: &FeedStore,
     metrics: &Arc<Metrics>,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
@@ -210,7 +217,7 @@ pub fn start(
         let worker = Worker {
             connection: tokio::sync::Mutex::new(Connection::new(hook.target.clone())),
             hook: hook.clone(),
-            replica: replica.clone(),
+            store: store.clone(),
             metrics: Arc::clone(metrics),
             shutdown: shutdown.clone(),
         };
@@ -235,27 +242,44 @@ struct Worker {
     /// The kept-alive connection to the endpoint.
     connection: tokio::sync::Mutex<Connection>,
     hook: Webhook,
-    replica: Replica,
+    store: FeedStore,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 }
 
 impl Worker {
     async fn run(self) {
-        let changes = self.replica.subscribe(Filter::All);
         loop {
-            // Notifications so far are covered by the reads below.
-            while changes.try_recv().is_some() {}
+            let Some(delivering) = self.store.lease(&self.hook.name, &self.shutdown).await else {
+                return;
+            };
+            if self.deliver(&delivering).await {
+                return;
+            }
+            tracing::warn!(
+                webhook = self.hook.name,
+                "this node lost the webhook's lease"
+            );
+        }
+    }
+
+    /// Delivers while `delivering` holds; true once the relay stops.
+    async fn deliver(&self, delivering: &Delivering) -> bool {
+        let mut changes = self.store.watch(&self.hook.collections);
+        let mut check = tokio::time::interval(LEASE_CHECK);
+        while delivering.held() {
+            // What was heard so far is covered by the reads below.
+            changes.clear();
             let mut delivered_any = false;
             for collection in &self.hook.collections {
                 match self.deliver_next(collection).await {
-                    Ok(Some(Outcome::Stopped)) => return,
+                    Ok(Some(Outcome::Stopped)) => return true,
                     Ok(Some(_)) => delivered_any = true,
                     Ok(None) => {}
                     Err(e) => {
                         tracing::warn!(webhook = self.hook.name, error = %format!("{e:#}"), "webhook storage failed; retrying");
                         if self.pause(self.hook.retry_base).await {
-                            return;
+                            return true;
                         }
                     }
                 }
@@ -264,18 +288,22 @@ impl Worker {
                 continue;
             }
             // Sleep until a change in one of its collections (a lagged
-            // subscription may have missed one: look again).
+            // subscription may have missed one: look again), checking
+            // now and then that the lease still holds.
             loop {
                 tokio::select! {
-                    () = self.shutdown.cancelled() => return,
-                    received = changes.recv_async() => match received {
-                        Ok(change) if !self.hook.collections.iter().any(|c| *c == *change.collection) => continue,
-                        Err(RecvError::Closed) => return,
-                        _ => break,
+                    () = self.shutdown.cancelled() => return true,
+                    changed = changes.changed() => match changed {
+                        true => break,
+                        false => return true,
+                    },
+                    _ = check.tick() => if !delivering.held() {
+                        break;
                     },
                 }
             }
         }
+        false
     }
 
     /// Delivers the next batch of `collection`, if there is one.
@@ -335,27 +363,20 @@ impl Worker {
 
     /// The cursor, the batch after it and the collection's last number.
     async fn read(&self, collection: &str) -> Result<(u64, Vec<FeedEntry>, u64)> {
-        let replica = self.replica.clone();
-        let (name, collection, batch) = (
-            self.hook.name.clone(),
-            collection.to_owned(),
-            self.hook.batch,
-        );
-        let read = tokio::task::spawn_blocking(move || -> accord_engine::Result<_> {
-            let cursor = replica.feed_cursor(&name, &collection)?;
-            let entries = replica.changes_since(&collection, cursor, batch)?;
-            let last = replica.collection_seq(&collection)?;
-            Ok((cursor, entries, last))
-        });
-        Ok(read.await??)
+        let cursor = self.store.feed_cursor(&self.hook.name, collection).await?;
+        let entries = self
+            .store
+            .changes_since(collection, cursor, self.hook.batch)
+            .await?;
+        let last = self.store.last_seq(collection).await?;
+        Ok((cursor, entries, last))
     }
 
     async fn commit_cursor(&self, collection: &str, cursor: u64) -> Result<()> {
-        let replica = self.replica.clone();
-        let (name, collection) = (self.hook.name.clone(), collection.to_owned());
-        tokio::task::spawn_blocking(move || replica.set_feed_cursor(&name, &collection, cursor))
-            .await??;
-        Ok(())
+        Ok(self
+            .store
+            .set_feed_cursor(&self.hook.name, collection, cursor)
+            .await?)
     }
 
     async fn give_up(
@@ -387,8 +408,7 @@ impl Worker {
             error,
             failed_at: 0,
         };
-        let replica = self.replica.clone();
-        tokio::task::spawn_blocking(move || replica.give_up(letter)).await??;
+        self.store.give_up(letter).await?;
         self.metrics
             .webhook_outcome(&self.hook.name, "dead_lettered")
             .inc();

@@ -28,6 +28,7 @@ use accord_relay::cluster::store::{PgStore, StoreLimits};
 use accord_relay::cluster::ClusterConfig;
 use proxy::{Fault, FaultProxy};
 use serde_json::json;
+use support::receiver::{Delivery, Receiver};
 use support::{spawn_relay_at, spawn_relay_secured, spawn_relay_with, RelayProcess};
 
 const T: Duration = Duration::from_secs(30);
@@ -337,16 +338,26 @@ async fn replicas_on_three_nodes_discover_edit_concurrently_delete_and_converge(
 }
 
 /// `GET path` with an `Authorization: Bearer` token on the main port of
-/// the node at `url`:
-/// the status and the body.
+/// the node at `url`: the status and the body.
 fn http_get_as(url: &str, path: &str, token: &str) -> (u16, String) {
+    http_call(
+        url,
+        "GET",
+        path,
+        &format!("Authorization: Bearer {token}\r\n"),
+    )
+}
+
+/// `METHOD path` with `headers` (each ending in CRLF) on the main port of
+/// the node at `url`: the status and the body.
+fn http_call(url: &str, method: &str, path: &str, headers: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let addr = url.trim_start_matches("ws://");
     let mut stream = std::net::TcpStream::connect(addr).expect("connect");
     stream.set_read_timeout(Some(T)).expect("timeout");
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .expect("send");
     let mut answer = String::new();
@@ -559,6 +570,57 @@ fn a_node_that_cannot_use_its_store_says_why_and_stops() {
     assert!(bad_url.contains("bad --store URL"), "{bad_url}");
     let bus_alone = run(&["--bus", "nats://127.0.0.1:4222"]);
     assert!(bus_alone.contains("--store"), "{bus_alone}");
+}
+
+/// A store of schema version 1 (before webhooks ran on clusters) is
+/// migrated at start, its documents kept; a store newer than the build is
+/// refused, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_store_is_migrated_and_a_newer_one_refused() {
+    let services = services();
+    let schema = Schema::new(&services.postgres);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = node(dir.path(), &services, &schema, false);
+    let (a, mut ha) = connected(dir.path(), "a", &first.url).await;
+    let id = a.create("notes", &json!({"kept": true})).expect("create");
+    ha.wait_synced(T).await.expect("synced");
+    drop(ha);
+    drop(first);
+    // Back to what version 1 had.
+    schema.query("DROP TABLE feed_cursors, feed_dead_letters");
+    schema.query("UPDATE accord_meta SET value = '1' WHERE key = 'schema_version'");
+    let again = node(dir.path(), &services, &schema, false);
+    let version = schema.query("SELECT value FROM accord_meta WHERE key = 'schema_version'");
+    assert_eq!(version[0].get::<_, &str>(0), "2");
+    let tables = schema.query(&format!(
+        "SELECT count(*) FROM information_schema.tables
+           WHERE table_schema = '{}' AND table_name IN ('feed_cursors', 'feed_dead_letters')",
+        schema.name
+    ));
+    assert_eq!(tables[0].get::<_, i64>(0), 2, "the version 2 tables");
+    let (status, body) = http_get(&again, "/v1/collections/notes/changes");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&id.to_string()), "the documents kept: {body}");
+    drop(again);
+
+    schema.query("UPDATE accord_meta SET value = '3' WHERE key = 'schema_version'");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_accord-relay"))
+        .args(["--open", "--listen", "127.0.0.1:0", "--db"])
+        .arg(dir.path().join("unused.db"))
+        .args([
+            "--store",
+            &services.postgres,
+            "--store-schema",
+            &schema.name,
+        ])
+        .output()
+        .expect("run accord-relay");
+    assert!(!out.status.success(), "started on a newer store");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("has version 3, newer than this build supports (2)"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1138,4 +1200,130 @@ async fn presence_crosses_nodes_and_is_never_stored() {
         heads_after[0].get::<_, Vec<u8>>(0),
         "presence changed nothing stored"
     );
+}
+
+/// Webhooks on a cluster: the node holding a webhook's lease delivers it;
+/// cursors and dead letters are in the store, shared by every node; when
+/// that node stops, another takes the lease over and goes on from the
+/// stored cursor. Every record is delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_at_a_time_delivers_a_webhook_and_another_takes_over_when_it_stops() {
+    let services = services();
+    let schema = Schema::new(&services.postgres);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start("127.0.0.1:0").await;
+    let hooks = dir.path().join("hooks.toml");
+    std::fs::write(
+        &hooks,
+        format!(
+            "[[webhook]]\nname = \"search\"\nurl = \"{}\"\ncollections = [\"notes\"]\n\
+             secret = \"a webhook secret long enough\"\nmax_attempts = 3\nretry_base = \"10ms\"\n\
+             retry_max = \"100ms\"\nbatch = 50\n",
+            receiver.url()
+        ),
+    )
+    .expect("hooks file");
+    let hooks = hooks.to_str().expect("path").to_owned();
+    let start = || {
+        spawn_relay_with(
+            &dir.path().join("unused.db"),
+            &[
+                "--store",
+                services.postgres.as_str(),
+                "--store-schema",
+                schema.name.as_str(),
+                "--bus",
+                services.nats.as_str(),
+                "--webhooks",
+                hooks.as_str(),
+            ],
+        )
+    };
+    let delivered = |deliveries: &[Delivery], id: &DocId| {
+        deliveries
+            .iter()
+            .filter(|d| d.status < 300)
+            .flat_map(Delivery::events)
+            .filter(|e| e["id"] == json!(id.to_string()))
+            .count()
+    };
+
+    // Alone, the first node holds the lease and delivers.
+    let first = start();
+    let (a, mut ha) = connected(dir.path(), "a", &first.url).await;
+    let early: Vec<DocId> = (0..3)
+        .map(|i| a.create("notes", &json!({"n": i})).expect("create"))
+        .collect();
+    ha.wait_synced(T).await.expect("synced");
+    receiver
+        .wait_for(T, "the first three records", |d| {
+            early.iter().all(|id| delivered(d, id) > 0)
+        })
+        .await;
+
+    // A second node joins; a 4xx makes the next batch a dead letter,
+    // which every node lists.
+    let second = start();
+    receiver.answer_next(&[400]);
+    let lost = a.create("notes", &json!({"n": "lost"})).expect("create");
+    ha.wait_synced(T).await.expect("synced");
+    receiver
+        .wait_for(T, "the refused batch", |d| {
+            d.iter().any(|d| {
+                d.status == 400
+                    && d.events()
+                        .iter()
+                        .any(|e| e["id"] == json!(lost.to_string()))
+            })
+        })
+        .await;
+    let letters = || {
+        let (status, body) = http_call(&second.url, "GET", "/v1/webhooks/search/dead-letters", "");
+        assert_eq!(status, 200, "{body}");
+        let body: serde_json::Value = serde_json::from_str(&body).expect("json");
+        body["dead_letters"].as_array().cloned().unwrap_or_default()
+    };
+    wait_for("the dead letter, listed by the second node", || {
+        letters().len() == 1
+    })
+    .await;
+    let letter = letters()[0]["id"].clone();
+
+    // The first node stops: the second takes the lease over and delivers
+    // what comes next, from the stored cursor.
+    drop(ha);
+    drop(first);
+    let (b, mut hb) = connected(dir.path(), "b", &second.url).await;
+    let late = b.create("notes", &json!({"n": "late"})).expect("create");
+    hb.wait_synced(T).await.expect("synced");
+    receiver
+        .wait_for(T, "the record written after the first node stopped", |d| {
+            delivered(d, &late) > 0
+        })
+        .await;
+    let (status, body) = http_call(&second.url, "GET", "/v1/webhooks", "");
+    assert_eq!(status, 200, "{body}");
+    let listed: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        listed["webhooks"][0]["collections"][0]["behind"],
+        json!(0),
+        "{listed}"
+    );
+    assert_eq!(listed["webhooks"][0]["dead_letters"], json!(1), "{listed}");
+
+    // The dead letter is replayed through the node that did not write it.
+    let (status, body) = http_call(
+        &second.url,
+        "POST",
+        &format!("/v1/webhooks/search/dead-letters/{letter}/replay"),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(letters().is_empty(), "replayed, so gone");
+
+    let deliveries = receiver.deliveries();
+    for id in early.iter().chain([&lost, &late]) {
+        assert_eq!(delivered(&deliveries, id), 1, "{id}: delivered once");
+    }
+    receiver.stop();
 }

@@ -19,6 +19,7 @@
 
 pub mod bus;
 pub mod catch_up;
+pub mod feed;
 pub mod schema;
 pub mod store;
 

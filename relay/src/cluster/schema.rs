@@ -10,7 +10,7 @@
 use tokio_postgres::Client;
 
 /// The newest schema version this build knows.
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
 /// Version 1: documents as idempotent change rows plus an optional
 /// snapshot, the `docs` row carrying metadata and the JSON projection,
@@ -77,6 +77,28 @@ CREATE VIEW records AS
     FROM docs;
 ";
 
+/// Version 2: webhooks on cluster nodes. Where each webhook stands in
+/// each collection's feed, and the batches it gave up on.
+const V2: &str = "
+CREATE TABLE feed_cursors (
+    consumer   text NOT NULL,
+    collection text NOT NULL,
+    cursor     bigint NOT NULL,
+    PRIMARY KEY (consumer, collection)
+);
+CREATE TABLE feed_dead_letters (
+    id         bigserial PRIMARY KEY,
+    consumer   text NOT NULL,
+    collection text NOT NULL,
+    first_seq  bigint NOT NULL,
+    last_seq   bigint NOT NULL,
+    body       text NOT NULL,
+    attempts   integer NOT NULL,
+    error      text NOT NULL,
+    failed_at  bigint NOT NULL
+);
+";
+
 /// Creates the schema if needed and brings it to [`VERSION`]; returns the
 /// cluster's id (made at the first migration, the same for every node).
 pub async fn migrate(client: &mut Client, schema: &str) -> anyhow::Result<String> {
@@ -122,6 +144,9 @@ pub async fn migrate(client: &mut Client, schema: &str) -> anyhow::Result<String
             &[&format!("cluster-{cluster}")],
         )
         .await?;
+    }
+    if found < 2 {
+        tx.batch_execute(V2).await?;
     }
     tx.execute(
         "INSERT INTO accord_meta (key, value) VALUES ('schema_version', $1)

@@ -40,7 +40,7 @@ use accord_engine::replica::parts;
 use accord_engine::sync::{
     DocSummary, EncodedState, LocalState, NumberedSummary, Received, SyncCursor, SyncDocs,
 };
-use accord_engine::{ChangeKind, Collection, DocId, Error, FeedEntry, Heads, PeerId, Result};
+use accord_engine::{Collection, DocId, Error, Heads, PeerId, Result};
 use deadpool_postgres::{GenericClient, Pool};
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
@@ -100,7 +100,7 @@ type Entry = Arc<Slot>;
 
 /// The PostgreSQL store (see the module documentation).
 pub struct PgStore {
-    pool: Pool,
+    pub(super) pool: Pool,
     runtime: Handle,
     limits: StoreLimits,
     cache: Mutex<lru::LruCache<DocId, Entry>>,
@@ -108,7 +108,7 @@ pub struct PgStore {
     /// the bus carries latency, catch-up from the store carries truth).
     committed: mpsc::Sender<Committed>,
     /// Store round-trip times, for `/metrics`.
-    latency: Arc<dyn Fn(std::time::Duration) + Send + Sync>,
+    pub(super) latency: Arc<dyn Fn(std::time::Duration) + Send + Sync>,
     /// Sync states saved but not written yet, by (peer, document): written
     /// together every [`STATES_FLUSH`] by [`PgStore::flush_sync_states`]
     /// (a lost state only costs a fuller exchange, never data, so they
@@ -116,12 +116,8 @@ pub struct PgStore {
     pending_states: Mutex<std::collections::HashMap<(String, DocId), Vec<u8>>>,
     /// Each collection that changed, this node's commits and those it
     /// learned of alike: wakes the change feed's waiting readers.
-    feed_wakes: tokio::sync::broadcast::Sender<Collection>,
+    pub(super) feed_wakes: tokio::sync::broadcast::Sender<Collection>,
 }
-
-/// Collection changes a change feed reader may fall behind by before it
-/// is told it lagged (and reads again).
-const FEED_WAKES: usize = 256;
 
 /// How often saved sync states are written.
 pub const STATES_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
@@ -139,7 +135,7 @@ impl std::fmt::Debug for PgStore {
 
 /// A PostgreSQL failure as the engine reports storage failures (the peer
 /// is told `storage_unavailable` and retries).
-fn backend(e: impl std::error::Error) -> Error {
+pub(super) fn backend(e: impl std::error::Error) -> Error {
     // tokio-postgres says "db error" and keeps PostgreSQL's words in its
     // source: both go in the message.
     let mut text = e.to_string();
@@ -163,7 +159,7 @@ fn heads_of(doc: DocId, bytes: &[u8]) -> Result<Heads> {
         .ok_or_else(|| Error::Store(StoreError::BadRow(format!("bad heads of document {doc}"))))
 }
 
-fn summary(row: &tokio_postgres::Row) -> Result<DocSummary> {
+pub(super) fn summary(row: &tokio_postgres::Row) -> Result<DocSummary> {
     let id: Vec<u8> = row.get("id");
     let doc = DocId::from_slice(&id)
         .ok_or_else(|| Error::Store(StoreError::BadRow("a document id is not 16 bytes".into())))?;
@@ -174,7 +170,7 @@ fn summary(row: &tokio_postgres::Row) -> Result<DocSummary> {
     })
 }
 
-fn to_i64(n: usize) -> i64 {
+pub(super) fn to_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
@@ -213,78 +209,8 @@ impl PgStore {
             pending_states: Mutex::default(),
             committed,
             latency,
-            feed_wakes: tokio::sync::broadcast::channel(FEED_WAKES).0,
+            feed_wakes: tokio::sync::broadcast::channel(super::feed::FEED_WAKES).0,
         }
-    }
-
-    /// Hears of every collection that changes from now on (see
-    /// [`PgStore::note_changed`]); a receiver that falls behind is told it
-    /// lagged, and should read again.
-    pub fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<Collection> {
-        self.feed_wakes.subscribe()
-    }
-
-    /// `collection` changed in the store (a commit of this node, or one
-    /// another node made that this one learned of): wakes the change
-    /// feed's readers. Never waits.
-    pub fn note_changed(&self, collection: &Collection) {
-        if self.feed_wakes.receiver_count() > 0 {
-            let _ = self.feed_wakes.send(collection.clone());
-        }
-    }
-
-    /// The change feed of `collection`: its records whose latest write is
-    /// numbered after `since` in its sequence, in number order, at most
-    /// `limit`, read from the `docs` rows (what
-    /// [`Replica::changes_since`](accord_engine::Replica::changes_since)
-    /// reads from a SQLite file). Numbers become visible in order (taking
-    /// one locks the sequence's row until commit), so a reader resuming
-    /// after the last number it saw never skips a record.
-    pub async fn changes_since(
-        &self,
-        collection: &str,
-        since: u64,
-        limit: usize,
-    ) -> Result<Vec<FeedEntry>> {
-        let started = Instant::now();
-        let rows = async {
-            let client = self.pool.get().await.map_err(backend)?;
-            q(
-                &client,
-                "SELECT id, heads, deleted, seq, created_seq, updated_at, json FROM docs
-                   WHERE collection = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-                &[
-                    &collection,
-                    &i64::try_from(since).unwrap_or(i64::MAX),
-                    &to_i64(limit),
-                ],
-            )
-            .await
-        }
-        .await;
-        (self.latency)(started.elapsed());
-        rows?
-            .iter()
-            .map(|row| {
-                let summary = summary(row)?;
-                let seq = row.get::<_, i64>("seq").max(0) as u64;
-                let created_seq = row.get::<_, i64>("created_seq").max(0) as u64;
-                Ok(FeedEntry {
-                    seq,
-                    id: summary.doc,
-                    kind: if summary.deleted {
-                        ChangeKind::Deleted
-                    } else if created_seq > since {
-                        ChangeKind::Created
-                    } else {
-                        ChangeKind::Changed
-                    },
-                    heads: summary.heads,
-                    updated_at: row.get("updated_at"),
-                    value: row.get("json"),
-                })
-            })
-            .collect()
     }
 
     /// Runs a future on the relay's runtime from the blocking pool.
@@ -578,7 +504,7 @@ impl PgStore {
 
 /// Runs `sql` with `params` as a statement prepared once per pooled
 /// connection (one round trip instead of two: parse and execute).
-async fn q(
+pub(super) async fn q(
     client: &impl GenericClient,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
@@ -588,7 +514,7 @@ async fn q(
 }
 
 /// [`q`] for at most one row.
-async fn q_opt(
+pub(super) async fn q_opt(
     client: &impl GenericClient,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
@@ -608,7 +534,7 @@ async fn q_one(
 }
 
 /// [`q`] for a statement without rows; returns how many it touched.
-async fn exec(
+pub(super) async fn exec(
     client: &impl GenericClient,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],

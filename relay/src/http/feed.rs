@@ -10,7 +10,7 @@
 //! stay valid across restarts. Waiting uses the replica's change
 //! notifications to know when to read again; what is sent is always read
 //! from the store. On a cluster node the same handler reads the
-//! PostgreSQL store's `docs` rows (`PgStore::changes_since`), woken by
+//! PostgreSQL store's `docs` rows through the same [`FeedStore`](crate::feed_store::FeedStore), woken by
 //! every change the node commits or learns of, so any node serves the
 //! same feed with the same cursors.
 
@@ -18,7 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::time::Duration;
 
-use accord_engine::replica::{ChangeKind, Filter, RecvError, Subscription};
+use accord_engine::replica::ChangeKind;
 use accord_engine::{Collection, FeedEntry};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
@@ -26,11 +26,12 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
-use tokio::sync::{broadcast, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::events::{stream_permit, until_expiry, KEEP_ALIVE};
 use super::records::{readable_collection, rfc3339};
 use super::{Api, ApiError, ApiResult};
+use crate::feed_store::Wake;
 
 /// Events per page when the request names no limit.
 const DEFAULT_LIMIT: usize = 100;
@@ -72,7 +73,7 @@ pub async fn changes(
     if streaming {
         let permit = stream_permit(&api)?;
         let feed = Feed {
-            wake: Wake::new(&api, &collection),
+            wake: api.inner.feed.watch(&[collection.to_string()]),
             api,
             collection,
             cursor: since,
@@ -103,7 +104,7 @@ pub async fn changes(
     };
     // Subscribed before reading, so a change committed between the read
     // and the wait still wakes the wait.
-    let wake = (!wait.is_zero()).then(|| Wake::new(&api, &collection));
+    let wake = (!wait.is_zero()).then(|| api.inner.feed.watch(&[collection.to_string()]));
     let mut entries = read(&api, &collection, since, limit).await?;
     if let Some(mut wake) = wake.filter(|_| entries.is_empty()) {
         let expiry = until_expiry(expires_at_ms).unwrap_or(wait).min(wait);
@@ -140,73 +141,11 @@ async fn read(
     since: u64,
     limit: usize,
 ) -> ApiResult<Vec<FeedEntry>> {
-    if let Some(store) = &api.inner.cluster {
-        return Ok(store.changes_since(collection, since, limit).await?);
-    }
-    let name = collection.to_string();
-    api.blocking(move |replica| Ok(replica.changes_since(&name, since, limit)?))
-        .await
-}
-
-/// What wakes a reader waiting for a collection to change: the replica's
-/// change notifications, or on a cluster node every change its store
-/// commits or learns of (from the bus or by catching up).
-enum Wake {
-    /// A relay's replica.
-    Replica(Subscription),
-    /// A cluster node's store.
-    Cluster {
-        /// Every collection that changes.
-        changes: broadcast::Receiver<Collection>,
-        /// The one waited for.
-        collection: Collection,
-    },
-}
-
-impl Wake {
-    /// Starts listening: a change from now on wakes [`Wake::changed`].
-    fn new(api: &Api, collection: &Collection) -> Self {
-        match &api.inner.cluster {
-            Some(store) => Wake::Cluster {
-                changes: store.subscribe_changes(),
-                collection: collection.clone(),
-            },
-            None => Wake::Replica(
-                api.inner
-                    .replica
-                    .subscribe(Filter::Collection(collection.to_string())),
-            ),
-        }
-    }
-
-    /// Waits until the collection may have changed (a reader that fell
-    /// behind is woken too); `false` once no change can come any more.
-    async fn changed(&mut self) -> bool {
-        match self {
-            Wake::Replica(subscription) => {
-                !matches!(subscription.recv_async().await, Err(RecvError::Closed))
-            }
-            Wake::Cluster {
-                changes,
-                collection,
-            } => loop {
-                match changes.recv().await {
-                    Ok(changed) if changed == *collection => return true,
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => return true,
-                    Err(broadcast::error::RecvError::Closed) => return false,
-                }
-            },
-        }
-    }
-
-    /// Forgets what was heard so far (a read follows, which covers it).
-    fn clear(&mut self) {
-        match self {
-            Wake::Replica(subscription) => while subscription.try_recv().is_some() {},
-            Wake::Cluster { changes, .. } => *changes = changes.resubscribe(),
-        }
-    }
+    Ok(api
+        .inner
+        .feed
+        .changes_since(collection, since, limit)
+        .await?)
 }
 
 /// One event as JSON: what the feed and webhooks send.

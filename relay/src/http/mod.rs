@@ -11,8 +11,9 @@
 //! document's hub, so connected peers hear of it as of a peer's change.
 //! `accord inspect` serves the same router over a local file, read-only
 //! and without a relay ([`Api::local`]). A cluster node serves only the
-//! change feed, read from its PostgreSQL store, `/v1/info`, `/health` and
-//! `/metrics` ([`Api::cluster`]).
+//! change feed and the webhooks, kept in its PostgreSQL store, `/v1/info`,
+//! `/health` and `/metrics` ([`Api::cluster`]); both read through
+//! [`FeedStore`], whichever store is beneath.
 //!
 //! Layout: [`head`] tells upgrades from requests; `error` maps failures to
 //! codes and statuses; `records` serves collections, records, history,
@@ -52,6 +53,7 @@ pub use feed::entry_json as feed_event;
 
 use crate::cluster::store::PgStore;
 use crate::docs::{DocActors, HubKey};
+use crate::feed_store::FeedStore;
 use crate::metrics::Metrics;
 use crate::peers::Peers;
 use crate::presence::Presence;
@@ -88,9 +90,10 @@ struct Inner {
     shutdown: CancellationToken,
     /// Places for live streams.
     streams: Arc<Semaphore>,
-    /// A cluster node's PostgreSQL store: the change feed reads it (the
-    /// replica is then an empty stand-in), and only the feed is served.
-    cluster: Option<Arc<PgStore>>,
+    /// Where the change feed and webhooks read: the replica, or a cluster
+    /// node's PostgreSQL store (the replica is then an empty stand-in, and
+    /// only the feed, webhooks and `/v1/info` are served).
+    feed: FeedStore,
 }
 
 /// What the API reaches in a running relay.
@@ -127,10 +130,10 @@ impl Api {
         )
     }
 
-    /// The API of a cluster node: the change feed, read from the cluster's
-    /// PostgreSQL `store` (`replica` is the node's empty stand-in, never
-    /// read), beside `/v1/info`, `/health` and `/metrics`. Every other
-    /// path answers `501 not_on_cluster`.
+    /// The API of a cluster node: the change feed and the webhooks, kept
+    /// in the cluster's PostgreSQL `store` (`replica` is the node's empty
+    /// stand-in, never read), beside `/v1/info`, `/health` and `/metrics`.
+    /// Every other path answers `501 not_on_cluster`.
     pub fn cluster(
         replica: Replica,
         store: Arc<PgStore>,
@@ -173,6 +176,10 @@ impl Api {
         shutdown: CancellationToken,
         cluster: Option<Arc<PgStore>>,
     ) -> Self {
+        let feed = match cluster {
+            Some(store) => FeedStore::Cluster(store),
+            None => FeedStore::Replica(replica.clone()),
+        };
         Api {
             inner: Arc::new(Inner {
                 replica,
@@ -182,7 +189,7 @@ impl Api {
                 relay,
                 shutdown,
                 streams: Arc::new(Semaphore::new(MAX_STREAMS)),
-                cluster,
+                feed,
             }),
         }
     }
@@ -190,7 +197,7 @@ impl Api {
     /// Every route: the page, the API, and (for a relay) `/health` and
     /// `/metrics`; on a cluster node, only what it serves.
     pub fn router(&self) -> Router {
-        if self.inner.cluster.is_some() {
+        if matches!(self.inner.feed, FeedStore::Cluster(_)) {
             return self.cluster_router();
         }
         let api = Router::new()
@@ -206,12 +213,51 @@ impl Api {
                     .patch(records::set)
                     .delete(records::delete),
             )
-            .route("/v1/collections/{collection}/changes", get(feed::changes))
             .route("/v1/records/{id}/history", get(records::history))
             .route("/v1/records/{id}/diff", get(records::diff))
             .route("/v1/records/{id}/presence", get(records::presence))
             .route("/v1/query", post(query::run))
-            .route("/v1/events", get(events::stream))
+            .route("/v1/events", get(events::stream));
+        let api = Self::feed_routes(api)
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .with_state(self.clone());
+        let router = assets::routes()
+            .merge(self.ops())
+            .merge(api)
+            .fallback(records::no_route)
+            .method_not_allowed_fallback(records::wrong_method);
+        self.counted(router)
+    }
+
+    /// A cluster node's routes: the change feed, the webhooks,
+    /// `/v1/info`, `/health` and `/metrics`; every other path answers
+    /// `501 not_on_cluster` (the rest of the API and the inspector read a
+    /// SQLite replica).
+    fn cluster_router(&self) -> Router {
+        async fn not_served() -> ApiError {
+            ApiError::new(
+                axum::http::StatusCode::NOT_IMPLEMENTED,
+                "not_on_cluster",
+                "a cluster node serves only the change feed and the webhooks of the HTTP API, \
+                 and no inspector yet; read the records view in the PostgreSQL store \
+                 (docs/operations.md, Running a cluster)",
+            )
+        }
+        let api = Self::feed_routes(Router::new().route("/v1/info", get(records::info)))
+            .with_state(self.clone());
+        let router = self
+            .ops()
+            .merge(api)
+            .fallback(not_served)
+            .method_not_allowed_fallback(records::wrong_method);
+        self.counted(router)
+    }
+
+    /// `router` with the change feed's and the webhooks' routes, which a
+    /// cluster node serves too.
+    fn feed_routes(router: Router<Api>) -> Router<Api> {
+        router
+            .route("/v1/collections/{collection}/changes", get(feed::changes))
             .route("/v1/webhooks", get(webhooks::list))
             .route(
                 "/v1/webhooks/{name}/dead-letters",
@@ -225,39 +271,6 @@ impl Api {
                 "/v1/webhooks/{name}/dead-letters/{id}/replay",
                 post(webhooks::replay),
             )
-            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-            .with_state(self.clone());
-        let router = assets::routes()
-            .merge(self.ops())
-            .merge(api)
-            .fallback(records::no_route)
-            .method_not_allowed_fallback(records::wrong_method);
-        self.counted(router)
-    }
-
-    /// A cluster node's routes: the change feed, `/v1/info`, `/health`
-    /// and `/metrics`; every other path answers `501 not_on_cluster`
-    /// (the rest of the API and the inspector read a SQLite replica).
-    fn cluster_router(&self) -> Router {
-        async fn not_served() -> ApiError {
-            ApiError::new(
-                axum::http::StatusCode::NOT_IMPLEMENTED,
-                "not_on_cluster",
-                "a cluster node serves only the change feed of the HTTP API \
-                 (GET /v1/collections/{collection}/changes) and no inspector yet; read the \
-                 records view in the PostgreSQL store (docs/operations.md, Running a cluster)",
-            )
-        }
-        let api = Router::new()
-            .route("/v1/info", get(records::info))
-            .route("/v1/collections/{collection}/changes", get(feed::changes))
-            .with_state(self.clone());
-        let router = self
-            .ops()
-            .merge(api)
-            .fallback(not_served)
-            .method_not_allowed_fallback(records::wrong_method);
-        self.counted(router)
     }
 
     /// `/health` and `/metrics`, for a relay.

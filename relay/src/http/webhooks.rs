@@ -52,31 +52,27 @@ pub async fn list(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<
         .filter(|h| sees(&grant, h))
         .cloned()
         .collect();
-    let listed = api
-        .blocking(move |replica| {
-            let mut listed = Vec::new();
-            for hook in hooks {
-                let mut collections = Vec::new();
-                for c in &hook.collections {
-                    let cursor = replica.feed_cursor(&hook.name, c)?;
-                    let last = replica.collection_seq(c)?;
-                    collections.push(json!({
-                        "collection": c,
-                        "cursor": cursor.to_string(),
-                        "behind": last.saturating_sub(cursor),
-                    }));
-                }
-                let dead = replica.dead_letters(Some(&hook.name))?.len();
-                listed.push(json!({
-                    "name": hook.name,
-                    "url": hook.url,
-                    "collections": collections,
-                    "dead_letters": dead,
-                }));
-            }
-            Ok(listed)
-        })
-        .await?;
+    let store = &api.inner.feed;
+    let mut listed = Vec::new();
+    for hook in hooks {
+        let mut collections = Vec::new();
+        for c in &hook.collections {
+            let cursor = store.feed_cursor(&hook.name, c).await?;
+            let last = store.last_seq(c).await?;
+            collections.push(json!({
+                "collection": c,
+                "cursor": cursor.to_string(),
+                "behind": last.saturating_sub(cursor),
+            }));
+        }
+        let dead = store.dead_letters(Some(&hook.name)).await?.len();
+        listed.push(json!({
+            "name": hook.name,
+            "url": hook.url,
+            "collections": collections,
+            "dead_letters": dead,
+        }));
+    }
     Ok(Json(json!({ "webhooks": listed })))
 }
 
@@ -88,9 +84,7 @@ pub async fn dead_letters(
 ) -> ApiResult<Json<Value>> {
     let grant = api.grant(&headers)?;
     let hook = visible(&api, &grant, &name)?.name.clone();
-    let letters = api
-        .blocking(move |replica| Ok(replica.dead_letters(Some(&hook))?))
-        .await?;
+    let letters = api.inner.feed.dead_letters(Some(&hook)).await?;
     let letters: Vec<Value> = letters.iter().map(letter_json).collect();
     Ok(Json(json!({ "dead_letters": letters })))
 }
@@ -110,8 +104,7 @@ async fn hook_letter(
 
 /// Forgets dead letter `id`.
 async fn forget(api: &Api, id: i64) -> ApiResult<()> {
-    api.blocking(move |replica| Ok(replica.drop_dead_letter(id)?))
-        .await
+    Ok(api.inner.feed.drop_dead_letter(id).await?)
 }
 
 /// The dead letter `id` of webhook `name`.
@@ -119,14 +112,13 @@ async fn letter(api: &Api, hook: &Webhook, id: &str) -> ApiResult<DeadLetter> {
     let id: i64 = id
         .parse()
         .map_err(|_| ApiError::bad("invalid_id", format!("'{id}' is not a dead letter's id")))?;
-    let name = hook.name.clone();
-    api.blocking(move |replica| {
-        replica
-            .dead_letter(id)?
-            .filter(|l| l.consumer == name)
-            .ok_or_else(|| ApiError::not_found(format!("no dead letter {id} of webhook '{name}'")))
-    })
-    .await
+    let name = &hook.name;
+    api.inner
+        .feed
+        .dead_letter(id)
+        .await?
+        .filter(|l| l.consumer == *name)
+        .ok_or_else(|| ApiError::not_found(format!("no dead letter {id} of webhook '{name}'")))
 }
 
 /// `POST /v1/webhooks/{name}/dead-letters/{id}/replay`: one delivery try
