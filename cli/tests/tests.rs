@@ -1926,37 +1926,8 @@ fn feed_prints_every_change_after_a_cursor_and_the_cursor_to_resume_from() {
     ]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(run.stdout.lines().count(), 2, "{}", run.stdout);
-    let mut follow = env
-        .cmd(&[
-            "--json",
-            "feed",
-            "--relay",
-            &format!("{dead},{}", relay.url),
-            "--collection",
-            "contacts",
-            "--follow",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let stdout = follow.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
-            if tx.send(line.expect("read")).is_err() {
-                return;
-            }
-        }
-    });
-    let mut streamed = Vec::new();
-    for _ in 0..2 {
-        let line = rx
-            .recv_timeout(std::time::Duration::from_secs(30))
-            .expect("an event within 30 s");
-        let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
-        streamed.push(event["id"].as_str().expect("id").to_owned());
-    }
+    let (mut follow, events) = follow_feed(&env, &format!("{dead},{}", relay.url));
+    let streamed = [next_id(&events), next_id(&events)];
     follow.kill().expect("kill");
     follow.wait().expect("reap");
     assert!(
@@ -2004,6 +1975,47 @@ fn feed_prints_every_change_after_a_cursor_and_the_cursor_to_resume_from() {
     assert!(err.contains("--since"), "{err}");
 }
 
+/// Starts `accord --json feed --follow` on `contacts` from `relays`; the
+/// process, and its lines as they come.
+fn follow_feed(
+    env: &Env,
+    relays: &str,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut follow = env
+        .cmd(&[
+            "--json",
+            "feed",
+            "--relay",
+            relays,
+            "--collection",
+            "contacts",
+            "--follow",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = follow.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            if tx.send(line.expect("read")).is_err() {
+                return;
+            }
+        }
+    });
+    (follow, rx)
+}
+
+/// The id of the next event `feed --json` printed (within 30 s).
+fn next_id(events: &std::sync::mpsc::Receiver<String>) -> String {
+    let line = events
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("an event within 30 s");
+    let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    event["id"].as_str().expect("id").to_owned()
+}
+
 /// Runs `sql` on the test PostgreSQL (`ACCORD_TEST_POSTGRES`, default
 /// `postgres://postgres@127.0.0.1:5432/test`, as the relay's cluster
 /// suite).
@@ -2044,36 +2056,8 @@ fn feed_follows_a_cluster_from_node_to_node() {
     };
     let first = node();
     let second = node();
-    let mut follow = env
-        .cmd(&[
-            "--json",
-            "feed",
-            "--relay",
-            &format!("{},{}", first.url, second.url),
-            "--collection",
-            "contacts",
-            "--follow",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let stdout = follow.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
-            if tx.send(line.expect("read")).is_err() {
-                return;
-            }
-        }
-    });
-    let next_id = || {
-        let line = rx
-            .recv_timeout(std::time::Duration::from_secs(30))
-            .expect("an event within 30 s");
-        let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
-        event["id"].as_str().expect("id").to_owned()
-    };
+    let (mut follow, events) = follow_feed(&env, &format!("{},{}", first.url, second.url));
+    let next_id = || next_id(&events);
 
     let ada = env.new_record("contacts", r#"{"name": "Ada"}"#);
     env.ok(&["sync", "--relay", &first.url]);

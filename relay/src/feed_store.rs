@@ -166,15 +166,28 @@ impl FeedStore {
         let FeedStore::Cluster(store) = self else {
             return Some(Delivering(None));
         };
+        // Tried again on the same connection while it stays open.
+        let mut lease: Option<Lease> = None;
         loop {
-            match store.try_lease(name).await {
-                Ok(Some(lease)) => {
-                    tracing::info!(webhook = name, "this node delivers the webhook");
-                    return Some(Delivering(Some(lease)));
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::debug!(webhook = name, error = %e, "cannot try the webhook's lease")
+            if lease.as_ref().is_none_or(|l| !l.usable()) {
+                lease = match store.lease(name).await {
+                    Ok(lease) => Some(lease),
+                    Err(e) => {
+                        tracing::debug!(webhook = name, error = %e, "no connection for the webhook's lease");
+                        None
+                    }
+                };
+            }
+            if let Some(candidate) = lease.as_mut() {
+                match candidate.try_take().await {
+                    Ok(true) => {
+                        tracing::info!(webhook = name, "this node delivers the webhook");
+                        return Some(Delivering(lease));
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::debug!(webhook = name, error = %e, "cannot try the webhook's lease")
+                    }
                 }
             }
             tokio::select! {

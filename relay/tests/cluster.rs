@@ -125,6 +125,17 @@ fn node(dir: &Path, services: &Services, schema: &Schema, bus: bool) -> RelayPro
 
 /// Starts a node on the given store and bus URLs.
 fn node_on(dir: &Path, store: &str, bus: Option<&str>, schema: &Schema) -> RelayProcess {
+    node_with(dir, store, bus, schema, &[])
+}
+
+/// [`node_on`] with more arguments.
+fn node_with(
+    dir: &Path,
+    store: &str,
+    bus: Option<&str>,
+    schema: &Schema,
+    more: &[&str],
+) -> RelayProcess {
     let mut args = vec![
         "--store",
         store,
@@ -136,8 +147,29 @@ fn node_on(dir: &Path, store: &str, bus: Option<&str>, schema: &Schema) -> Relay
     if let Some(bus) = bus {
         args.extend(["--bus", bus]);
     }
+    args.extend(more);
     // The --db file is not used by a cluster node.
     spawn_relay_with(&dir.join("unused.db"), &args)
+}
+
+/// Two nodes with a bus that check tokens signed with `secret`.
+fn secured_nodes(
+    dir: &Path,
+    services: &Services,
+    schema: &Schema,
+    secret: &str,
+) -> Vec<RelayProcess> {
+    let args = [
+        "--store",
+        services.postgres.as_str(),
+        "--store-schema",
+        schema.name.as_str(),
+        "--bus",
+        services.nats.as_str(),
+    ];
+    (0..2)
+        .map(|_| spawn_relay_secured(&dir.join("unused.db"), &args, secret))
+        .collect()
 }
 
 /// The `host:port` of a service URL.
@@ -179,30 +211,7 @@ async fn proxied(url: &str, default_port: u16) -> (FaultProxy, String) {
 
 /// `GET path` on a node's main port: the status and the body.
 fn http_get(node: &RelayProcess, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let addr = node.url.trim_start_matches("ws://");
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).expect("read");
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = answer
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
-    (status, body)
+    http_call(&node.url, "GET", path, "")
 }
 
 fn health(node: &RelayProcess) -> (u16, serde_json::Value) {
@@ -403,17 +412,7 @@ async fn every_node_serves_the_same_change_feed_and_wakes_for_other_nodes_change
     let schema = Schema::new(&services.postgres);
     let dir = tempfile::tempdir().expect("tempdir");
     let secret = "a cluster-wide secret of enough bytes";
-    let args = [
-        "--store",
-        services.postgres.as_str(),
-        "--store-schema",
-        schema.name.as_str(),
-        "--bus",
-        services.nats.as_str(),
-    ];
-    let nodes: Vec<RelayProcess> = (0..2)
-        .map(|_| spawn_relay_secured(&dir.path().join("unused.db"), &args, secret))
-        .collect();
+    let nodes = secured_nodes(dir.path(), &services, &schema, secret);
     let tokens = Tokens::new(secret.as_bytes()).expect("secret");
     let mint = |collection: &str, right: Right| {
         tokens.mint(
@@ -1071,17 +1070,7 @@ async fn every_node_verifies_the_same_tokens() {
     let schema = Schema::new(&services.postgres);
     let dir = tempfile::tempdir().expect("tempdir");
     let secret = "a cluster-wide secret of enough bytes";
-    let args = [
-        "--store",
-        services.postgres.as_str(),
-        "--store-schema",
-        schema.name.as_str(),
-        "--bus",
-        services.nats.as_str(),
-    ];
-    let nodes: Vec<RelayProcess> = (0..2)
-        .map(|_| spawn_relay_secured(&dir.path().join("unused.db"), &args, secret))
-        .collect();
+    let nodes = secured_nodes(dir.path(), &services, &schema, secret);
     let mint = |secret: &str, right: Right| {
         let tokens = Tokens::new(secret.as_bytes()).expect("secret");
         tokens.mint(
@@ -1225,18 +1214,12 @@ async fn one_node_at_a_time_delivers_a_webhook_and_another_takes_over_when_it_st
     .expect("hooks file");
     let hooks = hooks.to_str().expect("path").to_owned();
     let start = || {
-        spawn_relay_with(
-            &dir.path().join("unused.db"),
-            &[
-                "--store",
-                services.postgres.as_str(),
-                "--store-schema",
-                schema.name.as_str(),
-                "--bus",
-                services.nats.as_str(),
-                "--webhooks",
-                hooks.as_str(),
-            ],
+        node_with(
+            dir.path(),
+            &services.postgres,
+            Some(&services.nats),
+            &schema,
+            &["--webhooks", hooks.as_str()],
         )
     };
     let delivered = |deliveries: &[Delivery], id: &DocId| {
@@ -1301,15 +1284,17 @@ async fn one_node_at_a_time_delivers_a_webhook_and_another_takes_over_when_it_st
             delivered(d, &late) > 0
         })
         .await;
-    let (status, body) = http_call(&second.url, "GET", "/v1/webhooks", "");
-    assert_eq!(status, 200, "{body}");
-    let listed: serde_json::Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(
-        listed["webhooks"][0]["collections"][0]["behind"],
-        json!(0),
-        "{listed}"
-    );
-    assert_eq!(listed["webhooks"][0]["dead_letters"], json!(1), "{listed}");
+    // The cursor is stored once the endpoint answered.
+    let listed = || {
+        let (status, body) = http_call(&second.url, "GET", "/v1/webhooks", "");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")
+    };
+    wait_for("the second node's cursor at the end", || {
+        listed()["webhooks"][0]["collections"][0]["behind"] == json!(0)
+    })
+    .await;
+    assert_eq!(listed()["webhooks"][0]["dead_letters"], json!(1));
 
     // The dead letter is replayed through the node that did not write it.
     let (status, body) = http_call(

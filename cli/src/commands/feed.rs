@@ -144,14 +144,7 @@ impl Relays {
 
     /// A GET's JSON answer (see [`Relays::get`]).
     async fn json(&mut self, path: &str, token: &str) -> Result<Value> {
-        let body = self
-            .get(path, token, false)
-            .await?
-            .into_body()
-            .collect()
-            .await?
-            .to_bytes();
-        serde_json::from_slice(&body).context("the relay's answer is not JSON")
+        answer_json(self.get(path, token, false).await?).await
     }
 
     /// Moves to the next relay.
@@ -315,12 +308,12 @@ fn relay_target(relay: &str) -> Result<Target> {
 
 /// A request's JSON answer.
 async fn json(target: &Target, method: &str, path: &str, token: &str) -> Result<Value> {
-    let body = call(target, method, path, token, false)
-        .await?
-        .into_body()
-        .collect()
-        .await?
-        .to_bytes();
+    answer_json(call(target, method, path, token, false).await?).await
+}
+
+/// A response's body as JSON.
+async fn answer_json(response: hyper::Response<Incoming>) -> Result<Value> {
+    let body = response.into_body().collect().await?.to_bytes();
     serde_json::from_slice(&body).context("the relay's answer is not JSON")
 }
 

@@ -31,22 +31,55 @@ fn seq_of(row: &tokio_postgres::Row, column: &str) -> u64 {
     row.get::<_, i64>(column).max(0) as u64
 }
 
-/// This node's right to deliver one webhook (see the module
-/// documentation); dropping it closes its connection, which gives it up.
+/// One webhook's lease (see the module documentation) on a connection of
+/// its own: taken or not yet. Dropping it closes the connection, which
+/// gives the lease up.
 pub struct Lease {
+    /// The session the lock is (to be) held by, out of the pool.
     client: deadpool_postgres::ClientWrapper,
+    /// The webhook.
+    name: String,
+    /// Whether the lock was taken.
+    taken: bool,
 }
 
 impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lease").field("held", &self.held()).finish()
+        f.debug_struct("Lease")
+            .field("name", &self.name)
+            .field("held", &self.held())
+            .finish()
     }
 }
 
 impl Lease {
-    /// Whether it still holds: its connection is open (PostgreSQL drops
-    /// the lock with the session).
+    /// Tries to take the lock, unless taken already: whether it is held
+    /// now (`false` while another node holds it).
+    pub async fn try_take(&mut self) -> Result<bool> {
+        if !self.taken {
+            // The two-key form: a key space of its own, apart from the
+            // documents' one-key locks.
+            self.taken = self
+                .client
+                .query_one(
+                    "SELECT pg_try_advisory_lock(hashtext(current_schema()), hashtext($1))",
+                    &[&format!("webhook:{}", self.name)],
+                )
+                .await
+                .map_err(backend)?
+                .get(0);
+        }
+        Ok(self.held())
+    }
+
+    /// Whether the lock is held: taken, and its session still open
+    /// (PostgreSQL drops the lock with the session).
     pub fn held(&self) -> bool {
+        self.taken && self.usable()
+    }
+
+    /// Whether its connection is still open, to try again on.
+    pub fn usable(&self) -> bool {
         !self.client.is_closed()
     }
 }
@@ -273,29 +306,14 @@ impl PgStore {
         Ok(())
     }
 
-    /// Tries to take the lease of webhook `name`: `None` while another
-    /// node holds it.
-    pub async fn try_lease(&self, name: &str) -> Result<Option<Lease>> {
-        let started = Instant::now();
-        let out = async {
-            let object = self.pool.get().await.map_err(backend)?;
-            // Out of the pool: the lock lives as long as this session, and
-            // no other use of the pool may inherit it.
-            let client = deadpool_postgres::Object::take(object);
-            // The two-key form: a key space of its own, apart from the
-            // documents' one-key locks.
-            let taken: bool = client
-                .query_one(
-                    "SELECT pg_try_advisory_lock(hashtext(current_schema()), hashtext($1))",
-                    &[&format!("webhook:{name}")],
-                )
-                .await
-                .map_err(backend)?
-                .get(0);
-            Ok(taken.then_some(Lease { client }))
-        }
-        .await;
-        (self.latency)(started.elapsed());
-        out
+    /// A connection of its own (out of the pool, so no other use of the
+    /// pool inherits the lock) on which to take webhook `name`'s lease.
+    pub async fn lease(&self, name: &str) -> Result<Lease> {
+        let object = self.pool.get().await.map_err(backend)?;
+        Ok(Lease {
+            client: deadpool_postgres::Object::take(object),
+            name: name.to_owned(),
+            taken: false,
+        })
     }
 }
