@@ -235,6 +235,9 @@ enum Outcome {
     GivenUp,
     /// The relay is stopping.
     Stopped,
+    /// This node lost the webhook's lease: another node goes on from the
+    /// stored cursor.
+    LeaseLost,
 }
 
 /// One endpoint's delivery task.
@@ -272,8 +275,9 @@ impl Worker {
             changes.clear();
             let mut delivered_any = false;
             for collection in &self.hook.collections {
-                match self.deliver_next(collection).await {
+                match self.deliver_next(collection, delivering).await {
                     Ok(Some(Outcome::Stopped)) => return true,
+                    Ok(Some(Outcome::LeaseLost)) => return false,
                     Ok(Some(_)) => delivered_any = true,
                     Ok(None) => {}
                     Err(e) => {
@@ -306,8 +310,13 @@ impl Worker {
         false
     }
 
-    /// Delivers the next batch of `collection`, if there is one.
-    async fn deliver_next(&self, collection: &str) -> Result<Option<Outcome>> {
+    /// Delivers the next batch of `collection`, if there is one, trying
+    /// only while `delivering` holds.
+    async fn deliver_next(
+        &self,
+        collection: &str,
+        delivering: &Delivering,
+    ) -> Result<Option<Outcome>> {
         let (cursor, entries, last) = self.read(collection).await?;
         self.metrics
             .webhook_lag(&self.hook.name, collection)
@@ -322,6 +331,11 @@ impl Worker {
         let key = batch_key(&self.hook.name, collection, first_seq, last_seq);
         let mut attempts = 0;
         loop {
+            // A node that lost the lease stops retrying: the next holder
+            // delivers this batch, and two must not deliver at once.
+            if !delivering.held() {
+                return Ok(Some(Outcome::LeaseLost));
+            }
             attempts += 1;
             let error = match self.post(&body, &key).await {
                 Ok(status) if status.is_success() => {

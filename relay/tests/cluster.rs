@@ -1194,7 +1194,8 @@ async fn presence_crosses_nodes_and_is_never_stored() {
 /// Webhooks on a cluster: the node holding a webhook's lease delivers it;
 /// cursors and dead letters are in the store, shared by every node; when
 /// that node stops, another takes the lease over and goes on from the
-/// stored cursor. Every record is delivered once.
+/// stored cursor, and a node whose lease session PostgreSQL ends takes it
+/// again. Every record is delivered once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_node_at_a_time_delivers_a_webhook_and_another_takes_over_when_it_stops() {
     let services = services();
@@ -1306,8 +1307,25 @@ async fn one_node_at_a_time_delivers_a_webhook_and_another_takes_over_when_it_st
     assert_eq!(status, 200, "{body}");
     assert!(letters().is_empty(), "replayed, so gone");
 
+    // PostgreSQL ends the lease's session (an outage, an operator): the
+    // node notices, takes the lease again and goes on.
+    let terminated = schema.query(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks
+           WHERE locktype = 'advisory' AND objsubid = 2 AND granted
+             AND classid::bigint = (hashtext('{}')::bigint + 4294967296) % 4294967296",
+        schema.name
+    ));
+    assert_eq!(terminated.len(), 1, "one lease held, by the second node");
+    let after = b.create("notes", &json!({"n": "after"})).expect("create");
+    hb.wait_synced(T).await.expect("synced");
+    receiver
+        .wait_for(T, "a record written after the lease's session ended", |d| {
+            delivered(d, &after) > 0
+        })
+        .await;
+
     let deliveries = receiver.deliveries();
-    for id in early.iter().chain([&lost, &late]) {
+    for id in early.iter().chain([&lost, &late, &after]) {
         assert_eq!(delivered(&deliveries, id), 1, "{id}: delivered once");
     }
     receiver.stop();
