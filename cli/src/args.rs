@@ -307,9 +307,10 @@ pub enum Command {
 pub struct RelayArgs {
     /// The relay's URL, such as ws://127.0.0.1:7420 (`feed` and `webhooks`
     /// also take http:// and https://: the same port). Repeatable, or
-    /// comma-separated, for the nodes of a relay cluster: `sync` and `feed`
-    /// try them in order, moving on when one is unreachable or its
-    /// connection ends; `webhooks` uses the first.
+    /// comma-separated, for the nodes of a relay cluster: `sync`, `feed`
+    /// and `webhooks` try them in order, moving on when one is
+    /// unreachable (or, for what only reads, fails) or its connection
+    /// ends.
     #[arg(
         long,
         value_name = "URL",
@@ -328,14 +329,6 @@ pub struct RelayArgs {
         hide_env_values = true
     )]
     pub token: String,
-}
-
-impl RelayArgs {
-    /// The first URL: the one `feed` and `webhooks` talk to (clap requires
-    /// at least one).
-    pub fn primary(&self) -> &str {
-        self.relay.first().map_or("", String::as_str)
-    }
 }
 
 /// `accord index` subcommands.

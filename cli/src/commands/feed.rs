@@ -32,17 +32,6 @@ const PAGE: usize = 500;
 /// An event stream that ends sooner than this counts as ended at once.
 const BRIEF_STREAM: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Sends a GET and returns the response, or an error naming the relay's
-/// error answer.
-async fn get(
-    target: &Target,
-    path: &str,
-    token: &str,
-    stream: bool,
-) -> Result<hyper::Response<Incoming>> {
-    call(target, "GET", path, token, stream).await
-}
-
 /// Sends a request without a body; the response, or an error naming the
 /// relay's error answer.
 async fn call(
@@ -89,12 +78,20 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
-/// Whether another node of a cluster may answer where this failure came
-/// from: it could not be reached, or failed; not when it refused.
-fn worth_another_node(error: &anyhow::Error) -> bool {
-    error
-        .downcast_ref::<Refused>()
-        .is_none_or(|refused| refused.status.is_server_error())
+/// Whether another node of a cluster may be asked after this failure of a
+/// `method` request: the node could not be reached (nothing was sent);
+/// for a GET, which changes nothing, also when it failed (5xx) or did not
+/// answer. Never when it refused (4xx), nor when a change may have been
+/// made.
+fn worth_another_node(error: &anyhow::Error, method: &str) -> bool {
+    // Connecting (TCP or TLS) failed: the request was never sent.
+    if error.downcast_ref::<std::io::Error>().is_some() {
+        return true;
+    }
+    method == "GET"
+        && error
+            .downcast_ref::<Refused>()
+            .is_none_or(|refused| refused.status.is_server_error())
 }
 
 /// The relays to read from, and the one in use.
@@ -118,11 +115,12 @@ impl Relays {
         })
     }
 
-    /// Sends a GET to the relay in use, moving on to the next ones while
-    /// a relay cannot answer ([`worth_another_node`]); fails when none
-    /// could, naming each one's failure.
-    async fn get(
+    /// Sends a request to the relay in use, moving on to the next ones
+    /// while a relay cannot answer ([`worth_another_node`]); fails when
+    /// none could, naming each one's failure.
+    async fn call(
         &mut self,
+        method: &str,
         path: &str,
         token: &str,
         stream: bool,
@@ -130,9 +128,9 @@ impl Relays {
         let mut failures = Vec::new();
         for _ in 0..self.targets.len() {
             let target = &self.targets[self.current];
-            match get(target, path, token, stream).await {
+            match call(target, method, path, token, stream).await {
                 Ok(response) => return Ok(response),
-                Err(e) if self.targets.len() > 1 && worth_another_node(&e) => {
+                Err(e) if self.targets.len() > 1 && worth_another_node(&e, method) => {
                     failures.push(format!("{}: {e:#}", target.authority()));
                     self.next();
                 }
@@ -142,9 +140,9 @@ impl Relays {
         bail!("no relay answered: {}", failures.join("; "))
     }
 
-    /// A GET's JSON answer (see [`Relays::get`]).
-    async fn json(&mut self, path: &str, token: &str) -> Result<Value> {
-        answer_json(self.get(path, token, false).await?).await
+    /// A request's JSON answer (see [`Relays::call`]).
+    async fn json(&mut self, method: &str, path: &str, token: &str) -> Result<Value> {
+        answer_json(self.call(method, path, token, false).await?).await
     }
 
     /// Moves to the next relay.
@@ -190,7 +188,7 @@ async fn pages(
 ) -> Result<()> {
     loop {
         let path = format!("/v1/collections/{collection}/changes?since={since}&limit={PAGE}");
-        let page = relays.json(&path, token).await?;
+        let page = relays.json("GET", &path, token).await?;
         let changes = page["changes"].as_array().cloned().unwrap_or_default();
         for change in &changes {
             print(ctx, change)?;
@@ -222,7 +220,7 @@ async fn stream(
     let mut brief = 0;
     loop {
         let path = format!("/v1/collections/{collection}/changes?since={since}");
-        let body = relays.get(&path, token, true).await?.into_body();
+        let body = relays.call("GET", &path, token, true).await?.into_body();
         let from = relays.targets[relays.current].authority();
         let opened = std::time::Instant::now();
         let ended = tokio::select! {
@@ -239,7 +237,7 @@ async fn stream(
         }
         match ended {
             Ok(()) if relays.targets.len() == 1 => return Ok(()),
-            Err(e) if relays.targets.len() == 1 || !worth_another_node(&e) => return Err(e),
+            Err(e) if relays.targets.len() == 1 || !worth_another_node(&e, "GET") => return Err(e),
             Ok(()) => eprintln!("the event stream from {from} ended; going on at the next relay"),
             Err(e) => eprintln!("{e:#}; going on at the next relay"),
         }
@@ -306,11 +304,6 @@ fn relay_target(relay: &str) -> Result<Target> {
     Target::parse(relay).map_err(|e| anyhow::anyhow!("bad relay URL: {e:#}"))
 }
 
-/// A request's JSON answer.
-async fn json(target: &Target, method: &str, path: &str, token: &str) -> Result<Value> {
-    answer_json(call(target, method, path, token, false).await?).await
-}
-
 /// A response's body as JSON.
 async fn answer_json(response: hyper::Response<Incoming>) -> Result<Value> {
     let body = response.into_body().collect().await?.to_bytes();
@@ -324,7 +317,8 @@ pub fn webhooks(
     replay: Option<&str>,
     drop: Option<&str>,
 ) -> Result<()> {
-    let (target, token) = (relay_target(relay.primary())?, relay.token.as_str());
+    let mut relays = Relays::new(relay)?;
+    let token = relay.token.as_str();
     let letter = |text: &str| -> Result<(String, i64)> {
         let (name, id) = text
             .split_once('/')
@@ -337,24 +331,23 @@ pub fn webhooks(
         if let Some(text) = replay {
             let (name, id) = letter(text)?;
             let path = format!("/v1/webhooks/{name}/dead-letters/{id}/replay");
-            json(&target, "POST", &path, token).await?;
+            relays.json("POST", &path, token).await?;
             return Ok(ctx.out.line(&format!("delivered {name}/{id}"))?);
         }
         if let Some(text) = drop {
             let (name, id) = letter(text)?;
             let path = format!("/v1/webhooks/{name}/dead-letters/{id}");
-            json(&target, "DELETE", &path, token).await?;
+            relays.json("DELETE", &path, token).await?;
             return Ok(ctx.out.line(&format!("dropped {name}/{id}"))?);
         }
-        let mut hooks = json(&target, "GET", "/v1/webhooks", token).await?["webhooks"]
+        let mut hooks = relays.json("GET", "/v1/webhooks", token).await?["webhooks"]
             .as_array()
             .cloned()
             .unwrap_or_default();
         for hook in &mut hooks {
             let name = hook["name"].as_str().unwrap_or_default().to_owned();
             let path = format!("/v1/webhooks/{name}/dead-letters");
-            hook["dead_letters"] =
-                json(&target, "GET", &path, token).await?["dead_letters"].clone();
+            hook["dead_letters"] = relays.json("GET", &path, token).await?["dead_letters"].clone();
         }
         if ctx.out.json {
             return Ok(ctx
