@@ -220,29 +220,9 @@ async fn start_cluster(config: Config, shutdown: CancellationToken) -> anyhow::R
     ));
     // Kept for `Relay::replica`; the node's documents are in PostgreSQL.
     let replica = tokio::task::spawn_blocking(Replica::open_in_memory).await??;
-    let presence = Arc::new(Presence::default());
-    let links = RelayLinks {
-        docs: docs.clone(),
-        peers: peers.clone(),
-        presence: Arc::clone(&presence),
-        metrics: Arc::clone(&metrics),
-        webhooks: config.webhooks.clone(),
-    };
-    crate::webhooks::start(
-        &config.webhooks,
-        &FeedStore::Cluster(Arc::clone(&pg)),
-        &metrics,
-        &tracker,
-        &shutdown,
-    );
-    let http = Api::cluster(
-        replica.clone(),
-        pg,
-        Arc::clone(&config.access),
-        links,
-        shutdown.clone(),
-    )
-    .router();
+    let feed = FeedStore::Cluster(pg);
+    crate::webhooks::start(&config.webhooks, &feed, &metrics, &tracker, &shutdown);
+    let (http, presence) = http_door(&config, &replica, feed, &docs, &peers, &metrics, &shutdown);
     let shared = Shared {
         relay_id: cluster_id,
         access: Arc::clone(&config.access),
@@ -261,6 +241,36 @@ async fn start_cluster(config: Config, shutdown: CancellationToken) -> anyhow::R
     Ok(Relay {
         shared: Arc::new(shared),
     })
+}
+
+/// The plain-HTTP door over `feed` (see [`Api::relay`]), the same for a
+/// single relay and a cluster node, and the presence table it shares with
+/// the sync connections.
+fn http_door(
+    config: &Config,
+    replica: &Replica,
+    feed: FeedStore,
+    docs: &DocActors,
+    peers: &Peers,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> (axum::Router, Arc<Presence>) {
+    let presence = Arc::new(Presence::default());
+    let links = RelayLinks {
+        docs: docs.clone(),
+        peers: peers.clone(),
+        presence: Arc::clone(&presence),
+        metrics: Arc::clone(metrics),
+        webhooks: config.webhooks.clone(),
+    };
+    let api = Api::relay(
+        replica.clone(),
+        feed,
+        Arc::clone(&config.access),
+        links,
+        shutdown.clone(),
+    );
+    (api.router(), presence)
 }
 
 /// The storage seam as the relay reaches it.
@@ -294,13 +304,8 @@ pub async fn start_with(
     let tracker = TaskTracker::new();
     let metrics = Arc::new(Metrics::default());
     let store = store(replica.clone());
-    crate::webhooks::start(
-        &config.webhooks,
-        &FeedStore::Replica(replica.clone()),
-        &metrics,
-        &tracker,
-        &shutdown,
-    );
+    let feed = FeedStore::Replica(replica.clone());
+    crate::webhooks::start(&config.webhooks, &feed, &metrics, &tracker, &shutdown);
     let docs = DocActors::new(
         Arc::clone(&store),
         peers.clone(),
@@ -309,21 +314,7 @@ pub async fn start_with(
         shutdown.clone(),
         Arc::clone(&metrics),
     );
-    let presence = Arc::new(Presence::default());
-    let links = RelayLinks {
-        docs: docs.clone(),
-        peers: peers.clone(),
-        presence: Arc::clone(&presence),
-        metrics: Arc::clone(&metrics),
-        webhooks: config.webhooks.clone(),
-    };
-    let http = Api::relay(
-        replica.clone(),
-        Arc::clone(&config.access),
-        links,
-        shutdown.clone(),
-    )
-    .router();
+    let (http, presence) = http_door(&config, &replica, feed, &docs, &peers, &metrics, &shutdown);
     let shared = Shared {
         relay_id: replica.peer_id().to_string(),
         access: Arc::clone(&config.access),

@@ -21,6 +21,13 @@ use super::store::{backend, exec, q, q_opt, summary, to_i64, PgStore};
 /// told it lagged (and reads again).
 pub(super) const FEED_WAKES: usize = 256;
 
+/// Moves a consumer's cursor forward, never back (a node that lost a
+/// webhook's lease unawares cannot undo its successor's progress).
+const MOVE_CURSOR: &str =
+    "INSERT INTO feed_cursors (consumer, collection, cursor) VALUES ($1, $2, $3)
+     ON CONFLICT (consumer, collection)
+     DO UPDATE SET cursor = GREATEST(feed_cursors.cursor, EXCLUDED.cursor)";
+
 /// A sequence number as PostgreSQL stores it.
 fn seq_param(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
@@ -88,12 +95,12 @@ impl PgStore {
     /// Runs `work` on a pooled connection, timing the round trip.
     async fn timed<T>(
         &self,
-        work: impl AsyncFnOnce(&deadpool_postgres::Object) -> Result<T>,
+        work: impl AsyncFnOnce(deadpool_postgres::Object) -> Result<T>,
     ) -> Result<T> {
         let started = Instant::now();
         let out = async {
             let client = self.pool.get().await.map_err(backend)?;
-            work(&client).await
+            work(client).await
         }
         .await;
         (self.latency)(started.elapsed());
@@ -130,7 +137,7 @@ impl PgStore {
         let rows = self
             .timed(async |client| {
                 q(
-                    client,
+                    &client,
                     "SELECT id, heads, deleted, seq, created_seq, updated_at, json FROM docs
                        WHERE collection = $1 AND seq > $2 ORDER BY seq LIMIT $3",
                     &[&collection, &seq_param(since), &to_i64(limit)],
@@ -164,7 +171,7 @@ impl PgStore {
         let row = self
             .timed(async |client| {
                 q_opt(
-                    client,
+                    &client,
                     "SELECT seq FROM collection_seqs WHERE collection = $1",
                     &[&collection],
                 )
@@ -179,7 +186,7 @@ impl PgStore {
         let row = self
             .timed(async |client| {
                 q_opt(
-                    client,
+                    &client,
                     "SELECT cursor FROM feed_cursors WHERE consumer = $1 AND collection = $2",
                     &[&consumer, &collection],
                 )
@@ -200,10 +207,8 @@ impl PgStore {
     ) -> Result<()> {
         self.timed(async |client| {
             exec(
-                client,
-                "INSERT INTO feed_cursors (consumer, collection, cursor) VALUES ($1, $2, $3)
-                   ON CONFLICT (consumer, collection)
-                   DO UPDATE SET cursor = GREATEST(feed_cursors.cursor, EXCLUDED.cursor)",
+                &client,
+                MOVE_CURSOR,
                 &[&consumer, &collection, &seq_param(cursor)],
             )
             .await
@@ -215,9 +220,7 @@ impl PgStore {
     /// Keeps a batch its consumer gave up on and moves the consumer past
     /// it, in one transaction.
     pub async fn give_up(&self, letter: &DeadLetter) -> Result<()> {
-        let started = Instant::now();
-        let out = async {
-            let mut client = self.pool.get().await.map_err(backend)?;
+        self.timed(async |mut client| {
             let tx = client.transaction().await.map_err(backend)?;
             exec(
                 &tx,
@@ -238,9 +241,7 @@ impl PgStore {
             .await?;
             exec(
                 &tx,
-                "INSERT INTO feed_cursors (consumer, collection, cursor) VALUES ($1, $2, $3)
-                   ON CONFLICT (consumer, collection)
-                   DO UPDATE SET cursor = GREATEST(feed_cursors.cursor, EXCLUDED.cursor)",
+                MOVE_CURSOR,
                 &[
                     &letter.consumer,
                     &letter.collection,
@@ -249,10 +250,8 @@ impl PgStore {
             )
             .await?;
             tx.commit().await.map_err(backend)
-        }
-        .await;
-        (self.latency)(started.elapsed());
-        out
+        })
+        .await
     }
 
     /// The dead letters of `consumer` (every consumer's with `None`), or
@@ -265,7 +264,7 @@ impl PgStore {
         let rows = self
             .timed(async |client| {
                 q(
-                    client,
+                    &client,
                     "SELECT id, consumer, collection, first_seq, last_seq, body, attempts, error,
                             failed_at
                        FROM feed_dead_letters
@@ -296,7 +295,7 @@ impl PgStore {
     pub async fn drop_dead_letter(&self, id: i64) -> Result<()> {
         self.timed(async |client| {
             exec(
-                client,
+                &client,
                 "DELETE FROM feed_dead_letters WHERE id = $1",
                 &[&id],
             )

@@ -12,7 +12,7 @@
 //! `accord inspect` serves the same router over a local file, read-only
 //! and without a relay ([`Api::local`]). A cluster node serves only the
 //! change feed and the webhooks, kept in its PostgreSQL store, `/v1/info`,
-//! `/health` and `/metrics` ([`Api::cluster`]); both read through
+//! `/health` and `/metrics` ([`Api::relay`] over a cluster's store); both read through
 //! [`FeedStore`], whichever store is beneath.
 //!
 //! Layout: [`head`] tells upgrades from requests; `error` maps failures to
@@ -51,7 +51,6 @@ use tokio_util::sync::CancellationToken;
 pub use error::{ApiError, ApiResult};
 pub use feed::entry_json as feed_event;
 
-use crate::cluster::store::PgStore;
 use crate::docs::{DocActors, HubKey};
 use crate::feed_store::FeedStore;
 use crate::metrics::Metrics;
@@ -112,43 +111,27 @@ pub struct RelayLinks {
 }
 
 impl Api {
-    /// The API of a running relay.
+    /// The API of a running relay. `feed` is where the change feed and
+    /// webhooks read: the relay's replica, or on a cluster node its
+    /// PostgreSQL store (`replica` is then an empty stand-in, never read,
+    /// and only the feed, the webhooks, `/v1/info`, `/health` and
+    /// `/metrics` are served; every other path answers
+    /// `501 not_on_cluster`).
     pub fn relay(
         replica: Replica,
+        feed: FeedStore,
         access: Arc<dyn Access>,
         links: RelayLinks,
         shutdown: CancellationToken,
     ) -> Self {
         Self::build(
             replica,
+            feed,
             access,
             "accord-relay",
             false,
             Some(links),
             shutdown,
-            None,
-        )
-    }
-
-    /// The API of a cluster node: the change feed and the webhooks, kept
-    /// in the cluster's PostgreSQL `store` (`replica` is the node's empty
-    /// stand-in, never read), beside `/v1/info`, `/health` and `/metrics`.
-    /// Every other path answers `501 not_on_cluster`.
-    pub fn cluster(
-        replica: Replica,
-        store: Arc<PgStore>,
-        access: Arc<dyn Access>,
-        links: RelayLinks,
-        shutdown: CancellationToken,
-    ) -> Self {
-        Self::build(
-            replica,
-            access,
-            "accord-relay",
-            false,
-            Some(links),
-            shutdown,
-            Some(store),
         )
     }
 
@@ -156,30 +139,27 @@ impl Api {
     /// token, no writes, no presence.
     pub fn local(replica: Replica, shutdown: CancellationToken) -> Self {
         let access: Arc<dyn Access> = Arc::new(OpenAccess);
+        let feed = FeedStore::Replica(replica.clone());
         Self::build(
             replica,
+            feed,
             access,
             "accord inspect",
             true,
             None,
             shutdown,
-            None,
         )
     }
 
     fn build(
         replica: Replica,
+        feed: FeedStore,
         access: Arc<dyn Access>,
         server: &'static str,
         read_only: bool,
         relay: Option<RelayLinks>,
         shutdown: CancellationToken,
-        cluster: Option<Arc<PgStore>>,
     ) -> Self {
-        let feed = match cluster {
-            Some(store) => FeedStore::Cluster(store),
-            None => FeedStore::Replica(replica.clone()),
-        };
         Api {
             inner: Arc::new(Inner {
                 replica,
